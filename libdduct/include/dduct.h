@@ -149,6 +149,105 @@ DDUCT_EXTERN int dduct_ca_covers(const struct dduct_ca *ca, const char *host);
 DDUCT_EXTERN const char *dduct_ca_cert_pem(const struct dduct_ca *ca);
 DDUCT_EXTERN void dduct_ca_free(struct dduct_ca *ca);
 
+/* ---- cache store -------------------------------------------------------------------------- */
+
+/* The on-disk cache under one directory (file_dir). Entries are data files plus JSON sidecars;
+ * a fill writes "*.part" and renames into place only when complete and verified. */
+struct dduct_store;
+
+struct dduct_store_stats {
+  uint64_t hits;             /* requests answered from a complete or filling entry */
+  uint64_t misses;           /* requests that started a fill */
+  uint64_t fills_completed;
+  uint64_t fills_discarded;  /* short body, digest mismatch, disk full, ... */
+  uint64_t bytes_served;     /* body bytes sent to clients from the store */
+  uint64_t bytes_fetched;    /* body bytes received from origins into the store */
+  uint64_t entries;          /* complete entries known since open */
+};
+
+/* Create dir (0700) if missing, remove "*.part" leftovers of a previous run, log
+ * `Files "dir"` (module "serve"). The store is bound to loop; file I/O runs on libuv's pool. */
+DDUCT_EXTERN int dduct_store_open(uv_loop_t *loop, const char *dir, struct dduct_store **out,
+                                  char *err, size_t errlen);
+DDUCT_EXTERN void dduct_store_stats(const struct dduct_store *s, struct dduct_store_stats *out);
+/* The directory, as given to open. Owned by s. */
+DDUCT_EXTERN const char *dduct_store_dir(const struct dduct_store *s);
+/* Free after every proxy using it has closed. */
+DDUCT_EXTERN void dduct_store_free(struct dduct_store *s);
+
+/* ---- proxy -------------------------------------------------------------------------------- */
+
+struct dduct_proxy;
+
+enum dduct_revalidate {
+  DDUCT_REVALIDATE_NEVER = 0,  /* hits never contact the origin */
+  DDUCT_REVALIDATE_ALWAYS = 1, /* a hit first asks the origin (HEAD, client's headers) */
+};
+
+struct dduct_proxy_options {
+  /* Origins. */
+  const char *system_ca_file;   /* default "/etc/ssl/certs/ca-certificates.crt" */
+  const char *upstream_ca_file; /* extra PEM bundle trusted for origins; NULL: none */
+  int upstream_insecure;        /* 1: origins' certificates are not verified (logged loudly) */
+  const char *const *resolve;   /* "host:address" pins, like curl --resolve; IPv6 as [addr] */
+  size_t resolve_count;
+  /* Clients. */
+  const char *const *allow_clients; /* CIDRs; default loopback and private ranges */
+  size_t allow_clients_count;
+  const uint16_t *connect_ports;    /* ports CONNECT may reach; default {443} */
+  size_t connect_ports_count;
+  int connect_any_port;             /* 1: CONNECT to any port */
+  unsigned max_connections;         /* default 1024; beyond it new connections wait */
+  /* Timeouts in milliseconds (0 keeps the default). */
+  unsigned head_timeout_ms;         /* reading a request head; default 30 s */
+  unsigned idle_timeout_ms;         /* idle keep-alive client connection; default 60 s */
+  unsigned tunnel_idle_timeout_ms;  /* blind tunnel with no traffic either way; default 600 s */
+  unsigned connect_timeout_ms;      /* DNS + TCP + TLS to an origin; default 10 s */
+  unsigned upstream_timeout_ms;     /* origin silent while we wait for bytes; default 60 s */
+  unsigned shutdown_grace_ms;       /* in-flight transfers after close; default 10 s */
+  /* Cache. */
+  enum dduct_revalidate revalidate; /* default NEVER */
+};
+
+/* Fill o with the defaults above (pointers to static storage). */
+DDUCT_EXTERN void dduct_proxy_options_init(struct dduct_proxy_options *o);
+
+/* Create a proxy on loop. ca is required (interception, tls listeners); store and filter may be
+ * NULL (no caching). ca, store and filter are borrowed and must outlive the proxy. Option
+ * strings are copied. Fails with a message for a bad CIDR, resolve entry or CA file. */
+DDUCT_EXTERN int dduct_proxy_new(uv_loop_t *loop, const struct dduct_proxy_options *o,
+                                 struct dduct_ca *ca, struct dduct_store *store,
+                                 struct dduct_filter *filter, struct dduct_proxy **out,
+                                 char *err, size_t errlen);
+
+enum dduct_listen_kind {
+  DDUCT_LISTEN_TCP = 0, /* plain HTTP proxy: logs `Listening on addr` as "http_proxy" */
+  DDUCT_LISTEN_TLS = 1, /* TLS first (server.crt), then the same protocol; "tls_mitm" */
+};
+
+/* Bind and listen on "a.b.c.d:port" or "[v6]:port". May be called several times. */
+DDUCT_EXTERN int dduct_proxy_listen(struct dduct_proxy *p, enum dduct_listen_kind kind,
+                                    const char *addr, char *err, size_t errlen);
+
+/* Stop accepting, let in-flight transfers finish for shutdown_grace_ms, close everything, then
+ * call cb (may be NULL) from the loop. Free the proxy in or after cb. */
+typedef void (*dduct_proxy_close_cb)(struct dduct_proxy *p, void *user_data);
+DDUCT_EXTERN void dduct_proxy_close(struct dduct_proxy *p, dduct_proxy_close_cb cb,
+                                    void *user_data);
+DDUCT_EXTERN void dduct_proxy_free(struct dduct_proxy *p);
+
+struct dduct_proxy_stats {
+  uint64_t connections_accepted;
+  uint64_t connections_active;
+  uint64_t requests;        /* HTTP requests served (all routes) */
+  uint64_t tunnels;         /* blind CONNECT tunnels */
+  uint64_t intercepts;      /* intercepted CONNECTs */
+  uint64_t errors;          /* answers 4xx/5xx generated by the proxy itself */
+  uint64_t upstream_connects;
+  uint64_t upstream_reuses; /* requests sent on a pooled keep-alive origin connection */
+};
+DDUCT_EXTERN void dduct_proxy_stats(const struct dduct_proxy *p, struct dduct_proxy_stats *out);
+
 #ifdef __cplusplus
 }
 #endif
