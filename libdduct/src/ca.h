@@ -1,0 +1,35 @@
+/* Internal CA interface for the proxy engine. Not installed.
+ * Every pointer returned here is owned by the CA and stays valid until dduct_ca_free(); the
+ * caller must not modify or free it. Use from one thread at a time per CA (the event loop). */
+#ifndef DDUCT_CA_H
+#define DDUCT_CA_H
+
+#include <mbedtls/pk.h>
+#include <mbedtls/x509_crt.h>
+
+#include "dduct.h"
+
+/* The static server identity for the tls_bind listener: *chain is server.crt followed by
+ * ca.crt, *key is server.key. Returns 0 (never fails on an opened CA). */
+int dduct__ca_server_identity(struct dduct_ca *ca, mbedtls_x509_crt **chain,
+                              mbedtls_pk_context **key);
+
+/* A leaf certificate for exactly host (DNS name -> dNSName SAN, IP literal -> iPAddress SAN,
+ * CN = host): ECDSA P-256 key, signed by the CA with SHA-256, extendedKeyUsage serverAuth,
+ * subject/authority key identifiers, valid from now - 1 day to now + 365 days (capped at the
+ * CA's notAfter), random serial. Minted on first use (a few ms) and cached for the CA's
+ * lifetime; later calls for the same normalised host return the same pointers. host may carry
+ * upper case or a trailing dot (normalised), must not carry a port; IPv6 without brackets
+ * (brackets are accepted and stripped). *chain is leaf then CA cert.
+ * Returns 0, DDUCT_EINVAL for an invalid host, DDUCT_ETOOBIG when the cache is full
+ * (DDUCT__CA_MAX_LEAVES hosts), DDUCT_ENOMEM or DDUCT_ECRYPTO. */
+#define DDUCT__CA_MAX_LEAVES 4096
+int dduct__ca_leaf(struct dduct_ca *ca, const char *host, mbedtls_x509_crt **chain,
+                   mbedtls_pk_context **key);
+
+/* Normalise host into out[outlen]: lower-case, strip one trailing dot, strip [] around an IPv6
+ * literal. Rejects empty, overlong (> 253), or hosts with characters outside [a-z0-9.-_:*] or
+ * empty labels. Returns 0 or DDUCT_EINVAL. Exposed for tests. */
+int dduct__ca_host_normalise(const char *host, char *out, size_t outlen);
+
+#endif
