@@ -1,0 +1,79 @@
+/* dduct.toml mapped onto one struct: the seed's schema plus dduct's [proxy] additions (see
+ * docs/configuration.md). Every key is optional; config_init fills the defaults. */
+#ifndef DDUCT_CLI_CONFIG_H
+#define DDUCT_CLI_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "dduct.h"
+
+/* An owned array of owned strings. */
+struct strv {
+  char **v;
+  size_t n;
+};
+
+/* Every string and array is owned by the struct (config_free releases them). */
+struct config {
+  /* [misc] */
+  int log_level; /* enum dduct_log_level */
+  char *cert_dir;
+  char *file_dir;
+  /* [proxy] */
+  char *tcp_bind; /* "" disables the listener */
+  char *tls_bind;
+  struct strv filters;
+  char *upstream_ca_file; /* "" for none */
+  int upstream_insecure;
+  struct strv resolve;
+  struct strv allow_clients;
+  uint16_t *connect_ports;
+  size_t connect_ports_count;
+  int connect_any_port;
+  unsigned max_connections;
+  unsigned head_timeout; /* seconds */
+  unsigned idle_timeout;
+  unsigned tunnel_idle_timeout;
+  unsigned connect_timeout;
+  unsigned upstream_timeout;
+  unsigned shutdown_grace;
+  int revalidate; /* enum dduct_revalidate */
+  /* [certs] */
+  unsigned rsa_key_bits;
+  unsigned days_from_now;
+  char *ca_cn;
+  char *server_cn;
+  struct strv server_dns_sans;
+  struct strv server_ip_sans;
+  char *client_cn;
+  char *p12_pass;
+};
+
+/* Fill c with the defaults. Returns 0, or -1 when out of memory (c is then safe to free). */
+int config_init(struct config *c);
+
+/* Apply the TOML document text[0..len) over c. On error returns -1 and writes
+ * "name:line:col: message" into err; c stays safe to free (possibly partly updated). */
+int config_load(struct config *c, const char *name, const char *text, size_t len, char *err,
+                size_t errlen);
+
+/* Read path and config_load it; an unreadable file gives "path: cannot read: reason". */
+int config_load_file(struct config *c, const char *path, char *err, size_t errlen);
+
+/* Write the effective settings as a TOML document that config_load accepts. */
+void config_print(const struct config *c, FILE *out);
+
+/* Point o at c's [certs] and cert_dir (borrowed: valid while c is). */
+void config_ca_options(const struct config *c, struct dduct_ca_options *o);
+
+/* Field checks shared with the CLI; each returns 0 or -1 with a reason in why. */
+int config_check_bind(const char *s, char *why, size_t len);
+int config_check_cidr(const char *s, char *why, size_t len);
+int config_check_resolve(const char *s, char *why, size_t len);
+int config_check_ip(const char *s, char *why, size_t len);
+
+void config_free(struct config *c);
+
+#endif

@@ -1,0 +1,157 @@
+/* Serving: store, filter set, proxy and listeners on one loop, stopped by SIGINT/SIGTERM.
+ * The first signal closes the proxy gracefully; the close callback then closes the signal
+ * handles so uv_run returns with nothing left on the loop. A second signal exits at once. */
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "run.h"
+
+struct runner {
+  uv_loop_t loop;
+  uv_signal_t sigint, sigterm;
+  int signals_started;
+  int stopping;
+  struct dduct_store *store;
+  struct dduct_filter *filter;
+  struct dduct_proxy *proxy;
+};
+
+static void proxy_closed_cb(struct dduct_proxy *p, void *user_data) {
+  struct runner *r = user_data;
+  (void)p;
+  if (r->signals_started) {
+    uv_close((uv_handle_t *)&r->sigint, NULL);
+    uv_close((uv_handle_t *)&r->sigterm, NULL);
+    r->signals_started = 0;
+  }
+}
+
+static void signal_cb(uv_signal_t *h, int signum) {
+  struct runner *r = h->data;
+  if (r->stopping) {
+    log_line(DDUCT_LOG_WARN, "main", "Signal %d again: exiting now", signum);
+    _exit(128 + signum);
+  }
+  r->stopping = 1;
+  log_line(DDUCT_LOG_INFO, "main", "Signal %d: shutting down", signum);
+  dduct_proxy_close(r->proxy, proxy_closed_cb, r);
+}
+
+static int start_signals(struct runner *r) {
+  int rc;
+  uv_signal_init(&r->loop, &r->sigint);
+  uv_signal_init(&r->loop, &r->sigterm);
+  r->sigint.data = r->sigterm.data = r;
+  r->signals_started = 1;
+  if ((rc = uv_signal_start(&r->sigint, signal_cb, SIGINT)) == 0)
+    rc = uv_signal_start(&r->sigterm, signal_cb, SIGTERM);
+  if (rc != 0) log_line(DDUCT_LOG_ERROR, "main", "signals: %s", uv_strerror(rc));
+  return rc;
+}
+
+/* Errors name the pattern; a bad one was already refused by the config layer. */
+static int build_filter(const struct config *cfg, struct runner *r) {
+  char err[512];
+  if (dduct_filter_new(&r->filter) != 0) return DDUCT_ENOMEM;
+  for (size_t i = 0; i < cfg->filters.n; i++) {
+    int rc = dduct_filter_add(r->filter, cfg->filters.v[i], err, sizeof(err));
+    if (rc != 0) {
+      log_line(DDUCT_LOG_ERROR, "main", "%s", err);
+      return rc;
+    }
+  }
+  return 0;
+}
+
+static void proxy_options(const struct config *cfg, struct dduct_proxy_options *o) {
+  dduct_proxy_options_init(o);
+  o->upstream_ca_file = cfg->upstream_ca_file[0] != '\0' ? cfg->upstream_ca_file : NULL;
+  o->upstream_insecure = cfg->upstream_insecure;
+  o->resolve = (const char *const *)cfg->resolve.v;
+  o->resolve_count = cfg->resolve.n;
+  o->allow_clients = (const char *const *)cfg->allow_clients.v;
+  o->allow_clients_count = cfg->allow_clients.n;
+  o->connect_ports = cfg->connect_ports;
+  o->connect_ports_count = cfg->connect_ports_count;
+  o->connect_any_port = cfg->connect_any_port;
+  o->max_connections = cfg->max_connections;
+  o->head_timeout_ms = cfg->head_timeout * 1000u;
+  o->idle_timeout_ms = cfg->idle_timeout * 1000u;
+  o->tunnel_idle_timeout_ms = cfg->tunnel_idle_timeout * 1000u;
+  o->connect_timeout_ms = cfg->connect_timeout * 1000u;
+  o->upstream_timeout_ms = cfg->upstream_timeout * 1000u;
+  o->shutdown_grace_ms = cfg->shutdown_grace * 1000u;
+  o->revalidate = (enum dduct_revalidate)cfg->revalidate;
+}
+
+static int listen_one(struct runner *r, enum dduct_listen_kind kind, const char *addr) {
+  char err[512] = "";
+  int rc;
+  if (addr[0] == '\0') return 0; /* '' disables this listener */
+  rc = dduct_proxy_listen(r->proxy, kind, addr, err, sizeof(err));
+  if (rc != 0)
+    log_line(DDUCT_LOG_ERROR, kind == DDUCT_LISTEN_TLS ? "tls_mitm" : "http_proxy",
+             "Listening on %s: %s", addr, err[0] ? err : dduct_strerror(rc));
+  return rc;
+}
+
+/* Everything up to a running proxy. Returns 0, or the exit status for a failure. */
+static int setup(const struct config *cfg, struct dduct_ca *ca, struct runner *r) {
+  struct dduct_proxy_options o;
+  char err[512] = "";
+  int rc;
+
+  if ((rc = dduct_store_open(&r->loop, cfg->file_dir, &r->store, err, sizeof(err))) != 0) {
+    log_line(DDUCT_LOG_ERROR, "serve", "%s", err[0] ? err : dduct_strerror(rc));
+    return 1;
+  }
+  if (build_filter(cfg, r) != 0) return 2;
+  proxy_options(cfg, &o);
+  rc = dduct_proxy_new(&r->loop, &o, ca, r->store, r->filter, &r->proxy, err, sizeof(err));
+  if (rc != 0) {
+    log_line(DDUCT_LOG_ERROR, "main", "%s", err[0] ? err : dduct_strerror(rc));
+    return 1;
+  }
+  if (listen_one(r, DDUCT_LISTEN_TCP, cfg->tcp_bind) != 0 ||
+      listen_one(r, DDUCT_LISTEN_TLS, cfg->tls_bind) != 0 || start_signals(r) != 0)
+    return 1;
+  return 0;
+}
+
+/* Close what setup opened, in reverse order, and drain the loop to zero handles. */
+static int teardown(struct runner *r) {
+  int rc;
+  if (r->proxy != NULL && !r->stopping) {
+    r->stopping = 1;
+    dduct_proxy_close(r->proxy, proxy_closed_cb, r);
+  } else {
+    proxy_closed_cb(NULL, r);
+  }
+  uv_run(&r->loop, UV_RUN_DEFAULT);
+  dduct_proxy_free(r->proxy);
+  dduct_store_free(r->store);
+  dduct_filter_free(r->filter);
+  uv_run(&r->loop, UV_RUN_DEFAULT); /* close callbacks of anything the frees closed */
+  if ((rc = uv_loop_close(&r->loop)) != 0) {
+    log_line(DDUCT_LOG_ERROR, "main", "event loop still has open handles at exit");
+    return 1;
+  }
+  return 0;
+}
+
+int run_proxy(const struct config *cfg, struct dduct_ca *ca) {
+  struct runner r;
+  int rc, rc2;
+
+  memset(&r, 0, sizeof(r));
+  if ((rc = uv_loop_init(&r.loop)) != 0) {
+    log_line(DDUCT_LOG_ERROR, "main", "event loop: %s", uv_strerror(rc));
+    return 1;
+  }
+  if ((rc = setup(cfg, ca, &r)) == 0) uv_run(&r.loop, UV_RUN_DEFAULT);
+  rc2 = teardown(&r);
+  return rc != 0 ? rc : rc2;
+}
