@@ -1,0 +1,758 @@
+/* The certificate authority: the eight files in cert_dir, and per-host leaf certificates for
+ * intercepted CONNECTs.
+ *
+ * Missing-file policy (decided before anything is written, so a refusal never leaves a half
+ * updated directory):
+ * - ca.key present: it is the root of trust. A missing ca.crt is re-issued from it (same key
+ *   and name, so server/client certificates and clients trusting the old ca.crt keep working).
+ * - ca.key missing: a new CA is created, but only if ca.crt and every server / client file are
+ *   missing too; otherwise those files belong to a CA we no longer have: error naming them.
+ * - Per set (server, client) the key is the root: key missing while its .crt or .p12 exists is
+ *   an error (the fix, as in the seed, is `rm server.*`). Key present, .crt missing: a new
+ *   certificate is issued for the key and the .p12 rewritten to hold it. Only the .p12 missing:
+ *   written from the existing key and certificate.
+ * - A file that exists but cannot be read or parsed, a certificate that does not match its key,
+ *   a server/client certificate that does not chain to ca.crt, or a .p12 whose MAC fails with
+ *   p12_pass: error naming the file; nothing is overwritten. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mbedtls/error.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/platform_util.h>
+#include <mbedtls/x509_crt.h>
+
+#include "ca.h"
+#include "internal.h"
+#include "pkcs12.h"
+#include "rng.h"
+#include "x509.h"
+
+#define MOD "ssl_certs"
+#define FILE_MAX (1 << 20) /* no key, certificate or p12 of ours comes near this */
+#define KEY_PEM_MAX 16000
+#define HOST_MAX 253
+#define LEAF_BUCKETS 1024
+#define DAY (24 * 60 * 60)
+#define LEAF_DAYS 365
+
+enum { F_CA_KEY, F_CA_CRT, F_SRV_KEY, F_SRV_CRT, F_SRV_P12, F_CLI_KEY, F_CLI_CRT, F_CLI_P12, F_N };
+static const char *const file_names[F_N] = {"ca.key",     "ca.crt",     "server.key",
+                                            "server.crt", "server.p12", "client.key",
+                                            "client.crt", "client.p12"};
+
+struct leaf {
+  struct leaf *next; /* hash chain */
+  char *host;
+  mbedtls_x509_crt chain; /* leaf, then the CA certificate */
+  mbedtls_pk_context key;
+};
+
+struct dduct_ca {
+  char *dir; /* ends with '/' */
+  mbedtls_pk_context ca_key, server_key;
+  mbedtls_x509_crt ca_crt;       /* the CA certificate alone */
+  mbedtls_x509_crt server_chain; /* server.crt, ca.crt */
+  char *ca_pem;
+  char **dns; /* normalised server_dns_sans, "*.x" wildcards kept */
+  size_t ndns;
+  struct dduct__ip *ips;
+  size_t nips;
+  struct leaf *leaves[LEAF_BUCKETS];
+  size_t nleaves;
+  time_t ca_not_after;
+};
+
+/* State of one dduct_ca_open call. */
+struct opener {
+  struct dduct_ca *ca;
+  const struct dduct_ca_options *o;
+  char *err;
+  size_t errlen;
+  int present[F_N];
+  char path[F_N][PATH_MAX];
+};
+
+/* Defaults ------------------------------------------------------------------------------- */
+
+static const char *const default_dns_sans[] = {
+    "*.dduct.rs", "*.docker.io", "*.gcr.io", "*.githubusercontent.com",
+    "*.k8s.io",   "*.quay.io",   "ghcr.io",  "quay.io",
+};
+static const char *const default_ip_sans[] = {"127.0.0.1"};
+
+void dduct_ca_options_init(struct dduct_ca_options *o) {
+  memset(o, 0, sizeof(*o));
+  o->cert_dir = "/var/tmp/dduct/certs/";
+  o->rsa_key_bits = 3072;
+  o->days_from_now = 3072;
+  o->ca_cn = "dduct";
+  o->server_cn = "*.dduct.rs";
+  o->server_dns_sans = default_dns_sans;
+  o->server_dns_sans_count = DDUCT_ARRAY_SIZE(default_dns_sans);
+  o->server_ip_sans = default_ip_sans;
+  o->server_ip_sans_count = DDUCT_ARRAY_SIZE(default_ip_sans);
+  o->client_cn = "client.dduct.rs";
+  o->p12_pass = "dduct";
+}
+
+/* Host names ----------------------------------------------------------------------------- */
+
+static int valid_dns(const char *h, int allow_wildcard) {
+  size_t label = 0;
+  if (allow_wildcard && h[0] == '*' && h[1] == '.') h += 2;
+  if (*h == '\0') return 0;
+  for (; *h != '\0'; h++) {
+    char c = *h;
+    if (c == '.') {
+      if (label == 0) return 0;
+      label = 0;
+    } else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_') {
+      if (++label > 63) return 0;
+    } else {
+      return 0;
+    }
+  }
+  return label > 0;
+}
+
+/* Shared by leaf hosts and SAN entries: lower-case, strip [] and one trailing dot; IP literals
+ * come out in canonical text form so "::1" and "0::1" share one leaf. */
+static int normalise(const char *host, char *out, size_t outlen, int allow_wildcard) {
+  size_t n;
+  int bracketed = 0;
+  struct dduct__ip ip;
+  if (host == NULL) return DDUCT_EINVAL;
+  n = strlen(host);
+  if (n >= 2 && host[0] == '[' && host[n - 1] == ']') host++, n -= 2, bracketed = 1;
+  if (n > 0 && host[n - 1] == '.' && !bracketed) n--;
+  if (n == 0 || n > HOST_MAX || n >= outlen) return DDUCT_EINVAL;
+  for (size_t i = 0; i < n; i++) {
+    char c = host[i];
+    out[i] = (char)(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+  }
+  out[n] = '\0';
+  if (dduct__x509_parse_ip(out, &ip) == 0 && (!bracketed || strchr(out, ':') != NULL)) {
+    if (inet_ntop(ip.len == 4 ? AF_INET : AF_INET6, ip.b, out, (socklen_t)outlen) == NULL)
+      return DDUCT_EINVAL;
+    return 0;
+  }
+  return !bracketed && valid_dns(out, allow_wildcard) ? 0 : DDUCT_EINVAL;
+}
+
+int dduct__ca_host_normalise(const char *host, char *out, size_t outlen) {
+  return normalise(host, out, outlen, 0);
+}
+
+/* Files ---------------------------------------------------------------------------------- */
+
+static int fail(struct opener *op, int code, const char *fmt, const char *path,
+                const char *why) {
+  return dduct__errf(code, op->err, op->errlen, fmt, path, why);
+}
+
+static const char *mbed_reason(int rc, char *buf, size_t len) {
+  mbedtls_strerror(rc, buf, len);
+  return buf;
+}
+
+/* Create dir and its parents; the last component 0700 (it holds private keys). */
+static int make_dir(const char *dir) {
+  char buf[PATH_MAX];
+  size_t n = strlen(dir);
+  if (n == 0 || n >= sizeof(buf)) return DDUCT_EINVAL;
+  memcpy(buf, dir, n + 1);
+  while (n > 1 && buf[n - 1] == '/') buf[--n] = '\0';
+  for (char *s = buf + 1; *s != '\0'; s++) {
+    if (*s != '/') continue;
+    *s = '\0';
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -errno;
+    *s = '/';
+  }
+  if (mkdir(buf, 0700) == 0) return chmod(buf, 0700) == 0 ? 0 : -errno;
+  if (errno != EEXIST) return -errno;
+  struct stat st;
+  if (stat(buf, &st) != 0) return -errno;
+  if (!S_ISDIR(st.st_mode)) return -ENOTDIR;
+  if ((st.st_mode & 077) != 0)
+    LOG_WARN(MOD, "\"%s\" is accessible to other users (mode %03o); 0700 is advised", dir,
+             (unsigned)(st.st_mode & 0777));
+  return 0;
+}
+
+static int file_exists(const char *path) {
+  struct stat st;
+  if (stat(path, &st) == 0) return 1;
+  return errno == ENOENT ? 0 : -errno;
+}
+
+/* Whole file, NUL-terminated (PEM parsers want the NUL counted). */
+static int read_all(const char *path, unsigned char **out, size_t *outlen) {
+  struct stat st;
+  unsigned char *buf;
+  size_t got = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
+  if (fd < 0) return -errno;
+  if (fstat(fd, &st) != 0) rc = -errno;
+  else if (!S_ISREG(st.st_mode)) rc = -EISDIR;
+  else if (st.st_size > FILE_MAX) rc = DDUCT_ETOOBIG;
+  if (rc != 0) {
+    close(fd);
+    return rc;
+  }
+  buf = malloc((size_t)st.st_size + 1);
+  if (buf == NULL) {
+    close(fd);
+    return DDUCT_ENOMEM;
+  }
+  while (got < (size_t)st.st_size) {
+    ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += (size_t)r;
+  }
+  close(fd);
+  buf[got] = '\0';
+  *out = buf;
+  *outlen = got;
+  return 0;
+}
+
+static int write_fd(int fd, const unsigned char *data, size_t len) {
+  while (len > 0) {
+    ssize_t w = write(fd, data, len);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return -errno;
+    data += w;
+    len -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Temp file in the same directory, fsync, rename, fsync the directory: a crash leaves either
+ * no file or the whole file, never a truncated key. */
+static int write_atomic(const char *dir, const char *name, const char *path,
+                        const unsigned char *data, size_t len, mode_t mode) {
+  char tmp[PATH_MAX];
+  int fd, rc;
+  if (snprintf(tmp, sizeof(tmp), "%s.%s.XXXXXX", dir, name) >= (int)sizeof(tmp))
+    return DDUCT_EINVAL;
+  fd = mkostemp(tmp, O_CLOEXEC); /* created 0600 whatever the umask */
+  if (fd < 0) return -errno;
+  rc = fchmod(fd, mode) != 0 ? -errno : 0;
+  if (rc == 0) rc = write_fd(fd, data, len);
+  if (rc == 0 && fsync(fd) != 0) rc = -errno;
+  if (close(fd) != 0 && rc == 0) rc = -errno;
+  if (rc == 0 && rename(tmp, path) != 0) rc = -errno;
+  if (rc != 0) {
+    unlink(tmp);
+    return rc;
+  }
+  fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    (void)fsync(fd); /* best effort: some file systems refuse fsync on directories */
+    close(fd);
+  }
+  return 0;
+}
+
+static int save(struct opener *op, int f, const void *data, size_t len, mode_t mode) {
+  int rc = write_atomic(op->ca->dir, file_names[f], op->path[f], data, len, mode);
+  if (rc != 0)
+    return fail(op, rc, "cannot write \"%s\": %s", op->path[f], dduct_strerror(rc));
+  LOG_INFO(MOD, "Write \"%s\"", op->path[f]);
+  return 0;
+}
+
+static int load(struct opener *op, int f, unsigned char **buf, size_t *len) {
+  int rc = read_all(op->path[f], buf, len);
+  if (rc != 0) return fail(op, rc, "cannot read \"%s\": %s", op->path[f], dduct_strerror(rc));
+  return 0;
+}
+
+/* Keys and certificates ------------------------------------------------------------------ */
+
+static int read_key(struct opener *op, int f, mbedtls_pk_context *pk) {
+  unsigned char *buf;
+  size_t len;
+  char why[128];
+  int rc = load(op, f, &buf, &len);
+  if (rc != 0) return rc;
+  rc = mbedtls_pk_parse_key(pk, buf, len + 1, NULL, 0);
+  mbedtls_platform_zeroize(buf, len);
+  free(buf);
+  if (rc != 0)
+    return fail(op, DDUCT_ECORRUPT, "\"%s\" is not a valid private key: %s", op->path[f],
+                mbed_reason(rc, why, sizeof(why)));
+  LOG_INFO(MOD, "Read \"%s\"", op->path[f]);
+  return 0;
+}
+
+static int create_key(struct opener *op, int f, mbedtls_pk_context *pk) {
+  unsigned char *pem;
+  int rc = dduct__x509_gen_rsa(pk, op->o->rsa_key_bits);
+  if (rc != 0)
+    return fail(op, rc, "cannot generate a key for \"%s\": %s", op->path[f], dduct_strerror(rc));
+  pem = malloc(KEY_PEM_MAX);
+  if (pem == NULL) return DDUCT_ENOMEM;
+  rc = mbedtls_pk_write_key_pem(pk, pem, KEY_PEM_MAX);
+  if (rc == 0) rc = save(op, f, pem, strlen((char *)pem), 0600);
+  else rc = fail(op, DDUCT_ECRYPTO, "cannot encode \"%s\"%s", op->path[f], "");
+  mbedtls_platform_zeroize(pem, KEY_PEM_MAX);
+  free(pem);
+  return rc;
+}
+
+static int key_step(struct opener *op, int f, mbedtls_pk_context *pk) {
+  return op->present[f] ? read_key(op, f, pk) : create_key(op, f, pk);
+}
+
+/* Parse the first certificate of a file into crt (an initialised, empty chain). */
+static int read_crt(struct opener *op, int f, mbedtls_x509_crt *crt) {
+  unsigned char *buf;
+  size_t len;
+  char why[128];
+  int rc = load(op, f, &buf, &len);
+  if (rc != 0) return rc;
+  rc = mbedtls_x509_crt_parse(crt, buf, len + 1);
+  free(buf);
+  if (rc != 0)
+    return fail(op, DDUCT_ECORRUPT, "\"%s\" is not a valid certificate: %s", op->path[f],
+                rc < 0 ? mbed_reason(rc, why, sizeof(why)) : "unparsable entries");
+  return 0;
+}
+
+static int save_crt(struct opener *op, int f, const mbedtls_x509_crt *crt) {
+  char *pem;
+  size_t len;
+  int rc = dduct__x509_crt_pem(crt, &pem, &len);
+  if (rc != 0) return fail(op, rc, "cannot encode \"%s\"%s", op->path[f], "");
+  rc = save(op, f, pem, len, 0644);
+  free(pem);
+  return rc;
+}
+
+static int check_pair(struct opener *op, int f, const mbedtls_x509_crt *crt,
+                      mbedtls_pk_context *key) {
+  if (mbedtls_pk_check_pair((mbedtls_pk_context *)&crt->pk, key) == 0) return 0;
+  return fail(op, DDUCT_ECORRUPT, "\"%s\" does not match its private key %s", op->path[f],
+              file_names[f - 1]);
+}
+
+static time_t now(void) {
+  return time(NULL);
+}
+
+static time_t not_after(struct opener *op, time_t from) {
+  time_t t = from + (time_t)op->o->days_from_now * DAY;
+  /* Nothing outlives the CA that signs it. */
+  if (op->ca->ca_not_after != 0 && t > op->ca->ca_not_after) t = op->ca->ca_not_after;
+  return t;
+}
+
+/* The CA ------------------------------------------------------------------------------- */
+
+static int ca_crt_step(struct opener *op) {
+  struct dduct_ca *ca = op->ca;
+  int rc;
+  if (op->present[F_CA_CRT]) {
+    if ((rc = read_crt(op, F_CA_CRT, &ca->ca_crt)) != 0) return rc;
+    if ((rc = check_pair(op, F_CA_CRT, &ca->ca_crt, &ca->ca_key)) != 0) return rc;
+    if (!ca->ca_crt.ca_istrue)
+      return fail(op, DDUCT_ECORRUPT, "\"%s\" is not a CA certificate%s", op->path[F_CA_CRT],
+                  " (basicConstraints CA:TRUE missing)");
+    LOG_INFO(MOD, "Read \"%s\"", op->path[F_CA_CRT]);
+  } else {
+    time_t t = now();
+    struct dduct__cert_spec s = {
+        .cn = op->o->ca_cn, .subject_key = &ca->ca_key, .issuer_key = &ca->ca_key,
+        .not_before = t - DAY, .not_after = not_after(op, t), .is_ca = 1};
+    if ((rc = dduct__x509_issue(&s, &ca->ca_crt)) != 0)
+      return fail(op, rc, "cannot issue \"%s\": %s", op->path[F_CA_CRT], dduct_strerror(rc));
+    if ((rc = save_crt(op, F_CA_CRT, &ca->ca_crt)) != 0) return rc;
+  }
+  ca->ca_not_after = dduct__x509_not_after(&ca->ca_crt);
+  if (ca->ca_not_after < now())
+    LOG_WARN(MOD, "\"%s\" has expired: clients will refuse every certificate it signed",
+             op->path[F_CA_CRT]);
+  return 0;
+}
+
+/* server / client sets ------------------------------------------------------------------- */
+
+struct set {
+  int key, crt, p12; /* file indices */
+  const char *cn;
+  enum dduct__eku eku;
+  int with_sans;
+};
+
+/* Accept any chain to ca.crt; validity dates only warn (a `rm server.*` fixes them). */
+static int check_chain(struct opener *op, int f, mbedtls_x509_crt *crt) {
+  static const mbedtls_x509_crt_profile any = {
+      .allowed_mds = 0xffffff, .allowed_pks = 0xffffff, .allowed_curves = 0xffffff,
+      .rsa_min_bitlen = 1024};
+  uint32_t flags = 0;
+  mbedtls_x509_crt_verify_with_profile(crt, &op->ca->ca_crt, NULL, &any, NULL, &flags, NULL,
+                                       NULL);
+  if ((flags & ~(uint32_t)(MBEDTLS_X509_BADCERT_EXPIRED | MBEDTLS_X509_BADCERT_FUTURE)) != 0)
+    return fail(op, DDUCT_EVERIFY, "\"%s\" is not signed by %s", op->path[f],
+                op->path[F_CA_CRT]);
+  if (flags != 0)
+    LOG_WARN(MOD, "\"%s\" is outside its validity period; remove it to issue a new one",
+             op->path[f]);
+  return 0;
+}
+
+static int issue_set_crt(struct opener *op, const struct set *st, mbedtls_pk_context *key,
+                         mbedtls_x509_crt *crt) {
+  struct dduct_ca *ca = op->ca;
+  time_t t = now();
+  struct dduct__cert_spec s = {
+      .cn = st->cn, .subject_key = key, .issuer_key = &ca->ca_key, .issuer = &ca->ca_crt,
+      .not_before = t - DAY, .not_after = not_after(op, t), .eku = st->eku};
+  int rc;
+  if (st->with_sans) {
+    s.dns = (const char *const *)ca->dns, s.ndns = ca->ndns;
+    s.ips = ca->ips, s.nips = ca->nips;
+  }
+  if ((rc = dduct__x509_issue(&s, crt)) != 0)
+    return fail(op, rc, "cannot issue \"%s\": %s", op->path[st->crt], dduct_strerror(rc));
+  return save_crt(op, st->crt, crt);
+}
+
+static int crt_step(struct opener *op, const struct set *st, mbedtls_pk_context *key,
+                    mbedtls_x509_crt *crt) {
+  int rc;
+  if (!op->present[st->crt]) return issue_set_crt(op, st, key, crt);
+  if ((rc = read_crt(op, st->crt, crt)) != 0) return rc;
+  if ((rc = check_chain(op, st->crt, crt)) != 0) return rc;
+  if ((rc = check_pair(op, st->crt, crt, key)) != 0) return rc;
+  LOG_INFO(MOD, "Read \"%s\"", op->path[st->crt]);
+  return 0;
+}
+
+static int p12_step(struct opener *op, const struct set *st, mbedtls_pk_context *key,
+                    const mbedtls_x509_crt *crt, int crt_is_new) {
+  unsigned char *buf;
+  size_t len;
+  int rc;
+  if (op->present[st->p12] && !crt_is_new) {
+    if ((rc = load(op, st->p12, &buf, &len)) != 0) return rc;
+    rc = dduct__pkcs12_check(buf, len, op->o->p12_pass);
+    free(buf);
+    if (rc == DDUCT_EVERIFY)
+      return fail(op, rc, "\"%s\": %s", op->path[st->p12],
+                  "MAC check failed (p12_pass differs from the one it was written with?)");
+    if (rc != 0)
+      return fail(op, DDUCT_ECORRUPT, "\"%s\" is not a valid PKCS#12 file%s", op->path[st->p12],
+                  "");
+    LOG_INFO(MOD, "Read \"%s\"", op->path[st->p12]);
+    return 0;
+  }
+  rc = dduct__pkcs12_write(key, crt, &op->ca->ca_crt, op->o->p12_pass, &buf, &len);
+  if (rc != 0)
+    return fail(op, rc, "cannot encode \"%s\": %s", op->path[st->p12], dduct_strerror(rc));
+  rc = save(op, st->p12, buf, len, 0600);
+  mbedtls_platform_zeroize(buf, len);
+  free(buf);
+  return rc;
+}
+
+/* key, crt, p12 in that order; key and crt are left in the caller's contexts. */
+static int set_step(struct opener *op, const struct set *st, mbedtls_pk_context *key,
+                    mbedtls_x509_crt *crt) {
+  int rc;
+  if ((rc = key_step(op, st->key, key)) != 0) return rc;
+  if ((rc = crt_step(op, st, key, crt)) != 0) return rc;
+  return p12_step(op, st, key, crt, !op->present[st->crt]);
+}
+
+static int server_step(struct opener *op) {
+  struct set st = {F_SRV_KEY, F_SRV_CRT, F_SRV_P12, op->o->server_cn, DDUCT__EKU_SERVER, 1};
+  struct dduct_ca *ca = op->ca;
+  int rc = set_step(op, &st, &ca->server_key, &ca->server_chain);
+  if (rc != 0) return rc;
+  /* The listener presents server.crt followed by ca.crt. */
+  if (mbedtls_x509_crt_parse_der(&ca->server_chain, ca->ca_crt.raw.p, ca->ca_crt.raw.len) != 0)
+    return DDUCT_ECRYPTO;
+  return 0;
+}
+
+static int client_step(struct opener *op) {
+  struct set st = {F_CLI_KEY, F_CLI_CRT, F_CLI_P12, op->o->client_cn, DDUCT__EKU_CLIENT, 0};
+  mbedtls_pk_context key;
+  mbedtls_x509_crt crt;
+  int rc;
+  mbedtls_pk_init(&key);
+  mbedtls_x509_crt_init(&crt);
+  rc = set_step(op, &st, &key, &crt);
+  mbedtls_x509_crt_free(&crt);
+  mbedtls_pk_free(&key);
+  return rc;
+}
+
+/* Planning: refuse inconsistent directories before writing anything ---------------------- */
+
+static int plan_set(struct opener *op, int key) {
+  for (int f = key + 1; f <= key + 2; f++)
+    if (!op->present[key] && op->present[f])
+      return dduct__errf(DDUCT_ECORRUPT, op->err, op->errlen,
+                         "\"%s\" is missing but \"%s\" exists; remove %.*s* to regenerate them",
+                         op->path[key], op->path[f],
+                         (int)(strchr(file_names[key], '.') - file_names[key] + 1),
+                         file_names[key]);
+  return 0;
+}
+
+static int plan(struct opener *op) {
+  for (int f = 0; f < F_N; f++) {
+    int rc = file_exists(op->path[f]);
+    if (rc < 0) return fail(op, rc, "cannot access \"%s\": %s", op->path[f], dduct_strerror(rc));
+    op->present[f] = rc;
+  }
+  if (!op->present[F_CA_KEY]) {
+    for (int f = F_CA_CRT; f < F_N; f++)
+      if (op->present[f])
+        return dduct__errf(DDUCT_ECORRUPT, op->err, op->errlen,
+                           "\"%s\" is missing but \"%s\" exists; it belongs to that CA (remove "
+                           "ca.* server.* client.* to start a new CA)",
+                           op->path[F_CA_KEY], op->path[f]);
+  }
+  int rc = plan_set(op, F_SRV_KEY);
+  return rc != 0 ? rc : plan_set(op, F_CLI_KEY);
+}
+
+/* Options -------------------------------------------------------------------------------- */
+
+static int copy_sans(struct dduct_ca *ca, const struct dduct_ca_options *o, char *err,
+                     size_t errlen) {
+  char buf[HOST_MAX + 3];
+  ca->dns = calloc(o->server_dns_sans_count + 1, sizeof(*ca->dns));
+  ca->ips = calloc(o->server_ip_sans_count + 1, sizeof(*ca->ips));
+  if (ca->dns == NULL || ca->ips == NULL) return DDUCT_ENOMEM;
+  for (size_t i = 0; i < o->server_dns_sans_count; i++) {
+    const char *s = o->server_dns_sans[i];
+    if (normalise(s, buf, sizeof(buf), 1) != 0 || strchr(buf, ':') != NULL)
+      return dduct__errf(DDUCT_ECONFIG, err, errlen, "server_dns_sans: invalid name '%s'",
+                         s != NULL ? s : "(null)");
+    if ((ca->dns[ca->ndns++] = dduct__strdup(buf)) == NULL) return DDUCT_ENOMEM;
+  }
+  for (size_t i = 0; i < o->server_ip_sans_count; i++) {
+    const char *s = o->server_ip_sans[i];
+    if (s == NULL || dduct__x509_parse_ip(s, &ca->ips[ca->nips]) != 0)
+      return dduct__errf(DDUCT_ECONFIG, err, errlen, "server_ip_sans: invalid address '%s'",
+                         s != NULL ? s : "(null)");
+    ca->nips++;
+  }
+  return 0;
+}
+
+static int check_options(const struct dduct_ca_options *o, char *err, size_t errlen) {
+  if (o->cert_dir == NULL || o->cert_dir[0] == '\0' || strlen(o->cert_dir) > PATH_MAX - 64)
+    return dduct__errf(DDUCT_ECONFIG, err, errlen, "cert_dir: must be a directory path%s", "");
+  if (o->rsa_key_bits < 1024 || o->rsa_key_bits > 8192)
+    return dduct__errf(DDUCT_ECONFIG, err, errlen, "rsa_key_bits: %u is outside 1024..8192",
+                       o->rsa_key_bits);
+  if (o->days_from_now < 1 || o->days_from_now > 36500)
+    return dduct__errf(DDUCT_ECONFIG, err, errlen, "days_from_now: %u is outside 1..36500",
+                       o->days_from_now);
+  if (o->ca_cn == NULL || o->ca_cn[0] == '\0' || o->server_cn == NULL ||
+      o->server_cn[0] == '\0' || o->client_cn == NULL || o->client_cn[0] == '\0')
+    return dduct__errf(DDUCT_ECONFIG, err, errlen, "ca_cn, server_cn, client_cn: must not be "
+                       "empty%s", "");
+  if (o->p12_pass == NULL)
+    return dduct__errf(DDUCT_ECONFIG, err, errlen, "p12_pass: missing%s", "");
+  return 0;
+}
+
+static int set_dir(struct opener *op) {
+  const char *d = op->o->cert_dir;
+  size_t n = strlen(d);
+  int slash = d[n - 1] == '/';
+  op->ca->dir = malloc(n + 2);
+  if (op->ca->dir == NULL) return DDUCT_ENOMEM;
+  snprintf(op->ca->dir, n + 2, "%s%s", d, slash ? "" : "/");
+  for (int f = 0; f < F_N; f++)
+    snprintf(op->path[f], sizeof(op->path[f]), "%s%s", op->ca->dir, file_names[f]);
+  int rc = make_dir(d);
+  if (rc != 0) return fail(op, rc, "cannot create \"%s\": %s", d, dduct_strerror(rc));
+  return 0;
+}
+
+static int open_files(struct opener *op) {
+  size_t len;
+  int rc;
+  if ((rc = set_dir(op)) != 0) return rc;
+  if ((rc = plan(op)) != 0) return rc;
+  if ((rc = key_step(op, F_CA_KEY, &op->ca->ca_key)) != 0) return rc;
+  if ((rc = ca_crt_step(op)) != 0) return rc;
+  if ((rc = server_step(op)) != 0) return rc;
+  if ((rc = client_step(op)) != 0) return rc;
+  return dduct__x509_crt_pem(&op->ca->ca_crt, &op->ca->ca_pem, &len);
+}
+
+static struct dduct_ca *ca_alloc(void) {
+  struct dduct_ca *ca = calloc(1, sizeof(*ca));
+  if (ca == NULL) return NULL;
+  mbedtls_pk_init(&ca->ca_key);
+  mbedtls_pk_init(&ca->server_key);
+  mbedtls_x509_crt_init(&ca->ca_crt);
+  mbedtls_x509_crt_init(&ca->server_chain);
+  return ca;
+}
+
+int dduct_ca_open(const struct dduct_ca_options *o, struct dduct_ca **out, char *err,
+                  size_t errlen) {
+  struct opener *op;
+  int rc;
+
+  if (o == NULL || out == NULL) return DDUCT_EINVAL;
+  *out = NULL;
+  if ((rc = check_options(o, err, errlen)) != 0) return rc;
+  if (dduct__rng_init() != 0)
+    return dduct__errf(DDUCT_ECRYPTO, err, errlen, "cannot seed the random generator%s", "");
+  op = calloc(1, sizeof(*op)); /* eight PATH_MAX buffers: too big for a thread's stack */
+  if (op == NULL) return DDUCT_ENOMEM;
+  op->o = o, op->err = err, op->errlen = errlen;
+  op->ca = ca_alloc();
+  if (op->ca == NULL) rc = DDUCT_ENOMEM;
+  if (rc == 0) rc = copy_sans(op->ca, o, err, errlen);
+  if (rc == 0) rc = open_files(op);
+  if (rc == 0) *out = op->ca;
+  else dduct_ca_free(op->ca);
+  free(op);
+  return rc;
+}
+
+/* Interception and leaves ---------------------------------------------------------------- */
+
+static int wildcard_match(const char *pattern, const char *host) {
+  const char *dot = strchr(host, '.');
+  /* "*.x" covers "a.x", not "x" nor "a.b.x" (RFC 6125 one-label wildcards). */
+  return dot != NULL && dot != host && strcmp(dot + 1, pattern + 2) == 0;
+}
+
+int dduct_ca_covers(const struct dduct_ca *ca, const char *host) {
+  char h[HOST_MAX + 3];
+  struct dduct__ip ip;
+  if (ca == NULL || normalise(host, h, sizeof(h), 0) != 0) return 0;
+  if (dduct__x509_parse_ip(h, &ip) == 0) {
+    for (size_t i = 0; i < ca->nips; i++)
+      if (ca->ips[i].len == ip.len && memcmp(ca->ips[i].b, ip.b, ip.len) == 0) return 1;
+    return 0;
+  }
+  for (size_t i = 0; i < ca->ndns; i++) {
+    const char *p = ca->dns[i];
+    if (p[0] == '*' ? wildcard_match(p, h) : strcmp(p, h) == 0) return 1;
+  }
+  return 0;
+}
+
+const char *dduct_ca_cert_pem(const struct dduct_ca *ca) {
+  return ca != NULL ? ca->ca_pem : NULL;
+}
+
+int dduct__ca_server_identity(struct dduct_ca *ca, mbedtls_x509_crt **chain,
+                              mbedtls_pk_context **key) {
+  if (ca == NULL) return DDUCT_EINVAL;
+  *chain = &ca->server_chain;
+  *key = &ca->server_key;
+  return 0;
+}
+
+static size_t bucket_of(const char *s) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (; *s != '\0'; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h % LEAF_BUCKETS;
+}
+
+static void leaf_free(struct leaf *l) {
+  if (l == NULL) return;
+  mbedtls_x509_crt_free(&l->chain);
+  mbedtls_pk_free(&l->key);
+  free(l->host);
+  free(l);
+}
+
+static int mint(struct dduct_ca *ca, struct leaf *l) {
+  struct dduct__ip ip;
+  const char *dns[1] = {l->host};
+  time_t t = now(), end = t + (time_t)LEAF_DAYS * DAY;
+  int is_ip = dduct__x509_parse_ip(l->host, &ip) == 0;
+  struct dduct__cert_spec s = {
+      .cn = strlen(l->host) <= 64 ? l->host : NULL, /* X.520 caps CN at 64; the SAN is what counts */
+      .subject_key = &l->key, .issuer_key = &ca->ca_key, .issuer = &ca->ca_crt,
+      .not_before = t - DAY, .not_after = end < ca->ca_not_after ? end : ca->ca_not_after,
+      .eku = DDUCT__EKU_SERVER};
+  int rc;
+  if (is_ip) s.ips = &ip, s.nips = 1;
+  else s.dns = dns, s.ndns = 1;
+  if ((rc = dduct__x509_gen_p256(&l->key)) != 0) return rc;
+  if ((rc = dduct__x509_issue(&s, &l->chain)) != 0) return rc;
+  if (mbedtls_x509_crt_parse_der(&l->chain, ca->ca_crt.raw.p, ca->ca_crt.raw.len) != 0)
+    return DDUCT_ECRYPTO;
+  return 0;
+}
+
+int dduct__ca_leaf(struct dduct_ca *ca, const char *host, mbedtls_x509_crt **chain,
+                   mbedtls_pk_context **key) {
+  char h[HOST_MAX + 3];
+  struct leaf *l;
+  size_t b;
+  int rc;
+
+  if (ca == NULL || normalise(host, h, sizeof(h), 0) != 0) return DDUCT_EINVAL;
+  b = bucket_of(h);
+  for (l = ca->leaves[b]; l != NULL; l = l->next)
+    if (strcmp(l->host, h) == 0) break;
+  if (l == NULL) {
+    if (ca->nleaves >= DDUCT__CA_MAX_LEAVES) return DDUCT_ETOOBIG;
+    if ((l = calloc(1, sizeof(*l))) == NULL) return DDUCT_ENOMEM;
+    mbedtls_x509_crt_init(&l->chain);
+    mbedtls_pk_init(&l->key);
+    l->host = dduct__strdup(h);
+    rc = l->host == NULL ? DDUCT_ENOMEM : mint(ca, l);
+    if (rc != 0) {
+      leaf_free(l);
+      return rc;
+    }
+    LOG_DEBUG(MOD, "Minted a certificate for \"%s\"", h);
+    l->next = ca->leaves[b];
+    ca->leaves[b] = l;
+    ca->nleaves++;
+  }
+  *chain = &l->chain;
+  *key = &l->key;
+  return 0;
+}
+
+void dduct_ca_free(struct dduct_ca *ca) {
+  if (ca == NULL) return;
+  for (size_t b = 0; b < LEAF_BUCKETS; b++) {
+    while (ca->leaves[b] != NULL) {
+      struct leaf *l = ca->leaves[b];
+      ca->leaves[b] = l->next;
+      leaf_free(l);
+    }
+  }
+  for (size_t i = 0; i < ca->ndns; i++) free(ca->dns[i]);
+  free(ca->dns);
+  free(ca->ips);
+  free(ca->ca_pem);
+  mbedtls_x509_crt_free(&ca->server_chain);
+  mbedtls_x509_crt_free(&ca->ca_crt);
+  mbedtls_pk_free(&ca->server_key);
+  mbedtls_pk_free(&ca->ca_key);
+  free(ca->dir);
+  free(ca);
+}
