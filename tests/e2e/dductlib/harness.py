@@ -115,7 +115,7 @@ def toml(sections):
 
 # ---- the dduct process ------------------------------------------------------------------------
 
-def certs_section(cert_dir):
+def certs_section():
     return {
         "rsa_key_bits": 2048,
         "days_from_now": 30,
@@ -130,7 +130,7 @@ class Dduct:
     """One dduct process. Use as a context manager: stop() asserts a clean exit on the way out."""
 
     def __init__(self, rig, proxy=None, misc=None, tcp=True, tls=True, env=None,
-                 nofile=None, name="dduct", cert_dir=None):
+                 nofile=None, name="dduct", cert_dir=None, tls_port=None):
         self.rig = rig
         self.dir = tempfile.mkdtemp(prefix=name + "-", dir=rig.tmp)
         self.file_dir = os.path.join(self.dir, "files")
@@ -145,6 +145,7 @@ class Dduct:
         self.misc_overrides = misc or {}
         self.extra_env = env or {}
         self.nofile = nofile
+        self.fixed_tls_port = tls_port
         self.proc = None
         self.stderr_path = os.path.join(self.dir, "stderr.log")
         self.stopped = False
@@ -164,11 +165,11 @@ class Dduct:
         misc = {"log_level": "debug", "cert_dir": self.cert_dir + "/",
                 "file_dir": self.file_dir + "/"}
         misc.update(self.misc_overrides)
-        return toml({"misc": misc, "proxy": proxy, "certs": certs_section(self.cert_dir)})
+        return toml({"misc": misc, "proxy": proxy, "certs": certs_section()})
 
     def _spawn(self):
         self.tcp_port = free_port()
-        self.tls_port = free_port()
+        self.tls_port = self.fixed_tls_port or free_port()
         self.cfg_path = os.path.join(self.dir, "dduct.toml")
         with open(self.cfg_path, "w") as f:
             f.write(self.config())
@@ -294,6 +295,14 @@ class Dduct:
     @property
     def https_proxy(self):
         return "https://127.0.0.1:%d" % self.tls_port
+
+
+def via(d, kind):
+    """curl arguments to go through dduct: 'http' is the seed's first command (-x http://),
+    'https' its second (TLS to the proxy, then TLS inside)."""
+    if kind == "http":
+        return ["-x", d.http_proxy, "--cacert", d.ca_crt]
+    return ["--proxy-cacert", d.ca_crt, "-x", d.https_proxy, "--cacert", d.ca_crt]
 
 
 # ---- the rig ----------------------------------------------------------------------------------
@@ -432,11 +441,14 @@ def curl(rig, args, cwd=None, timeout=120, output=True):
 def s_client_cert(rig, connect, servername, proxy=None, cafile=None):
     """openssl s_client (through an HTTP proxy with -proxy): the peer certificate's info and the
     verification result line."""
-    argv = ["openssl", "s_client", "-connect", connect, "-servername", servername, "-showcerts"]
+    argv = ["openssl", "s_client", "-connect", connect, "-showcerts"]
+    argv += ["-servername", servername] if servername else ["-noservername"]
     if proxy:
         argv += ["-proxy", proxy]
     if cafile:
-        argv += ["-CAfile", cafile, "-verify_hostname", servername]
+        argv += ["-CAfile", cafile]
+        if servername:
+            argv += ["-verify_hostname", servername]
     p = subprocess.run(argv, input=b"Q\n", capture_output=True, env=clean_env(rig.home),
                        timeout=60)
     out = p.stdout.decode("utf-8", "replace")
