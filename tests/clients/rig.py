@@ -160,6 +160,72 @@ def run(argv, env=None, cwd=None, timeout=300, check=True, what=None):
     return r
 
 
+class TunnelProxy:
+    """A blind CONNECT proxy on a thread that resolves the rig's names itself and records every
+    CONNECT target: it proves that each client really sends its requests for the rig's names
+    through a proxy (and which), before dduct is in the picture."""
+
+    def __init__(self):
+        import socketserver
+        import threading
+        self.targets = []
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                head = b''
+                while b'\r\n\r\n' not in head and len(head) < 65536:
+                    chunk = self.request.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                line = head.split(b'\r\n', 1)[0].decode('latin-1').split()
+                if len(line) != 3 or line[0] != 'CONNECT':
+                    self.request.sendall(b'HTTP/1.1 405 CONNECT only\r\nContent-Length: 0\r\n\r\n')
+                    return
+                host, port = line[1].rsplit(':', 1)
+                outer.targets.append(line[1])
+                if host not in HOSTS:
+                    self.request.sendall(b'HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n')
+                    return
+                up = socket.create_connection(('127.0.0.1', int(port)))
+                self.request.sendall(b'HTTP/1.1 200 Connection established\r\n\r\n')
+                rest = head.split(b'\r\n\r\n', 1)[1]
+                if rest:
+                    up.sendall(rest)
+                t = threading.Thread(target=pump, args=(up, self.request), daemon=True)
+                t.start()
+                pump(self.request, up)
+                t.join()
+                up.close()
+
+        def pump(src, dst):
+            try:
+                while True:
+                    b = src.recv(65536)
+                    if not b:
+                        break
+                    dst.sendall(b)
+            except OSError:
+                pass
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(('127.0.0.1', 0), Handler)
+        self.url = 'http://127.0.0.1:%d' % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Rig:
     def __init__(self, keep=False):
         base = os.environ.get('TMPDIR', '/tmp')

@@ -102,7 +102,30 @@ def main():
             p = r.blob_path('dduct/app', dg)
             assert reg.get(p) == [200], 'registry %s: %s' % (p, reg.get(p))
         print('ok 6 - the registry access log shows one GET per blob of dduct/app')
-        print('1..6')
+
+        # The same clients in proxy mode (no private hosts file, proxy settings as the dduct
+        # tests use them) through a blind CONNECT proxy: every request for a rig name must go
+        # through the proxy, or the client could not even resolve the name.
+        tun = rig.TunnelProxy()
+        try:
+            got = r.apt('apt-tunnel', r.ca, tun.url, pkgs[:1])
+            r.check_apt_files(got)
+            for name, host, port in (('dduct/app', 'registry.test', ports['registry']),
+                                     ('dduct/cdn', 'cdn.test', ports['front'])):
+                out = r.skopeo_pull('skopeo-tunnel-' + name.replace('/', '_'),
+                                    '%s:%d/%s:1' % (host, port, name), r.ca_dir, tun.url)
+                r.check_image_dir(name, out)
+            out = r.path('clients', 'curl-tunnel')
+            rig.run(r.curl('https://apt.test:%d%s' % (ports['apt'], tgz), out, r.ca,
+                           proxy=tun.url), env=r.curl_env(), what='curl via tunnel')
+            assert rig.sha256_file(out) == r.files[tgz][1]
+        finally:
+            tun.close()
+        hosts = sorted(set(t.rsplit(':', 1)[0] for t in tun.targets))
+        assert hosts == sorted(rig.HOSTS), 'CONNECT targets: %s' % tun.targets
+        print('ok 7 - apt-get, skopeo (registry and CDN redirect) and curl send every request '
+              'for the rig names through the proxy as CONNECTs (%s)' % ', '.join(hosts))
+        print('1..7')
 
 
 if __name__ == '__main__':
