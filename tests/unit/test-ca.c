@@ -1,0 +1,486 @@
+/* The certificate authority against real openssl processes: the eight files, their modes and
+ * log lines (first run, restart, `rm server.*`), chains, SANs and EKUs, PKCS#12 files, refusals
+ * that name the file and leave it untouched, minted leaves, and the interception rule. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mbedtls/pem.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/x509_crt.h>
+
+#include "ca.h"
+#include "dduct.h"
+#include "tap.h"
+
+static char tmp[256], dir[300], out[65536];
+
+/* ---- helpers ---- */
+
+#define MAX_LINES 64
+static char lines[MAX_LINES][512];
+static int nlines;
+
+static void log_cb(void *ud, enum dduct_log_level level, const char *module, const char *msg) {
+  (void)ud;
+  if (strcmp(module, "ssl_certs") != 0 || level != DDUCT_LOG_INFO) return;
+  if (nlines < MAX_LINES) snprintf(lines[nlines++], sizeof(lines[0]), "%s", msg);
+}
+
+/* Run a shell command; its stdout+stderr land in out. Returns the exit status. */
+static int run(const char *fmt, ...) {
+  char cmd[2048];
+  va_list ap;
+  FILE *p;
+  size_t n;
+  int st;
+  va_start(ap, fmt);
+  vsnprintf(cmd, sizeof(cmd), fmt, ap);
+  va_end(ap);
+  strncat(cmd, " 2>&1", sizeof(cmd) - strlen(cmd) - 1);
+  p = popen(cmd, "r");
+  if (p == NULL) return -1;
+  n = fread(out, 1, sizeof(out) - 1, p);
+  out[n] = '\0';
+  st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static const char *path(const char *name) {
+  static char buf[8][512];
+  static int i;
+  i = (i + 1) % 8;
+  snprintf(buf[i], sizeof(buf[i]), "%s%s", dir, name);
+  return buf[i];
+}
+
+static int mode_of(const char *p) {
+  struct stat st;
+  return stat(p, &st) == 0 ? (int)(st.st_mode & 0777) : -1;
+}
+
+static char *slurp(const char *p) {
+  static char buf[4][16384];
+  static int i;
+  FILE *f = fopen(p, "rb");
+  size_t n = 0;
+  i = (i + 1) % 4;
+  buf[i][0] = '\0';
+  if (f != NULL) {
+    n = fread(buf[i], 1, sizeof(buf[i]) - 1, f);
+    fclose(f);
+  }
+  buf[i][n] = '\0';
+  return buf[i];
+}
+
+static void spit(const char *p, const char *data) {
+  FILE *f = fopen(p, "wb");
+  if (f == NULL) return;
+  fputs(data, f);
+  fclose(f);
+}
+
+static const char *const dns[] = {"*.test", "Registry.Example.", "quay.io"};
+static const char *const ips[] = {"127.0.0.1", "::1"};
+
+static void options(struct dduct_ca_options *o) {
+  dduct_ca_options_init(o);
+  o->cert_dir = dir;
+  o->rsa_key_bits = 2048; /* OpenSSL 3's default security level refuses less */
+  o->server_dns_sans = dns;
+  o->server_dns_sans_count = 2 + 1;
+  o->server_ip_sans = ips;
+  o->server_ip_sans_count = 2;
+}
+
+static int open_ca(struct dduct_ca **ca, char *err, size_t errlen) {
+  struct dduct_ca_options o;
+  options(&o);
+  nlines = 0;
+  return dduct_ca_open(&o, ca, err, errlen);
+}
+
+/* Compare captured lines with "Read"/"Write" per file, in the fixed order. */
+static int lines_are(const char *const verbs[8]) {
+  static const char *const names[8] = {"ca.key",     "ca.crt",     "server.key",
+                                       "server.crt", "server.p12", "client.key",
+                                       "client.crt", "client.p12"};
+  char want[512];
+  if (nlines != 8) {
+    fprintf(stderr, "  %d log lines, expected 8\n", nlines);
+    for (int i = 0; i < nlines; i++) fprintf(stderr, "  | %s\n", lines[i]);
+    return 0;
+  }
+  for (int i = 0; i < 8; i++) {
+    snprintf(want, sizeof(want), "%s \"%s\"", verbs[i], path(names[i]));
+    if (strcmp(lines[i], want) != 0) {
+      fprintf(stderr, "  line %d: '%s', expected '%s'\n", i, lines[i], want);
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static int write_leaf_pem(const mbedtls_x509_crt *crt, const char *p) {
+  unsigned char buf[8192];
+  size_t olen;
+  if (mbedtls_pem_write_buffer("-----BEGIN CERTIFICATE-----\n", "-----END CERTIFICATE-----\n",
+                               crt->raw.p, crt->raw.len, buf, sizeof(buf), &olen) != 0)
+    return -1;
+  spit(p, (const char *)buf);
+  return 0;
+}
+
+/* ---- cases ---- */
+
+static void test_normalise(void) {
+  char h[300];
+  CHECK(dduct__ca_host_normalise("Registry.Test.", h, sizeof(h)) == 0 &&
+            strcmp(h, "registry.test") == 0,
+        "hosts are lower-cased and lose one trailing dot");
+  CHECK(dduct__ca_host_normalise("[::1]", h, sizeof(h)) == 0 && strcmp(h, "::1") == 0,
+        "a bracketed IPv6 literal is unbracketed");
+  CHECK(dduct__ca_host_normalise("0:0::1", h, sizeof(h)) == 0 && strcmp(h, "::1") == 0,
+        "IPv6 literals are canonicalised");
+  CHECK(dduct__ca_host_normalise("::ffff:127.0.0.1", h, sizeof(h)) == 0 &&
+            strcmp(h, "127.0.0.1") == 0,
+        "an IPv4-mapped IPv6 literal becomes IPv4");
+  CHECK(dduct__ca_host_normalise("127.0.0.1", h, sizeof(h)) == 0 && strcmp(h, "127.0.0.1") == 0,
+        "IPv4 literals pass");
+  CHECK(dduct__ca_host_normalise("my_host-1.example", h, sizeof(h)) == 0,
+        "underscores and hyphens pass");
+  const char *bad[] = {"", ".", "a..b", ".a", "ex ample.com", "*.test", "a/b", "[a.b]",
+                       "host:443", "[127.0.0.1]", "a\x80.test", "..", "a.b.."};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+    CHECK(dduct__ca_host_normalise(bad[i], h, sizeof(h)) == DDUCT_EINVAL,
+          "odd hosts are rejected");
+  char longl[80], longh[300];
+  memset(longl, 'a', 64), longl[64] = '\0';
+  CHECK(dduct__ca_host_normalise(longl, h, sizeof(h)) == DDUCT_EINVAL,
+        "a label over 63 characters is rejected");
+  for (int i = 0; i < 254; i++) longh[i] = i % 2 ? '.' : 'a';
+  longh[254] = 'a', longh[255] = '\0';
+  CHECK(dduct__ca_host_normalise(longh, h, sizeof(h)) == DDUCT_EINVAL,
+        "a name over 253 characters is rejected");
+  CHECK(dduct__ca_host_normalise(NULL, h, sizeof(h)) == DDUCT_EINVAL, "NULL is rejected");
+}
+
+static void test_first_run(struct dduct_ca **ca) {
+  static const char *const all_write[8] = {"Write", "Write", "Write", "Write",
+                                           "Write", "Write", "Write", "Write"};
+  char err[512] = "";
+  int rc = open_ca(ca, err, sizeof(err));
+  if (rc != 0) fprintf(stderr, "  %s\n", err);
+  CHECK_EQ_INT(rc, 0, "a CA is created in an empty, missing cert_dir");
+  CHECK(lines_are(all_write), "first run logs Write for the eight files, in order");
+  CHECK_EQ_INT(mode_of(dir), 0700, "cert_dir is created 0700");
+  CHECK_EQ_INT(mode_of(path("ca.key")), 0600, "ca.key is 0600");
+  CHECK_EQ_INT(mode_of(path("server.key")), 0600, "server.key is 0600");
+  CHECK_EQ_INT(mode_of(path("client.key")), 0600, "client.key is 0600");
+  CHECK_EQ_INT(mode_of(path("server.p12")), 0600, "server.p12 (it holds the key) is 0600");
+  CHECK(run("ls -A '%s' | wc -l", dir) == 0 && atoi(out) == 8,
+        "exactly the eight files, no temp files left");
+  CHECK(*ca != NULL && strcmp(dduct_ca_cert_pem(*ca), slurp(path("ca.crt"))) == 0,
+        "dduct_ca_cert_pem is ca.crt's content");
+  CHECK(strstr(slurp(path("ca.key")), "PRIVATE KEY-----") != NULL, "keys are PEM");
+}
+
+static void test_openssl_views(void) {
+  CHECK(run("cd '%s' && openssl verify -CAfile ca.crt server.crt client.crt", dir) == 0 &&
+            strstr(out, "server.crt: OK") && strstr(out, "client.crt: OK"),
+        "openssl verify accepts server.crt and client.crt against ca.crt");
+  CHECK(run("openssl x509 -in '%s' -noout -text", path("ca.crt")) == 0 &&
+            strstr(out, "X509v3 Basic Constraints: critical") && strstr(out, "CA:TRUE") &&
+            strstr(out, "Certificate Sign, CRL Sign") &&
+            strstr(out, "X509v3 Subject Key Identifier") && strstr(out, "Subject: CN = dduct") &&
+            strstr(out, "sha256WithRSAEncryption") && strstr(out, "Public-Key: (2048 bit)"),
+        "ca.crt: CA:TRUE critical, keyCertSign+cRLSign, key id, CN, SHA-256, 2048 bits");
+  CHECK(run("openssl x509 -in '%s' -noout -text", path("server.crt")) == 0 &&
+            strstr(out, "DNS:*.test, DNS:registry.example, DNS:quay.io, IP Address:127.0.0.1, "
+                        "IP Address:0:0:0:0:0:0:0:1") &&
+            strstr(out, "TLS Web Server Authentication") && strstr(out, "Subject: CN = *.dduct.rs") &&
+            strstr(out, "Issuer: CN = dduct") && strstr(out, "X509v3 Authority Key Identifier"),
+        "server.crt: the configured SANs (normalised), serverAuth, CN, issuer, key ids");
+  CHECK(run("openssl x509 -in '%s' -noout -text", path("client.crt")) == 0 &&
+            strstr(out, "TLS Web Client Authentication") &&
+            strstr(out, "Subject: CN = client.dduct.rs") && !strstr(out, "Alternative Name"),
+        "client.crt: clientAuth, client_cn, no SANs");
+  CHECK(run("openssl x509 -in '%s' -noout -serial", path("server.crt")) == 0 &&
+            strlen(out) >= 7 + 38 && strlen(out) <= 7 + 41 && strchr("01234567", out[7]),
+        "serials are ~159 random bits, positive");
+  CHECK(run("openssl x509 -in '%s' -noout -startdate -enddate -checkend %d", path("ca.crt"),
+            3000 * 86400) == 0 &&
+            run("openssl x509 -in '%s' -noout -checkend %d", path("ca.crt"), 3080 * 86400) != 0,
+        "ca.crt is valid for days_from_now (3072) days");
+  for (int i = 0; i < 2; i++) {
+    const char *p12 = path(i == 0 ? "server.p12" : "client.p12");
+    CHECK(run("openssl pkcs12 -in '%s' -passin pass:dduct -info -noout", p12) == 0 &&
+              strstr(out, "PBES2, PBKDF2, AES-256-CBC, Iteration 2048, PRF hmacWithSHA256") &&
+              strstr(out, "MAC: sha256, Iteration 2048"),
+          "openssl pkcs12 -info accepts the p12 (PBES2/AES-256, HMAC-SHA256 MAC)");
+    CHECK(run("openssl pkcs12 -in '%s' -passin pass:wrong -info -noout", p12) != 0,
+          "openssl rejects the p12 with a wrong password");
+  }
+  CHECK(run("cd '%s' && openssl pkcs12 -in server.p12 -passin pass:dduct -nodes -nocerts | "
+            "openssl pkey -pubout > p.a && openssl pkey -in server.key -pubout > p.b && "
+            "cmp p.a p.b && rm p.a p.b",
+            dir) == 0,
+        "server.p12 holds server.key");
+}
+
+static void test_restart(void) {
+  static const char *const all_read[8] = {"Read", "Read", "Read", "Read",
+                                          "Read", "Read", "Read", "Read"};
+  static const char *const srv_write[8] = {"Read",  "Read", "Write", "Write",
+                                           "Write", "Read", "Read",  "Read"};
+  struct dduct_ca *ca = NULL;
+  char err[512] = "", before[8192];
+  int rc;
+
+  snprintf(before, sizeof(before), "%s", slurp(path("server.crt")));
+  rc = open_ca(&ca, err, sizeof(err));
+  if (rc != 0) fprintf(stderr, "  %s\n", err);
+  CHECK(rc == 0 && lines_are(all_read), "a restart reads all eight files");
+  CHECK(strcmp(before, slurp(path("server.crt"))) == 0, "a restart changes nothing");
+  dduct_ca_free(ca);
+
+  run("rm -f '%s'server.*", dir);
+  rc = open_ca(&ca, err, sizeof(err));
+  if (rc != 0) fprintf(stderr, "  %s\n", err);
+  CHECK(rc == 0 && lines_are(srv_write), "after rm server.*, only server.* are written");
+  CHECK(strcmp(before, slurp(path("server.crt"))) != 0, "server.crt is a new certificate");
+  CHECK(run("cd '%s' && openssl verify -CAfile ca.crt server.crt client.crt", dir) == 0,
+        "the regenerated server.crt chains to the existing CA");
+  CHECK_EQ_INT(mode_of(path("server.key")), 0600, "the regenerated key is 0600");
+  dduct_ca_free(ca);
+}
+
+static void expect_refusal(const char *file, const char *what) {
+  struct dduct_ca *ca = (struct dduct_ca *)1;
+  char err[512] = "";
+  int rc = open_ca(&ca, err, sizeof(err));
+  if (strstr(err, path(file)) == NULL) fprintf(stderr, "  err: %s\n", err);
+  CHECK(rc < 0 && ca == NULL && strstr(err, path(file)) != NULL, what);
+  for (int i = 0; i < nlines; i++)
+    if (strncmp(lines[i], "Write", 5) == 0) {
+      CHECK(0, "a refusal writes nothing");
+      fprintf(stderr, "  | %s\n", lines[i]);
+    }
+}
+
+static void test_refusals(void) {
+  char saved[16384], saved2[16384];
+
+  snprintf(saved, sizeof(saved), "%s", slurp(path("ca.crt")));
+  spit(path("ca.crt"), "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n");
+  expect_refusal("ca.crt", "a corrupt ca.crt is an error naming it");
+  CHECK(strstr(slurp(path("ca.crt")), "not base64") != NULL, "the corrupt ca.crt is left as is");
+  spit(path("ca.crt"), saved);
+
+  chmod(path("client.key"), 0);
+  if (access(path("client.key"), R_OK) != 0) /* root reads anything: skip then */
+    expect_refusal("client.key", "an unreadable client.key is an error naming it");
+  chmod(path("client.key"), 0600);
+
+  snprintf(saved, sizeof(saved), "%s", slurp(path("server.crt")));
+  CHECK(run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
+            "/dev/null -subj /CN=stranger -days 2 -out '%s'",
+            path("server.crt")) == 0,
+        "a foreign self-signed server.crt is planted");
+  expect_refusal("server.crt", "a server.crt that does not chain to ca.crt is an error");
+  spit(path("server.crt"), saved);
+
+  snprintf(saved, sizeof(saved), "%s", slurp(path("client.crt")));
+  spit(path("client.crt"), slurp(path("server.crt")));
+  expect_refusal("client.crt", "a client.crt that does not match client.key is an error");
+  spit(path("client.crt"), saved);
+
+  snprintf(saved, sizeof(saved), "%s", slurp(path("server.key")));
+  unlink(path("server.key"));
+  expect_refusal("server.key", "server.key missing while server.crt exists is an error");
+  CHECK(strcmp(slurp(path("server.crt")), "") != 0, "server.crt is kept");
+  spit(path("server.key"), saved);
+  chmod(path("server.key"), 0600);
+
+  snprintf(saved, sizeof(saved), "%s", slurp(path("ca.key")));
+  unlink(path("ca.key"));
+  expect_refusal("ca.key", "ca.key missing while ca.crt exists is an error");
+  spit(path("ca.key"), saved);
+  chmod(path("ca.key"), 0600);
+
+  {
+    struct dduct_ca_options o;
+    struct dduct_ca *ca = NULL;
+    char err[512] = "";
+    options(&o);
+    o.p12_pass = "another";
+    nlines = 0;
+    CHECK(dduct_ca_open(&o, &ca, err, sizeof(err)) < 0 && strstr(err, path("server.p12")),
+          "a p12 whose MAC fails with p12_pass is an error naming it");
+    dduct_ca_free(ca);
+  }
+
+  /* Key kept, certificate gone: a new certificate for the same key, and a p12 holding it. */
+  {
+    static const char *const crt_write[8] = {"Read",  "Read", "Read", "Write",
+                                             "Write", "Read", "Read", "Read"};
+    struct dduct_ca *ca = NULL;
+    char err[512] = "";
+    snprintf(saved2, sizeof(saved2), "%s", slurp(path("server.key")));
+    unlink(path("server.crt"));
+    int rc = open_ca(&ca, err, sizeof(err));
+    if (rc != 0) fprintf(stderr, "  %s\n", err);
+    CHECK(rc == 0 && lines_are(crt_write),
+          "server.crt missing: re-issued for the kept key, p12 rewritten");
+    CHECK(strcmp(saved2, slurp(path("server.key"))) == 0, "the key is kept");
+    dduct_ca_free(ca);
+  }
+}
+
+static void test_leaves(struct dduct_ca *ca) {
+  mbedtls_x509_crt *chain, *chain2;
+  mbedtls_pk_context *key, *key2;
+  struct timespec a, b;
+  int rc;
+
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  rc = dduct__ca_leaf(ca, "Registry.Test.", &chain, &key);
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  CHECK_EQ_INT(rc, 0, "a leaf is minted for registry.test");
+  printf("# leaf minting (P-256 keygen + sign): %.2f ms\n",
+         (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6);
+  if (rc != 0) return;
+  CHECK(mbedtls_pk_check_pair(&chain->pk, key) == 0, "the leaf key matches the leaf");
+  CHECK(chain->next != NULL && chain->next->raw.len > 0 &&
+            strcmp(dduct_ca_cert_pem(ca), slurp(path("ca.crt"))) == 0,
+        "the chain carries the CA certificate after the leaf");
+  write_leaf_pem(chain, path("leaf1.pem"));
+  CHECK(run("cd '%s' && openssl verify -CAfile ca.crt -purpose sslserver leaf1.pem", dir) == 0,
+        "openssl verifies the registry.test leaf against ca.crt for serverAuth");
+  CHECK(run("openssl x509 -in '%s' -noout -text", path("leaf1.pem")) == 0 &&
+            strstr(out, "DNS:registry.test") && strstr(out, "Subject: CN = registry.test") &&
+            strstr(out, "ecdsa-with-SHA256") == NULL && strstr(out, "prime256v1") &&
+            strstr(out, "TLS Web Server Authentication") &&
+            strstr(out, "Authority Key Identifier") && strstr(out, "Subject Key Identifier"),
+        "the leaf: dNSName SAN, CN, P-256 key, RSA-signed, serverAuth, key ids");
+  CHECK(run("openssl x509 -in '%s' -noout -checkend %d", path("leaf1.pem"), 364 * 86400) == 0 &&
+            run("openssl x509 -in '%s' -noout -checkend %d", path("leaf1.pem"), 366 * 86400) != 0,
+        "the leaf is valid for a year");
+  CHECK(run("openssl verify -CAfile '%s' -verify_hostname registry.test '%s'", path("ca.crt"),
+            path("leaf1.pem")) == 0 &&
+            run("openssl verify -CAfile '%s' -verify_hostname other.test '%s'", path("ca.crt"),
+                path("leaf1.pem")) != 0,
+        "openssl's hostname check passes for registry.test only");
+
+  CHECK(dduct__ca_leaf(ca, "registry.test", &chain2, &key2) == 0 && chain2 == chain &&
+            key2 == key,
+        "a second request returns the cached leaf");
+
+  CHECK_EQ_INT(dduct__ca_leaf(ca, "127.0.0.1", &chain, &key), 0, "a leaf is minted for 127.0.0.1");
+  write_leaf_pem(chain, path("leaf2.pem"));
+  CHECK(run("openssl verify -CAfile '%s' -verify_ip 127.0.0.1 '%s'", path("ca.crt"),
+            path("leaf2.pem")) == 0 &&
+            run("openssl x509 -in '%s' -noout -ext subjectAltName", path("leaf2.pem")) == 0 &&
+            strstr(out, "IP Address:127.0.0.1") && !strstr(out, "DNS:"),
+        "the 127.0.0.1 leaf carries an iPAddress SAN and verifies for that IP");
+  CHECK_EQ_INT(dduct__ca_leaf(ca, "[::1]", &chain, &key), 0, "a leaf is minted for [::1]");
+  write_leaf_pem(chain, path("leaf3.pem"));
+  CHECK(run("openssl verify -CAfile '%s' -verify_ip ::1 '%s'", path("ca.crt"), path("leaf3.pem")) ==
+            0,
+        "the ::1 leaf verifies for ::1");
+  CHECK(dduct__ca_leaf(ca, "0:0::1", &chain2, &key2) == 0 && chain2 == chain,
+        "IPv6 spellings share one leaf");
+  CHECK_EQ_INT(dduct__ca_leaf(ca, "bad host", &chain, &key), DDUCT_EINVAL,
+               "an invalid host is refused");
+  run("rm -f '%s'leaf*.pem", dir);
+
+  mbedtls_x509_crt *srv;
+  mbedtls_pk_context *srv_key;
+  CHECK(dduct__ca_server_identity(ca, &srv, &srv_key) == 0 &&
+            mbedtls_pk_check_pair(&srv->pk, srv_key) == 0 && srv->next != NULL &&
+            srv->next->ca_istrue,
+        "the server identity is server.crt + ca.crt with server.key");
+}
+
+static void test_covers(struct dduct_ca *ca) {
+  CHECK(dduct_ca_covers(ca, "a.test") == 1, "*.test covers a.test");
+  CHECK(dduct_ca_covers(ca, "A.TEST.") == 1, "matching ignores case and a trailing dot");
+  CHECK(dduct_ca_covers(ca, "test") == 0, "*.test does not cover test");
+  CHECK(dduct_ca_covers(ca, "a.b.test") == 0, "*.test covers exactly one label");
+  CHECK(dduct_ca_covers(ca, "atest") == 0, "*.test does not cover atest");
+  CHECK(dduct_ca_covers(ca, "registry.example") == 1, "an exact name is covered");
+  CHECK(dduct_ca_covers(ca, "x.registry.example") == 0, "an exact name covers no subdomain");
+  CHECK(dduct_ca_covers(ca, "quay.io") == 1 && dduct_ca_covers(ca, "cdn.quay.io") == 0,
+        "quay.io is exact");
+  CHECK(dduct_ca_covers(ca, "127.0.0.1") == 1, "an IPv4 SAN covers its address");
+  CHECK(dduct_ca_covers(ca, "127.0.0.2") == 0, "another IPv4 address is not covered");
+  CHECK(dduct_ca_covers(ca, "::1") == 1 && dduct_ca_covers(ca, "[::1]") == 1 &&
+            dduct_ca_covers(ca, "0:0:0:0:0:0:0:1") == 1,
+        "an IPv6 SAN covers every spelling of its address");
+  CHECK(dduct_ca_covers(ca, "::ffff:127.0.0.1") == 1, "an IPv4-mapped address counts as IPv4");
+  CHECK(dduct_ca_covers(ca, "::2") == 0, "another IPv6 address is not covered");
+  CHECK(dduct_ca_covers(ca, "example.org") == 0 && dduct_ca_covers(ca, "") == 0 &&
+            dduct_ca_covers(ca, NULL) == 0 && dduct_ca_covers(NULL, "a.test") == 0,
+        "others, empty and NULL are not covered");
+}
+
+static void test_bad_options(void) {
+  struct dduct_ca_options o;
+  struct dduct_ca *ca = NULL;
+  char err[512] = "";
+  static const char *const bad_dns[] = {"ok.test", "bad name"};
+  static const char *const bad_ip[] = {"300.1.1.1"};
+  options(&o);
+  o.server_dns_sans = bad_dns, o.server_dns_sans_count = 2;
+  CHECK(dduct_ca_open(&o, &ca, err, sizeof(err)) == DDUCT_ECONFIG && strstr(err, "bad name"),
+        "an invalid DNS SAN is a config error naming it");
+  options(&o);
+  o.server_ip_sans = bad_ip, o.server_ip_sans_count = 1;
+  CHECK(dduct_ca_open(&o, &ca, err, sizeof(err)) == DDUCT_ECONFIG && strstr(err, "300.1.1.1"),
+        "an invalid IP SAN is a config error naming it");
+  options(&o);
+  o.rsa_key_bits = 512;
+  CHECK(dduct_ca_open(&o, &ca, err, sizeof(err)) == DDUCT_ECONFIG && ca == NULL,
+        "rsa_key_bits 512 is refused");
+}
+
+static void test_defaults(void) {
+  struct dduct_ca_options o;
+  dduct_ca_options_init(&o);
+  CHECK(strcmp(o.cert_dir, "/var/tmp/dduct/certs/") == 0 && o.rsa_key_bits == 3072 &&
+            o.days_from_now == 3072 && strcmp(o.ca_cn, "dduct") == 0 &&
+            strcmp(o.server_cn, "*.dduct.rs") == 0 && o.server_dns_sans_count == 8 &&
+            strcmp(o.server_dns_sans[7], "quay.io") == 0 && o.server_ip_sans_count == 1 &&
+            strcmp(o.server_ip_sans[0], "127.0.0.1") == 0 &&
+            strcmp(o.client_cn, "client.dduct.rs") == 0 && strcmp(o.p12_pass, "dduct") == 0,
+        "defaults are the seed's");
+}
+
+int main(void) {
+  struct dduct_ca *ca = NULL;
+
+  snprintf(tmp, sizeof(tmp), "/tmp/dduct-test-ca-XXXXXX");
+  if (mkdtemp(tmp) == NULL) return 1;
+  snprintf(dir, sizeof(dir), "%s/certs/", tmp);
+  dduct_log_set(DDUCT_LOG_INFO, log_cb, NULL);
+
+  test_normalise();
+  test_defaults();
+  test_bad_options();
+  test_first_run(&ca);
+  if (ca != NULL) {
+    test_openssl_views();
+    test_leaves(ca);
+    test_covers(ca);
+    dduct_ca_free(ca);
+    test_restart();
+    test_refusals();
+  }
+  run("rm -rf '%s'", tmp);
+  return tap_done();
+}
