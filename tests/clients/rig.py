@@ -528,6 +528,11 @@ class Rig:
             argv[1:1] = ['--resolve', resolve]
         return argv
 
+    def wget(self, url, out, ca, proxy):
+        """argv for one wget download through proxy, trusting only ca."""
+        return ['wget', '-q', '--no-config', '-e', 'use_proxy=yes', '-e', 'https_proxy=' + proxy,
+                '--ca-certificate', ca, '--ca-directory', '/nonexistent', '-O', out, url]
+
     def curl_env(self):
         return clean_env(HOME=self.mkdir('clients', 'curl-home'))
 

@@ -46,7 +46,7 @@ def once_each(r, what):
 
 
 def main():
-    rig.need_programs('nginx', 'apt-get', 'apt-ftparchive', 'dpkg-deb', 'curl', 'openssl')
+    rig.need_programs('nginx', 'apt-get', 'apt-ftparchive', 'dpkg-deb', 'curl', 'wget', 'openssl')
     viadduct.need_dduct()
     n = 0
     with rig.Rig() as r:
@@ -64,7 +64,14 @@ def main():
                 n += 1
                 print('ok %d - cold apt-get update + download #%d through dduct, sha256 match'
                       % (n, run))
-            once_each(r, 'after 4 curls and 2 apt runs')
+            for url in (BIG, TGZ):
+                out = r.path('clients', 'wget' + url.replace('/', '_'))
+                rig.run(r.wget('https://apt.test:%d%s' % (r.ports['apt'], url), out, d.ca_crt,
+                               d.http_proxy), env=r.curl_env(), what='wget through dduct')
+                assert rig.sha256_file(out) == r.files[url][1], '%s via wget: wrong bytes' % url
+            n += 1
+            print('ok %d - wget gets the big .deb and the .tar.gz through dduct' % n)
+            once_each(r, 'after 4 curls, 2 apt runs and wget')
             n += 1
             print('ok %d - the origin saw one GET per .deb and .tar.gz' % n)
             file_dir = d.file_dir

@@ -34,7 +34,7 @@ def get_status(url, ca, port):
 
 def main():
     rig.need_programs('nginx', 'docker-registry', 'skopeo', 'apt-get', 'apt-ftparchive',
-                      'dpkg-deb', 'curl', 'openssl', 'unshare')
+                      'dpkg-deb', 'curl', 'wget', 'openssl', 'unshare')
     with rig.Rig() as r:
         r.make_certs()
         if not r.can_direct():
@@ -119,11 +119,15 @@ def main():
             rig.run(r.curl('https://apt.test:%d%s' % (ports['apt'], tgz), out, r.ca,
                            proxy=tun.url), env=r.curl_env(), what='curl via tunnel')
             assert rig.sha256_file(out) == r.files[tgz][1]
+            out = r.path('clients', 'wget-tunnel')
+            rig.run(r.wget('https://apt.test:%d%s' % (ports['apt'], tgz), out, r.ca, tun.url),
+                    env=r.curl_env(), what='wget via tunnel')
+            assert rig.sha256_file(out) == r.files[tgz][1]
         finally:
             tun.close()
         hosts = sorted(set(t.rsplit(':', 1)[0] for t in tun.targets))
         assert hosts == sorted(rig.HOSTS), 'CONNECT targets: %s' % tun.targets
-        print('ok 7 - apt-get, skopeo (registry and CDN redirect) and curl send every request '
+        print('ok 7 - apt-get, skopeo (registry and CDN redirect), curl and wget send every request '
               'for the rig names through the proxy as CONNECTs (%s)' % ', '.join(hosts))
         print('1..7')
 
