@@ -15,6 +15,13 @@ class Tcp:
         self.sock = socket.create_connection((host, port), timeout=timeout,
                                              source_address=(source, 0) if source else None)
 
+    @classmethod
+    def wrap(cls, sock):
+        """A transport over an already connected socket."""
+        t = cls.__new__(cls)
+        t.sock = sock
+        return t
+
     def sendall(self, data):
         self.sock.sendall(data)
 
