@@ -1,0 +1,127 @@
+/* HTTP/1.1 message heads: a bounded header list, llhttp-driven parsing (strict), serialization,
+ * hop-by-hop rules (RFC 9110 7.6.1, RFC 9112) and body framing. No I/O here. */
+#ifndef DDUCT_HTTP_H
+#define DDUCT_HTTP_H
+
+#include <llhttp.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DDUCT_HTTP_HEAD_MAX (64 * 1024) /* bytes of a head (request line + headers); 431 beyond */
+#define DDUCT_HTTP_HEADERS_MAX 200
+
+struct dduct_http_header {
+  uint32_t name, value; /* offsets of NUL-terminated strings in head->buf */
+  uint32_t name_len, value_len;
+};
+
+/* A request or response head. Strings live in buf (capped at DDUCT_HTTP_HEAD_MAX). */
+struct dduct_http_head {
+  uint32_t method;       /* request: offset of the method in buf */
+  uint32_t target;       /* request: offset of the request-target */
+  int status;            /* response */
+  uint32_t reason;       /* response: offset of the reason phrase */
+  int major, minor;
+  struct dduct_http_header h[DDUCT_HTTP_HEADERS_MAX];
+  size_t n;
+  char *buf;
+  size_t len, cap;
+};
+
+void dduct__http_head_init(struct dduct_http_head *h);
+void dduct__http_head_reset(struct dduct_http_head *h);
+void dduct__http_head_free(struct dduct_http_head *h);
+/* Copy src into dst (dst initialised). */
+int dduct__http_head_copy(struct dduct_http_head *dst, const struct dduct_http_head *src);
+
+/* Accessors for the strings in buf ("" when unset). */
+const char *dduct__http_str(const struct dduct_http_head *h, uint32_t off);
+#define dduct__http_method(h) dduct__http_str((h), (h)->method)
+#define dduct__http_target(h) dduct__http_str((h), (h)->target)
+#define dduct__http_reason(h) dduct__http_str((h), (h)->reason)
+const char *dduct__http_hname(const struct dduct_http_head *h, size_t i);
+const char *dduct__http_hvalue(const struct dduct_http_head *h, size_t i);
+
+/* Builders: 0, or DDUCT_ETOOBIG when the head would pass its caps. */
+int dduct__http_set_request_line(struct dduct_http_head *h, const char *method, const char *target);
+int dduct__http_set_status(struct dduct_http_head *h, int status, const char *reason);
+int dduct__http_add(struct dduct_http_head *h, const char *name, const char *value);
+int dduct__http_addn(struct dduct_http_head *h, const char *name, size_t nlen, const char *value,
+                     size_t vlen);
+/* Remove every header with this name (case-insensitive); returns how many. */
+size_t dduct__http_remove(struct dduct_http_head *h, const char *name);
+/* The first value of name, or NULL. */
+const char *dduct__http_get(const struct dduct_http_head *h, const char *name);
+/* 1 if a comma-separated header name (e.g. Connection) lists token (case-insensitive). */
+int dduct__http_has_token(const struct dduct_http_head *h, const char *name, const char *token);
+
+/* Drop the hop-by-hop headers: Connection and every header it names, Keep-Alive,
+ * Proxy-Connection, Proxy-Authenticate, Proxy-Authorization, TE, Trailer, Transfer-Encoding,
+ * Upgrade. Content-Length is kept: framing decides about it. */
+void dduct__http_strip_hop_by_hop(struct dduct_http_head *h);
+
+/* Serialize "METHOD target HTTP/1.1" or "HTTP/1.1 status reason", the headers and the blank
+ * line into out[0..cap); returns the length, or DDUCT_ETOOBIG. */
+int dduct__http_serialize_request(const struct dduct_http_head *h, char *out, size_t cap);
+int dduct__http_serialize_response(const struct dduct_http_head *h, char *out, size_t cap);
+
+/* A chunk header for len bytes ("1a2b\r\n") into out[20]; returns its length. */
+size_t dduct__http_chunk_header(char *out, size_t len);
+
+/* Split an absolute URL "http://host[:port]/path?q" (or authority "host:port" for CONNECT).
+ * host is copied without brackets into host[hostcap]; path points into url ("/" if empty).
+ * Returns 0 or DDUCT_EPROTO. is_https is set from the scheme. */
+int dduct__http_parse_url(const char *url, int *is_https, char *host, size_t hostcap,
+                          uint16_t *port, const char **path);
+int dduct__http_parse_authority(const char *auth, char *host, size_t hostcap, uint16_t *port,
+                                uint16_t default_port);
+
+/* ---- parser ------------------------------------------------------------------------------- */
+
+struct dduct_http_parser;
+struct dduct_http_parser_cbs {
+  /* The head is complete in p->head. Return 0 to continue, 1 to skip the body (responses to
+   * HEAD), or 2 to pause right after the head (execute returns DDUCT_HTTP_PAUSED). */
+  int (*on_head)(struct dduct_http_parser *p);
+  void (*on_body)(struct dduct_http_parser *p, const char *data, size_t len);
+  /* Return 1 to pause after the message (pipelining), 0 to keep parsing. */
+  int (*on_done)(struct dduct_http_parser *p);
+};
+
+#define DDUCT_HTTP_PAUSED 1
+#define DDUCT_HTTP_UPGRADE 2
+
+struct dduct_http_parser {
+  llhttp_t ll;
+  llhttp_settings_t settings;
+  const struct dduct_http_parser_cbs *cbs;
+  void *data;
+  struct dduct_http_head head;
+  int in_head;         /* still collecting the head */
+  int last_was_value;
+  int too_big;         /* 431 */
+  int hdr_open;        /* a string (url, reason, field or value) is being collected */
+  size_t head_bytes;
+  const char *err_reason;
+};
+
+void dduct__http_parser_init(struct dduct_http_parser *p, int response,
+                             const struct dduct_http_parser_cbs *cbs, void *data);
+void dduct__http_parser_free(struct dduct_http_parser *p);
+/* Feed data. Returns 0 (all consumed), DDUCT_HTTP_PAUSED or DDUCT_HTTP_UPGRADE with *consumed
+ * telling how much was used, or DDUCT_EPROTO (malformed: p->err_reason) / DDUCT_ETOOBIG (431). */
+int dduct__http_parser_execute(struct dduct_http_parser *p, const char *data, size_t len,
+                               size_t *consumed);
+/* Continue after a pause (or an upgrade, for a CONNECT handled by the caller). */
+void dduct__http_parser_resume(struct dduct_http_parser *p);
+/* The peer closed: 0 if that ends the message cleanly (close-delimited body), else EPROTO. */
+int dduct__http_parser_finish(struct dduct_http_parser *p);
+/* Facts about the current message, valid from on_head. */
+int dduct__http_parser_keep_alive(const struct dduct_http_parser *p);
+int dduct__http_parser_chunked(const struct dduct_http_parser *p);
+/* Content-Length, or -1 when absent. */
+int64_t dduct__http_parser_content_length(const struct dduct_http_parser *p);
+/* 1 if the message carries a body (a length > 0, chunked, or close-delimited response). */
+int dduct__http_parser_has_body(const struct dduct_http_parser *p);
+
+#endif

@@ -1,0 +1,369 @@
+/* The proxy context: options, listeners, connection slots, shutdown. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "conn.h"
+#include "internal.h"
+#include "proxy.h"
+#include "tls.h"
+#include "upstream.h"
+
+static const char *const default_allow[] = {
+    "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7",
+};
+static const uint16_t default_ports[] = {443};
+
+#define D_HEAD_MS 30000u
+#define D_IDLE_MS 60000u
+#define D_TUNNEL_MS 600000u
+#define D_CONNECT_MS 10000u
+#define D_UPSTREAM_MS 60000u
+#define D_GRACE_MS 10000u
+
+void dduct_proxy_options_init(struct dduct_proxy_options *o) {
+  memset(o, 0, sizeof(*o));
+  o->system_ca_file = "/etc/ssl/certs/ca-certificates.crt";
+  o->allow_clients = default_allow;
+  o->allow_clients_count = DDUCT_ARRAY_SIZE(default_allow);
+  o->connect_ports = default_ports;
+  o->connect_ports_count = DDUCT_ARRAY_SIZE(default_ports);
+  o->max_connections = 1024;
+  o->head_timeout_ms = D_HEAD_MS;
+  o->idle_timeout_ms = D_IDLE_MS;
+  o->tunnel_idle_timeout_ms = D_TUNNEL_MS;
+  o->connect_timeout_ms = D_CONNECT_MS;
+  o->upstream_timeout_ms = D_UPSTREAM_MS;
+  o->shutdown_grace_ms = D_GRACE_MS;
+  o->revalidate = DDUCT_REVALIDATE_NEVER;
+}
+
+/* ---- option copies ----------------------------------------------------------------------- */
+
+static const char *keep(struct dduct_proxy *p, const char *s) {
+  char **v;
+  if (s == NULL) return NULL;
+  v = realloc(p->strings, (p->nstrings + 1) * sizeof(*v));
+  if (v == NULL) return NULL;
+  p->strings = v;
+  v[p->nstrings] = dduct__strdup(s);
+  if (v[p->nstrings] == NULL) return NULL;
+  return v[p->nstrings++];
+}
+
+static int copy_options(struct dduct_proxy *p, const struct dduct_proxy_options *o) {
+  p->o = *o;
+  if (o->system_ca_file != NULL && (p->o.system_ca_file = keep(p, o->system_ca_file)) == NULL)
+    return DDUCT_ENOMEM;
+  if (o->upstream_ca_file != NULL &&
+      (p->o.upstream_ca_file = keep(p, o->upstream_ca_file)) == NULL)
+    return DDUCT_ENOMEM;
+  /* resolve and allow_clients are parsed into their own structures; the raw lists are not
+   * kept. */
+  p->o.resolve = NULL;
+  p->o.allow_clients = NULL;
+  p->ports = calloc(o->connect_ports_count + 1, sizeof(*p->ports));
+  if (p->ports == NULL) return DDUCT_ENOMEM;
+  if (o->connect_ports_count > 0)
+    memcpy(p->ports, o->connect_ports, o->connect_ports_count * sizeof(*p->ports));
+  p->o.connect_ports = p->ports;
+#define DEF(field, d) \
+  if (p->o.field == 0) p->o.field = (d)
+  DEF(head_timeout_ms, D_HEAD_MS);
+  DEF(idle_timeout_ms, D_IDLE_MS);
+  DEF(tunnel_idle_timeout_ms, D_TUNNEL_MS);
+  DEF(connect_timeout_ms, D_CONNECT_MS);
+  DEF(upstream_timeout_ms, D_UPSTREAM_MS);
+  DEF(shutdown_grace_ms, D_GRACE_MS);
+  DEF(max_connections, 1024);
+#undef DEF
+  return 0;
+}
+
+static int self_cb(void *arg, const struct sockaddr *sa) {
+  return dduct__proxy_is_self(arg, sa);
+}
+
+static void free_parts(struct dduct_proxy *p) {
+  for (size_t i = 0; i < p->nstrings; i++) free(p->strings[i]);
+  free(p->strings);
+  free(p->ports);
+  free(p->local);
+  dduct__acl_free(&p->allow);
+  dduct__pins_free(&p->pins);
+  dduct__tls_server_conf_free(p->tls_server);
+  dduct__tls_client_conf_free(p->tls_client);
+  dduct__upstream_free(p->up);
+  while (p->listeners != NULL) {
+    struct dduct_listener *l = p->listeners;
+    p->listeners = l->next;
+    free(l);
+  }
+}
+
+static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, char *err,
+                 size_t errlen) {
+  struct dduct_upstream_config uc;
+  int rc = copy_options(p, o);
+  if (rc != 0) return rc;
+  rc = dduct__acl_init(&p->allow, o->allow_clients, o->allow_clients != NULL ? o->allow_clients_count : 0,
+                       err, errlen);
+  if (rc != 0) return rc;
+  rc = dduct__pins_init(&p->pins, o->resolve, o->resolve != NULL ? o->resolve_count : 0, err,
+                        errlen);
+  if (rc != 0) return rc;
+  rc = dduct__tls_server_conf_new(p->ca, &p->tls_server, err, errlen);
+  if (rc != 0) return rc;
+  rc = dduct__tls_client_conf_new(p->o.system_ca_file, p->o.upstream_ca_file,
+                                  p->o.upstream_insecure, &p->tls_client, err, errlen);
+  if (rc != 0) return rc;
+  memset(&uc, 0, sizeof(uc));
+  uc.loop = p->loop;
+  uc.tls = p->tls_client;
+  uc.pins = &p->pins;
+  uc.connect_timeout_ms = p->o.connect_timeout_ms;
+  uc.upstream_timeout_ms = p->o.upstream_timeout_ms;
+  uc.is_self = self_cb;
+  uc.is_self_arg = p;
+  uc.stat_connects = &p->stats.upstream_connects;
+  uc.stat_reuses = &p->stats.upstream_reuses;
+  return dduct__upstream_new(&uc, &p->up);
+}
+
+int dduct_proxy_new(uv_loop_t *loop, const struct dduct_proxy_options *o, struct dduct_ca *ca,
+                    struct dduct_store *store, struct dduct_filter *filter,
+                    struct dduct_proxy **out, char *err, size_t errlen) {
+  struct dduct_proxy_options defaults;
+  struct dduct_proxy *p;
+  int rc;
+
+  *out = NULL;
+  if (loop == NULL || ca == NULL) return dduct__errf(DDUCT_EINVAL, err, errlen, "loop and CA are required");
+  if (o == NULL) {
+    dduct_proxy_options_init(&defaults);
+    o = &defaults;
+  }
+  p = calloc(1, sizeof(*p));
+  if (p == NULL) return DDUCT_ENOMEM;
+  p->loop = loop;
+  p->ca = ca;
+  p->store = store;
+  p->filter = filter;
+  rc = build(p, o, err, errlen);
+  if (rc != 0) {
+    if (err != NULL && errlen > 0 && err[0] == '\0') dduct__errf(rc, err, errlen, "%s", dduct_strerror(rc));
+    free_parts(p);
+    free(p);
+    return rc;
+  }
+  *out = p;
+  return 0;
+}
+
+/* ---- listening ----------------------------------------------------------------------------- */
+
+static void load_local_addresses(struct dduct_proxy *p) {
+  uv_interface_address_t *ifs;
+  int n;
+  if (p->local != NULL || uv_interface_addresses(&ifs, &n) != 0) return;
+  p->local = calloc((size_t)n + 1, sizeof(*p->local));
+  if (p->local != NULL) {
+    for (int i = 0; i < n; i++) memcpy(&p->local[i], &ifs[i].address, sizeof(ifs[i].address));
+    p->nlocal = (size_t)n;
+  }
+  uv_free_interface_addresses(ifs, n);
+}
+
+int dduct__proxy_is_self(const struct dduct_proxy *p, const struct sockaddr *sa) {
+  uint16_t port = dduct__addr_port(sa);
+  for (const struct dduct_listener *l = p->listeners; l != NULL; l = l->next) {
+    const struct sockaddr *la = (const struct sockaddr *)&l->addr;
+    if (dduct__addr_port(la) != port) continue;
+    if (dduct__addr_same_ip(la, sa)) return 1;
+    if (!dduct__addr_is_any(la)) continue;
+    if (dduct__addr_is_loopback(sa) || dduct__addr_is_any(sa)) return 1;
+    for (size_t i = 0; i < p->nlocal; i++)
+      if (dduct__addr_same_ip((const struct sockaddr *)&p->local[i], sa)) return 1;
+  }
+  return 0;
+}
+
+int dduct__proxy_port_allowed(const struct dduct_proxy *p, uint16_t port) {
+  if (p->o.connect_any_port) return 1;
+  for (size_t i = 0; i < p->o.connect_ports_count; i++)
+    if (p->o.connect_ports[i] == port) return 1;
+  return 0;
+}
+
+static void connection_cb(uv_stream_t *server, int status) {
+  struct dduct_listener *l = DDUCT_CONTAINER_OF((uv_tcp_t *)server, struct dduct_listener, tcp);
+  struct dduct_proxy *p = l->p;
+  if (status < 0) {
+    /* libuv already dropped the connection it could not take (EMFILE trick); log once a
+     * second at most so a descriptor shortage cannot flood the log. */
+    uint64_t now = uv_now(p->loop);
+    if (now - p->last_emfile_log >= 1000) {
+      p->last_emfile_log = now;
+      LOG_WARN("http_proxy", "accept failed: %s", uv_strerror(status));
+    }
+    return;
+  }
+  if (p->closing) return;
+  if (p->nconns >= p->o.max_connections) {
+    /* Not accepting leaves the socket in libuv's hands: it stops watching this listener until
+     * we accept, and the kernel backlog makes new clients wait. */
+    l->waiting = 1;
+    return;
+  }
+  dduct__conn_accept(p, server, l->kind == DDUCT_LISTEN_TLS);
+}
+
+static int parse_listen_addr(const char *addr, struct sockaddr_storage *ss) {
+  char host[64];
+  uint16_t port;
+  if (dduct__http_parse_authority(addr, host, sizeof(host), &port, 0) != 0 || port == 0)
+    return DDUCT_EINVAL;
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0) return 0;
+  if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0) return 0;
+  return DDUCT_EINVAL;
+}
+
+static void listener_close_cb(uv_handle_t *h) {
+  struct dduct_listener *l = DDUCT_CONTAINER_OF((uv_tcp_t *)h, struct dduct_listener, tcp);
+  struct dduct_proxy *p = l->p;
+  p->nlisteners_open--;
+  dduct__proxy_maybe_closed(p);
+}
+
+int dduct_proxy_listen(struct dduct_proxy *p, enum dduct_listen_kind kind, const char *addr,
+                       char *err, size_t errlen) {
+  struct dduct_listener *l;
+  struct sockaddr_storage ss;
+  int rc, len = sizeof(ss);
+
+  if (p == NULL || addr == NULL) return DDUCT_EINVAL;
+  if (p->closing) return DDUCT_ECLOSED;
+  if (parse_listen_addr(addr, &ss) != 0)
+    return dduct__errf(DDUCT_ECONFIG, err, errlen, "listen address \"%s\" is not ip:port", addr);
+  l = calloc(1, sizeof(*l));
+  if (l == NULL) return DDUCT_ENOMEM;
+  l->p = p;
+  l->kind = kind;
+  rc = uv_tcp_init(p->loop, &l->tcp);
+  if (rc != 0) {
+    free(l);
+    return dduct__errf(rc, err, errlen, "listen %s: %s", addr, uv_strerror(rc));
+  }
+  p->nlisteners_open++;
+  l->next = p->listeners;
+  p->listeners = l; /* closed and freed with the proxy even when bind fails */
+  rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 511, connection_cb);
+  if (rc == 0) rc = uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&l->addr, &len);
+  if (rc != 0) {
+    memset(&l->addr, 0, sizeof(l->addr));
+    uv_close((uv_handle_t *)&l->tcp, listener_close_cb);
+    l->waiting = -1; /* closed */
+    return dduct__errf(rc, err, errlen, "listen %s: %s", addr, uv_strerror(rc));
+  }
+  load_local_addresses(p);
+  LOG_INFO(kind == DDUCT_LISTEN_TLS ? "tls_mitm" : "http_proxy", "Listening on %s", addr);
+  return 0;
+}
+
+void dduct__proxy_conn_gone(struct dduct_proxy *p, struct dduct_conn *c) {
+  (void)c;
+  p->nconns--;
+  p->stats.connections_active = p->nconns;
+  if (!p->closing) {
+    /* A slot is free: take a connection that waits on a full listener. */
+    for (struct dduct_listener *l = p->listeners; l != NULL; l = l->next) {
+      if (l->waiting == 1 && p->nconns < p->o.max_connections) {
+        l->waiting = 0;
+        dduct__conn_accept(p, (uv_stream_t *)&l->tcp, l->kind == DDUCT_LISTEN_TLS);
+      }
+    }
+  }
+  dduct__proxy_maybe_closed(p);
+}
+
+/* ---- shutdown ----------------------------------------------------------------------------- */
+
+static void grace_close_cb(uv_handle_t *h) {
+  struct dduct_proxy *p = DDUCT_CONTAINER_OF((uv_timer_t *)h, struct dduct_proxy, grace);
+  p->grace_open = 0;
+  dduct__proxy_maybe_closed(p);
+}
+
+static void upstream_idle_cb(void *arg) {
+  dduct__proxy_maybe_closed(arg);
+}
+
+void dduct__proxy_maybe_closed(struct dduct_proxy *p) {
+  if (!p->closing) return;
+  if (p->nconns > 0 || p->nlisteners_open > 0) return;
+  dduct__upstream_close_idle(p->up);
+  if (dduct__upstream_live(p->up) > 0) return;
+  if (p->grace_open == 1) {
+    p->grace_open = 2; /* closing */
+    uv_close((uv_handle_t *)&p->grace, grace_close_cb);
+    return;
+  }
+  if (p->grace_open != 0) return;
+  if (p->close_cb != NULL) {
+    dduct_proxy_close_cb cb = p->close_cb;
+    p->close_cb = NULL;
+    p->closing = 2; /* done */
+    cb(p, p->close_arg);
+  }
+  p->closing = 2;
+}
+
+static void grace_cb(uv_timer_t *t) {
+  struct dduct_proxy *p = DDUCT_CONTAINER_OF(t, struct dduct_proxy, grace);
+  struct dduct_conn *c = p->conns;
+  if (p->nconns > 0) LOG_WARN("http_proxy", "shutdown grace over: closing %zu connections", p->nconns);
+  while (c != NULL) {
+    struct dduct_conn *next = dduct__conn_next(c);
+    dduct__conn_kill(c);
+    c = next;
+  }
+  dduct__proxy_maybe_closed(p);
+}
+
+void dduct_proxy_close(struct dduct_proxy *p, dduct_proxy_close_cb cb, void *user_data) {
+  struct dduct_conn *c;
+  if (p == NULL || p->closing) return;
+  p->closing = 1;
+  p->close_cb = cb;
+  p->close_arg = user_data;
+  for (struct dduct_listener *l = p->listeners; l != NULL; l = l->next) {
+    if (l->waiting == -1) continue; /* already closed (bind failed) */
+    l->waiting = -1;
+    uv_close((uv_handle_t *)&l->tcp, listener_close_cb);
+  }
+  dduct__upstream_on_idle(p->up, upstream_idle_cb, p);
+  dduct__upstream_close_idle(p->up);
+  if (uv_timer_init(p->loop, &p->grace) == 0) {
+    p->grace_open = 1;
+    uv_timer_start(&p->grace, grace_cb, p->o.shutdown_grace_ms, 0);
+    uv_unref((uv_handle_t *)&p->grace);
+  }
+  c = p->conns;
+  while (c != NULL) {
+    struct dduct_conn *next = dduct__conn_next(c);
+    dduct__conn_drain(c);
+    c = next;
+  }
+  dduct__proxy_maybe_closed(p);
+}
+
+void dduct_proxy_free(struct dduct_proxy *p) {
+  if (p == NULL) return;
+  free_parts(p);
+  free(p);
+}
+
+void dduct_proxy_stats(const struct dduct_proxy *p, struct dduct_proxy_stats *out) {
+  *out = p->stats;
+  out->connections_active = p->nconns;
+}

@@ -1,0 +1,65 @@
+/* The proxy context shared by the engine's modules (conn, upstream, cache hook). Internal. */
+#ifndef DDUCT_PROXY_H
+#define DDUCT_PROXY_H
+
+#include <netinet/in.h>
+
+#include "acl.h"
+#include "dduct.h"
+#include "resolve.h"
+
+struct dduct_conn;
+struct dduct_upstream;
+struct dduct_tls_server_conf;
+struct dduct_tls_client_conf;
+
+struct dduct_listener {
+  struct dduct_proxy *p;
+  struct dduct_listener *next;
+  uv_tcp_t tcp;
+  enum dduct_listen_kind kind;
+  struct sockaddr_storage addr; /* as bound (port 0 resolved) */
+  int waiting;                  /* a connection waits for a slot (max_connections) */
+};
+
+struct dduct_proxy {
+  uv_loop_t *loop;
+  struct dduct_proxy_options o; /* strings and arrays below are owned copies */
+  char **strings;               /* every copied string, freed at the end */
+  size_t nstrings;
+  uint16_t *ports;
+  struct dduct_ca *ca;
+  struct dduct_store *store;
+  struct dduct_filter *filter;
+  struct dduct_acl allow;
+  struct dduct_pins pins;
+  struct dduct_tls_server_conf *tls_server;
+  struct dduct_tls_client_conf *tls_client;
+  struct dduct_upstream *up;
+  struct dduct_listener *listeners;
+  size_t nlisteners_open;       /* listener handles not yet closed */
+  struct dduct_conn *conns;     /* every live connection (doubly linked) */
+  size_t nconns;
+  struct sockaddr_storage *local; /* this host's interface addresses (loop detection) */
+  size_t nlocal;
+  struct dduct_proxy_stats stats;
+  uint64_t last_emfile_log;
+  /* Shutdown. */
+  int closing;
+  uv_timer_t grace;
+  int grace_open;
+  dduct_proxy_close_cb close_cb;
+  void *close_arg;
+};
+
+/* 1 if connecting to sa would reach one of our own listeners (a 0.0.0.0 listener counts for
+ * every local address). */
+int dduct__proxy_is_self(const struct dduct_proxy *p, const struct sockaddr *sa);
+/* 1 if a CONNECT may reach port. */
+int dduct__proxy_port_allowed(const struct dduct_proxy *p, uint16_t port);
+/* Called by conn when a connection is gone (its handles closed): frees a slot. */
+void dduct__proxy_conn_gone(struct dduct_proxy *p, struct dduct_conn *c);
+/* Called when shutdown may be complete (no conns, no upstream connections). */
+void dduct__proxy_maybe_closed(struct dduct_proxy *p);
+
+#endif

@@ -1,0 +1,66 @@
+/* The transport chain: TCP at the bottom, any number of TLS layers above it (tls.h), all behind
+ * one small interface so that plain HTTP, HTTPS-proxy, an intercepted CONNECT and TLS-in-TLS
+ * compose without special cases (curl's connection filters are the model).
+ *
+ * Rules every layer keeps:
+ * - Writes copy their bytes: the caller's buffer is free again when write() returns. The optional
+ *   callback fires once the bytes left this process (or the layer below took them), which is the
+ *   moment to check dduct__stream_queued() and resume a paused producer.
+ * - Backpressure: a producer stops reading its source while dduct__stream_queued() of its sink is
+ *   above DDUCT_STREAM_HIGH_WATER and resumes from a write callback once it is below
+ *   DDUCT_STREAM_LOW_WATER. Together with read_stop() this bounds every queue.
+ * - Read data handed to read_cb is borrowed for the call. nread < 0 is UV_EOF or an error and is
+ *   the last read callback.
+ * - After dduct__stream_close() no callback fires except the close callback (pending write
+ *   callbacks are dropped): the owner tears its state down in one place.
+ * - A layer owns the layer below it: closing the top closes the chain.
+ */
+#ifndef DDUCT_STREAM_H
+#define DDUCT_STREAM_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#define DDUCT_STREAM_HIGH_WATER (256 * 1024)
+#define DDUCT_STREAM_LOW_WATER (64 * 1024)
+
+struct dduct_stream;
+
+typedef void (*dduct_stream_read_cb)(struct dduct_stream *s, ssize_t nread, const char *data);
+typedef void (*dduct_stream_write_cb)(struct dduct_stream *s, int status, void *arg);
+typedef void (*dduct_stream_close_cb)(struct dduct_stream *s);
+
+struct dduct_stream_vt {
+  int (*write)(struct dduct_stream *s, const char *data, size_t len, dduct_stream_write_cb cb,
+               void *arg);
+  int (*read_start)(struct dduct_stream *s);
+  void (*read_stop)(struct dduct_stream *s);
+  int (*shutdown)(struct dduct_stream *s); /* no more writes: FIN / close_notify after queue */
+  void (*close)(struct dduct_stream *s);   /* begin closing; ends in s->close_cb then free */
+  size_t (*queued)(const struct dduct_stream *s);
+};
+
+struct dduct_stream {
+  const struct dduct_stream_vt *vt;
+  void *data;                 /* the owner's pointer */
+  dduct_stream_read_cb read_cb;
+  dduct_stream_close_cb close_cb;
+  uv_loop_t *loop;
+  int reading;
+  int closing;
+};
+
+/* A TCP stream around an initialised uv_tcp_t the stream now owns (it is embedded in a
+ * heap block the stream frees after uv_close). Used for accepted and outgoing sockets. */
+struct dduct_stream *dduct__tcp_stream_new(uv_loop_t *loop);
+uv_tcp_t *dduct__tcp_stream_handle(struct dduct_stream *s);
+
+int dduct__stream_write(struct dduct_stream *s, const char *data, size_t len,
+                        dduct_stream_write_cb cb, void *arg);
+int dduct__stream_read_start(struct dduct_stream *s, dduct_stream_read_cb cb);
+void dduct__stream_read_stop(struct dduct_stream *s);
+int dduct__stream_shutdown(struct dduct_stream *s);
+void dduct__stream_close(struct dduct_stream *s, dduct_stream_close_cb cb);
+size_t dduct__stream_queued(const struct dduct_stream *s);
+
+#endif

@@ -1,0 +1,568 @@
+/* TLS stream layer on mbedTLS 2.28 over memory buffers (see tls.h). */
+#include <mbedtls/error.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/x509_crt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ca.h"
+#include "internal.h"
+#include "rng.h"
+#include "tls.h"
+
+#define TLS_IN_CAP (512 * 1024) /* ciphertext waiting for mbedTLS; bounded by read_stop */
+#define TLS_PLAIN_CHUNK (16 * 1024)
+
+static const int server_suites[] = {
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    0,
+};
+
+static const char *alpn_list[] = {"http/1.1", NULL};
+
+struct dduct_tls_server_conf {
+  mbedtls_ssl_config conf;
+  struct dduct_ca *ca;
+};
+
+struct dduct_tls_client_conf {
+  mbedtls_ssl_config conf;
+  mbedtls_x509_crt roots;
+  int insecure;
+};
+
+struct cb_node { /* a write callback waiting for the layer below */
+  struct cb_node *next;
+  dduct_stream_write_cb cb;
+  void *arg;
+};
+
+struct tls_stream {
+  struct dduct_stream s;
+  struct dduct_stream *lower;
+  mbedtls_ssl_context ssl;
+  int server;
+  int handshaken;
+  int failed;
+  int lower_eof; /* 0, or the UV_EOF/error the lower layer reported */
+  int eof_delivered;
+  char *forced_host;
+  char sni[256];
+  char err_text[256];
+  dduct_tls_handshake_cb hs_cb;
+  void *hs_arg;
+  /* Ciphertext in (from lower) and out (to lower). */
+  char *in;
+  size_t in_len, in_off, in_cap;
+  char *out;
+  size_t out_len, out_cap;
+  struct cb_node *cbs_head, *cbs_tail;
+  uv_idle_t idle; /* deferred pumping after read_start with buffered data */
+  int idle_active;
+  int pending_closes;
+};
+
+static void pump(struct tls_stream *t);
+
+/* ---- memory bio ------------------------------------------------------------------------- */
+
+static int bio_send(void *ctx, const unsigned char *buf, size_t len) {
+  struct tls_stream *t = ctx;
+  if (t->out_len + len > t->out_cap) {
+    size_t cap = DDUCT_MAX(t->out_cap * 2, t->out_len + len);
+    char *p = realloc(t->out, cap);
+    if (p == NULL) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+    t->out = p;
+    t->out_cap = cap;
+  }
+  memcpy(t->out + t->out_len, buf, len);
+  t->out_len += len;
+  return (int)len;
+}
+
+static int bio_recv(void *ctx, unsigned char *buf, size_t len) {
+  struct tls_stream *t = ctx;
+  size_t avail = t->in_len - t->in_off;
+  if (avail == 0) return t->lower_eof ? 0 : MBEDTLS_ERR_SSL_WANT_READ;
+  if (len > avail) len = avail;
+  memcpy(buf, t->in + t->in_off, len);
+  t->in_off += len;
+  if (t->in_off == t->in_len) t->in_off = t->in_len = 0;
+  return (int)len;
+}
+
+static int in_append(struct tls_stream *t, const char *data, size_t len) {
+  if (t->in_off > 0 && t->in_len + len > t->in_cap) {
+    memmove(t->in, t->in + t->in_off, t->in_len - t->in_off);
+    t->in_len -= t->in_off;
+    t->in_off = 0;
+  }
+  if (t->in_len + len > t->in_cap) {
+    size_t cap = DDUCT_MAX(t->in_cap * 2, t->in_len + len);
+    char *p;
+    if (cap > TLS_IN_CAP) return DDUCT_ETOOBIG;
+    p = realloc(t->in, cap);
+    if (p == NULL) return DDUCT_ENOMEM;
+    t->in = p;
+    t->in_cap = cap;
+  }
+  memcpy(t->in + t->in_len, data, len);
+  t->in_len += len;
+  return 0;
+}
+
+/* ---- writing ------------------------------------------------------------------------------ */
+
+static void lower_write_cb(struct dduct_stream *lower, int status, void *arg) {
+  struct tls_stream *t = arg;
+  struct cb_node *n = t->cbs_head;
+  if (n == NULL) return;
+  t->cbs_head = n->next;
+  if (t->cbs_head == NULL) t->cbs_tail = NULL;
+  if (n->cb != NULL && !t->s.closing) n->cb(&t->s, status, n->arg);
+  free(n);
+}
+
+/* Hand the ciphertext produced so far to the layer below; cb fires when it took it. */
+static int flush(struct tls_stream *t, dduct_stream_write_cb cb, void *arg) {
+  struct cb_node *n;
+  int rc;
+  if (t->out_len == 0 && cb == NULL) return 0;
+  n = malloc(sizeof(*n));
+  if (n == NULL) return DDUCT_ENOMEM;
+  n->next = NULL;
+  n->cb = cb;
+  n->arg = arg;
+  rc = dduct__stream_write(t->lower, t->out, t->out_len, lower_write_cb, t);
+  if (rc != 0) {
+    free(n);
+    return rc;
+  }
+  t->out_len = 0;
+  if (t->cbs_tail != NULL) t->cbs_tail->next = n;
+  else t->cbs_head = n;
+  t->cbs_tail = n;
+  return 0;
+}
+
+static int tls_write(struct dduct_stream *s, const char *data, size_t len,
+                     dduct_stream_write_cb cb, void *arg) {
+  struct tls_stream *t = DDUCT_CONTAINER_OF(s, struct tls_stream, s);
+  size_t off = 0;
+  if (!t->handshaken || t->failed) return DDUCT_ETLS;
+  while (off < len) {
+    int n = mbedtls_ssl_write(&t->ssl, (const unsigned char *)data + off, len - off);
+    if (n < 0) {
+      t->failed = 1;
+      return DDUCT_ETLS;
+    }
+    off += (size_t)n;
+  }
+  return flush(t, cb, arg);
+}
+
+static int tls_shutdown(struct dduct_stream *s) {
+  struct tls_stream *t = DDUCT_CONTAINER_OF(s, struct tls_stream, s);
+  if (t->handshaken && !t->failed) {
+    (void)mbedtls_ssl_close_notify(&t->ssl);
+    (void)flush(t, NULL, NULL);
+  }
+  return dduct__stream_shutdown(t->lower);
+}
+
+static size_t tls_queued(const struct dduct_stream *s) {
+  const struct tls_stream *t = DDUCT_CONTAINER_OF(s, const struct tls_stream, s);
+  return t->out_len + dduct__stream_queued(t->lower);
+}
+
+/* ---- reading ------------------------------------------------------------------------------ */
+
+static void describe(struct tls_stream *t, int rc) {
+  char buf[160];
+  uint32_t flags;
+  if (!t->server && (flags = mbedtls_ssl_get_verify_result(&t->ssl)) != 0 && flags != (uint32_t)-1) {
+    char info[200];
+    size_t n;
+    mbedtls_x509_crt_verify_info(info, sizeof(info), "", flags);
+    n = strlen(info);
+    while (n > 0 && (info[n - 1] == '\n' || info[n - 1] == ' ')) info[--n] = '\0';
+    for (size_t i = 0; i < n; i++)
+      if (info[i] == '\n') info[i] = ';';
+    snprintf(t->err_text, sizeof(t->err_text), "certificate verification failed: %s", info);
+    return;
+  }
+  mbedtls_strerror(rc, buf, sizeof(buf));
+  snprintf(t->err_text, sizeof(t->err_text), "TLS handshake failed: %s", buf);
+}
+
+static void fail(struct tls_stream *t, int code) {
+  dduct_tls_handshake_cb cb = t->hs_cb;
+  t->failed = 1;
+  (void)flush(t, NULL, NULL); /* the alert, if any */
+  if (!t->handshaken && cb != NULL) {
+    t->hs_cb = NULL;
+    cb(&t->s, code, t->hs_arg);
+    return;
+  }
+  if (!t->eof_delivered && t->s.read_cb != NULL && !t->s.closing) {
+    t->eof_delivered = 1;
+    t->s.read_cb(&t->s, code, NULL);
+  }
+}
+
+static int handshake(struct tls_stream *t) {
+  int rc = mbedtls_ssl_handshake(&t->ssl);
+  (void)flush(t, NULL, NULL);
+  if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE) {
+    if (t->lower_eof) {
+      snprintf(t->err_text, sizeof(t->err_text), "peer closed during the TLS handshake");
+      fail(t, DDUCT_ETLS);
+      return -1;
+    }
+    return 1;
+  }
+  if (rc != 0) {
+    int verify = !t->server && mbedtls_ssl_get_verify_result(&t->ssl) != 0 &&
+                 mbedtls_ssl_get_verify_result(&t->ssl) != (uint32_t)-1;
+    describe(t, rc);
+    fail(t, verify ? DDUCT_EVERIFY : DDUCT_ETLS);
+    return -1;
+  }
+  t->handshaken = 1;
+  if (t->hs_cb != NULL) {
+    dduct_tls_handshake_cb cb = t->hs_cb;
+    t->hs_cb = NULL;
+    cb(&t->s, 0, t->hs_arg);
+  }
+  return 0;
+}
+
+static void deliver_eof(struct tls_stream *t, int code) {
+  if (t->eof_delivered || t->s.closing) return;
+  t->eof_delivered = 1;
+  t->s.reading = 0;
+  if (t->s.read_cb != NULL) t->s.read_cb(&t->s, code, NULL);
+}
+
+static void read_records(struct tls_stream *t) {
+  char buf[TLS_PLAIN_CHUNK];
+  while (t->s.reading && !t->s.closing && !t->failed && !t->eof_delivered) {
+    int n = mbedtls_ssl_read(&t->ssl, (unsigned char *)buf, sizeof(buf));
+    if (n > 0) {
+      t->s.read_cb(&t->s, n, buf);
+      continue;
+    }
+    (void)flush(t, NULL, NULL);
+    if (n == MBEDTLS_ERR_SSL_WANT_READ || n == MBEDTLS_ERR_SSL_WANT_WRITE) {
+      if (t->lower_eof && t->in_len == t->in_off) deliver_eof(t, t->lower_eof);
+      return;
+    }
+    if (n == 0 || n == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) {
+      deliver_eof(t, UV_EOF);
+      return;
+    }
+    describe(t, n);
+    fail(t, DDUCT_ETLS);
+    return;
+  }
+}
+
+static void pump(struct tls_stream *t) {
+  if (t->s.closing || t->failed) return;
+  if (!t->handshaken && handshake(t) != 0) return;
+  if (t->s.closing) return;
+  read_records(t);
+  if (t->s.closing || t->failed) return;
+  /* Keep ciphertext flowing only while someone wants plaintext (or the handshake needs it). */
+  if ((t->s.reading || !t->handshaken) && !t->lower_eof)
+    (void)dduct__stream_read_start(t->lower, t->lower->read_cb);
+  else
+    dduct__stream_read_stop(t->lower);
+}
+
+static void lower_read_cb(struct dduct_stream *lower, ssize_t nread, const char *data) {
+  struct tls_stream *t = lower->data;
+  if (nread < 0) {
+    t->lower_eof = (int)nread;
+  } else if (in_append(t, data, (size_t)nread) != 0) {
+    snprintf(t->err_text, sizeof(t->err_text), "TLS input over its cap");
+    fail(t, DDUCT_ETOOBIG);
+    return;
+  }
+  pump(t);
+}
+
+static void idle_cb(uv_idle_t *h) {
+  struct tls_stream *t = DDUCT_CONTAINER_OF(h, struct tls_stream, idle);
+  uv_idle_stop(h);
+  t->idle_active = 0;
+  pump(t);
+}
+
+static int tls_read_start(struct dduct_stream *s) {
+  struct tls_stream *t = DDUCT_CONTAINER_OF(s, struct tls_stream, s);
+  /* Buffered records or ciphertext may already hold what the reader waits for: never wait on
+   * the socket for them. Deferred so read_cb never runs inside read_start. */
+  if (!t->idle_active) {
+    t->idle_active = 1;
+    uv_idle_start(&t->idle, idle_cb);
+  }
+  return 0;
+}
+
+static void tls_read_stop(struct dduct_stream *s) {
+  struct tls_stream *t = DDUCT_CONTAINER_OF(s, struct tls_stream, s);
+  if (t->handshaken) dduct__stream_read_stop(t->lower);
+}
+
+/* ---- lifetime ----------------------------------------------------------------------------- */
+
+static void tls_free(struct tls_stream *t) {
+  while (t->cbs_head != NULL) {
+    struct cb_node *n = t->cbs_head;
+    t->cbs_head = n->next;
+    free(n);
+  }
+  mbedtls_ssl_free(&t->ssl);
+  free(t->forced_host);
+  free(t->in);
+  free(t->out);
+  free(t);
+}
+
+static void closed_one(struct tls_stream *t) {
+  if (--t->pending_closes > 0) return;
+  if (t->s.close_cb != NULL) t->s.close_cb(&t->s);
+  tls_free(t);
+}
+
+static void lower_close_cb(struct dduct_stream *lower) {
+  closed_one(lower->data);
+}
+
+static void idle_close_cb(uv_handle_t *h) {
+  closed_one(DDUCT_CONTAINER_OF((uv_idle_t *)h, struct tls_stream, idle));
+}
+
+static void tls_close(struct dduct_stream *s) {
+  struct tls_stream *t = DDUCT_CONTAINER_OF(s, struct tls_stream, s);
+  t->pending_closes = 2;
+  uv_close((uv_handle_t *)&t->idle, idle_close_cb);
+  dduct__stream_close(t->lower, lower_close_cb);
+}
+
+static const struct dduct_stream_vt tls_vt = {
+    tls_write, tls_read_start, tls_read_stop, tls_shutdown, tls_close, tls_queued,
+};
+
+static struct tls_stream *tls_new(const mbedtls_ssl_config *conf, struct dduct_stream *lower) {
+  struct tls_stream *t = calloc(1, sizeof(*t));
+  if (t == NULL) return NULL;
+  mbedtls_ssl_init(&t->ssl);
+  if (mbedtls_ssl_setup(&t->ssl, conf) != 0 || uv_idle_init(lower->loop, &t->idle) != 0) {
+    mbedtls_ssl_free(&t->ssl);
+    free(t);
+    return NULL;
+  }
+  mbedtls_ssl_set_bio(&t->ssl, t, bio_send, bio_recv, NULL);
+  t->s.vt = &tls_vt;
+  t->s.loop = lower->loop;
+  t->lower = lower;
+  lower->data = t;
+  lower->read_cb = lower_read_cb;
+  return t;
+}
+
+static void tls_abandon(struct tls_stream *t) {
+  /* Creation failed after the idle handle existed: close it, keep lower for the caller. */
+  t->lower = NULL;
+  t->pending_closes = 1;
+  uv_close((uv_handle_t *)&t->idle, idle_close_cb);
+}
+
+/* ---- server ------------------------------------------------------------------------------- */
+
+static int sni_cb(void *arg, mbedtls_ssl_context *ssl, const unsigned char *name, size_t len) {
+  struct dduct_tls_server_conf *c = arg;
+  struct tls_stream *t = DDUCT_CONTAINER_OF(ssl, struct tls_stream, ssl);
+  mbedtls_x509_crt *chain;
+  mbedtls_pk_context *key;
+
+  if (len >= sizeof(t->sni)) return -1;
+  memcpy(t->sni, name, len);
+  t->sni[len] = '\0';
+  if (t->forced_host != NULL) return 0; /* the CONNECT line decides, set before the handshake */
+  if (len == 0) return 0;
+  if (dduct__ca_leaf(c->ca, t->sni, &chain, &key) != 0) {
+    LOG_WARN("tls_mitm", "no certificate for SNI \"%s\"", t->sni);
+    return -1;
+  }
+  return mbedtls_ssl_set_hs_own_cert(ssl, chain, key);
+}
+
+int dduct__tls_server_conf_new(struct dduct_ca *ca, struct dduct_tls_server_conf **out, char *err,
+                               size_t errlen) {
+  struct dduct_tls_server_conf *c;
+  mbedtls_x509_crt *chain;
+  mbedtls_pk_context *key;
+  int rc;
+
+  *out = NULL;
+  c = calloc(1, sizeof(*c));
+  if (c == NULL) return DDUCT_ENOMEM;
+  c->ca = ca;
+  mbedtls_ssl_config_init(&c->conf);
+  rc = mbedtls_ssl_config_defaults(&c->conf, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                   MBEDTLS_SSL_PRESET_DEFAULT);
+  if (rc == 0) rc = dduct__rng_init();
+  if (rc != 0) goto fail;
+  mbedtls_ssl_conf_rng(&c->conf, dduct__rng, NULL);
+  mbedtls_ssl_conf_ciphersuites(&c->conf, server_suites);
+  mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+  mbedtls_ssl_conf_alpn_protocols(&c->conf, alpn_list);
+  mbedtls_ssl_conf_sni(&c->conf, sni_cb, c);
+  rc = dduct__ca_server_identity(ca, &chain, &key);
+  if (rc == 0) rc = mbedtls_ssl_conf_own_cert(&c->conf, chain, key);
+  if (rc != 0) goto fail;
+  *out = c;
+  return 0;
+fail:
+  mbedtls_ssl_config_free(&c->conf);
+  free(c);
+  return dduct__errf(DDUCT_ETLS, err, errlen, "TLS server configuration failed (%d)", rc);
+}
+
+void dduct__tls_server_conf_free(struct dduct_tls_server_conf *c) {
+  if (c == NULL) return;
+  mbedtls_ssl_config_free(&c->conf);
+  free(c);
+}
+
+struct dduct_stream *dduct__tls_server_new(struct dduct_tls_server_conf *c,
+                                           struct dduct_stream *lower, const char *forced_host,
+                                           const char *pre, size_t prelen) {
+  dduct_stream_read_cb saved_cb = lower->read_cb;
+  void *saved_data = lower->data;
+  struct tls_stream *t = tls_new(&c->conf, lower);
+  if (t == NULL) return NULL;
+  t->server = 1;
+  if (forced_host != NULL) {
+    mbedtls_x509_crt *chain;
+    mbedtls_pk_context *key;
+    t->forced_host = dduct__strdup(forced_host);
+    if (t->forced_host == NULL || dduct__ca_leaf(c->ca, forced_host, &chain, &key) != 0 ||
+        mbedtls_ssl_set_hs_own_cert(&t->ssl, chain, key) != 0)
+      goto fail;
+  }
+  if (prelen > 0 && in_append(t, pre, prelen) != 0) goto fail;
+  return &t->s;
+fail:
+  lower->read_cb = saved_cb;
+  lower->data = saved_data;
+  tls_abandon(t);
+  return NULL;
+}
+
+/* ---- client ------------------------------------------------------------------------------- */
+
+int dduct__tls_client_conf_new(const char *system_ca_file, const char *extra_ca_file, int insecure,
+                               struct dduct_tls_client_conf **out, char *err, size_t errlen) {
+  struct dduct_tls_client_conf *c;
+  int rc, loaded = 0;
+
+  *out = NULL;
+  c = calloc(1, sizeof(*c));
+  if (c == NULL) return DDUCT_ENOMEM;
+  mbedtls_ssl_config_init(&c->conf);
+  mbedtls_x509_crt_init(&c->roots);
+  c->insecure = insecure;
+  if (system_ca_file != NULL && *system_ca_file != '\0' &&
+      mbedtls_x509_crt_parse_file(&c->roots, system_ca_file) >= 0)
+    loaded = 1;
+  if (extra_ca_file != NULL && *extra_ca_file != '\0') {
+    rc = mbedtls_x509_crt_parse_file(&c->roots, extra_ca_file);
+    if (rc < 0) {
+      char buf[128];
+      mbedtls_strerror(rc, buf, sizeof(buf));
+      rc = dduct__errf(DDUCT_ECONFIG, err, errlen, "upstream_ca_file \"%s\": %s", extra_ca_file,
+                       buf);
+      goto fail;
+    }
+    loaded = 1;
+  }
+  if (!loaded && !insecure)
+    LOG_WARN("upstream", "no CA certificates loaded: every origin TLS verification will fail");
+  rc = mbedtls_ssl_config_defaults(&c->conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                   MBEDTLS_SSL_PRESET_DEFAULT);
+  if (rc == 0) rc = dduct__rng_init();
+  if (rc != 0) {
+    rc = dduct__errf(DDUCT_ETLS, err, errlen, "TLS client configuration failed (%d)", rc);
+    goto fail;
+  }
+  mbedtls_ssl_conf_rng(&c->conf, dduct__rng, NULL);
+  mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+  mbedtls_ssl_conf_alpn_protocols(&c->conf, alpn_list);
+  mbedtls_ssl_conf_ca_chain(&c->conf, &c->roots, NULL);
+  mbedtls_ssl_conf_authmode(&c->conf,
+                            insecure ? MBEDTLS_SSL_VERIFY_NONE : MBEDTLS_SSL_VERIFY_REQUIRED);
+  if (insecure)
+    LOG_WARN("upstream", "upstream_insecure is set: origin certificates are NOT verified; "
+                         "anyone on the path can impersonate any origin");
+  *out = c;
+  return 0;
+fail:
+  mbedtls_ssl_config_free(&c->conf);
+  mbedtls_x509_crt_free(&c->roots);
+  free(c);
+  return rc;
+}
+
+void dduct__tls_client_conf_free(struct dduct_tls_client_conf *c) {
+  if (c == NULL) return;
+  mbedtls_ssl_config_free(&c->conf);
+  mbedtls_x509_crt_free(&c->roots);
+  free(c);
+}
+
+struct dduct_stream *dduct__tls_client_new(struct dduct_tls_client_conf *c,
+                                           struct dduct_stream *lower, const char *host) {
+  dduct_stream_read_cb saved_cb = lower->read_cb;
+  void *saved_data = lower->data;
+  struct tls_stream *t = tls_new(&c->conf, lower);
+  if (t == NULL) return NULL;
+  if (mbedtls_ssl_set_hostname(&t->ssl, host) != 0) {
+    lower->read_cb = saved_cb;
+    lower->data = saved_data;
+    tls_abandon(t);
+    return NULL;
+  }
+  return &t->s;
+}
+
+/* ---- queries ------------------------------------------------------------------------------ */
+
+void dduct__tls_on_handshake(struct dduct_stream *s, dduct_tls_handshake_cb cb, void *arg) {
+  struct tls_stream *t = DDUCT_CONTAINER_OF(s, struct tls_stream, s);
+  t->hs_cb = cb;
+  t->hs_arg = arg;
+  /* The client speaks first: start the handshake now rather than on the first read. */
+  if (!t->server && !t->handshaken) {
+    (void)handshake(t);
+    if (!t->failed) (void)dduct__stream_read_start(t->lower, lower_read_cb);
+  }
+}
+
+const char *dduct__tls_sni(const struct dduct_stream *s) {
+  return DDUCT_CONTAINER_OF(s, const struct tls_stream, s)->sni;
+}
+
+const char *dduct__tls_error_text(const struct dduct_stream *s) {
+  const struct tls_stream *t = DDUCT_CONTAINER_OF(s, const struct tls_stream, s);
+  return t->err_text[0] != '\0' ? t->err_text : "TLS failure";
+}

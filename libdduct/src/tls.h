@@ -1,0 +1,58 @@
+/* TLS as a stream layer: mbedTLS driven over memory buffers on top of any other stream (TCP or
+ * another TLS layer), never on a socket, so TLS-in-TLS is just two layers.
+ *
+ * Server side: one shared configuration per proxy whose SNI callback picks the identity:
+ * - a layer created with forced_host (an intercepted CONNECT) always presents the CA's leaf for
+ *   exactly that host; the client's SNI is never trusted over the CONNECT line;
+ * - otherwise (the tls_bind listener) it presents server.crt, unless the client's SNI names a
+ *   host, in which case (transparent endpoint) a leaf for that host.
+ * Cipher suites: ChaCha20-Poly1305 first, then AES-GCM (the server's order decides).
+ *
+ * Client side: SNI, ALPN http/1.1, verification against the system bundle plus an optional extra
+ * CA file, hostname check; an insecure configuration skips verification (logged loudly once).
+ *
+ * Writes are only allowed once the handshake callback reported success; the layer reports its
+ * handshake through dduct__tls_on_handshake and later failures as read errors.
+ */
+#ifndef DDUCT_TLS_H
+#define DDUCT_TLS_H
+
+#include "dduct.h"
+#include "stream.h"
+
+struct dduct_tls_server_conf;
+struct dduct_tls_client_conf;
+
+int dduct__tls_server_conf_new(struct dduct_ca *ca, struct dduct_tls_server_conf **out, char *err,
+                               size_t errlen);
+void dduct__tls_server_conf_free(struct dduct_tls_server_conf *c);
+
+/* system_ca_file may be NULL or missing (then only extra_ca_file is trusted); a given
+ * extra_ca_file that cannot be loaded is an error. */
+int dduct__tls_client_conf_new(const char *system_ca_file, const char *extra_ca_file, int insecure,
+                               struct dduct_tls_client_conf **out, char *err, size_t errlen);
+void dduct__tls_client_conf_free(struct dduct_tls_client_conf *c);
+
+/* Put a TLS server layer on top of lower (which it then owns). pre[0..prelen) are bytes already
+ * read from lower (a ClientHello that arrived right behind the CONNECT head); they are copied.
+ * forced_host: see above (copied; may be NULL). Returns NULL on allocation failure (lower is
+ * then still the caller's). */
+struct dduct_stream *dduct__tls_server_new(struct dduct_tls_server_conf *c,
+                                           struct dduct_stream *lower, const char *forced_host,
+                                           const char *pre, size_t prelen);
+
+/* Put a TLS client layer on top of lower for host (SNI and the name verified). */
+struct dduct_stream *dduct__tls_client_new(struct dduct_tls_client_conf *c,
+                                           struct dduct_stream *lower, const char *host);
+
+/* status 0: handshake done (the peer is verified for a client); else DDUCT_ETLS/DDUCT_EVERIFY or
+ * a transport error, with dduct__tls_error_text() saying why. Called once, unless the stream
+ * is closed first. The handshake runs while the stream is reading. */
+typedef void (*dduct_tls_handshake_cb)(struct dduct_stream *s, int status, void *arg);
+void dduct__tls_on_handshake(struct dduct_stream *s, dduct_tls_handshake_cb cb, void *arg);
+
+/* The SNI name the client sent ("" if none), the last error text. Owned by s. */
+const char *dduct__tls_sni(const struct dduct_stream *s);
+const char *dduct__tls_error_text(const struct dduct_stream *s);
+
+#endif
