@@ -5,15 +5,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <mbedtls/net_sockets.h>
 #include <mbedtls/pem.h>
+#include <mbedtls/ssl.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/x509_crt.h>
 
 #include "ca.h"
+#include "rng.h"
 #include "dduct.h"
 #include "tap.h"
 
@@ -407,6 +412,83 @@ static void test_leaves(struct dduct_ca *ca) {
         "the server identity is server.crt + ca.crt with server.key");
 }
 
+
+/* ---- one real handshake: mbedTLS server with SNI -> minted leaf, openssl s_client verifies ---- */
+
+static int sni_cb(void *ud, mbedtls_ssl_context *ssl, const unsigned char *name, size_t len) {
+  char host[256];
+  mbedtls_x509_crt *chain;
+  mbedtls_pk_context *key;
+  if (len >= sizeof(host)) return -1;
+  memcpy(host, name, len), host[len] = '\0';
+  if (dduct__ca_leaf(ud, host, &chain, &key) != 0) return -1;
+  return mbedtls_ssl_set_hs_own_cert(ssl, chain, key);
+}
+
+/* Serve one TLS connection to `openssl s_client <args>`; returns its exit status, output in out. */
+static int handshake(struct dduct_ca *ca, const char *args) {
+  mbedtls_net_context lst, cli;
+  mbedtls_ssl_config conf;
+  mbedtls_ssl_context ssl;
+  mbedtls_x509_crt *chain;
+  mbedtls_pk_context *key;
+  struct sockaddr_storage sa;
+  socklen_t salen = sizeof(sa);
+  char cmd[1024];
+  FILE *client;
+  int port, st, rc = -1;
+
+  mbedtls_net_init(&lst), mbedtls_net_init(&cli);
+  mbedtls_ssl_config_init(&conf), mbedtls_ssl_init(&ssl);
+  if (mbedtls_net_bind(&lst, "127.0.0.1", "0", MBEDTLS_NET_PROTO_TCP) != 0) goto done;
+  getsockname(lst.fd, (struct sockaddr *)&sa, &salen);
+  port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
+  snprintf(cmd, sizeof(cmd),
+           "timeout 20 openssl s_client -connect 127.0.0.1:%d -CAfile '%s' -verify_return_error "
+           "%s </dev/null 2>&1",
+           port, path("ca.crt"), args);
+  client = popen(cmd, "r");
+  if (client == NULL) goto done;
+  dduct__ca_server_identity(ca, &chain, &key);
+  if (mbedtls_ssl_config_defaults(&conf, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                  MBEDTLS_SSL_PRESET_DEFAULT) == 0 &&
+      mbedtls_ssl_conf_own_cert(&conf, chain, key) == 0) {
+    struct pollfd pfd = {.fd = lst.fd, .events = POLLIN};
+    mbedtls_ssl_conf_rng(&conf, dduct__rng, NULL);
+    mbedtls_ssl_conf_sni(&conf, sni_cb, ca);
+    if (poll(&pfd, 1, 20000) == 1 && mbedtls_net_accept(&lst, &cli, NULL, 0, NULL) == 0 &&
+        mbedtls_ssl_setup(&ssl, &conf) == 0) {
+      mbedtls_ssl_set_bio(&ssl, &cli, mbedtls_net_send, mbedtls_net_recv, NULL);
+      if (mbedtls_ssl_handshake(&ssl) == 0) {
+        mbedtls_ssl_write(&ssl, (const unsigned char *)"hello\n", 6);
+        mbedtls_ssl_close_notify(&ssl);
+      }
+    }
+  }
+  {
+    size_t n = fread(out, 1, sizeof(out) - 1, client);
+    out[n] = '\0';
+  }
+  st = pclose(client);
+  rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+done:
+  mbedtls_ssl_free(&ssl), mbedtls_ssl_config_free(&conf);
+  mbedtls_net_free(&cli), mbedtls_net_free(&lst);
+  return rc;
+}
+
+static void test_handshake(struct dduct_ca *ca) {
+  CHECK(handshake(ca, "-servername handshake.test -verify_hostname handshake.test") == 0 &&
+            strstr(out, "Verify return code: 0 (ok)") &&
+            strstr(out, "subject=CN = handshake.test"),
+        "s_client verifies a leaf minted from SNI during a real mbedTLS handshake");
+  if (!strstr(out, "Verify return code: 0 (ok)")) fprintf(stderr, "%s\n", out);
+  CHECK(handshake(ca, "-noservername -verify_ip 127.0.0.1") == 0 &&
+            strstr(out, "Verify return code: 0 (ok)") && strstr(out, "subject=CN = *.dduct.rs"),
+        "without SNI the server identity (server.crt + ca.crt) verifies for 127.0.0.1");
+  if (!strstr(out, "Verify return code: 0 (ok)")) fprintf(stderr, "%s\n", out);
+}
+
 static void test_covers(struct dduct_ca *ca) {
   CHECK(dduct_ca_covers(ca, "a.test") == 1, "*.test covers a.test");
   CHECK(dduct_ca_covers(ca, "A.TEST.") == 1, "matching ignores case and a trailing dot");
@@ -476,6 +558,7 @@ int main(void) {
   if (ca != NULL) {
     test_openssl_views();
     test_leaves(ca);
+    test_handshake(ca);
     test_covers(ca);
     dduct_ca_free(ca);
     test_restart();
