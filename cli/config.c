@@ -315,12 +315,15 @@ static int lfail_key(struct loader *l, const struct toml_node *kv, const char *f
   return lfail(l, &at, fmt, a, b);
 }
 
+static const char *article(enum toml_type t) {
+  return t == TOML_INTEGER || t == TOML_ARRAY ? "an" : "a";
+}
+
 static int want_type(struct loader *l, const struct key *k, const struct toml_node *v,
                      enum toml_type t) {
   if (v->type == t) return 0;
-  return lfail(l, v, "%s: expected %s %s, found %s %s", k->name, t == TOML_INTEGER ? "an" : "a",
-               toml_type_name(t), v->type == TOML_INTEGER || v->type == TOML_ARRAY ? "an" : "a",
-               toml_type_name(v->type));
+  return lfail(l, v, "%s: expected %s %s, found %s %s", k->name, article(t), toml_type_name(t),
+               article(v->type), toml_type_name(v->type));
 }
 
 static int want_string(struct loader *l, const struct key *k, const struct toml_node *v) {
@@ -385,8 +388,7 @@ static int load_strings(struct loader *l, const struct key *k, const struct toml
     const struct toml_node *e = &v->items[i];
     if (e->type != TOML_STRING)
       return lfail(l, e, "%s: expected an array of strings, found %s %s element", k->name,
-                   e->type == TOML_INTEGER || e->type == TOML_ARRAY ? "an" : "a",
-                   toml_type_name(e->type));
+                   article(e->type), toml_type_name(e->type));
     if (want_string(l, k, e) != 0) return -1;
     if (k->check != NULL && k->check(e->str, why, sizeof(why)) != 0)
       return lfail(l, e, "%s: %s", k->name, why);
@@ -407,7 +409,7 @@ static int load_ports(struct loader *l, const struct key *k, const struct toml_n
     const struct toml_node *e = &v->items[i];
     if (e->type != TOML_INTEGER)
       return lfail(l, e, "%s: expected an array of integers, found %s %s element", k->name,
-                   e->type == TOML_ARRAY ? "an" : "a", toml_type_name(e->type));
+                   article(e->type), toml_type_name(e->type));
     if (e->integer < k->min || e->integer > k->max)
       return lfail(l, e, "%s: port %lld is out of range (%lld..%lld)", k->name,
                    (long long)e->integer, k->min, k->max);

@@ -115,8 +115,9 @@ static int setup(const struct config *cfg, struct dduct_ca *ca, struct runner *r
     log_line(DDUCT_LOG_ERROR, "main", "%s", err[0] ? err : dduct_strerror(rc));
     return 1;
   }
-  if (listen_one(r, DDUCT_LISTEN_TCP, cfg->tcp_bind) != 0 ||
-      listen_one(r, DDUCT_LISTEN_TLS, cfg->tls_bind) != 0 || start_signals(r) != 0)
+  /* Signals first: whoever waits for "Listening on" may signal us right after it. */
+  if (start_signals(r) != 0 || listen_one(r, DDUCT_LISTEN_TCP, cfg->tcp_bind) != 0 ||
+      listen_one(r, DDUCT_LISTEN_TLS, cfg->tls_bind) != 0)
     return 1;
   return 0;
 }

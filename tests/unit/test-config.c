@@ -1,0 +1,366 @@
+/* The CLI's config layer: the schema's defaults, the seed's example giving exactly the seed's
+ * values, partial configs, dduct's additions, unknown keys and tables, and every invalid value
+ * reported at its FILE:LINE:COL; --check's printout reads back to the same settings. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "tap.h"
+
+static const char seed[] =
+    "[misc]\n"
+    "log_level = 'info'\n"
+    "cert_dir  = '/var/tmp/dduct/certs/'\n"
+    "file_dir  = '/var/tmp/dduct/files/'\n"
+    "\n"
+    "[proxy]\n"
+    "tcp_bind = '127.0.0.1:8000'\n"
+    "tls_bind = '0.0.0.0:4430'\n"
+    "filters  = [\n"
+    "  '^/v2/.*/blobs/sha256:\\w+$',\n"
+    "  '^/.*\\.(?:apk|deb|rpm)$',\n"
+    "  '^/.*\\.(?:tar|tbz|tgz|txz)$',\n"
+    "  '^/.*\\.(?:7z|bz2|gz|xz|zip|zst)$',\n"
+    "]\n"
+    "\n"
+    "[certs]\n"
+    "rsa_key_bits    = 3072\n"
+    "days_from_now   = 3072\n"
+    "ca_cn           = 'dduct'\n"
+    "server_cn       = '*.dduct.rs'\n"
+    "server_dns_sans = [\n"
+    "  '*.dduct.rs',\n"
+    "  '*.docker.io',\n"
+    "  '*.gcr.io',\n"
+    "  '*.githubusercontent.com',\n"
+    "  '*.k8s.io',\n"
+    "  '*.quay.io',\n"
+    "  'ghcr.io',\n"
+    "  'quay.io',\n"
+    "]\n"
+    "server_ip_sans  = ['127.0.0.1']\n"
+    "client_cn       = 'client.dduct.rs'\n"
+    "p12_pass        = 'dduct'\n";
+
+static const char *const seed_filters[] = {
+    "^/v2/.*/blobs/sha256:\\w+$", "^/.*\\.(?:apk|deb|rpm)$", "^/.*\\.(?:tar|tbz|tgz|txz)$",
+    "^/.*\\.(?:7z|bz2|gz|xz|zip|zst)$"};
+static const char *const seed_dns[] = {"*.dduct.rs", "*.docker.io", "*.gcr.io",
+                                       "*.githubusercontent.com", "*.k8s.io", "*.quay.io",
+                                       "ghcr.io", "quay.io"};
+static const char *const default_allow[] = {"127.0.0.0/8", "::1/128", "10.0.0.0/8",
+                                            "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"};
+
+static int strv_eq(const struct strv *sv, const char *const *want, size_t n) {
+  if (sv->n != n) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(sv->v[i], want[i]) != 0) return 0;
+  return 1;
+}
+
+/* Every seed key at its seed value. */
+static void check_seed_values(const struct config *c, const char *what) {
+  char msg[128];
+#define SEED(cond, field)                                      \
+  do {                                                         \
+    snprintf(msg, sizeof(msg), "%s: %s", what, field);         \
+    CHECK(cond, msg);                                          \
+  } while (0)
+  SEED(c->log_level == DDUCT_LOG_INFO, "log_level 'info'");
+  SEED(strcmp(c->cert_dir, "/var/tmp/dduct/certs/") == 0, "cert_dir");
+  SEED(strcmp(c->file_dir, "/var/tmp/dduct/files/") == 0, "file_dir");
+  SEED(strcmp(c->tcp_bind, "127.0.0.1:8000") == 0, "tcp_bind");
+  SEED(strcmp(c->tls_bind, "0.0.0.0:4430") == 0, "tls_bind");
+  SEED(strv_eq(&c->filters, seed_filters, 4), "the four filters");
+  SEED(c->rsa_key_bits == 3072, "rsa_key_bits");
+  SEED(c->days_from_now == 3072, "days_from_now");
+  SEED(strcmp(c->ca_cn, "dduct") == 0, "ca_cn");
+  SEED(strcmp(c->server_cn, "*.dduct.rs") == 0, "server_cn");
+  SEED(strv_eq(&c->server_dns_sans, seed_dns, 8), "the eight DNS SANs");
+  SEED(c->server_ip_sans.n == 1 && strcmp(c->server_ip_sans.v[0], "127.0.0.1") == 0,
+       "server_ip_sans");
+  SEED(strcmp(c->client_cn, "client.dduct.rs") == 0, "client_cn");
+  SEED(strcmp(c->p12_pass, "dduct") == 0, "p12_pass");
+#undef SEED
+}
+
+static void check_proxy_defaults(const struct config *c) {
+  CHECK_EQ_STR(c->upstream_ca_file, "", "upstream_ca_file defaults to none");
+  CHECK(c->upstream_insecure == 0, "origins are verified by default");
+  CHECK(c->resolve.n == 0, "no resolve pins by default");
+  CHECK(strv_eq(&c->allow_clients, default_allow, 6), "allow_clients: loopback and private");
+  CHECK(c->connect_ports_count == 1 && c->connect_ports[0] == 443, "CONNECT to 443 only");
+  CHECK(c->connect_any_port == 0, "connect_any_port off");
+  CHECK_EQ_INT(c->max_connections, 1024, "max_connections");
+  CHECK_EQ_INT(c->head_timeout, 30, "head_timeout");
+  CHECK_EQ_INT(c->idle_timeout, 60, "idle_timeout");
+  CHECK_EQ_INT(c->tunnel_idle_timeout, 600, "tunnel_idle_timeout");
+  CHECK_EQ_INT(c->connect_timeout, 10, "connect_timeout");
+  CHECK_EQ_INT(c->upstream_timeout, 60, "upstream_timeout");
+  CHECK_EQ_INT(c->shutdown_grace, 10, "shutdown_grace");
+  CHECK(c->revalidate == DDUCT_REVALIDATE_NEVER, "revalidate never");
+}
+
+static int load(struct config *c, const char *text, char *err, size_t len) {
+  return config_load(c, "c.toml", text, strlen(text), err, len);
+}
+
+static char *print(const struct config *c) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  config_print(c, f);
+  fclose(f);
+  return buf;
+}
+
+static void test_defaults_and_seed(void) {
+  struct config d, s;
+  char err[512] = "";
+  char *pd, *ps;
+  CHECK_EQ_INT(config_init(&d), 0, "defaults");
+  check_seed_values(&d, "default");
+  check_proxy_defaults(&d);
+  config_init(&s);
+  CHECK_EQ_INT(load(&s, seed, err, sizeof(err)), 0, "the seed's example loads");
+  CHECK_EQ_STR(err, "", "without a message");
+  check_seed_values(&s, "seed");
+  check_proxy_defaults(&s);
+  pd = print(&d);
+  ps = print(&s);
+  CHECK_EQ_STR(ps, pd, "the seed example and the defaults are the same settings");
+  free(pd);
+  free(ps);
+  config_free(&d);
+  config_free(&s);
+}
+
+static void test_partial_and_additions(void) {
+  struct config c;
+  char err[512] = "";
+  static const char *const resolve[] = {"registry.test:127.0.0.1", "v6.test:[::1]"};
+  static const char *const allow[] = {"127.0.0.1/32"};
+
+  config_init(&c);
+  CHECK_EQ_INT(load(&c, "[certs]\nrsa_key_bits = 2048\n", err, sizeof(err)), 0, "one key");
+  CHECK_EQ_INT(c.rsa_key_bits, 2048, "the key is set");
+  CHECK_EQ_INT(c.days_from_now, 3072, "its neighbours keep their defaults");
+  CHECK_EQ_STR(c.tcp_bind, "127.0.0.1:8000", "other tables keep their defaults");
+  CHECK_EQ_INT(load(&c, "", err, sizeof(err)), 0, "an empty file");
+  CHECK_EQ_INT(load(&c, "[misc]\n[proxy]\n[certs]\n", err, sizeof(err)), 0, "empty tables");
+  config_free(&c);
+
+  config_init(&c);
+  CHECK_EQ_INT(load(&c,
+                    "[misc]\nlog_level = 'trace'\n"
+                    "[proxy]\n"
+                    "tcp_bind = '[::1]:8080'\ntls_bind = ''\nfilters = []\n"
+                    "upstream_ca_file = '/tmp/origin-ca.pem'\nupstream_insecure = true\n"
+                    "resolve = ['registry.test:127.0.0.1', 'v6.test:[::1]']\n"
+                    "allow_clients = ['127.0.0.1/32']\nconnect_ports = [443, 8443, 65535]\n"
+                    "connect_any_port = true\nmax_connections = 7\nhead_timeout = 1\n"
+                    "idle_timeout = 2\ntunnel_idle_timeout = 3\nconnect_timeout = 4\n"
+                    "upstream_timeout = 5\nshutdown_grace = 6\nrevalidate = 'always'\n"
+                    "[certs]\nserver_dns_sans = []\nserver_ip_sans = ['::1', '10.1.2.3']\n"
+                    "p12_pass = ''\n",
+                    err, sizeof(err)),
+               0, "every addition loads");
+  CHECK_EQ_STR(err, "", "no message");
+  CHECK(c.log_level == DDUCT_LOG_TRACE, "log_level trace");
+  CHECK_EQ_STR(c.tcp_bind, "[::1]:8080", "an IPv6 bind address");
+  CHECK_EQ_STR(c.tls_bind, "", "'' disables a listener");
+  CHECK(c.filters.n == 0, "no filters: nothing cached");
+  CHECK_EQ_STR(c.upstream_ca_file, "/tmp/origin-ca.pem", "upstream_ca_file");
+  CHECK(c.upstream_insecure == 1 && c.connect_any_port == 1, "booleans");
+  CHECK(strv_eq(&c.resolve, resolve, 2), "resolve pins, IPv4 and [IPv6]");
+  CHECK(strv_eq(&c.allow_clients, allow, 1), "allow_clients");
+  CHECK(c.connect_ports_count == 3 && c.connect_ports[1] == 8443 && c.connect_ports[2] == 65535,
+        "connect_ports");
+  CHECK(c.max_connections == 7 && c.head_timeout == 1 && c.idle_timeout == 2 &&
+            c.tunnel_idle_timeout == 3 && c.connect_timeout == 4 && c.upstream_timeout == 5 &&
+            c.shutdown_grace == 6,
+        "limits and timeouts");
+  CHECK(c.revalidate == DDUCT_REVALIDATE_ALWAYS, "revalidate always");
+  CHECK(c.server_dns_sans.n == 0 && c.server_ip_sans.n == 2, "SAN lists replace the defaults");
+  CHECK_EQ_STR(c.p12_pass, "", "an empty p12 password is allowed");
+  {
+    struct config again;
+    char *p1 = print(&c), *p2;
+    config_init(&again);
+    CHECK_EQ_INT(config_load(&again, "printed", p1, strlen(p1), err, sizeof(err)), 0,
+                 "the printout loads");
+    p2 = print(&again);
+    CHECK_EQ_STR(p2, p1, "and prints the same settings");
+    free(p1);
+    free(p2);
+    config_free(&again);
+  }
+  {
+    struct dduct_ca_options o;
+    config_ca_options(&c, &o);
+    CHECK(o.cert_dir == c.cert_dir && o.rsa_key_bits == 3072 && o.server_dns_sans_count == 0 &&
+              o.server_ip_sans_count == 2 && strcmp(o.server_ip_sans[0], "::1") == 0 &&
+              o.p12_pass == c.p12_pass,
+          "CA options point at the config");
+  }
+  config_free(&c);
+}
+
+/* Load text expecting failure with exactly "c.toml:" msg. */
+static void bad(const char *text, const char *msg, const char *what) {
+  struct config c;
+  char err[512] = "", want[512];
+  config_init(&c);
+  snprintf(want, sizeof(want), "c.toml:%s", msg);
+  CHECK(load(&c, text, err, sizeof(err)) == -1, what);
+  CHECK_EQ_STR(err, want, what);
+  config_free(&c);
+}
+
+static void test_errors(void) {
+  bad("[misc]\nlog_lvl = 'info'\n", "2:1: unknown key 'log_lvl' in [misc]", "unknown key");
+  bad("[certs]\n  tcp_bind = ''\n", "2:3: unknown key 'tcp_bind' in [certs]",
+      "a key in the wrong table");
+  bad("[cert]\n", "1:2: unknown table [cert] (expected [misc], [proxy] or [certs])",
+      "unknown table");
+  bad("log_level = 'info'\n",
+      "1:1: unknown key 'log_level' (settings belong in [misc], [proxy] or [certs])",
+      "keys outside a table");
+  bad("[misc]\nlog_level = 'verbose'\n",
+      "2:13: log_level: invalid level 'verbose' (expected error, warn, info, debug or trace)",
+      "bad log level");
+  bad("[misc]\nlog_level = 3\n", "2:13: log_level: expected a string, found an integer",
+      "log level type");
+  bad("[misc]\ncert_dir = ''\n", "2:12: cert_dir: must not be empty", "empty cert_dir");
+  bad("[misc]\nfile_dir = ['/x']\n", "2:12: file_dir: expected a string, found an array",
+      "array for a string");
+  bad("[misc]\ncert_dir = \"/x\\u0000y\"\n", "2:12: cert_dir: strings must not contain NUL",
+      "NUL in a path");
+  bad("[proxy]\ntcp_bind = '127.0.0.1'\n",
+      "2:12: tcp_bind: invalid address '127.0.0.1' (expected 'a.b.c.d:port' or '[ipv6]:port')",
+      "bind without a port");
+  bad("[proxy]\ntls_bind = 'localhost:4430'\n",
+      "2:12: tls_bind: invalid address 'localhost:4430' (expected 'a.b.c.d:port' or "
+      "'[ipv6]:port')",
+      "bind to a name");
+  bad("[proxy]\ntcp_bind = '::1:8000'\n",
+      "2:12: tcp_bind: invalid address '::1:8000' (expected 'a.b.c.d:port' or '[ipv6]:port')",
+      "IPv6 without brackets");
+  bad("[proxy]\ntcp_bind = '127.0.0.1:65536'\n",
+      "2:12: tcp_bind: port out of range in '127.0.0.1:65536' (1..65535)", "port too large");
+  bad("[proxy]\ntcp_bind = '[::]:0'\n", "2:12: tcp_bind: port out of range in '[::]:0' (1..65535)",
+      "port zero");
+  bad("[proxy]\ntcp_bind = '1.2.3.4:+80'\n",
+      "2:12: tcp_bind: invalid address '1.2.3.4:+80' (expected 'a.b.c.d:port' or '[ipv6]:port')",
+      "signed port");
+  bad("[proxy]\ntcp_bind = true\n", "2:12: tcp_bind: expected a string, found a boolean",
+      "bind type");
+  bad("[proxy]\nfilters = ['^/ok$', '(']\n",
+      "2:21: filters: filter '(': offset 1: missing closing parenthesis",
+      "a pattern PCRE2 refuses, at its element");
+  bad("[proxy]\nfilters = [\n  '^/a$',\n  42,\n]\n",
+      "4:3: filters: expected an array of strings, found an integer element",
+      "mixed types in an array");
+  bad("[proxy]\nfilters = '^/a$'\n", "2:11: filters: expected an array, found a string",
+      "a string for an array");
+  bad("[proxy]\nupstream_insecure = 'yes'\n",
+      "2:21: upstream_insecure: expected a boolean, found a string", "boolean type");
+  bad("[proxy]\nresolve = ['registry.test']\n",
+      "2:12: resolve: invalid resolve entry 'registry.test' (expected 'host:a.b.c.d' or "
+      "'host:[ipv6]')",
+      "resolve without an address");
+  bad("[proxy]\nresolve = ['v6.test:::1']\n",
+      "2:12: resolve: invalid resolve entry 'v6.test:::1' (expected 'host:a.b.c.d' or "
+      "'host:[ipv6]')",
+      "resolve IPv6 without brackets");
+  bad("[proxy]\nresolve = ['a:1.2.3']\n",
+      "2:12: resolve: invalid resolve entry 'a:1.2.3' (expected 'host:a.b.c.d' or "
+      "'host:[ipv6]')",
+      "resolve with a bad address");
+  bad("[proxy]\nallow_clients = ['10.0.0.0/33']\n",
+      "2:18: allow_clients: invalid CIDR '10.0.0.0/33' (expected 'a.b.c.d/n' or 'ipv6/n')",
+      "CIDR prefix too long");
+  bad("[proxy]\nallow_clients = ['::1/128', 'fe80::/129']\n",
+      "2:29: allow_clients: invalid CIDR 'fe80::/129' (expected 'a.b.c.d/n' or 'ipv6/n')",
+      "IPv6 prefix too long");
+  bad("[proxy]\nallow_clients = ['10.0.0.0']\n",
+      "2:18: allow_clients: invalid CIDR '10.0.0.0' (expected 'a.b.c.d/n' or 'ipv6/n')",
+      "CIDR without a prefix");
+  bad("[proxy]\nconnect_ports = [443, 0]\n",
+      "2:23: connect_ports: port 0 is out of range (1..65535)", "port 0");
+  bad("[proxy]\nconnect_ports = [65536]\n",
+      "2:18: connect_ports: port 65536 is out of range (1..65535)", "port 65536");
+  bad("[proxy]\nconnect_ports = ['443']\n",
+      "2:18: connect_ports: expected an array of integers, found a string element",
+      "port as a string");
+  bad("[proxy]\nmax_connections = 0\n", "2:19: max_connections: 0 is out of range (1..1000000)",
+      "max_connections zero");
+  bad("[proxy]\nhead_timeout = -5\n", "2:16: head_timeout: -5 is out of range (1..86400)",
+      "negative timeout");
+  bad("[proxy]\nrevalidate = 'sometimes'\n",
+      "2:14: revalidate: invalid value 'sometimes' (expected 'never' or 'always')",
+      "bad revalidate");
+  bad("[certs]\nrsa_key_bits = 1024\n", "2:16: rsa_key_bits: 1024 is out of range (2048..8192)",
+      "RSA too small");
+  bad("[certs]\nrsa_key_bits = 8193\n", "2:16: rsa_key_bits: 8193 is out of range (2048..8192)",
+      "RSA too large");
+  bad("[certs]\ndays_from_now = 0\n", "2:17: days_from_now: 0 is out of range (1..36500)",
+      "zero days");
+  bad("[certs]\nrsa_key_bits = '3072'\n",
+      "2:16: rsa_key_bits: expected an integer, found a string", "a number as a string");
+  bad("[certs]\nserver_ip_sans = ['127.0.0.1', 'localhost']\n",
+      "2:32: server_ip_sans: invalid IP address 'localhost'", "a name as an IP SAN");
+  bad("[certs]\nserver_dns_sans = ['a', '']\n", "2:25: server_dns_sans: must not be empty",
+      "an empty DNS SAN");
+  bad("[certs]\nca_cn = ''\n", "2:9: ca_cn: must not be empty", "an empty CN");
+  bad("[certs]\nca_cn = 'x'\n[misc]\n[certs]\n", "4:2: duplicate table [certs]",
+      "TOML errors come through");
+}
+
+static void test_files(void) {
+  struct config c;
+  char err[512] = "", path[] = "/tmp/dduct-test-config-XXXXXX";
+  int fd = mkstemp(path);
+  config_init(&c);
+  CHECK(fd >= 0 && write(fd, "[misc]\nlog_level = 'warn'\nx = 1\n", 32) == 32, "temp file");
+  close(fd);
+  CHECK_EQ_INT(config_load_file(&c, path, err, sizeof(err)), -1, "errors from a file");
+  CHECK(strncmp(err, path, strlen(path)) == 0 &&
+            strcmp(err + strlen(path), ":3:1: unknown key 'x' in [misc]") == 0,
+        "name the file as given");
+  unlink(path);
+  CHECK_EQ_INT(config_load_file(&c, path, err, sizeof(err)), -1, "a missing file");
+  CHECK(strstr(err, ": cannot read: No such file or directory") != NULL, "says why");
+  config_free(&c);
+}
+
+static void test_checks(void) {
+  char why[256];
+  CHECK(config_check_bind("0.0.0.0:4430", why, sizeof(why)) == 0, "IPv4 any");
+  CHECK(config_check_bind("[::]:1", why, sizeof(why)) == 0, "IPv6 any");
+  CHECK(config_check_bind("[fe80::1%eth0]:80", why, sizeof(why)) != 0, "no zone ids");
+  CHECK(config_check_bind("[::1]80", why, sizeof(why)) != 0, "colon after the bracket");
+  CHECK(config_check_bind("1.2.3.4:", why, sizeof(why)) != 0, "empty port");
+  CHECK(config_check_bind("1.2.3.4:0080", why, sizeof(why)) == 0, "leading zeros in a port");
+  CHECK(config_check_bind("256.1.1.1:80", why, sizeof(why)) != 0, "octet out of range");
+  CHECK(config_check_cidr("0.0.0.0/0", why, sizeof(why)) == 0, "everything, IPv4");
+  CHECK(config_check_cidr("::/0", why, sizeof(why)) == 0, "everything, IPv6");
+  CHECK(config_check_cidr("10.0.0.0/", why, sizeof(why)) != 0, "empty prefix");
+  CHECK(config_check_cidr("10.0.0.0/-1", why, sizeof(why)) != 0, "negative prefix");
+  CHECK(config_check_resolve("x:[::1]", why, sizeof(why)) == 0, "resolve IPv6");
+  CHECK(config_check_resolve(":1.2.3.4", why, sizeof(why)) != 0, "resolve without host");
+  CHECK(config_check_resolve("a b:1.2.3.4", why, sizeof(why)) != 0, "resolve host with blank");
+  CHECK(config_check_ip("::ffff:1.2.3.4", why, sizeof(why)) == 0, "v4-mapped IPv6");
+  CHECK(config_check_ip("1.2.3.4/32", why, sizeof(why)) != 0, "a CIDR is not an IP");
+}
+
+int main(void) {
+  test_defaults_and_seed();
+  test_partial_and_additions();
+  test_errors();
+  test_files();
+  test_checks();
+  return tap_done();
+}
