@@ -349,6 +349,18 @@ class TestCli(CliBase):
             r = self.dduct("--check", "--cfg", cfg)
             self.assertEqual((r.returncode, r.stdout), (2, ""), "--check refuses %r too" % text)
 
+    def test_documented_configs_are_accepted(self):
+        """Every ```toml block in README.md and docs/configuration.md passes --check."""
+        blocks = []
+        for doc in ("README.md", os.path.join("docs", "configuration.md")):
+            with open(os.path.join(SRC, doc)) as f:
+                blocks += [(doc, b) for b in re.findall(r"```toml\n(.*?)```", f.read(), re.S)]
+        self.assertGreaterEqual(len(blocks), 4, "the docs show their configs")
+        for i, (doc, text) in enumerate(blocks):
+            cfg = self.write("doc%d.toml" % i, text)
+            r = self.dduct("--check", "--cfg", cfg)
+            self.assertEqual(r.returncode, 0, "%s block %d: %s" % (doc, i, r.stderr))
+
     def test_missing_config_file_exits_2(self):
         path = os.path.join(self.tmp, "nope.toml")
         r = self.dduct("--cfg", path)
