@@ -64,11 +64,14 @@ class Run:
         return "\n".join(self.lines)
 
 
-def run_dduct(args, home, stop_after=None, exe=None):
+def run_dduct(args, home, stop_after=None, exe=None, on_start=None):
     """Run dduct, collect its stderr lines; if stop_after (a substring) shows up in a line, send
-    SIGTERM. Kills the process (by PID) if anything goes wrong or it outlives RUN_TIMEOUT."""
+    SIGTERM. on_start(process) runs in a thread of its own. Kills the process (by PID) if
+    anything goes wrong or it outlives RUN_TIMEOUT."""
     p = subprocess.Popen([exe or BIN] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          stdin=subprocess.DEVNULL, env=clean_env(home), text=True)
+    if on_start is not None:
+        threading.Thread(target=on_start, args=(p,), daemon=True).start()
     q = queue.Queue()
     out = []
 
@@ -267,6 +270,42 @@ server_ip_sans  = ['127.0.0.1', '::1']
         r = subprocess.run(["openssl", "verify", "-CAfile", "ca.crt", "server.crt"],
                            capture_output=True, text=True, cwd=self.certs)
         self.assertEqual(r.returncode, 0, "the new server.crt is signed by the kept CA")
+
+    def test_6b_log_level_error_is_silent_when_all_is_well(self):
+        with open(self.cfg) as f:
+            cfg = self.write("quiet.toml", f.read().replace("log_level = 'info'",
+                                                            "log_level = 'error'"))
+        # Nothing will be logged: with the proxy, stop it once both ports accept connections.
+        r = run_dduct(["--cfg", cfg], self.tmp,
+                      on_start=self.stop_when_listening if self.proxy else None)
+        self.assertEqual(r.rc, 0, r.log())
+        self.assertEqual(r.lines, [], "no INFO lines at log_level 'error'")
+
+    def stop_when_listening(self, p):
+        for addr in (self.tcp, self.tls):
+            host, port = addr.rsplit(":", 1)
+            deadline = time.monotonic() + RUN_TIMEOUT
+            while time.monotonic() < deadline and p.poll() is None:
+                try:
+                    socket.create_connection((host, int(port)), timeout=5).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+
+    def test_6c_a_port_in_use_fails_cleanly(self):
+        if not self.proxy:
+            self.skipTest("libdduct has no proxy engine yet")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            taken = "127.0.0.1:%d" % busy.getsockname()[1]
+            with open(self.cfg) as f:
+                cfg = self.write("busy.toml", f.read().replace(self.tls, taken))
+            r = run_dduct(["--cfg", cfg], self.tmp)
+        self.assertEqual(r.rc, 1, "a listener that cannot bind is a runtime failure:\n" + r.log())
+        self.assertRegex(r.log(), r"ERROR dduct::tls_mitm\] Listening on %s: " % re.escape(taken))
 
     def test_7_corrupt_file_fails_without_overwriting(self):
         bad = os.path.join(self.tmp, "bad-certs") + "/"

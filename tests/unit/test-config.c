@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "log.h"
 #include "tap.h"
 
 static const char seed[] =
@@ -356,7 +357,27 @@ static void test_checks(void) {
   CHECK(config_check_ip("1.2.3.4/32", why, sizeof(why)) != 0, "a CIDR is not an IP");
 }
 
+static void test_log_format(void) {
+  char line[64];
+  size_t n = log_format(line, sizeof(line), 1704112496, DDUCT_LOG_INFO, "ssl_certs",
+                        "Write \"/p\"");
+  CHECK_EQ_STR(line, "[2024-01-01T12:34:56Z INFO  dduct::ssl_certs] Write \"/p\"\n",
+               "the seed's log line, to the second in UTC");
+  CHECK_EQ_INT(n, strlen(line), "the length is returned");
+  log_format(line, sizeof(line), 0, DDUCT_LOG_ERROR, "main", "x");
+  CHECK_EQ_STR(line, "[1970-01-01T00:00:00Z ERROR dduct::main] x\n", "five-column level");
+  log_format(line, sizeof(line), 0, DDUCT_LOG_WARN, "serve", "y");
+  CHECK_EQ_STR(line, "[1970-01-01T00:00:00Z WARN  dduct::serve] y\n", "WARN is padded");
+  log_format(line, sizeof(line), 0, DDUCT_LOG_TRACE, "m", "z");
+  CHECK_EQ_STR(line, "[1970-01-01T00:00:00Z TRACE dduct::m] z\n", "TRACE");
+  n = log_format(line, sizeof(line), 0, DDUCT_LOG_DEBUG, "m",
+                 "a message far longer than the sixty-four bytes of this buffer");
+  CHECK(n == sizeof(line) - 1 && line[n - 1] == '\n' && line[n] == '\0',
+        "a truncated line still ends with a newline");
+}
+
 int main(void) {
+  test_log_format();
   test_defaults_and_seed();
   test_partial_and_additions();
   test_errors();
