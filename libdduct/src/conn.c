@@ -1,39 +1,980 @@
-/* Temporary: connections are accepted and closed until the engine lands in the next commit. */
+/* One client connection's state machine (see docs/architecture.md, "Engine"):
+ *
+ *   HEAD --head parsed--> route --CONNECT, covered host--> (200, push TLS layer) --> HEAD
+ *                           |----CONNECT, other host----> CONNECTING --> TUNNEL --> closed
+ *                           |----cache hook / forward / error----> BUSY
+ *   BUSY --response sent and request read--> HEAD (keep-alive) or LINGER --> closed
+ *
+ * The parser pauses right after each head (so body bytes flow only once someone wants them)
+ * and after each message (so pipelined requests are answered in order). Unconsumed bytes wait
+ * in c->in; the socket is read only while the parser may run.
+ * Memory is freed only once every handle (stream chain, timer, idle) has closed.
+ */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <strings.h>
 
+#include "cache.h"
 #include "conn.h"
 #include "internal.h"
 #include "proxy.h"
+#include "tls.h"
+#include "upstream.h"
+
+#define IN_CAP (160 * 1024)
+#define LINGER_MS 2000
+#define RESP_HEAD_CAP (DDUCT_HTTP_HEAD_MAX + 1024)
+
+enum cstate { C_HEAD, C_BUSY, C_CONNECTING, C_TUNNEL, C_LINGER, C_CLOSED };
+
+struct wnode { /* one write in flight on the client stream */
+  struct wnode *next;
+  dduct_conn_write_cb cb;
+  void *arg;
+};
 
 struct dduct_conn {
   struct dduct_proxy *p;
   struct dduct_conn *next, *prev;
-  uv_tcp_t tcp;
+  struct dduct_stream *s; /* client chain top */
+  uv_timer_t timer;
+  uv_idle_t kick;
+  int handles;
+  enum cstate state;
+  int tls_listener;
+  int draining;
+  int denied; /* outside allow_clients: every request gets 403 */
+  char peer[64];
+  /* Input. */
+  char *in;
+  size_t in_len;
+  struct dduct_http_parser parser;
+  int paused;    /* the parser is paused; it runs again after resume_parser() */
+  int ev_head;   /* the last pause was at a head */
+  int ev_done;   /* the last pause was at a message end */
+  int head_started;
+  /* Intercepted CONNECT context. */
+  int intercepted;
+  char ihost[256];
+  uint16_t iport;
+  /* The current request. */
+  struct dduct_request req;
+  char rhost[256];
+  char *rpath;
+  int req_done, req_has_body, req_body_wanted, body_blocked;
+  int resp_started, resp_done, resp_chunked, resp_nobody;
+  int keep_alive;
+  int status;
+  uint64_t resp_bytes;
+  uint64_t t0;
+  struct dduct_fetch *fetch;
+  int fetch_paused;
+  const struct dduct_conn_handler *h;
+  void *harg;
+  struct wnode *wq_head, *wq_tail;
+  /* Tunnel. */
+  struct dduct_stream *up;
+  struct dduct_connect *cn;
+  int cl_eof, up_eof;
 };
 
-static void close_cb(uv_handle_t *h) {
-  struct dduct_conn *c = DDUCT_CONTAINER_OF((uv_tcp_t *)h, struct dduct_conn, tcp);
+static void process(struct dduct_conn *c);
+static void update_reading(struct dduct_conn *c);
+static void conn_close(struct dduct_conn *c);
+static void respond_error(struct dduct_conn *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static const char *reason_of(int status) {
+  switch (status) {
+  case 200: return "OK";
+  case 400: return "Bad Request";
+  case 403: return "Forbidden";
+  case 408: return "Request Timeout";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 508: return "Loop Detected";
+  default: return "Error";
+  }
+}
+
+/* ---- lifetime ----------------------------------------------------------------------------- */
+
+static void conn_free(struct dduct_conn *c) {
   struct dduct_proxy *p = c->p;
-  if (c->prev) c->prev->next = c->next; else p->conns = c->next;
-  if (c->next) c->next->prev = c->prev;
+  if (c->prev != NULL) c->prev->next = c->next;
+  else p->conns = c->next;
+  if (c->next != NULL) c->next->prev = c->prev;
+  while (c->wq_head != NULL) {
+    struct wnode *n = c->wq_head;
+    c->wq_head = n->next;
+    free(n);
+  }
+  dduct__http_parser_free(&c->parser);
+  free(c->rpath);
+  free(c->in);
   free(c);
   dduct__proxy_conn_gone(p, NULL);
 }
 
+static void handle_closed(struct dduct_conn *c) {
+  if (--c->handles == 0) conn_free(c);
+}
+
+static void timer_close_cb(uv_handle_t *h) {
+  handle_closed(DDUCT_CONTAINER_OF((uv_timer_t *)h, struct dduct_conn, timer));
+}
+
+static void kick_close_cb(uv_handle_t *h) {
+  handle_closed(DDUCT_CONTAINER_OF((uv_idle_t *)h, struct dduct_conn, kick));
+}
+
+static void stream_close_cb(struct dduct_stream *s) {
+  handle_closed(s->data);
+}
+
+static void conn_close(struct dduct_conn *c) {
+  const struct dduct_conn_handler *h = c->h;
+  if (c->state == C_CLOSED) return;
+  c->state = C_CLOSED;
+  c->h = NULL;
+  if (h != NULL && h->on_abort != NULL) h->on_abort(c->harg);
+  if (c->fetch != NULL) {
+    dduct__fetch_abort(c->fetch);
+    c->fetch = NULL;
+  }
+  if (c->cn != NULL) {
+    dduct__connect_cancel(c->cn);
+    c->cn = NULL;
+  }
+  if (c->up != NULL) {
+    c->up->data = c;
+    dduct__stream_close(c->up, stream_close_cb);
+    c->up = NULL;
+  }
+  c->s->data = c;
+  dduct__stream_close(c->s, stream_close_cb);
+  uv_close((uv_handle_t *)&c->timer, timer_close_cb);
+  uv_close((uv_handle_t *)&c->kick, kick_close_cb);
+}
+
+/* ---- timers and deferred work ------------------------------------------------------------- */
+
+static void timer_cb(uv_timer_t *t) {
+  struct dduct_conn *c = DDUCT_CONTAINER_OF(t, struct dduct_conn, timer);
+  switch (c->state) {
+  case C_HEAD:
+    if (c->head_started)
+      LOG_DEBUG("http_proxy", "%s: no complete request head within %u s", c->peer,
+                c->p->o.head_timeout_ms / 1000);
+    conn_close(c);
+    break;
+  case C_BUSY:
+    /* Waiting on the origin is the upstream timeout's business; here only a client that
+     * neither reads nor sends counts. */
+    if (c->fetch != NULL && !c->fetch_paused && !c->req_body_wanted &&
+        dduct__stream_queued(c->s) == 0)
+      return;
+    LOG_WARN("http_proxy", "%s: client stalled for %u s, closing", c->peer,
+             c->p->o.idle_timeout_ms / 1000);
+    conn_close(c);
+    break;
+  case C_TUNNEL:
+    LOG_DEBUG("http_proxy", "%s: tunnel idle for %u s, closing", c->peer,
+              c->p->o.tunnel_idle_timeout_ms / 1000);
+    conn_close(c);
+    break;
+  default:
+    conn_close(c);
+  }
+}
+
+static void arm(struct dduct_conn *c, unsigned ms) {
+  uv_timer_start(&c->timer, timer_cb, ms, ms);
+}
+
+static void kick_cb(uv_idle_t *h) {
+  struct dduct_conn *c = DDUCT_CONTAINER_OF(h, struct dduct_conn, kick);
+  uv_idle_stop(h);
+  process(c);
+  update_reading(c);
+}
+
+static void kick(struct dduct_conn *c) {
+  if (c->state != C_CLOSED) uv_idle_start(&c->kick, kick_cb);
+}
+
+/* ---- client writes ------------------------------------------------------------------------ */
+
+static void client_write_cb(struct dduct_stream *s, int status, void *arg) {
+  struct dduct_conn *c = arg;
+  struct wnode *n = c->wq_head;
+  if (n != NULL) {
+    c->wq_head = n->next;
+    if (c->wq_head == NULL) c->wq_tail = NULL;
+  }
+  if (status < 0) {
+    free(n);
+    conn_close(c);
+    return;
+  }
+  if (c->state == C_BUSY) uv_timer_again(&c->timer);
+  if (n != NULL && n->cb != NULL) n->cb(n->arg, status);
+  free(n);
+  if (c->state == C_CLOSED || dduct__stream_queued(c->s) >= DDUCT_STREAM_LOW_WATER) return;
+  if (c->fetch != NULL && c->fetch_paused) {
+    c->fetch_paused = 0;
+    dduct__fetch_resume(c->fetch);
+  }
+  if (c->h != NULL && c->h->on_drain != NULL) c->h->on_drain(c->harg);
+}
+
+static int cwrite(struct dduct_conn *c, const char *data, size_t len, dduct_conn_write_cb cb,
+                  void *arg) {
+  struct wnode *n;
+  int rc;
+  if (c->state == C_CLOSED) return DDUCT_ECLOSED;
+  n = malloc(sizeof(*n));
+  if (n == NULL) return DDUCT_ENOMEM;
+  n->next = NULL;
+  n->cb = cb;
+  n->arg = arg;
+  rc = dduct__stream_write(c->s, data, len, client_write_cb, c);
+  if (rc != 0) {
+    free(n);
+    return rc;
+  }
+  if (c->wq_tail != NULL) c->wq_tail->next = n;
+  else c->wq_head = n;
+  c->wq_tail = n;
+  return 0;
+}
+
+/* ---- request lifecycle -------------------------------------------------------------------- */
+
+static void resume_parser(struct dduct_conn *c) {
+  if (!c->paused) return;
+  c->paused = 0;
+  dduct__http_parser_resume(&c->parser);
+  kick(c);
+}
+
+static void reset_request(struct dduct_conn *c) {
+  free(c->rpath);
+  c->rpath = NULL;
+  memset(&c->req, 0, sizeof(c->req));
+  c->req_done = c->req_has_body = c->req_body_wanted = c->body_blocked = 0;
+  c->resp_started = c->resp_done = c->resp_chunked = c->resp_nobody = 0;
+  c->status = 0;
+  c->resp_bytes = 0;
+  c->fetch_paused = 0;
+  c->h = NULL;
+  c->head_started = c->in_len > 0;
+}
+
+static void log_request(struct dduct_conn *c) {
+  const struct dduct_http_head *h = &c->parser.head;
+  if (!dduct__enabled(DDUCT_LOG_DEBUG)) return;
+  dduct__log(DDUCT_LOG_DEBUG, "http_proxy", "%s %s %s%s%s:%u%s -> %d (%llu bytes, %llu ms)",
+             c->peer, dduct__http_method(h), c->req.https ? "https://" : "http://",
+             strchr(c->req.host != NULL ? c->req.host : "", ':') ? "[" : "",
+             c->req.host != NULL ? c->req.host : "?", c->req.port,
+             c->req.path != NULL ? c->req.path : "", c->status,
+             (unsigned long long)c->resp_bytes,
+             (unsigned long long)(uv_now(c->p->loop) - c->t0));
+}
+
+static void linger(struct dduct_conn *c) {
+  c->state = C_LINGER;
+  (void)dduct__stream_shutdown(c->s);
+  arm(c, LINGER_MS);
+  update_reading(c);
+}
+
+/* Both the response and the request are complete (or the connection cannot continue). */
+static void request_finished(struct dduct_conn *c) {
+  log_request(c);
+  if (!c->keep_alive || c->draining || !c->req_done) {
+    linger(c);
+    return;
+  }
+  reset_request(c);
+  c->state = C_HEAD;
+  arm(c, c->head_started ? c->p->o.head_timeout_ms : c->p->o.idle_timeout_ms);
+  resume_parser(c);
+}
+
+static void response_complete(struct dduct_conn *c) {
+  c->resp_done = 1;
+  c->h = NULL;
+  if (c->keep_alive && !c->req_done) {
+    /* Without a body the message end is only the parser's next step. */
+    if (!c->req_has_body) {
+      resume_parser(c);
+      return;
+    }
+    if (c->req_body_wanted) return; /* the upload finishes first, then message_done */
+    c->keep_alive = 0;              /* an unread body: this connection cannot go on */
+  }
+  request_finished(c);
+}
+
+/* ---- client response API ------------------------------------------------------------------ */
+
+void dduct__conn_take(struct dduct_conn *c, const struct dduct_conn_handler *h, void *arg) {
+  c->h = h;
+  c->harg = arg;
+}
+
+static void start_forward(struct dduct_conn *c);
+
+void dduct__conn_decline(struct dduct_conn *c) {
+  c->h = NULL;
+  if (!c->resp_started && c->state == C_BUSY) start_forward(c);
+}
+
+int dduct__conn_send_head(struct dduct_conn *c, int status, const char *reason,
+                          const struct dduct_http_head *headers, int64_t content_length) {
+  struct dduct_http_head o;
+  char *buf, num[32];
+  int rc = 0, n;
+  if (c->state != C_BUSY || c->resp_started) return DDUCT_ECLOSED;
+  c->resp_started = 1;
+  c->status = status;
+  c->resp_nobody = c->req.is_head || status == 204 || status == 304 || status < 200;
+  dduct__http_head_init(&o);
+  rc = dduct__http_set_status(&o, status, reason != NULL && *reason ? reason : reason_of(status));
+  for (size_t i = 0; headers != NULL && i < headers->n && rc == 0; i++) {
+    const char *name = dduct__http_hname(headers, i);
+    if (strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Transfer-Encoding") == 0 ||
+        strcasecmp(name, "Connection") == 0 || strcasecmp(name, "Keep-Alive") == 0 ||
+        strcasecmp(name, "Proxy-Connection") == 0)
+      continue;
+    rc = dduct__http_addn(&o, name, headers->h[i].name_len, dduct__http_hvalue(headers, i),
+                          headers->h[i].value_len);
+  }
+  if (rc == 0 && content_length >= 0 && status != 204 && status >= 200) {
+    snprintf(num, sizeof(num), "%lld", (long long)content_length);
+    rc = dduct__http_add(&o, "Content-Length", num);
+  } else if (rc == 0 && !c->resp_nobody) {
+    if (c->parser.head.major == 1 && c->parser.head.minor >= 1) {
+      c->resp_chunked = 1;
+      rc = dduct__http_add(&o, "Transfer-Encoding", "chunked");
+    } else {
+      c->keep_alive = 0; /* close-delimited for HTTP/1.0 */
+    }
+  }
+  if (c->draining) c->keep_alive = 0;
+  if (rc == 0 && !c->keep_alive) rc = dduct__http_add(&o, "Connection", "close");
+  else if (rc == 0 && c->parser.head.minor == 0) rc = dduct__http_add(&o, "Connection", "keep-alive");
+  buf = rc == 0 ? malloc(RESP_HEAD_CAP) : NULL;
+  n = buf != NULL ? dduct__http_serialize_response(&o, buf, RESP_HEAD_CAP) : DDUCT_ENOMEM;
+  dduct__http_head_free(&o);
+  if (n < 0) {
+    free(buf);
+    return n;
+  }
+  rc = cwrite(c, buf, (size_t)n, NULL, NULL);
+  free(buf);
+  return rc;
+}
+
+int dduct__conn_send_body(struct dduct_conn *c, const char *data, size_t len,
+                          dduct_conn_write_cb cb, void *arg) {
+  int rc;
+  if (c->state != C_BUSY || !c->resp_started) return DDUCT_ECLOSED;
+  if (c->resp_nobody || len == 0) {
+    if (cb != NULL) return cwrite(c, "", 0, cb, arg);
+    return 0;
+  }
+  c->resp_bytes += len;
+  if (c->resp_chunked) {
+    char hdr[24];
+    size_t n = dduct__http_chunk_header(hdr, len);
+    rc = cwrite(c, hdr, n, NULL, NULL);
+    if (rc == 0) rc = cwrite(c, data, len, NULL, NULL);
+    if (rc == 0) rc = cwrite(c, "\r\n", 2, cb, arg);
+    return rc;
+  }
+  return cwrite(c, data, len, cb, arg);
+}
+
+int dduct__conn_send_end(struct dduct_conn *c) {
+  int rc = 0;
+  if (c->state != C_BUSY || !c->resp_started) return DDUCT_ECLOSED;
+  if (c->resp_chunked) rc = cwrite(c, "0\r\n\r\n", 5, NULL, NULL);
+  response_complete(c);
+  return rc;
+}
+
+void dduct__conn_abort(struct dduct_conn *c) {
+  c->h = NULL; /* the handler itself asked: no on_abort back */
+  if (c->state != C_CLOSED) {
+    log_request(c);
+    conn_close(c);
+  }
+}
+
+size_t dduct__conn_queued(const struct dduct_conn *c) {
+  return c->state == C_CLOSED ? 0 : dduct__stream_queued(c->s);
+}
+
+const struct dduct_request *dduct__conn_request(const struct dduct_conn *c) {
+  return &c->req;
+}
+
+struct dduct_proxy *dduct__conn_proxy(const struct dduct_conn *c) {
+  return c->p;
+}
+
+const char *dduct__conn_peer(const struct dduct_conn *c) {
+  return c->peer;
+}
+
+struct dduct_conn *dduct__conn_next(struct dduct_conn *c) {
+  return c->next;
+}
+
+/* ---- errors ------------------------------------------------------------------------------- */
+
+static void respond_error(struct dduct_conn *c, int status, const char *fmt, ...) {
+  char body[400];
+  struct dduct_http_head h;
+  va_list ap;
+  int n;
+  va_start(ap, fmt);
+  n = vsnprintf(body, sizeof(body) - 1, fmt, ap);
+  va_end(ap);
+  if (n < 0) n = 0;
+  if ((size_t)n > sizeof(body) - 2) n = (int)sizeof(body) - 2;
+  LOG_WARN("http_proxy", "%s: %d %s", c->peer, status, body);
+  body[n++] = '\n';
+  body[n] = '\0';
+  c->p->stats.errors++;
+  if (c->resp_started || c->state == C_CLOSED) {
+    conn_close(c);
+    return;
+  }
+  c->state = C_BUSY;
+  dduct__http_head_init(&h);
+  (void)dduct__http_add(&h, "Content-Type", "text/plain; charset=utf-8");
+  if (dduct__conn_send_head(c, status, reason_of(status), &h, n) == 0 &&
+      dduct__conn_send_body(c, body, (size_t)n, NULL, NULL) == 0)
+    (void)dduct__conn_send_end(c);
+  else
+    conn_close(c);
+  dduct__http_head_free(&h);
+}
+
+static int http_status_for(int err) {
+  if (err == DDUCT_ELOOP) return 508;
+  if (err == UV_ETIMEDOUT) return 504;
+  return 502;
+}
+
+/* ---- forwarding --------------------------------------------------------------------------- */
+
+static void fwd_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, int64_t cl) {
+  struct dduct_conn *c = dduct__fetch_data(f);
+  if (dduct__conn_send_head(c, h->status, dduct__http_reason(h), h, cl) != 0) conn_close(c);
+}
+
+static void fwd_on_body(struct dduct_fetch *f, const char *data, size_t len) {
+  struct dduct_conn *c = dduct__fetch_data(f);
+  if (dduct__conn_send_body(c, data, len, NULL, NULL) != 0) {
+    conn_close(c);
+    return;
+  }
+  if (!c->fetch_paused && dduct__stream_queued(c->s) > DDUCT_STREAM_HIGH_WATER) {
+    c->fetch_paused = 1;
+    dduct__fetch_pause(f);
+  }
+}
+
+static void fwd_on_done(struct dduct_fetch *f, int status, const char *why) {
+  struct dduct_conn *c = dduct__fetch_data(f);
+  c->fetch = NULL;
+  if (status == 0) {
+    (void)dduct__conn_send_end(c);
+    return;
+  }
+  if (!c->resp_started) {
+    respond_error(c, http_status_for(status), "%s", why != NULL ? why : dduct_strerror(status));
+    return;
+  }
+  LOG_WARN("http_proxy", "%s: %s: %s; closing the client connection", c->peer,
+           dduct__fetch_url(f), why != NULL ? why : dduct_strerror(status));
+  dduct__conn_abort(c);
+}
+
+static void fwd_on_drain(struct dduct_fetch *f) {
+  struct dduct_conn *c = dduct__fetch_data(f);
+  if (c->body_blocked) {
+    c->body_blocked = 0;
+    update_reading(c);
+  }
+}
+
+static const struct dduct_fetch_cbs fwd_cbs = {fwd_on_head, fwd_on_body, fwd_on_done,
+                                               fwd_on_drain};
+
+static void start_forward(struct dduct_conn *c) {
+  struct dduct_fetch_request fr;
+  const struct dduct_http_head *h = &c->parser.head;
+  int has_body = c->req.chunked || c->req.content_length > 0;
+  int rc;
+
+  memset(&fr, 0, sizeof(fr));
+  fr.https = c->req.https;
+  fr.host = c->req.host;
+  fr.port = c->req.port;
+  fr.method = c->req.method;
+  fr.target = c->req.path;
+  fr.headers = h;
+  fr.body_len = c->req.chunked ? -1 : (c->req.content_length > 0 ? c->req.content_length : 0);
+  rc = dduct__fetch_start(c->p->up, &fr, &fwd_cbs, c, &c->fetch);
+  if (rc != 0) {
+    respond_error(c, 503, "cannot start a request to %s: %s", c->req.host, dduct_strerror(rc));
+    return;
+  }
+  if (c->state != C_BUSY || c->fetch == NULL) return; /* failed synchronously */
+  if (has_body) {
+    c->req_body_wanted = 1;
+    /* We hold the body until the origin is ready; the client may wait for this first. */
+    if (dduct__http_has_token(h, "Expect", "100-continue") && h->minor >= 1)
+      (void)cwrite(c, "HTTP/1.1 100 Continue\r\n\r\n", 25, NULL, NULL);
+  }
+  resume_parser(c);
+}
+
+/* ---- routing ------------------------------------------------------------------------------ */
+
+static int set_origin(struct dduct_conn *c, int https, const char *host, uint16_t port,
+                      const char *path) {
+  snprintf(c->rhost, sizeof(c->rhost), "%s", host);
+  free(c->rpath);
+  c->rpath = dduct__strdup(path);
+  if (c->rpath == NULL) return DDUCT_ENOMEM;
+  c->req.https = https;
+  c->req.host = c->rhost;
+  c->req.port = port;
+  c->req.path = c->rpath;
+  c->req.path_len_no_query = strcspn(c->rpath, "?#");
+  return 0;
+}
+
+/* Work out the origin of a non-CONNECT request. 0, or an HTTP status to answer with. */
+static int resolve_target(struct dduct_conn *c) {
+  const struct dduct_http_head *h = &c->parser.head;
+  const char *target = dduct__http_target(h), *path;
+  char host[256];
+  uint16_t port;
+  int https;
+
+  if (target[0] == '/') {
+    if (c->intercepted) return set_origin(c, 1, c->ihost, c->iport, target) == 0 ? 0 : 500;
+    if (!c->tls_listener) return 400;
+    /* Transparent endpoint: the Host header (or SNI) names the origin. */
+    {
+      const char *hosthdr = dduct__http_get(h, "Host");
+      if (hosthdr == NULL || *hosthdr == '\0') hosthdr = dduct__tls_sni(c->s);
+      if (hosthdr == NULL || *hosthdr == '\0' ||
+          dduct__http_parse_authority(hosthdr, host, sizeof(host), &port, 443) != 0)
+        return 400;
+      return set_origin(c, 1, host, port, target) == 0 ? 0 : 500;
+    }
+  }
+  if (dduct__http_parse_url(target, &https, host, sizeof(host), &port, &path) != 0) return 400;
+  return set_origin(c, https, host, port, path) == 0 ? 0 : 500;
+}
+
+static void client_read_cb(struct dduct_stream *s, ssize_t nread, const char *data);
+
+static void intercept(struct dduct_conn *c, const char *host, uint16_t port) {
+  static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+  struct dduct_stream *tls;
+  if (cwrite(c, ok, sizeof(ok) - 1, NULL, NULL) != 0) {
+    conn_close(c);
+    return;
+  }
+  /* Bytes behind the CONNECT head already belong to the client's TLS handshake. */
+  tls = dduct__tls_server_new(c->p->tls_server, c->s, host, c->in, c->in_len);
+  if (tls == NULL) {
+    LOG_ERROR("tls_mitm", "%s: cannot intercept %s:%u (no certificate or out of memory)",
+              c->peer, host, port);
+    conn_close(c);
+    return;
+  }
+  c->in_len = 0;
+  c->s = tls;
+  tls->data = c;
+  c->intercepted = 1;
+  snprintf(c->ihost, sizeof(c->ihost), "%s", host);
+  c->iport = port;
+  c->p->stats.intercepts++;
+  LOG_DEBUG("tls_mitm", "%s CONNECT %s:%u intercepted", c->peer, host, port);
+  /* A fresh parser for the requests inside the tunnel. */
+  dduct__http_parser_free(&c->parser);
+  dduct__http_parser_init(&c->parser, 0, c->parser.cbs, c);
+  c->paused = 0;
+  reset_request(c);
+  c->head_started = 0;
+  c->state = C_HEAD;
+  arm(c, c->p->o.head_timeout_ms);
+  (void)dduct__stream_read_start(c->s, client_read_cb);
+}
+
+static void tunnel_read_client(struct dduct_stream *s, ssize_t nread, const char *data);
+static void tunnel_read_up(struct dduct_stream *s, ssize_t nread, const char *data);
+
+static void tunnel_maybe_done(struct dduct_conn *c) {
+  if (c->cl_eof && c->up_eof && dduct__stream_queued(c->s) == 0 &&
+      dduct__stream_queued(c->up) == 0)
+    conn_close(c);
+}
+
+static void tunnel_write_cb(struct dduct_stream *s, int status, void *arg) {
+  struct dduct_conn *c = arg;
+  if (c->state != C_TUNNEL) return;
+  if (status < 0) {
+    conn_close(c);
+    return;
+  }
+  uv_timer_again(&c->timer);
+  if (dduct__stream_queued(s) < DDUCT_STREAM_LOW_WATER) {
+    /* The sink drained: let its source flow again. */
+    if (s == c->up && !c->cl_eof) (void)dduct__stream_read_start(c->s, tunnel_read_client);
+    if (s == c->s && !c->up_eof) (void)dduct__stream_read_start(c->up, tunnel_read_up);
+  }
+  tunnel_maybe_done(c);
+}
+
+static void tunnel_pipe(struct dduct_conn *c, struct dduct_stream *from, struct dduct_stream *to,
+                        ssize_t nread, const char *data, int *eof) {
+  if (c->state != C_TUNNEL) return;
+  if (nread < 0) {
+    *eof = 1;
+    if (nread != UV_EOF) {
+      conn_close(c);
+      return;
+    }
+    (void)dduct__stream_shutdown(to);
+    tunnel_maybe_done(c);
+    return;
+  }
+  uv_timer_again(&c->timer);
+  if (dduct__stream_write(to, data, (size_t)nread, tunnel_write_cb, c) != 0) {
+    conn_close(c);
+    return;
+  }
+  if (dduct__stream_queued(to) > DDUCT_STREAM_HIGH_WATER) dduct__stream_read_stop(from);
+}
+
+static void tunnel_read_client(struct dduct_stream *s, ssize_t nread, const char *data) {
+  struct dduct_conn *c = s->data;
+  tunnel_pipe(c, c->s, c->up, nread, data, &c->cl_eof);
+}
+
+static void tunnel_read_up(struct dduct_stream *s, ssize_t nread, const char *data) {
+  struct dduct_conn *c = s->data;
+  tunnel_pipe(c, c->up, c->s, nread, data, &c->up_eof);
+}
+
+static void tunnel_connected(void *arg, struct dduct_stream *up, int status, const char *why) {
+  static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+  struct dduct_conn *c = arg;
+  c->cn = NULL;
+  if (status != 0) {
+    c->keep_alive = 0;
+    respond_error(c, http_status_for(status), "CONNECT %s:%u: %s", c->rhost, c->req.port, why);
+    return;
+  }
+  c->up = up;
+  up->data = c;
+  c->state = C_TUNNEL;
+  c->p->stats.tunnels++;
+  c->status = 200;
+  LOG_DEBUG("http_proxy", "%s CONNECT %s:%u tunnel", c->peer, c->rhost, c->req.port);
+  if (dduct__stream_write(c->s, ok, sizeof(ok) - 1, tunnel_write_cb, c) != 0 ||
+      (c->in_len > 0 && dduct__stream_write(up, c->in, c->in_len, tunnel_write_cb, c) != 0)) {
+    conn_close(c);
+    return;
+  }
+  c->in_len = 0;
+  arm(c, c->p->o.tunnel_idle_timeout_ms);
+  (void)dduct__stream_read_start(c->s, tunnel_read_client);
+  (void)dduct__stream_read_start(up, tunnel_read_up);
+}
+
+static void route_connect(struct dduct_conn *c) {
+  const char *target = dduct__http_target(&c->parser.head);
+  char host[256];
+  uint16_t port;
+  int rc;
+
+  c->keep_alive = 0;
+  if (dduct__http_parse_authority(target, host, sizeof(host), &port, 443) != 0) {
+    respond_error(c, 400, "CONNECT target \"%.200s\" is not host:port", target);
+    return;
+  }
+  if (set_origin(c, 0, host, port, "") != 0) {
+    conn_close(c);
+    return;
+  }
+  if (!dduct__proxy_port_allowed(c->p, port)) {
+    respond_error(c, 403, "CONNECT to port %u is not allowed", port);
+    return;
+  }
+  if (dduct_ca_covers(c->p->ca, host)) {
+    intercept(c, host, port);
+    return;
+  }
+  c->state = C_CONNECTING;
+  rc = dduct__upstream_connect(c->p->up, host, port, tunnel_connected, c, &c->cn);
+  if (rc != 0) respond_error(c, 503, "CONNECT %s:%u: %s", host, port, dduct_strerror(rc));
+}
+
+static int cacheable(struct dduct_conn *c) {
+  const struct dduct_proxy *p = c->p;
+  if (!DDUCT_CACHE_HOOK || p->store == NULL || p->filter == NULL) return 0;
+  if (strcmp(c->req.method, "GET") != 0 && strcmp(c->req.method, "HEAD") != 0) return 0;
+  if (c->req.chunked || c->req.content_length > 0) return 0;
+  return dduct_filter_match(p->filter, c->req.path, c->req.path_len_no_query) == 1;
+}
+
+static void route(struct dduct_conn *c) {
+  struct dduct_http_head *h = &c->parser.head;
+  int status;
+
+  c->state = C_BUSY;
+  c->t0 = uv_now(c->p->loop);
+  c->p->stats.requests++;
+  c->keep_alive = dduct__http_parser_keep_alive(&c->parser) && !c->draining;
+  c->req.head = h;
+  c->req.method = dduct__http_method(h);
+  c->req.content_length = dduct__http_parser_content_length(&c->parser);
+  c->req.chunked = dduct__http_parser_chunked(&c->parser);
+  c->req.is_head = strcmp(c->req.method, "HEAD") == 0;
+  c->req_has_body = c->req.chunked || c->req.content_length > 0;
+  arm(c, c->p->o.idle_timeout_ms);
+  if (c->denied) {
+    respond_error(c, 403, "client %s is not allowed to use this proxy (allow_clients)", c->peer);
+    return;
+  }
+  if (strcmp(c->req.method, "CONNECT") == 0) {
+    route_connect(c);
+    return;
+  }
+  status = resolve_target(c);
+  if (status != 0) {
+    respond_error(c, status, status == 400 ? "request target \"%.200s\" is not an absolute URL "
+                                             "(or has no usable Host on a TLS endpoint)"
+                                           : "internal error routing \"%.200s\"",
+                  dduct__http_target(h));
+    return;
+  }
+  /* We do not speak the upgraded protocols: forward as a plain request, then close. */
+  if (dduct__http_get(h, "Upgrade") != NULL) {
+    dduct__http_remove(h, "Upgrade");
+    c->keep_alive = 0;
+  }
+  /* ---- cache hook (issue 4): see cache.h ---- */
+  if (cacheable(c) && dduct__cache_handle(c->p, c, &c->req)) {
+    if (c->state == C_BUSY && !c->req_done) resume_parser(c); /* reach the message end */
+    return;
+  }
+  start_forward(c);
+}
+
+/* ---- parsing ------------------------------------------------------------------------------ */
+
+static int req_on_head(struct dduct_http_parser *p) {
+  struct dduct_conn *c = p->data;
+  c->ev_head = 1;
+  return 2; /* pause: route before any body byte is parsed */
+}
+
+static void req_on_body(struct dduct_http_parser *p, const char *data, size_t len) {
+  struct dduct_conn *c = p->data;
+  if (c->fetch != NULL && dduct__fetch_write(c->fetch, data, len) != 0) c->body_blocked = 1;
+}
+
+static int req_on_done(struct dduct_http_parser *p) {
+  struct dduct_conn *c = p->data;
+  c->ev_done = 1;
+  return 1; /* pause: the next pipelined request waits for this response */
+}
+
+static const struct dduct_http_parser_cbs req_cbs = {req_on_head, req_on_body, req_on_done};
+
+static void consume(struct dduct_conn *c, size_t used) {
+  if (used == 0) return;
+  memmove(c->in, c->in + used, c->in_len - used);
+  c->in_len -= used;
+}
+
+static void message_done(struct dduct_conn *c) {
+  c->req_done = 1;
+  c->req_body_wanted = 0;
+  if (c->fetch != NULL) (void)dduct__fetch_end(c->fetch);
+  if (c->resp_done) request_finished(c);
+}
+
+static void parse_error(struct dduct_conn *c, int rc) {
+  c->keep_alive = 0;
+  c->req_done = 0;
+  if (c->state == C_HEAD) {
+    c->state = C_BUSY;
+    c->t0 = uv_now(c->p->loop);
+    if (rc == DDUCT_ETOOBIG)
+      respond_error(c, 431, "request head larger than %u bytes", DDUCT_HTTP_HEAD_MAX);
+    else
+      respond_error(c, 400, "malformed request: %s", c->parser.err_reason);
+    return;
+  }
+  /* A broken body: the response (if any) cannot be trusted to be complete either. */
+  LOG_WARN("http_proxy", "%s: malformed request body: %s", c->peer, c->parser.err_reason);
+  conn_close(c);
+}
+
+static void process(struct dduct_conn *c) {
+  while (!c->paused && (c->state == C_HEAD || c->state == C_BUSY)) {
+    size_t used = 0;
+    int rc;
+    c->ev_head = c->ev_done = 0;
+    rc = dduct__http_parser_execute(&c->parser, c->in != NULL ? c->in : "", c->in_len, &used);
+    if (c->state == C_CLOSED) return;
+    if (rc < 0) {
+      parse_error(c, rc);
+      return;
+    }
+    consume(c, used);
+    if (rc == 0) {
+      if (c->fetch != NULL && dduct__fetch_queued(c->fetch) > DDUCT_STREAM_HIGH_WATER)
+        c->body_blocked = 1;
+      return;
+    }
+    c->paused = 1;
+    if (rc == DDUCT_HTTP_UPGRADE) c->ev_done = 1; /* a non-CONNECT upgrade: one message, then close */
+    if (c->ev_head) {
+      uv_timer_stop(&c->timer);
+      route(c);
+    } else if (c->ev_done) {
+      message_done(c);
+    }
+  }
+}
+
+static void update_reading(struct dduct_conn *c) {
+  int want;
+  switch (c->state) {
+  case C_HEAD: want = !c->paused && c->in_len < IN_CAP / 2; break;
+  case C_BUSY: want = !c->paused && c->req_body_wanted && !c->body_blocked; break;
+  case C_LINGER: want = 1; break;
+  default: return;
+  }
+  if (want) (void)dduct__stream_read_start(c->s, client_read_cb);
+  else dduct__stream_read_stop(c->s);
+}
+
+static void client_read_cb(struct dduct_stream *s, ssize_t nread, const char *data) {
+  struct dduct_conn *c = s->data;
+  if (c->state == C_LINGER) {
+    if (nread < 0) conn_close(c);
+    return;
+  }
+  if (nread < 0) {
+    if (c->state == C_HEAD && c->in_len > 0 && nread == UV_EOF)
+      LOG_DEBUG("http_proxy", "%s: closed in the middle of a request head", c->peer);
+    else if (nread != UV_EOF && nread != UV_ECONNRESET)
+      LOG_DEBUG("http_proxy", "%s: %s", c->peer, dduct_strerror((int)nread));
+    if (c->state == C_BUSY && c->fetch != NULL)
+      LOG_DEBUG("http_proxy", "%s: client went away during %s", c->peer, c->req.method);
+    conn_close(c);
+    return;
+  }
+  if (c->in_len + (size_t)nread > IN_CAP) {
+    parse_error(c, DDUCT_ETOOBIG);
+    return;
+  }
+  if (c->in == NULL && (c->in = malloc(IN_CAP)) == NULL) {
+    conn_close(c);
+    return;
+  }
+  memcpy(c->in + c->in_len, data, (size_t)nread);
+  c->in_len += (size_t)nread;
+  if (c->state == C_HEAD && !c->head_started) {
+    c->head_started = 1;
+    arm(c, c->p->o.head_timeout_ms);
+  } else if (c->state == C_BUSY) {
+    uv_timer_again(&c->timer);
+  }
+  process(c);
+  if (c->state != C_CLOSED) update_reading(c);
+}
+
+/* ---- accept ------------------------------------------------------------------------------- */
+
 void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int tls) {
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
   struct dduct_conn *c = calloc(1, sizeof(*c));
-  (void)tls;
-  if (c == NULL) return;
+  struct dduct_stream *tcp = c != NULL ? dduct__tcp_stream_new(p->loop) : NULL;
+  uv_tcp_t *h;
+
+  if (tcp == NULL) {
+    free(c);
+    return; /* the connection stays in the backlog; the next accept retries */
+  }
+  h = dduct__tcp_stream_handle(tcp);
   c->p = p;
-  uv_tcp_init(p->loop, &c->tcp);
+  c->s = tcp;
+  tcp->data = c;
+  c->handles = 3;
+  uv_timer_init(p->loop, &c->timer);
+  uv_idle_init(p->loop, &c->kick);
   c->next = p->conns;
-  if (p->conns) p->conns->prev = c;
+  if (p->conns != NULL) p->conns->prev = c;
   p->conns = c;
   p->nconns++;
+  p->stats.connections_active = p->nconns;
+  dduct__http_parser_init(&c->parser, 0, &req_cbs, c);
+  c->state = C_HEAD;
+  c->tls_listener = tls;
+  if (uv_accept(server, (uv_stream_t *)h) != 0) {
+    conn_close(c);
+    return;
+  }
   p->stats.connections_accepted++;
-  (void)uv_accept(server, (uv_stream_t *)&c->tcp);
-  uv_close((uv_handle_t *)&c->tcp, close_cb);
+  snprintf(c->peer, sizeof(c->peer), "?");
+  if (uv_tcp_getpeername(h, (struct sockaddr *)&ss, &len) == 0)
+    dduct__addr_str((struct sockaddr *)&ss, c->peer, sizeof(c->peer));
+  (void)uv_tcp_nodelay(h, 1);
+  /* Not an open relay: such a client gets a 403 naming the reason for each request. */
+  c->denied = !dduct__acl_match(&p->allow, (struct sockaddr *)&ss);
+  if (tls) {
+    struct dduct_stream *t = dduct__tls_server_new(p->tls_server, tcp, NULL, NULL, 0);
+    if (t == NULL) {
+      conn_close(c);
+      return;
+    }
+    c->s = t;
+    t->data = c;
+  }
+  arm(c, p->o.head_timeout_ms);
+  (void)dduct__stream_read_start(c->s, client_read_cb);
 }
-void dduct__conn_drain(struct dduct_conn *c) { (void)c; }
-void dduct__conn_kill(struct dduct_conn *c) { (void)c; }
-struct dduct_conn *dduct__conn_next(struct dduct_conn *c) { return c->next; }
+
+void dduct__conn_drain(struct dduct_conn *c) {
+  c->draining = 1;
+  if (c->state == C_HEAD && !c->head_started) conn_close(c);
+}
+
+void dduct__conn_kill(struct dduct_conn *c) {
+  conn_close(c);
+}

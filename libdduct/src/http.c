@@ -512,7 +512,8 @@ void dduct__http_parser_resume(struct dduct_http_parser *p) {
 }
 
 int dduct__http_parser_finish(struct dduct_http_parser *p) {
-  return llhttp_finish(&p->ll) == HPE_OK ? 0 : DDUCT_EPROTO;
+  llhttp_errno_t e = llhttp_finish(&p->ll);
+  return e == HPE_OK || e == HPE_PAUSED ? 0 : DDUCT_EPROTO;
 }
 
 int dduct__http_parser_keep_alive(const struct dduct_http_parser *p) {

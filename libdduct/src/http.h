@@ -98,7 +98,6 @@ struct dduct_http_parser {
   void *data;
   struct dduct_http_head head;
   int in_head;         /* still collecting the head */
-  int last_was_value;
   int too_big;         /* 431 */
   int hdr_open;        /* a string (url, reason, field or value) is being collected */
   size_t head_bytes;

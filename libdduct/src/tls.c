@@ -275,9 +275,9 @@ static void read_records(struct tls_stream *t) {
 
 static void pump(struct tls_stream *t) {
   if (t->s.closing || t->failed) return;
-  if (!t->handshaken && handshake(t) != 0) return;
+  if (!t->handshaken && handshake(t) < 0) return;
   if (t->s.closing) return;
-  read_records(t);
+  if (t->handshaken) read_records(t);
   if (t->s.closing || t->failed) return;
   /* Keep ciphertext flowing only while someone wants plaintext (or the handshake needs it). */
   if ((t->s.reading || !t->handshaken) && !t->lower_eof)

@@ -1,22 +1,852 @@
-/* Temporary: the origin client lands in the next commit. */
+/* The origin client (see upstream.h): connections (uconn) own every handle and are freed only
+ * from close callbacks; a fetch is plain memory that uses one connection at a time (a retry
+ * or a redirect moves it to another). */
+#include <netdb.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <strings.h>
 
+#include "acl.h"
 #include "internal.h"
+#include "tls.h"
 #include "upstream.h"
+
+#define POOL_MAX_IDLE 64
+#define POOL_IDLE_MS 30000
+#define REQ_HEAD_CAP (DDUCT_HTTP_HEAD_MAX + 1024)
+
+enum ustate { U_RESOLVING, U_CONNECTING, U_TLS, U_BUSY, U_IDLE, U_DEAD };
+
+struct uconn {
+  struct dduct_upstream *u;
+  struct uconn *next, *prev; /* pool links while idle */
+  enum ustate state;
+  int https;
+  char host[256];
+  uint16_t port;
+  char key[300];
+  struct dduct_stream *s; /* top of the chain, NULL once handed to a tunnel or closed */
+  uv_timer_t timer;       /* connect, read and pool-idle timeouts */
+  uv_getaddrinfo_t gai;
+  uv_connect_t creq;
+  struct addrinfo *ai, *ai_cur;
+  struct sockaddr_storage fixed; /* pinned or literal address */
+  int have_fixed, fixed_tried;
+  int refs;                      /* timer + stream + pending getaddrinfo */
+  int last_err;
+  struct dduct_fetch *f;         /* the fetch using this connection */
+  struct dduct_connect *raw;     /* or a tunnel waiting for it */
+  struct dduct_http_parser parser;
+  int parser_live;
+  int got_bytes;                 /* response bytes seen for the current request */
+  int reused;
+  int done_msg;                  /* the response message completed */
+  char why[300];
+};
 
 struct dduct_upstream {
   struct dduct_upstream_config cfg;
+  struct uconn *idle; /* pool, most recent first */
+  size_t nidle;
+  size_t live;
+  int closing;
+  void (*idle_cb)(void *arg);
+  void *idle_arg;
 };
 
-int dduct__upstream_new(const struct dduct_upstream_config *cfg, struct dduct_upstream **out) {
-  *out = calloc(1, sizeof(**out));
-  if (*out == NULL) return DDUCT_ENOMEM;
-  (*out)->cfg = *cfg;
+struct dduct_connect {
+  struct uconn *c;
+  dduct_connect_cb cb;
+  void *arg;
+};
+
+struct dduct_fetch {
+  struct dduct_upstream *u;
+  const struct dduct_fetch_cbs *cbs;
+  void *data;
+  struct uconn *c;
+  int https;
+  char host[256];
+  uint16_t port;
+  char method[32];
+  char *target;
+  char url[600];
+  struct dduct_http_head hdrs;
+  int64_t body_len;
+  int body_ended;
+  int head_sent;
+  char *pend; /* request body waiting for the connection */
+  size_t pend_len, pend_cap;
+  unsigned redirects_left;
+  int redirecting;
+  char *location;
+  int redirect_status;
+  int retried;
+  int paused;
+  int delivered_head;
+};
+
+static void uconn_close(struct uconn *c);
+static void fetch_connect(struct dduct_fetch *f);
+static void send_request(struct dduct_fetch *f, struct uconn *c);
+
+/* ---- connection lifetime ------------------------------------------------------------------ */
+
+static void uconn_unref(struct uconn *c) {
+  struct dduct_upstream *u = c->u;
+  if (--c->refs > 0) return;
+  if (c->ai != NULL) uv_freeaddrinfo(c->ai);
+  if (c->parser_live) dduct__http_parser_free(&c->parser);
+  free(c);
+  u->live--;
+  if (u->live == 0 && u->closing && u->idle_cb != NULL) u->idle_cb(u->idle_arg);
+}
+
+static void timer_close_cb(uv_handle_t *h) {
+  uconn_unref(DDUCT_CONTAINER_OF((uv_timer_t *)h, struct uconn, timer));
+}
+
+static void stream_close_cb(struct dduct_stream *s) {
+  uconn_unref(s->data);
+}
+
+static void pool_remove(struct uconn *c) {
+  struct dduct_upstream *u = c->u;
+  if (c->state != U_IDLE) return;
+  if (c->prev != NULL) c->prev->next = c->next;
+  else u->idle = c->next;
+  if (c->next != NULL) c->next->prev = c->prev;
+  c->next = c->prev = NULL;
+  u->nidle--;
+}
+
+static void close_stream(struct uconn *c) {
+  if (c->s == NULL) return;
+  c->s->data = c;
+  dduct__stream_close(c->s, stream_close_cb);
+  c->s = NULL;
+}
+
+static void uconn_close(struct uconn *c) {
+  if (c->state == U_DEAD) return;
+  pool_remove(c);
+  c->state = U_DEAD;
+  c->f = NULL;
+  close_stream(c);
+  uv_close((uv_handle_t *)&c->timer, timer_close_cb);
+  if (c->gai.data == c) uv_cancel((uv_req_t *)&c->gai);
+}
+
+static struct uconn *uconn_new(struct dduct_upstream *u, int https, const char *host,
+                               uint16_t port) {
+  struct uconn *c = calloc(1, sizeof(*c));
+  if (c == NULL) return NULL;
+  if (uv_timer_init(u->cfg.loop, &c->timer) != 0) {
+    free(c);
+    return NULL;
+  }
+  c->u = u;
+  c->refs = 1;
+  c->https = https;
+  snprintf(c->host, sizeof(c->host), "%s", host);
+  c->port = port;
+  snprintf(c->key, sizeof(c->key), "%s://%s:%u", https ? "https" : "http", host, port);
+  u->live++;
+  return c;
+}
+
+/* ---- failure ------------------------------------------------------------------------------ */
+
+static void fetch_free(struct dduct_fetch *f) {
+  dduct__http_head_free(&f->hdrs);
+  free(f->target);
+  free(f->pend);
+  free(f->location);
+  free(f);
+}
+
+static void fetch_finish(struct dduct_fetch *f, int status, const char *why) {
+  f->cbs->on_done(f, status, why);
+  fetch_free(f);
+}
+
+/* The connection failed: tell its user, close it. */
+static void uconn_fail(struct uconn *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void uconn_fail(struct uconn *c, int status, const char *fmt, ...) {
+  struct dduct_fetch *f = c->f;
+  struct dduct_connect *raw = c->raw;
+  int retry;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(c->why, sizeof(c->why), fmt, ap);
+  va_end(ap);
+  /* A pooled connection the origin closed just before our request: try once on a new one when
+   * nothing of the response came and the request can be sent again. */
+  retry = f != NULL && c->reused && !c->got_bytes && f->body_len == 0 && !f->retried;
+  c->f = NULL;
+  c->raw = NULL;
+  {
+    char why[300];
+    memcpy(why, c->why, sizeof(why));
+    uconn_close(c);
+    if (f != NULL) {
+      f->c = NULL;
+      if (retry) {
+        f->retried = 1;
+        f->head_sent = 0;
+        fetch_connect(f);
+      } else {
+        fetch_finish(f, status, why);
+      }
+    }
+    if (raw != NULL) {
+      raw->cb(raw->arg, NULL, status, why);
+      free(raw);
+    }
+  }
+}
+
+/* ---- connecting --------------------------------------------------------------------------- */
+
+static void timer_cb(uv_timer_t *t) {
+  struct uconn *c = DDUCT_CONTAINER_OF(t, struct uconn, timer);
+  switch (c->state) {
+  case U_RESOLVING:
+  case U_CONNECTING:
+  case U_TLS:
+    uconn_fail(c, UV_ETIMEDOUT, "connecting to %s:%u timed out after %u s", c->host, c->port,
+               c->u->cfg.connect_timeout_ms / 1000);
+    break;
+  case U_BUSY:
+    uconn_fail(c, UV_ETIMEDOUT, "origin %s:%u sent nothing for %u s", c->host, c->port,
+               c->u->cfg.upstream_timeout_ms / 1000);
+    break;
+  default:
+    uconn_close(c);
+  }
+}
+
+static void ready(struct uconn *c) {
+  struct dduct_upstream *u = c->u;
+  uv_timer_stop(&c->timer);
+  if (u->cfg.stat_connects != NULL) (*u->cfg.stat_connects)++;
+  if (c->raw != NULL) {
+    struct dduct_connect *raw = c->raw;
+    struct dduct_stream *s = c->s;
+    c->raw = NULL;
+    c->s = NULL;
+    c->refs--; /* the stream is the tunnel's now */
+    s->data = NULL;
+    uconn_close(c);
+    raw->cb(raw->arg, s, 0, NULL);
+    free(raw);
+    return;
+  }
+  if (c->f == NULL) {
+    uconn_close(c);
+    return;
+  }
+  send_request(c->f, c);
+}
+
+static void handshake_cb(struct dduct_stream *s, int status, void *arg) {
+  struct uconn *c = arg;
+  if (c->state == U_DEAD) return;
+  if (status != 0) {
+    uconn_fail(c, status, "TLS to %s:%u: %s", c->host, c->port, dduct__tls_error_text(s));
+    return;
+  }
+  dduct__stream_read_stop(s);
+  ready(c);
+}
+
+static void try_next(struct uconn *c);
+
+static void connect_cb(uv_connect_t *req, int status) {
+  struct uconn *c = DDUCT_CONTAINER_OF(req, struct uconn, creq);
+  if (c->state == U_DEAD) return;
+  if (status < 0) {
+    c->last_err = status;
+    close_stream(c);
+    try_next(c);
+    return;
+  }
+  (void)uv_tcp_nodelay(dduct__tcp_stream_handle(c->s), 1);
+  if (!c->https) {
+    ready(c);
+    return;
+  }
+  {
+    struct dduct_stream *tls = dduct__tls_client_new(c->u->cfg.tls, c->s, c->host);
+    if (tls == NULL) {
+      uconn_fail(c, DDUCT_ENOMEM, "TLS to %s:%u: out of memory", c->host, c->port);
+      return;
+    }
+    c->s = tls;
+    tls->data = c;
+    c->state = U_TLS;
+    dduct__tls_on_handshake(tls, handshake_cb, c);
+  }
+}
+
+static const struct sockaddr *next_addr(struct uconn *c) {
+  if (c->have_fixed) {
+    if (c->fixed_tried) return NULL;
+    c->fixed_tried = 1;
+    return (const struct sockaddr *)&c->fixed;
+  }
+  while (c->ai_cur != NULL) {
+    struct addrinfo *a = c->ai_cur;
+    c->ai_cur = a->ai_next;
+    if (a->ai_family == AF_INET || a->ai_family == AF_INET6) {
+      memcpy(&c->fixed, a->ai_addr, a->ai_addrlen);
+      if (a->ai_family == AF_INET) ((struct sockaddr_in *)&c->fixed)->sin_port = htons(c->port);
+      else ((struct sockaddr_in6 *)&c->fixed)->sin6_port = htons(c->port);
+      return (const struct sockaddr *)&c->fixed;
+    }
+  }
+  return NULL;
+}
+
+static void try_next(struct uconn *c) {
+  struct dduct_upstream *u = c->u;
+  const struct sockaddr *sa = next_addr(c);
+  int rc;
+  if (sa == NULL) {
+    int err = c->last_err != 0 ? c->last_err : UV_EADDRNOTAVAIL;
+    uconn_fail(c, err, "cannot connect to %s:%u: %s", c->host, c->port, uv_strerror(err));
+    return;
+  }
+  if (u->cfg.is_self != NULL && u->cfg.is_self(u->cfg.is_self_arg, sa)) {
+    char a[80];
+    dduct__addr_str(sa, a, sizeof(a));
+    uconn_fail(c, DDUCT_ELOOP, "%s:%u is this proxy (%s): request would loop", c->host, c->port,
+               a);
+    return;
+  }
+  c->s = dduct__tcp_stream_new(u->cfg.loop);
+  if (c->s == NULL) {
+    uconn_fail(c, DDUCT_ENOMEM, "cannot connect to %s:%u: out of memory", c->host, c->port);
+    return;
+  }
+  c->s->data = c;
+  c->refs++;
+  c->state = U_CONNECTING;
+  rc = uv_tcp_connect(&c->creq, dduct__tcp_stream_handle(c->s), sa, connect_cb);
+  if (rc != 0) {
+    c->last_err = rc;
+    close_stream(c);
+    try_next(c);
+  }
+}
+
+static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  struct uconn *c = DDUCT_CONTAINER_OF(req, struct uconn, gai);
+  req->data = NULL;
+  c->ai = res;
+  c->ai_cur = res;
+  if (c->state == U_DEAD) {
+    uconn_unref(c);
+    return;
+  }
+  c->refs--; /* cannot reach 0: the timer still holds one */
+  if (status < 0) {
+    uconn_fail(c, status, "cannot resolve %s: %s", c->host, uv_strerror(status));
+    return;
+  }
+  try_next(c);
+}
+
+static void uconn_start(struct uconn *c) {
+  struct dduct_upstream *u = c->u;
+  const struct sockaddr *pin = dduct__pins_lookup(u->cfg.pins, c->host);
+  struct addrinfo hints;
+  int rc;
+
+  uv_timer_start(&c->timer, timer_cb, u->cfg.connect_timeout_ms, 0);
+  c->state = U_RESOLVING;
+  if (pin != NULL || dduct__ip_literal(c->host, c->port, &c->fixed) == 0) {
+    if (pin != NULL) {
+      memcpy(&c->fixed, pin, sizeof(c->fixed));
+      if (pin->sa_family == AF_INET) ((struct sockaddr_in *)&c->fixed)->sin_port = htons(c->port);
+      else ((struct sockaddr_in6 *)&c->fixed)->sin6_port = htons(c->port);
+    }
+    c->have_fixed = 1;
+    try_next(c);
+    return;
+  }
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  c->gai.data = c;
+  c->refs++;
+  rc = uv_getaddrinfo(u->cfg.loop, &c->gai, gai_cb, c->host, NULL, &hints);
+  if (rc != 0) {
+    c->gai.data = NULL;
+    c->refs--;
+    uconn_fail(c, rc, "cannot resolve %s: %s", c->host, uv_strerror(rc));
+  }
+}
+
+/* ---- pool --------------------------------------------------------------------------------- */
+
+static void idle_read_cb(struct dduct_stream *s, ssize_t nread, const char *data) {
+  uconn_close(s->data); /* an idle origin connection that talks or closes is done */
+}
+
+static void pool_put(struct uconn *c) {
+  struct dduct_upstream *u = c->u;
+  if (u->closing || c->s == NULL) {
+    uconn_close(c);
+    return;
+  }
+  if (u->nidle >= POOL_MAX_IDLE) {
+    struct uconn *old = u->idle;
+    while (old->next != NULL) old = old->next;
+    uconn_close(old);
+  }
+  c->state = U_IDLE;
+  c->next = u->idle;
+  c->prev = NULL;
+  if (u->idle != NULL) u->idle->prev = c;
+  u->idle = c;
+  u->nidle++;
+  uv_timer_start(&c->timer, timer_cb, POOL_IDLE_MS, 0);
+  (void)dduct__stream_read_start(c->s, idle_read_cb);
+}
+
+static struct uconn *pool_get(struct dduct_upstream *u, const char *key) {
+  for (struct uconn *c = u->idle; c != NULL; c = c->next) {
+    if (strcmp(c->key, key) != 0) continue;
+    pool_remove(c);
+    dduct__stream_read_stop(c->s);
+    uv_timer_stop(&c->timer);
+    c->state = U_BUSY;
+    c->reused = 1;
+    return c;
+  }
+  return NULL;
+}
+
+/* ---- response ----------------------------------------------------------------------------- */
+
+static int redirectable(const struct dduct_fetch *f, int status) {
+  return f->redirects_left > 0 && (strcmp(f->method, "GET") == 0 || strcmp(f->method, "HEAD") == 0) &&
+         (status == 301 || status == 302 || status == 303 || status == 307 || status == 308);
+}
+
+static int resp_on_head(struct dduct_http_parser *p) {
+  struct uconn *c = p->data;
+  struct dduct_fetch *f = c->f;
+  int skip;
+  if (f == NULL) return 0;
+  skip = strcmp(f->method, "HEAD") == 0;
+  if (p->head.status < 200) return 0; /* 1xx: interim, never delivered */
+  if (redirectable(f, p->head.status)) {
+    const char *loc = dduct__http_get(&p->head, "Location");
+    if (loc != NULL && (loc[0] == '/' || strncasecmp(loc, "http://", 7) == 0 ||
+                        strncasecmp(loc, "https://", 8) == 0)) {
+      free(f->location);
+      f->location = dduct__strdup(loc);
+      f->redirecting = f->location != NULL;
+      f->redirect_status = p->head.status;
+      if (f->redirecting) return skip;
+    }
+  }
+  {
+    int64_t cl = dduct__http_parser_chunked(p) ? -1 : dduct__http_parser_content_length(p);
+    dduct__http_strip_hop_by_hop(&p->head);
+    f->delivered_head = 1;
+    f->cbs->on_head(f, &p->head, cl);
+  }
+  return skip;
+}
+
+static void resp_on_body(struct dduct_http_parser *p, const char *data, size_t len) {
+  struct uconn *c = p->data;
+  struct dduct_fetch *f = c->f;
+  if (f == NULL || f->redirecting) return;
+  f->cbs->on_body(f, data, len);
+}
+
+static int resp_on_done(struct dduct_http_parser *p) {
+  struct uconn *c = p->data;
+  if (p->head.status < 200) return 0;
+  c->done_msg = 1;
+  return 1;
+}
+
+static const struct dduct_http_parser_cbs resp_cbs = {resp_on_head, resp_on_body, resp_on_done};
+
+static void follow_redirect(struct dduct_fetch *f) {
+  char host[256];
+  uint16_t port = f->port;
+  int https = f->https;
+  const char *path = f->location;
+  char *target;
+  if (f->location[0] != '/') {
+    if (dduct__http_parse_url(f->location, &https, host, sizeof(host), &port, &path) != 0) {
+      fetch_finish(f, DDUCT_EPROTO, "redirect to an invalid Location");
+      return;
+    }
+    if (strcasecmp(host, f->host) != 0) {
+      /* Credentials were meant for the first host only. */
+      dduct__http_remove(&f->hdrs, "Authorization");
+      dduct__http_remove(&f->hdrs, "Cookie");
+    }
+    snprintf(f->host, sizeof(f->host), "%s", host);
+  }
+  target = dduct__strdup(path);
+  if (target == NULL) {
+    fetch_finish(f, DDUCT_ENOMEM, "out of memory");
+    return;
+  }
+  free(f->target);
+  f->target = target;
+  f->https = https;
+  f->port = port;
+  if (f->redirect_status == 303 && strcmp(f->method, "HEAD") != 0) snprintf(f->method, sizeof(f->method), "GET");
+  f->redirects_left--;
+  f->redirecting = 0;
+  f->head_sent = 0;
+  f->retried = 0;
+  LOG_DEBUG("upstream", "following redirect to %s://%s:%u%s", https ? "https" : "http", f->host,
+            port, f->target);
+  fetch_connect(f);
+}
+
+/* The response is complete: release the connection, then report. */
+static void response_done(struct uconn *c, int clean_end) {
+  struct dduct_fetch *f = c->f;
+  int reuse = clean_end && dduct__http_parser_keep_alive(&c->parser) && f->body_ended;
+  uv_timer_stop(&c->timer);
+  c->f = NULL;
+  f->c = NULL;
+  if (reuse) pool_put(c);
+  else uconn_close(c);
+  if (f->redirecting) {
+    follow_redirect(f);
+    return;
+  }
+  fetch_finish(f, 0, NULL);
+}
+
+static void busy_read_cb(struct dduct_stream *s, ssize_t nread, const char *data) {
+  struct uconn *c = s->data;
+  size_t used;
+  int rc;
+  if (c->f == NULL) {
+    uconn_close(c);
+    return;
+  }
+  if (nread < 0) {
+    if (c->got_bytes && dduct__http_parser_finish(&c->parser) == 0 && c->done_msg) {
+      response_done(c, 0); /* close-delimited body ended */
+      return;
+    }
+    if (c->got_bytes)
+      uconn_fail(c, c->f->delivered_head ? DDUCT_ESHORT : DDUCT_EPROTO,
+                 "origin %s:%u closed the connection mid-response", c->host, c->port);
+    else
+      uconn_fail(c, nread == UV_EOF ? UV_ECONNRESET : (int)nread,
+                 "origin %s:%u closed the connection without answering (%s)", c->host, c->port,
+                 nread == UV_EOF ? "EOF" : uv_strerror((int)nread));
+    return;
+  }
+  c->got_bytes = 1;
+  if (!c->f->paused) uv_timer_again(&c->timer);
+  rc = dduct__http_parser_execute(&c->parser, data, (size_t)nread, &used);
+  if (c->state == U_DEAD || c->f == NULL) return; /* aborted from a callback */
+  if (rc == DDUCT_HTTP_PAUSED && c->done_msg) {
+    response_done(c, used == (size_t)nread);
+    return;
+  }
+  if (rc < 0 || rc == DDUCT_HTTP_UPGRADE)
+    uconn_fail(c, DDUCT_EPROTO, "invalid response from %s:%u: %s", c->host, c->port,
+               rc < 0 && c->parser.err_reason != NULL ? c->parser.err_reason : "unexpected upgrade");
+}
+
+/* ---- request ------------------------------------------------------------------------------ */
+
+static int build_head(struct dduct_fetch *f, char *out, size_t cap) {
+  struct dduct_http_head h;
+  char hostport[300], len[32];
+  int n, rc;
+  dduct__http_head_init(&h);
+  if (dduct__http_head_copy(&h, &f->hdrs) != 0) return DDUCT_ENOMEM;
+  dduct__http_strip_hop_by_hop(&h);
+  dduct__http_remove(&h, "Host");
+  dduct__http_remove(&h, "Content-Length");
+  dduct__http_remove(&h, "Expect");
+  /* Origin-form, Host first (RFC 9112 3.2). */
+  {
+    struct dduct_http_head o;
+    int v6 = strchr(f->host, ':') != NULL;
+    int dflt = f->port == (f->https ? 443 : 80);
+    dduct__http_head_init(&o);
+    if (dflt) snprintf(hostport, sizeof(hostport), v6 ? "[%s]" : "%s", f->host);
+    else snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%u" : "%s:%u", f->host, f->port);
+    rc = dduct__http_set_request_line(&o, f->method, f->target);
+    if (rc == 0) rc = dduct__http_add(&o, "Host", hostport);
+    for (size_t i = 0; i < h.n && rc == 0; i++)
+      rc = dduct__http_addn(&o, dduct__http_hname(&h, i), h.h[i].name_len,
+                            dduct__http_hvalue(&h, i), h.h[i].value_len);
+    if (rc == 0 && f->body_len > 0) {
+      snprintf(len, sizeof(len), "%lld", (long long)f->body_len);
+      rc = dduct__http_add(&o, "Content-Length", len);
+    } else if (rc == 0 && f->body_len < 0) {
+      rc = dduct__http_add(&o, "Transfer-Encoding", "chunked");
+    } else if (rc == 0 && (strcmp(f->method, "POST") == 0 || strcmp(f->method, "PUT") == 0 ||
+                           strcmp(f->method, "PATCH") == 0)) {
+      rc = dduct__http_add(&o, "Content-Length", "0");
+    }
+    n = rc == 0 ? dduct__http_serialize_request(&o, out, cap) : rc;
+    dduct__http_head_free(&o);
+  }
+  dduct__http_head_free(&h);
+  return n;
+}
+
+static void req_write_cb(struct dduct_stream *s, int status, void *arg) {
+  struct uconn *c = arg;
+  struct dduct_fetch *f = c->f;
+  if (f == NULL || f->cbs->on_drain == NULL) return;
+  if (dduct__stream_queued(s) < DDUCT_STREAM_LOW_WATER) f->cbs->on_drain(f);
+}
+
+static void send_request(struct dduct_fetch *f, struct uconn *c) {
+  char *buf = malloc(REQ_HEAD_CAP);
+  int n, rc;
+  f->c = c;
+  c->f = f;
+  c->state = U_BUSY;
+  c->got_bytes = 0;
+  c->done_msg = 0;
+  if (c->parser_live) dduct__http_parser_free(&c->parser);
+  dduct__http_parser_init(&c->parser, 1, &resp_cbs, c);
+  c->parser_live = 1;
+  n = buf != NULL ? build_head(f, buf, REQ_HEAD_CAP) : DDUCT_ENOMEM;
+  if (n < 0) {
+    free(buf);
+    uconn_fail(c, DDUCT_ETOOBIG, "request head too large for %s", c->host);
+    return;
+  }
+  rc = dduct__stream_write(c->s, buf, (size_t)n, NULL, NULL);
+  free(buf);
+  if (rc == 0 && f->pend_len > 0) {
+    rc = dduct__stream_write(c->s, f->pend, f->pend_len, req_write_cb, c);
+    f->pend_len = 0;
+  }
+  if (rc != 0) {
+    uconn_fail(c, rc, "writing to %s:%u: %s", c->host, c->port, dduct_strerror(rc));
+    return;
+  }
+  free(f->pend);
+  f->pend = NULL;
+  f->pend_cap = 0;
+  f->head_sent = 1;
+  snprintf(f->url, sizeof(f->url), "%s://%s:%u%s", f->https ? "https" : "http", f->host, f->port,
+           f->target);
+  uv_timer_start(&c->timer, timer_cb, c->u->cfg.upstream_timeout_ms,
+                 c->u->cfg.upstream_timeout_ms);
+  if (f->paused) uv_timer_stop(&c->timer);
+  else (void)dduct__stream_read_start(c->s, busy_read_cb);
+}
+
+static void fetch_connect(struct dduct_fetch *f) {
+  struct dduct_upstream *u = f->u;
+  char key[300];
+  struct uconn *c;
+  snprintf(key, sizeof(key), "%s://%s:%u", f->https ? "https" : "http", f->host, f->port);
+  c = f->retried ? NULL : pool_get(u, key);
+  if (c != NULL) {
+    if (u->cfg.stat_reuses != NULL) (*u->cfg.stat_reuses)++;
+    send_request(f, c);
+    return;
+  }
+  c = uconn_new(u, f->https, f->host, f->port);
+  if (c == NULL) {
+    fetch_finish(f, DDUCT_ENOMEM, "out of memory");
+    return;
+  }
+  c->f = f;
+  f->c = c;
+  uconn_start(c);
+}
+
+int dduct__fetch_start(struct dduct_upstream *u, const struct dduct_fetch_request *req,
+                       const struct dduct_fetch_cbs *cbs, void *data, struct dduct_fetch **out) {
+  struct dduct_fetch *f;
+  *out = NULL;
+  if (u->closing) return DDUCT_ECLOSED;
+  f = calloc(1, sizeof(*f));
+  if (f == NULL) return DDUCT_ENOMEM;
+  f->u = u;
+  f->cbs = cbs;
+  f->data = data;
+  f->https = req->https;
+  snprintf(f->host, sizeof(f->host), "%s", req->host);
+  f->port = req->port;
+  snprintf(f->method, sizeof(f->method), "%s", req->method);
+  f->target = dduct__strdup(req->target);
+  f->body_len = req->body_len;
+  f->body_ended = req->body_len == 0;
+  f->redirects_left = req->max_redirects;
+  dduct__http_head_init(&f->hdrs);
+  if (f->target == NULL ||
+      (req->headers != NULL && dduct__http_head_copy(&f->hdrs, req->headers) != 0)) {
+    fetch_free(f);
+    return DDUCT_ENOMEM;
+  }
+  snprintf(f->url, sizeof(f->url), "%s://%s:%u%s", f->https ? "https" : "http", f->host, f->port,
+           f->target);
+  *out = f;
+  /* Connect after returning the handle, so an immediate failure still finds *out set. */
+  fetch_connect(f);
   return 0;
 }
-void dduct__upstream_close_idle(struct dduct_upstream *u) { (void)u; }
-size_t dduct__upstream_live(const struct dduct_upstream *u) { (void)u; return 0; }
-void dduct__upstream_free(struct dduct_upstream *u) { free(u); }
+
+void *dduct__fetch_data(const struct dduct_fetch *f) {
+  return f->data;
+}
+
+const char *dduct__fetch_url(const struct dduct_fetch *f) {
+  return f->url;
+}
+
+static int pend_append(struct dduct_fetch *f, const char *data, size_t len) {
+  if (f->pend_len + len > f->pend_cap) {
+    size_t cap = DDUCT_MAX(f->pend_cap * 2, f->pend_len + len);
+    char *p = realloc(f->pend, cap);
+    if (p == NULL) return DDUCT_ENOMEM;
+    f->pend = p;
+    f->pend_cap = cap;
+  }
+  memcpy(f->pend + f->pend_len, data, len);
+  f->pend_len += len;
+  return 0;
+}
+
+static int body_out(struct dduct_fetch *f, const char *data, size_t len) {
+  if (len == 0) return 0;
+  if (f->head_sent && f->c != NULL && f->c->s != NULL)
+    return dduct__stream_write(f->c->s, data, len, req_write_cb, f->c);
+  return pend_append(f, data, len);
+}
+
+int dduct__fetch_write(struct dduct_fetch *f, const char *data, size_t len) {
+  int rc;
+  if (len == 0 || f->body_ended) return 0;
+  if (f->body_len < 0) {
+    char hdr[24];
+    size_t n = dduct__http_chunk_header(hdr, len);
+    rc = body_out(f, hdr, n);
+    if (rc == 0) rc = body_out(f, data, len);
+    if (rc == 0) rc = body_out(f, "\r\n", 2);
+    return rc;
+  }
+  return body_out(f, data, len);
+}
+
+int dduct__fetch_end(struct dduct_fetch *f) {
+  int rc = 0;
+  if (f->body_ended) return 0;
+  if (f->body_len < 0) rc = body_out(f, "0\r\n\r\n", 5);
+  f->body_ended = 1;
+  return rc;
+}
+
+size_t dduct__fetch_queued(const struct dduct_fetch *f) {
+  size_t q = f->pend_len;
+  if (f->head_sent && f->c != NULL && f->c->s != NULL) q += dduct__stream_queued(f->c->s);
+  return q;
+}
+
+void dduct__fetch_pause(struct dduct_fetch *f) {
+  if (f->paused) return;
+  f->paused = 1;
+  if (f->c != NULL && f->c->state == U_BUSY && f->head_sent) {
+    dduct__stream_read_stop(f->c->s);
+    uv_timer_stop(&f->c->timer);
+  }
+}
+
+void dduct__fetch_resume(struct dduct_fetch *f) {
+  if (!f->paused) return;
+  f->paused = 0;
+  if (f->c != NULL && f->c->state == U_BUSY && f->head_sent) {
+    uv_timer_start(&f->c->timer, timer_cb, f->u->cfg.upstream_timeout_ms,
+                   f->u->cfg.upstream_timeout_ms);
+    (void)dduct__stream_read_start(f->c->s, busy_read_cb);
+  }
+}
+
+void dduct__fetch_abort(struct dduct_fetch *f) {
+  if (f->c != NULL) {
+    f->c->f = NULL;
+    uconn_close(f->c);
+  }
+  fetch_free(f);
+}
+
+/* ---- raw connections (tunnels) ------------------------------------------------------------ */
+
+int dduct__upstream_connect(struct dduct_upstream *u, const char *host, uint16_t port,
+                            dduct_connect_cb cb, void *arg, struct dduct_connect **out) {
+  struct dduct_connect *cn;
+  struct uconn *c;
+  *out = NULL;
+  if (u->closing) return DDUCT_ECLOSED;
+  cn = calloc(1, sizeof(*cn));
+  if (cn == NULL) return DDUCT_ENOMEM;
+  c = uconn_new(u, 0, host, port);
+  if (c == NULL) {
+    free(cn);
+    return DDUCT_ENOMEM;
+  }
+  cn->c = c;
+  cn->cb = cb;
+  cn->arg = arg;
+  c->raw = cn;
+  *out = cn;
+  uconn_start(c);
+  return 0;
+}
+
+void dduct__connect_cancel(struct dduct_connect *cn) {
+  struct uconn *c = cn->c;
+  c->raw = NULL;
+  uconn_close(c);
+  free(cn);
+}
+
+/* ---- the pool object ---------------------------------------------------------------------- */
+
+int dduct__upstream_new(const struct dduct_upstream_config *cfg, struct dduct_upstream **out) {
+  struct dduct_upstream *u = calloc(1, sizeof(*u));
+  *out = u;
+  if (u == NULL) return DDUCT_ENOMEM;
+  u->cfg = *cfg;
+  return 0;
+}
+
+void dduct__upstream_close_idle(struct dduct_upstream *u) {
+  if (u == NULL) return;
+  u->closing = 1;
+  while (u->idle != NULL) uconn_close(u->idle);
+}
+
+size_t dduct__upstream_live(const struct dduct_upstream *u) {
+  return u != NULL ? u->live : 0;
+}
+
 void dduct__upstream_on_idle(struct dduct_upstream *u, void (*cb)(void *arg), void *arg) {
-  (void)u; (void)cb; (void)arg;
+  u->idle_cb = cb;
+  u->idle_arg = arg;
+}
+
+void dduct__upstream_free(struct dduct_upstream *u) {
+  free(u);
 }
