@@ -52,11 +52,11 @@ class Run:
         self.rc, self.out, self.lines = rc, out, lines
 
     def seed_lines(self):
-        """(level, module, message) of the lines the seed shows, timestamps aside."""
+        """(level, module, message) of the INFO lines of the seed's modules, timestamps aside."""
         res = []
         for line in self.lines:
             m = LOG_RE.match(line)
-            if m and m.group(3) in SEED_MODULES:
+            if m and m.group(2) == "INFO " and m.group(3) in SEED_MODULES:
                 res.append((m.group(2).strip(), m.group(3), m.group(4)))
         return res
 
@@ -149,6 +149,7 @@ class TestCertificates(CliBase):
         if not lib_has("ca.c"):
             raise unittest.SkipTest("libdduct has no certificate authority yet")
         cls.proxy = lib_has("proxy.c")
+        cls.store = lib_has("store.c")
         cls.certs = os.path.join(cls.tmp, "certs") + "/"
         cls.files = os.path.join(cls.tmp, "files") + "/"
         cls.tcp = "127.0.0.1:%d" % free_port() if cls.proxy else ""
@@ -186,9 +187,10 @@ server_ip_sans  = ['127.0.0.1', '::1']
         lines when the proxy is built in."""
         lines = [("INFO", "ssl_certs", '%s "%s%s"' % (op, self.certs, name))
                  for op, name in zip(ops, FILES)]
+        if self.proxy and self.store:
+            lines.append(("INFO", "serve", 'Files "%s"' % self.files))
         if self.proxy:
-            lines += [("INFO", "serve", 'Files "%s"' % self.files),
-                      ("INFO", "http_proxy", "Listening on " + self.tcp),
+            lines += [("INFO", "http_proxy", "Listening on " + self.tcp),
                       ("INFO", "tls_mitm", "Listening on " + self.tls)]
         return lines
 
