@@ -302,7 +302,67 @@ static void test_limits(void) {
   toml_free(NULL);
 }
 
+/* 1 if err is "t.toml:LINE:COL: message" with LINE:COL inside (or just past) text[0..len). */
+static int well_formed_error(const char *err, const char *text, size_t len) {
+  int line, col, n = 0, lines = 1;
+  if (sscanf(err, "t.toml:%d:%d: %n", &line, &col, &n) != 2 || n == 0 || err[n] == '\0')
+    return 0;
+  for (size_t i = 0; i < len; i++) lines += text[i] == '\n';
+  return line >= 1 && line <= lines && col >= 1 && (size_t)col <= len + 1;
+}
+
+/* Every prefix of a rich document, and every byte of it replaced by a troublemaker, either
+ * parses or fails with a positioned message; under ASan this also proves no read goes past the
+ * buffer (the parser never relies on a terminating NUL). */
+static void test_mutations(void) {
+  static const char extra[] =
+      "\n[more]\nb = \"q\\\" \\u00e9 \\U0001F600\"\nm = \"\"\"\nx \\\n  y\"\"\"\n"
+      "l = '''\nz'''\nn = [ [1, -2_000], [], 'w', ] # c\nt = true\n";
+  static const char bytes[] = {'"', '\'', '[', ']', '\n', '\\', '=', '#', '\0', ',', '.',
+                               '\r', '{', '_', '+', '0', (char)0xff, (char)0xc3};
+  size_t len = strlen(seed) + strlen(extra);
+  char *doc = malloc(len), *copy;
+  char err[512];
+  int prefixes_ok = 1, mutants_ok = 1;
+
+  memcpy(doc, seed, strlen(seed));
+  memcpy(doc + strlen(seed), extra, strlen(extra));
+  for (size_t n = 0; n <= len; n++) {
+    struct toml_node *root = NULL;
+    copy = malloc(n ? n : 1); /* an exact-size copy so ASan sees any overread */
+    memcpy(copy, doc, n);
+    err[0] = '\0';
+    if (toml_parse("t.toml", copy, n, &root, err, sizeof(err)) != 0 &&
+        !well_formed_error(err, copy, n)) {
+      if (prefixes_ok) fprintf(stderr, "  prefix %zu: %s\n", n, err);
+      prefixes_ok = 0;
+    }
+    toml_free(root);
+    free(copy);
+  }
+  CHECK(prefixes_ok, "every prefix parses or fails with FILE:LINE:COL");
+  copy = malloc(len);
+  for (size_t i = 0; i < len; i++) {
+    for (size_t b = 0; b < sizeof(bytes); b++) {
+      struct toml_node *root = NULL;
+      memcpy(copy, doc, len);
+      copy[i] = bytes[b];
+      err[0] = '\0';
+      if (toml_parse("t.toml", copy, len, &root, err, sizeof(err)) != 0 &&
+          !well_formed_error(err, copy, len)) {
+        if (mutants_ok) fprintf(stderr, "  byte %zu = %d: %s\n", i, bytes[b], err);
+        mutants_ok = 0;
+      }
+      toml_free(root);
+    }
+  }
+  CHECK(mutants_ok, "every one-byte mutant parses or fails with FILE:LINE:COL");
+  free(doc);
+  free(copy);
+}
+
 int main(void) {
+  test_mutations();
   test_seed();
   test_strings();
   test_scalars_and_arrays();
