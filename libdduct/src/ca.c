@@ -155,10 +155,7 @@ int dduct__ca_host_normalise(const char *host, char *out, size_t outlen) {
 
 /* Files ---------------------------------------------------------------------------------- */
 
-static int fail(struct opener *op, int code, const char *fmt, const char *path,
-                const char *why) {
-  return dduct__errf(code, op->err, op->errlen, fmt, path, why);
-}
+#define fail(op, code, ...) dduct__errf((code), (op)->err, (op)->errlen, __VA_ARGS__)
 
 static const char *mbed_reason(int rc, char *buf, size_t len) {
   mbedtls_strerror(rc, buf, len);
@@ -306,7 +303,7 @@ static int create_key(struct opener *op, int f, mbedtls_pk_context *pk) {
   if (pem == NULL) return DDUCT_ENOMEM;
   rc = mbedtls_pk_write_key_pem(pk, pem, KEY_PEM_MAX);
   if (rc == 0) rc = save(op, f, pem, strlen((char *)pem), 0600);
-  else rc = fail(op, DDUCT_ECRYPTO, "cannot encode \"%s\"%s", op->path[f], "");
+  else rc = fail(op, DDUCT_ECRYPTO, "cannot encode \"%s\"", op->path[f]);
   mbedtls_platform_zeroize(pem, KEY_PEM_MAX);
   free(pem);
   return rc;
@@ -335,7 +332,7 @@ static int save_crt(struct opener *op, int f, const mbedtls_x509_crt *crt) {
   char *pem;
   size_t len;
   int rc = dduct__x509_crt_pem(crt, &pem, &len);
-  if (rc != 0) return fail(op, rc, "cannot encode \"%s\"%s", op->path[f], "");
+  if (rc != 0) return fail(op, rc, "cannot encode \"%s\"", op->path[f]);
   rc = save(op, f, pem, len, 0644);
   free(pem);
   return rc;
@@ -368,8 +365,8 @@ static int ca_crt_step(struct opener *op) {
     if ((rc = read_crt(op, F_CA_CRT, &ca->ca_crt)) != 0) return rc;
     if ((rc = check_pair(op, F_CA_CRT, &ca->ca_crt, &ca->ca_key)) != 0) return rc;
     if (!ca->ca_crt.ca_istrue)
-      return fail(op, DDUCT_ECORRUPT, "\"%s\" is not a CA certificate%s", op->path[F_CA_CRT],
-                  " (basicConstraints CA:TRUE missing)");
+      return fail(op, DDUCT_ECORRUPT, "\"%s\" is not a CA certificate (no CA:TRUE)",
+                  op->path[F_CA_CRT]);
     LOG_INFO(MOD, "Read \"%s\"", op->path[F_CA_CRT]);
   } else {
     time_t t = now();
@@ -454,8 +451,7 @@ static int p12_step(struct opener *op, const struct set *st, mbedtls_pk_context 
       return fail(op, rc, "\"%s\": %s", op->path[st->p12],
                   "MAC check failed (p12_pass differs from the one it was written with?)");
     if (rc != 0)
-      return fail(op, DDUCT_ECORRUPT, "\"%s\" is not a valid PKCS#12 file%s", op->path[st->p12],
-                  "");
+      return fail(op, DDUCT_ECORRUPT, "\"%s\" is not a valid PKCS#12 file", op->path[st->p12]);
     LOG_INFO(MOD, "Read \"%s\"", op->path[st->p12]);
     return 0;
   }
@@ -559,7 +555,7 @@ static int copy_sans(struct dduct_ca *ca, const struct dduct_ca_options *o, char
 
 static int check_options(const struct dduct_ca_options *o, char *err, size_t errlen) {
   if (o->cert_dir == NULL || o->cert_dir[0] == '\0' || strlen(o->cert_dir) > PATH_MAX - 64)
-    return dduct__errf(DDUCT_ECONFIG, err, errlen, "cert_dir: must be a directory path%s", "");
+    return dduct__errf(DDUCT_ECONFIG, err, errlen, "cert_dir: must be a directory path");
   if (o->rsa_key_bits < 1024 || o->rsa_key_bits > 8192)
     return dduct__errf(DDUCT_ECONFIG, err, errlen, "rsa_key_bits: %u is outside 1024..8192",
                        o->rsa_key_bits);
@@ -568,10 +564,9 @@ static int check_options(const struct dduct_ca_options *o, char *err, size_t err
                        o->days_from_now);
   if (o->ca_cn == NULL || o->ca_cn[0] == '\0' || o->server_cn == NULL ||
       o->server_cn[0] == '\0' || o->client_cn == NULL || o->client_cn[0] == '\0')
-    return dduct__errf(DDUCT_ECONFIG, err, errlen, "ca_cn, server_cn, client_cn: must not be "
-                       "empty%s", "");
+    return dduct__errf(DDUCT_ECONFIG, err, errlen, "ca_cn, server_cn, client_cn: must not be empty");
   if (o->p12_pass == NULL)
-    return dduct__errf(DDUCT_ECONFIG, err, errlen, "p12_pass: missing%s", "");
+    return dduct__errf(DDUCT_ECONFIG, err, errlen, "p12_pass: missing");
   return 0;
 }
 
@@ -620,7 +615,7 @@ int dduct_ca_open(const struct dduct_ca_options *o, struct dduct_ca **out, char 
   *out = NULL;
   if ((rc = check_options(o, err, errlen)) != 0) return rc;
   if (dduct__rng_init() != 0)
-    return dduct__errf(DDUCT_ECRYPTO, err, errlen, "cannot seed the random generator%s", "");
+    return dduct__errf(DDUCT_ECRYPTO, err, errlen, "cannot seed the random generator");
   op = calloc(1, sizeof(*op)); /* eight PATH_MAX buffers: too big for a thread's stack */
   if (op == NULL) return DDUCT_ENOMEM;
   op->o = o, op->err = err, op->errlen = errlen;

@@ -28,8 +28,9 @@ int dduct__ca_leaf(struct dduct_ca *ca, const char *host, mbedtls_x509_crt **cha
                    mbedtls_pk_context **key);
 
 /* Normalise host into out[outlen]: lower-case, strip one trailing dot, strip [] around an IPv6
- * literal. Rejects empty, overlong (> 253), or hosts with characters outside [a-z0-9.-_:*] or
- * empty labels. Returns 0 or DDUCT_EINVAL. Exposed for tests. */
+ * literal; IP literals come out in canonical text (IPv4-mapped IPv6 as IPv4). Rejects empty or
+ * overlong (> 253) names, labels over 63, empty labels, characters outside [a-z0-9_-.] for DNS
+ * names, ports, and wildcards. Returns 0 or DDUCT_EINVAL. Exposed for tests. */
 int dduct__ca_host_normalise(const char *host, char *out, size_t outlen);
 
 #endif
