@@ -1,0 +1,993 @@
+/* The cache store on the loop thread: entries in memory, lookups that collapse onto one disk
+ * probe and one fill per key, fills that stream to disk through the thread pool, and readers that
+ * follow a growing file. Disk work itself lives in store_disk.c. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <mbedtls/sha256.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "store.h"
+
+#define NBUCKETS 256
+#define DEGRADE_MS_DEFAULT 30000
+#define LOG_MOD "cache"
+
+struct list {
+  struct list *prev, *next;
+};
+
+static void list_init(struct list *l) {
+  l->prev = l->next = l;
+}
+static int list_empty(const struct list *l) {
+  return l->next == l;
+}
+static void list_push(struct list *head, struct list *n) {
+  n->prev = head->prev;
+  n->next = head;
+  head->prev->next = n;
+  head->prev = n;
+}
+static void list_del(struct list *n) {
+  n->prev->next = n->next;
+  n->next->prev = n->prev;
+  list_init(n);
+}
+/* Move all of from to the (empty) to. */
+static void list_move(struct list *from, struct list *to) {
+  list_init(to);
+  if (list_empty(from)) return;
+  to->next = from->next;
+  to->prev = from->prev;
+  to->next->prev = to;
+  to->prev->next = to;
+  list_init(from);
+}
+
+enum state { ST_LOOKUP, ST_PENDING, ST_FILLING, ST_COMPLETE, ST_DEAD };
+enum probe_result { PR_HIT, PR_RESERVED, PR_MISS, PR_FAIL };
+enum rstate { R_IDLE, R_WAIT, R_READING, R_READY };
+
+struct fill {
+  char *acc, *out; /* acc gathers origin bytes while out is being written by the pool */
+  size_t acc_len, acc_cap, out_len, out_cap;
+  uint64_t out_off, written, received;
+  uv_work_t work;
+  int busy, work_rc, ended, committing, was_full, created;
+  mbedtls_sha256_context sha; /* touched only by the one work item in flight */
+  void (*drain_cb)(void *);
+  void *drain_ud;
+  uint64_t t0;
+  char digest[72];
+  int64_t stored_at;
+};
+
+struct dduct__store_entry {
+  struct dduct_store *s;
+  struct list link; /* bucket chain while in the table */
+  struct dduct__store_key key;
+  char *base;
+  int refs;  /* callers: lookups, fillers, readers */
+  int holds; /* the store's own: work in flight */
+  enum state state;
+  int in_table, fd, error, addressed, part_ours;
+  struct dduct__store_meta meta;
+  char *strs[5]; /* owned strings behind meta */
+  uint64_t avail; /* bytes readers may read now */
+  struct fill *fill;
+  struct list waiters; /* lookups waiting for the probe or the fill to begin */
+  struct list readers; /* readers waiting for bytes */
+  uv_work_t probe;
+  int probe_may_fill, probe_flags, probe_rc;
+  enum probe_result probe_result;
+  struct dduct__store_loaded loaded;
+};
+
+struct dduct__store_lookup {
+  struct list link;
+  struct dduct__store_entry *e;
+  dduct__store_lookup_cb cb;
+  void *ud;
+  int flags, status;
+  enum dduct__store_role role; /* set once ready */
+};
+
+struct dduct__store_reader {
+  struct list link;
+  struct dduct__store_entry *e;
+  uint64_t off, end;
+  dduct__store_read_cb cb;
+  void *ud;
+  char *buf;
+  uv_fs_t req;
+  enum rstate state;
+  int result, freed;
+};
+
+struct dduct_store {
+  uv_loop_t *loop;
+  char *dir;  /* as given */
+  char *root; /* without trailing slashes */
+  struct list buckets[NBUCKETS];
+  struct list ready_lookups, ready_readers;
+  uv_timer_t *timer; /* runs deferred callbacks; freed in its close callback */
+  struct dduct_store_stats stats;
+  uint64_t degraded_until, degrade_ms;
+  unsigned live; /* entries not yet freed */
+  int freeing;
+};
+
+static void entry_ref(struct dduct__store_entry *e) {
+  e->refs++;
+}
+static void store_destroy(struct dduct_store *s);
+static void abort_fill(struct dduct__store_entry *e, int why);
+static void entry_kill(struct dduct__store_entry *e, int why);
+static void pump(struct dduct__store_reader *r);
+
+/* ---- table -------------------------------------------------------------------------------- */
+
+static unsigned bucket_of(const struct dduct__store_key *k) {
+  unsigned v = 0;
+  for (int i = 2; i < 4; i++) {
+    char c = k->rel[i];
+    v = v * 16 + (unsigned)(c <= '9' ? c - '0' : c - 'a' + 10);
+  }
+  return v % NBUCKETS;
+}
+
+static struct dduct__store_entry *table_find(struct dduct_store *s,
+                                             const struct dduct__store_key *k) {
+  struct list *h = &s->buckets[bucket_of(k)];
+  for (struct list *n = h->next; n != h; n = n->next) {
+    struct dduct__store_entry *e = DDUCT_CONTAINER_OF(n, struct dduct__store_entry, link);
+    if (strcmp(e->key.rel, k->rel) == 0) return e;
+  }
+  return NULL;
+}
+
+static void table_remove(struct dduct__store_entry *e) {
+  if (!e->in_table) return;
+  list_del(&e->link);
+  e->in_table = 0;
+}
+
+/* ---- deferred callbacks ------------------------------------------------------------------- */
+
+static void deliver_lookup(struct dduct__store_lookup *l) {
+  struct dduct__store_entry *e = l->e;
+  if (l->role == DDUCT__STORE_HIT || l->role == DDUCT__STORE_FOLLOW) e->s->stats.hits++;
+  if (l->role == DDUCT__STORE_FILL) e->s->stats.misses++;
+  if (l->role == DDUCT__STORE_BYPASS) {
+    l->cb(l->ud, l->role, NULL, l->status);
+    dduct__store_entry_release(e);
+  } else {
+    l->cb(l->ud, l->role, e, 0);
+  }
+  free(l);
+}
+
+static void timer_cb(uv_timer_t *t) {
+  struct dduct_store *s = t->data;
+  struct list lookups, readers;
+  /* Snapshot: callbacks may queue more, which run on the next turn. */
+  list_move(&s->ready_lookups, &lookups);
+  list_move(&s->ready_readers, &readers);
+  while (!list_empty(&lookups)) {
+    struct list *n = lookups.next;
+    list_del(n);
+    deliver_lookup(DDUCT_CONTAINER_OF(n, struct dduct__store_lookup, link));
+  }
+  while (!list_empty(&readers)) {
+    struct list *n = readers.next;
+    struct dduct__store_reader *r = DDUCT_CONTAINER_OF(n, struct dduct__store_reader, link);
+    list_del(n);
+    r->state = R_IDLE;
+    r->cb(r->ud, r->result, NULL);
+  }
+}
+
+static void kick(struct dduct_store *s) {
+  if (!uv_is_active((uv_handle_t *)s->timer)) uv_timer_start(s->timer, timer_cb, 0, 0);
+}
+
+static void ready_lookup(struct dduct__store_lookup *l, enum dduct__store_role role, int status) {
+  l->role = role;
+  l->status = status;
+  list_del(&l->link);
+  list_push(&l->e->s->ready_lookups, &l->link);
+  kick(l->e->s);
+}
+
+static void ready_reader(struct dduct__store_reader *r, int result) {
+  r->state = R_READY;
+  r->result = result;
+  list_push(&r->e->s->ready_readers, &r->link);
+  kick(r->e->s);
+}
+
+/* Answer every waiting lookup the same way. */
+static void wake_waiters(struct dduct__store_entry *e, enum dduct__store_role role, int status) {
+  while (!list_empty(&e->waiters))
+    ready_lookup(DDUCT_CONTAINER_OF(e->waiters.next, struct dduct__store_lookup, link), role,
+                 status);
+}
+
+static void wake_readers(struct dduct__store_entry *e) {
+  struct list rs;
+  list_move(&e->readers, &rs);
+  while (!list_empty(&rs)) {
+    struct dduct__store_reader *r = DDUCT_CONTAINER_OF(rs.next, struct dduct__store_reader, link);
+    list_del(&r->link);
+    r->state = R_IDLE;
+    pump(r);
+  }
+}
+
+/* ---- entries ------------------------------------------------------------------------------ */
+
+static void set_meta_str(struct dduct__store_entry *e, int i, char *v, const char **field) {
+  free(e->strs[i]);
+  e->strs[i] = v;
+  *field = v != NULL ? v : "";
+}
+
+static struct dduct__store_entry *entry_new(struct dduct_store *s,
+                                            const struct dduct__store_key *k) {
+  struct dduct__store_entry *e = calloc(1, sizeof(*e));
+  size_t n = strlen(s->root) + 1 + strlen(k->rel) + 1;
+  if (e == NULL || (e->base = malloc(n)) == NULL) {
+    free(e);
+    return NULL;
+  }
+  snprintf(e->base, n, "%s/%s", s->root, k->rel);
+  e->s = s;
+  e->key = *k;
+  e->fd = -1;
+  e->addressed = k->digest[0] != '\0';
+  e->meta.url = e->meta.content_type = e->meta.etag = e->meta.last_modified = "";
+  e->meta.digest = e->addressed ? e->key.digest : "";
+  e->meta.size = DDUCT__STORE_SIZE_UNKNOWN;
+  list_init(&e->waiters);
+  list_init(&e->readers);
+  list_push(&s->buckets[bucket_of(k)], &e->link);
+  e->in_table = 1;
+  s->live++;
+  return e;
+}
+
+static void close_cb(uv_fs_t *req) {
+  uv_fs_req_cleanup(req);
+  free(req);
+}
+
+/* Closing may free a large unlinked file's blocks: keep it off the loop thread. */
+static void close_async(uv_loop_t *loop, int fd) {
+  uv_fs_t *req = malloc(sizeof(*req));
+  if (req == NULL || uv_fs_close(loop, req, fd, close_cb) != 0) {
+    free(req);
+    close(fd);
+  }
+}
+
+static void fill_free(struct fill *f) {
+  if (f == NULL) return;
+  mbedtls_sha256_free(&f->sha);
+  free(f->acc);
+  free(f->out);
+  free(f);
+}
+
+static void entry_maybe_free(struct dduct__store_entry *e) {
+  struct dduct_store *s = e->s;
+  if (e->refs > 0 || e->holds > 0) return;
+  table_remove(e);
+  if (e->fd >= 0) close_async(s->loop, e->fd);
+  fill_free(e->fill);
+  for (size_t i = 0; i < DDUCT_ARRAY_SIZE(e->strs); i++) free(e->strs[i]);
+  dduct__store_loaded_free(&e->loaded);
+  free(e->base);
+  free(e);
+  if (--s->live == 0 && s->freeing) store_destroy(s);
+}
+
+void dduct__store_entry_release(struct dduct__store_entry *e) {
+  if (e == NULL) return;
+  e->refs--;
+  /* Nobody is left to end a fill: it can never complete. */
+  if (e->refs == 0 && e->state == ST_PENDING) entry_kill(e, UV_ECANCELED);
+  if (e->refs == 0 && e->state == ST_FILLING && e->fill != NULL && !e->fill->ended)
+    abort_fill(e, UV_ECANCELED);
+  entry_maybe_free(e);
+}
+
+const struct dduct__store_meta *dduct__store_entry_meta(const struct dduct__store_entry *e) {
+  return &e->meta;
+}
+int dduct__store_entry_complete(const struct dduct__store_entry *e) {
+  return e->state == ST_COMPLETE;
+}
+int dduct__store_entry_addressed(const struct dduct__store_entry *e) {
+  return e->addressed;
+}
+int dduct__store_entry_error(const struct dduct__store_entry *e) {
+  return e->error;
+}
+
+/* ---- degraded mode ------------------------------------------------------------------------ */
+
+static int is_disk_error(int rc) {
+  return rc == UV_ENOSPC || rc == UV_EFBIG || rc == UV_EIO || rc == UV_EROFS || rc == -EDQUOT;
+}
+
+static void degrade(struct dduct_store *s, int rc) {
+  if (!is_disk_error(rc)) return;
+  if (!dduct__store_degraded(s))
+    LOG_WARN(LOG_MOD, "Disk error in \"%s\" (%s): caching paused for %llu s", s->dir,
+             dduct_strerror(rc), (unsigned long long)(s->degrade_ms / 1000));
+  s->degraded_until = uv_now(s->loop) + s->degrade_ms;
+}
+
+int dduct__store_degraded(struct dduct_store *s) {
+  return s->degraded_until != 0 && uv_now(s->loop) < s->degraded_until;
+}
+
+void dduct__store_set_degrade_ms(struct dduct_store *s, uint64_t ms) {
+  s->degrade_ms = ms;
+  if (s->degraded_until > uv_now(s->loop) + ms) s->degraded_until = uv_now(s->loop) + ms;
+}
+
+uv_loop_t *dduct__store_loop(struct dduct_store *s) {
+  return s->loop;
+}
+
+/* ---- discarding a part -------------------------------------------------------------------- */
+
+static void discard_work(uv_work_t *w) {
+  struct dduct__store_entry *e = w->data;
+  dduct__store_disk_discard(e->base);
+}
+
+static void discard_done(uv_work_t *w, int status) {
+  struct dduct__store_entry *e = w->data;
+  free(w);
+  e->holds--;
+  entry_maybe_free(e);
+}
+
+/* Unlink our part while its lock (our fd) is still held, so we never remove another process's. */
+static void discard_part(struct dduct__store_entry *e) {
+  uv_work_t *w;
+  if (!e->part_ours) return;
+  e->part_ours = 0;
+  if ((w = malloc(sizeof(*w))) == NULL) {
+    dduct__store_disk_discard(e->base);
+    return;
+  }
+  w->data = e;
+  e->holds++;
+  if (uv_queue_work(e->s->loop, w, discard_work, discard_done) != 0) {
+    e->holds--;
+    free(w);
+    dduct__store_disk_discard(e->base);
+  }
+}
+
+/* Out of the table for good: later lookups start afresh. */
+static void entry_kill(struct dduct__store_entry *e, int why) {
+  e->state = ST_DEAD;
+  e->error = why;
+  table_remove(e);
+  discard_part(e);
+  wake_waiters(e, DDUCT__STORE_BYPASS, why);
+  wake_readers(e);
+}
+
+/* ---- lookups ------------------------------------------------------------------------------ */
+
+static void probe_work(uv_work_t *w) {
+  struct dduct__store_entry *e = w->data;
+  int rc, fd;
+  if (!(e->probe_flags & DDUCT__STORE_REFRESH)) {
+    rc = dduct__store_disk_load(e->base, &e->loaded);
+    if (rc == 0) {
+      e->probe_result = PR_HIT;
+      return;
+    }
+    if (rc != UV_ENOENT && rc != DDUCT_ECORRUPT && rc != UV_ENOTDIR) {
+      e->probe_result = PR_FAIL;
+      e->probe_rc = rc;
+      return;
+    }
+  }
+  if (!e->probe_may_fill) {
+    e->probe_result = PR_MISS;
+    return;
+  }
+  rc = dduct__store_disk_reserve(e->base, &fd);
+  e->probe_result = rc == 0 ? PR_RESERVED : PR_FAIL;
+  e->probe_rc = rc;
+  e->loaded.fd = rc == 0 ? fd : -1;
+}
+
+static void take_loaded(struct dduct__store_entry *e) {
+  struct dduct__store_loaded *l = &e->loaded;
+  e->fd = l->fd;
+  l->fd = -1;
+  set_meta_str(e, 0, l->url, &e->meta.url);
+  set_meta_str(e, 1, l->content_type, &e->meta.content_type);
+  set_meta_str(e, 2, l->etag, &e->meta.etag);
+  set_meta_str(e, 3, l->last_modified, &e->meta.last_modified);
+  set_meta_str(e, 4, l->digest, &e->meta.digest);
+  l->url = l->content_type = l->etag = l->last_modified = l->digest = NULL;
+  e->meta.size = l->size;
+  e->meta.stored_at = l->stored_at;
+  e->avail = l->size;
+}
+
+/* The first waiter that may fill gets FILL; the rest wait for fill_begin or fill_cancel. */
+static void hand_fill(struct dduct__store_entry *e) {
+  for (struct list *n = e->waiters.next; n != &e->waiters; n = n->next) {
+    struct dduct__store_lookup *l = DDUCT_CONTAINER_OF(n, struct dduct__store_lookup, link);
+    if (!(l->flags & DDUCT__STORE_NO_FILL)) {
+      ready_lookup(l, DDUCT__STORE_FILL, 0);
+      return;
+    }
+  }
+  entry_kill(e, 0); /* only HEADs asked: nobody will fetch */
+}
+
+static void probe_done(uv_work_t *w, int status) {
+  struct dduct__store_entry *e = w->data;
+  e->holds--;
+  switch (e->probe_result) {
+  case PR_HIT:
+    take_loaded(e);
+    e->state = ST_COMPLETE;
+    wake_waiters(e, DDUCT__STORE_HIT, 0);
+    break;
+  case PR_RESERVED:
+    e->fd = e->loaded.fd;
+    e->loaded.fd = -1;
+    e->part_ours = 1;
+    e->state = ST_PENDING;
+    hand_fill(e);
+    break;
+  case PR_MISS:
+    entry_kill(e, dduct__store_degraded(e->s) ? UV_ENOSPC : 0);
+    break;
+  case PR_FAIL:
+    if (e->probe_rc != DDUCT_EAGAIN)
+      LOG_WARN(LOG_MOD, "Cache entry \"%s\": %s", e->base, dduct_strerror(e->probe_rc));
+    degrade(e->s, e->probe_rc);
+    entry_kill(e, e->probe_rc);
+    break;
+  }
+  entry_maybe_free(e);
+}
+
+static int probe_start(struct dduct__store_entry *e, int flags) {
+  int rc;
+  e->probe.data = e;
+  e->probe_flags = flags;
+  e->probe_may_fill = !dduct__store_degraded(e->s);
+  e->loaded.fd = -1;
+  e->holds++;
+  rc = uv_queue_work(e->s->loop, &e->probe, probe_work, probe_done);
+  if (rc != 0) e->holds--;
+  return rc;
+}
+
+int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *key, int flags,
+                        dduct__store_lookup_cb cb, void *user_data,
+                        struct dduct__store_lookup **out) {
+  struct dduct__store_lookup *l;
+  struct dduct__store_entry *e;
+  if (s == NULL || key == NULL || cb == NULL) return DDUCT_EINVAL;
+  if (s->freeing) return DDUCT_ECLOSED;
+  if ((l = calloc(1, sizeof(*l))) == NULL) return DDUCT_ENOMEM;
+  l->cb = cb;
+  l->ud = user_data;
+  l->flags = flags;
+  list_init(&l->link);
+  e = table_find(s, key);
+  if (e != NULL && e->state == ST_COMPLETE && (flags & DDUCT__STORE_REFRESH)) {
+    table_remove(e); /* its readers carry on with the old file */
+    e = NULL;
+  }
+  if (e == NULL) {
+    if ((e = entry_new(s, key)) == NULL) {
+      free(l);
+      return DDUCT_ENOMEM;
+    }
+    if (probe_start(e, flags) != 0) {
+      table_remove(e);
+      entry_maybe_free(e);
+      free(l);
+      return DDUCT_EINTERNAL;
+    }
+  }
+  entry_ref(e);
+  l->e = e;
+  list_push(&e->waiters, &l->link);
+  if (e->state == ST_FILLING) ready_lookup(l, DDUCT__STORE_FOLLOW, 0);
+  if (e->state == ST_COMPLETE) ready_lookup(l, DDUCT__STORE_HIT, 0);
+  if (out != NULL) *out = l;
+  return 0;
+}
+
+void dduct__store_lookup_cancel(struct dduct__store_lookup *l) {
+  struct dduct__store_entry *e;
+  if (l == NULL) return;
+  e = l->e;
+  list_del(&l->link);
+  if (l->role == DDUCT__STORE_FILL && e->state == ST_PENDING) entry_kill(e, UV_ECANCELED);
+  free(l);
+  dduct__store_entry_release(e);
+}
+
+/* ---- filling ------------------------------------------------------------------------------ */
+
+static char *strdup_or_empty(const char *s) {
+  return strdup(s != NULL ? s : "");
+}
+
+static char *strip_query(const char *url) {
+  char *u = strdup_or_empty(url), *q;
+  if (u != NULL && (q = strpbrk(u, "?#")) != NULL) *q = '\0';
+  return u;
+}
+
+static void update_avail(struct dduct__store_entry *e) {
+  const struct fill *f = e->fill;
+  e->avail = f->written;
+  /* The last byte of a content-addressed body waits for its digest: a client never receives a
+   * whole body that has not verified. */
+  if (e->addressed && e->meta.size != DDUCT__STORE_SIZE_UNKNOWN && e->meta.size > 0 &&
+      e->avail >= e->meta.size)
+    e->avail = e->meta.size - 1;
+}
+
+int dduct__store_fill_begin(struct dduct__store_entry *e, const struct dduct__store_meta *m) {
+  struct fill *f;
+  if (e == NULL || m == NULL || e->state != ST_PENDING) return DDUCT_EINVAL;
+  if ((f = calloc(1, sizeof(*f))) == NULL) return DDUCT_ENOMEM;
+  mbedtls_sha256_init(&f->sha);
+  mbedtls_sha256_starts_ret(&f->sha, 0);
+  f->t0 = uv_hrtime();
+  f->work.data = e;
+  e->fill = f;
+  set_meta_str(e, 0, strip_query(m->url), &e->meta.url);
+  set_meta_str(e, 1, strdup_or_empty(m->content_type), &e->meta.content_type);
+  set_meta_str(e, 2, strdup_or_empty(m->etag), &e->meta.etag);
+  set_meta_str(e, 3, strdup_or_empty(m->last_modified), &e->meta.last_modified);
+  e->meta.size = m->size;
+  e->state = ST_FILLING;
+  wake_waiters(e, DDUCT__STORE_FOLLOW, 0);
+  return 0;
+}
+
+void dduct__store_fill_cancel(struct dduct__store_entry *e, int why) {
+  if (e == NULL) return;
+  if (e->state == ST_PENDING) entry_kill(e, why);
+  dduct__store_entry_release(e);
+}
+
+static void log_discard(struct dduct__store_entry *e, int why) {
+  LOG_WARN(LOG_MOD, "Fill discarded \"%s\" after %llu bytes: %s", e->meta.url,
+           (unsigned long long)e->fill->received, dduct_strerror(why));
+}
+
+static void abort_fill(struct dduct__store_entry *e, int why) {
+  if (e->state != ST_FILLING) return;
+  e->s->stats.fills_discarded++;
+  log_discard(e, why);
+  degrade(e->s, why);
+  entry_kill(e, why);
+}
+
+static void flush(struct dduct__store_entry *e);
+
+static void write_work(uv_work_t *w) {
+  struct dduct__store_entry *e = w->data;
+  struct fill *f = e->fill;
+  f->work_rc = dduct__store_disk_pwrite(e->fd, f->out, f->out_len, f->out_off);
+  if (f->work_rc == 0)
+    mbedtls_sha256_update_ret(&f->sha, (const unsigned char *)f->out, f->out_len);
+}
+
+static void write_done(uv_work_t *w, int status) {
+  struct dduct__store_entry *e = w->data;
+  struct fill *f = e->fill;
+  e->holds--;
+  f->busy = 0;
+  if (e->state == ST_FILLING) {
+    if (f->work_rc != 0) {
+      abort_fill(e, f->work_rc);
+    } else {
+      f->written += f->out_len;
+      update_avail(e);
+      wake_readers(e);
+      if (f->was_full && f->acc_len < DDUCT__STORE_FILL_HIGH) {
+        f->was_full = 0;
+        if (f->drain_cb != NULL) f->drain_cb(f->drain_ud);
+      }
+      if (e->state == ST_FILLING) flush(e);
+    }
+  }
+  entry_maybe_free(e);
+}
+
+static void json_add_str(cJSON *o, const char *k, const char *v) {
+  cJSON_AddStringToObject(o, k, v != NULL ? v : "");
+}
+
+static char *sidecar_json(const struct dduct__store_entry *e, uint64_t size, const char *digest,
+                          int64_t stored_at, double fetch_s) {
+  cJSON *o = cJSON_CreateObject();
+  char *text;
+  if (o == NULL) return NULL;
+  json_add_str(o, "url", e->meta.url);
+  cJSON_AddNumberToObject(o, "size", (double)size);
+  json_add_str(o, "content_type", e->meta.content_type);
+  json_add_str(o, "etag", e->meta.etag);
+  json_add_str(o, "last_modified", e->meta.last_modified);
+  json_add_str(o, "digest", digest);
+  cJSON_AddNumberToObject(o, "stored_at", (double)stored_at);
+  cJSON_AddNumberToObject(o, "fetch_seconds", fetch_s);
+  text = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  return text;
+}
+
+static void commit_work(uv_work_t *w) {
+  struct dduct__store_entry *e = w->data;
+  struct fill *f = e->fill;
+  unsigned char h[32];
+  char *json;
+  mbedtls_sha256_finish_ret(&f->sha, h);
+  memcpy(f->digest, "sha256:", 7);
+  dduct__store_hex(h, 32, f->digest + 7);
+  if (e->addressed && strcmp(f->digest, e->key.digest) != 0) {
+    dduct__store_disk_discard(e->base);
+    f->work_rc = DDUCT_EDIGEST;
+    return;
+  }
+  f->stored_at = (int64_t)time(NULL);
+  json = sidecar_json(e, f->written, f->digest, f->stored_at, (uv_hrtime() - f->t0) / 1e9);
+  if (json == NULL) {
+    dduct__store_disk_discard(e->base);
+    f->work_rc = DDUCT_ENOMEM;
+    return;
+  }
+  f->work_rc = dduct__store_disk_commit(e->base, json, strlen(json), &f->created);
+  free(json);
+}
+
+static void log_commit(struct dduct__store_entry *e) {
+  struct fill *f = e->fill;
+  double secs = (uv_hrtime() - f->t0) / 1e9;
+  double mib = f->written / (1024.0 * 1024.0);
+  LOG_INFO(LOG_MOD, "Fill completed \"%s\" %llu bytes in %.3f s (%.1f MiB/s)", e->meta.url,
+           (unsigned long long)f->written, secs, secs > 0 ? mib / secs : 0.0);
+}
+
+static void commit_done(uv_work_t *w, int status) {
+  struct dduct__store_entry *e = w->data;
+  struct fill *f = e->fill;
+  e->holds--;
+  if (e->state == ST_FILLING) {
+    e->part_ours = 0; /* renamed into place, or already removed by the work */
+    if (f->work_rc != 0) {
+      abort_fill(e, f->work_rc);
+    } else {
+      e->state = ST_COMPLETE;
+      e->meta.size = f->written;
+      e->meta.stored_at = f->stored_at;
+      set_meta_str(e, 4, strdup(f->digest), &e->meta.digest);
+      e->avail = f->written;
+      e->s->stats.fills_completed++;
+      e->s->stats.entries += (uint64_t)f->created;
+      log_commit(e);
+      wake_readers(e);
+    }
+  }
+  entry_maybe_free(e);
+}
+
+static int queue(struct dduct__store_entry *e, uv_work_cb work, uv_after_work_cb done) {
+  int rc;
+  e->holds++;
+  rc = uv_queue_work(e->s->loop, &e->fill->work, work, done);
+  if (rc != 0) e->holds--;
+  return rc;
+}
+
+static void finish(struct dduct__store_entry *e) {
+  struct fill *f = e->fill;
+  if (e->meta.size != DDUCT__STORE_SIZE_UNKNOWN && f->written != e->meta.size) {
+    abort_fill(e, DDUCT_ESHORT);
+    return;
+  }
+  f->committing = 1;
+  if (queue(e, commit_work, commit_done) != 0) abort_fill(e, DDUCT_EINTERNAL);
+}
+
+static void flush(struct dduct__store_entry *e) {
+  struct fill *f = e->fill;
+  char *tmp;
+  size_t cap;
+  if (f->busy || f->committing) return;
+  if (f->acc_len == 0) {
+    if (f->ended) finish(e);
+    return;
+  }
+  tmp = f->out, cap = f->out_cap;
+  f->out = f->acc, f->out_cap = f->acc_cap, f->out_len = f->acc_len;
+  f->acc = tmp, f->acc_cap = cap, f->acc_len = 0;
+  f->out_off = f->written;
+  f->busy = 1;
+  if (queue(e, write_work, write_done) != 0) {
+    f->busy = 0;
+    abort_fill(e, DDUCT_EINTERNAL);
+  }
+}
+
+static int reserve(struct fill *f, size_t need) {
+  size_t cap = f->acc_cap ? f->acc_cap : 64 * 1024;
+  char *p;
+  if (f->acc_len + need <= f->acc_cap) return 0;
+  while (cap < f->acc_len + need) cap *= 2;
+  if ((p = realloc(f->acc, cap)) == NULL) return DDUCT_ENOMEM;
+  f->acc = p;
+  f->acc_cap = cap;
+  return 0;
+}
+
+int dduct__store_fill_write(struct dduct__store_entry *e, const char *data, size_t len) {
+  struct fill *f = e->fill;
+  if (e->state != ST_FILLING || f->ended) return e->error != 0 ? e->error : DDUCT_EINVAL;
+  if (e->meta.size != DDUCT__STORE_SIZE_UNKNOWN && f->received + len > e->meta.size) {
+    abort_fill(e, DDUCT_ETOOBIG);
+    return DDUCT_ETOOBIG;
+  }
+  if (reserve(f, len) != 0) {
+    abort_fill(e, DDUCT_ENOMEM);
+    return DDUCT_ENOMEM;
+  }
+  memcpy(f->acc + f->acc_len, data, len);
+  f->acc_len += len;
+  f->received += len;
+  e->s->stats.bytes_fetched += len;
+  if (f->acc_len >= DDUCT__STORE_FILL_HIGH) f->was_full = 1;
+  flush(e);
+  return 0;
+}
+
+int dduct__store_fill_full(const struct dduct__store_entry *e) {
+  return e->state == ST_FILLING && e->fill->acc_len >= DDUCT__STORE_FILL_HIGH;
+}
+
+void dduct__store_fill_on_drain(struct dduct__store_entry *e, void (*drain_cb)(void *),
+                                void *ud) {
+  if (e->fill == NULL) return;
+  e->fill->drain_cb = drain_cb;
+  e->fill->drain_ud = ud;
+}
+
+void dduct__store_fill_end(struct dduct__store_entry *e, int status) {
+  if (e == NULL) return;
+  if (e->state == ST_FILLING && !e->fill->ended) {
+    e->fill->ended = 1;
+    if (status < 0)
+      abort_fill(e, status);
+    else
+      flush(e);
+  }
+  dduct__store_entry_release(e);
+}
+
+/* ---- readers ------------------------------------------------------------------------------ */
+
+int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint64_t len,
+                            dduct__store_read_cb cb, void *user_data,
+                            struct dduct__store_reader **out) {
+  struct dduct__store_reader *r;
+  if (e == NULL || cb == NULL || out == NULL) return DDUCT_EINVAL;
+  if (len != DDUCT__STORE_SIZE_UNKNOWN && offset > UINT64_MAX - len - 1) return DDUCT_EINVAL;
+  if ((r = calloc(1, sizeof(*r))) == NULL) return DDUCT_ENOMEM;
+  if ((r->buf = malloc(DDUCT__STORE_READ_CHUNK)) == NULL) {
+    free(r);
+    return DDUCT_ENOMEM;
+  }
+  list_init(&r->link);
+  r->e = e;
+  r->off = offset;
+  r->end = len == DDUCT__STORE_SIZE_UNKNOWN ? len : offset + len;
+  r->cb = cb;
+  r->ud = user_data;
+  entry_ref(e);
+  *out = r;
+  return 0;
+}
+
+static void reader_destroy(struct dduct__store_reader *r) {
+  struct dduct__store_entry *e = r->e;
+  free(r->buf);
+  free(r);
+  dduct__store_entry_release(e);
+}
+
+static void read_cb(uv_fs_t *req) {
+  struct dduct__store_reader *r = req->data;
+  struct dduct__store_entry *e = r->e;
+  ssize_t n = req->result;
+  uv_fs_req_cleanup(req);
+  r->state = R_IDLE;
+  if (r->freed) {
+    reader_destroy(r);
+    return;
+  }
+  if (e->state == ST_DEAD) n = e->error != 0 ? e->error : DDUCT_ECLOSED;
+  else if (n == 0) n = DDUCT_ESHORT; /* the file is shorter than the store believed */
+  if (n > 0) {
+    r->off += (uint64_t)n;
+    e->s->stats.bytes_served += (uint64_t)n;
+  }
+  r->cb(r->ud, n, n > 0 ? r->buf : NULL);
+}
+
+static void start_read(struct dduct__store_reader *r, uint64_t end) {
+  struct dduct__store_entry *e = r->e;
+  uint64_t n = DDUCT_MIN(e->avail, end) - r->off;
+  uv_buf_t b = uv_buf_init(r->buf, (unsigned)DDUCT_MIN(n, (uint64_t)DDUCT__STORE_READ_CHUNK));
+  int rc;
+  r->state = R_READING;
+  r->req.data = r;
+  rc = uv_fs_read(e->s->loop, &r->req, e->fd, &b, 1, (int64_t)r->off, read_cb);
+  if (rc != 0) {
+    uv_fs_req_cleanup(&r->req);
+    ready_reader(r, rc);
+  }
+}
+
+static void pump(struct dduct__store_reader *r) {
+  struct dduct__store_entry *e = r->e;
+  uint64_t end = r->end;
+  if (end == DDUCT__STORE_SIZE_UNKNOWN && e->state == ST_COMPLETE) end = e->meta.size;
+  if (e->state == ST_DEAD)
+    ready_reader(r, e->error != 0 ? e->error : DDUCT_ECLOSED);
+  else if (r->off >= end)
+    ready_reader(r, 0);
+  else if (r->off < e->avail)
+    start_read(r, end);
+  else if (e->state == ST_COMPLETE)
+    ready_reader(r, DDUCT_ESHORT); /* a range past the end of the file */
+  else {
+    r->state = R_WAIT;
+    list_push(&e->readers, &r->link);
+  }
+}
+
+int dduct__store_reader_read(struct dduct__store_reader *r) {
+  if (r == NULL || r->state != R_IDLE || r->freed) return DDUCT_EINVAL;
+  pump(r);
+  return 0;
+}
+
+uint64_t dduct__store_reader_offset(const struct dduct__store_reader *r) {
+  return r->off;
+}
+
+void dduct__store_reader_free(struct dduct__store_reader *r) {
+  if (r == NULL) return;
+  if (r->state == R_READING) {
+    r->freed = 1; /* read_cb finishes the job */
+    return;
+  }
+  list_del(&r->link);
+  reader_destroy(r);
+}
+
+/* ---- public API --------------------------------------------------------------------------- */
+
+static int mkdir_p(char *path) {
+  struct stat st;
+  for (char *p = path + 1; *p != '\0'; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+      int e = -errno;
+      *p = '/';
+      return e;
+    }
+    *p = '/';
+  }
+  if (mkdir(path, 0700) != 0 && errno != EEXIST) return -errno;
+  if (stat(path, &st) != 0) return -errno;
+  return S_ISDIR(st.st_mode) ? 0 : UV_ENOTDIR;
+}
+
+static void timer_close_cb(uv_handle_t *h) {
+  free(h);
+}
+
+static void store_destroy(struct dduct_store *s) {
+  uv_close((uv_handle_t *)s->timer, timer_close_cb);
+  free(s->dir);
+  free(s->root);
+  free(s);
+}
+
+static int prepare_dir(const char *dir, char **root, char *err, size_t errlen) {
+  size_t n = strlen(dir);
+  int rc;
+  if (n == 0 || n > PATH_MAX - 200)
+    return dduct__errf(DDUCT_EINVAL, err, errlen, "file_dir \"%s\": bad length", dir);
+  if ((*root = strdup(dir)) == NULL) return DDUCT_ENOMEM;
+  while (n > 1 && (*root)[n - 1] == '/') (*root)[--n] = '\0';
+  if ((rc = mkdir_p(*root)) != 0 || (access(*root, W_OK | X_OK) != 0 && (rc = -errno) != 0)) {
+    free(*root);
+    *root = NULL;
+    return dduct__errf(rc, err, errlen, "file_dir \"%s\": %s", dir, dduct_strerror(rc));
+  }
+  return 0;
+}
+
+int dduct_store_open(uv_loop_t *loop, const char *dir, struct dduct_store **out, char *err,
+                     size_t errlen) {
+  struct dduct_store *s;
+  uint64_t removed = 0;
+  int rc;
+  if (loop == NULL || dir == NULL || out == NULL)
+    return dduct__errf(DDUCT_EINVAL, err, errlen, "store: missing loop or directory");
+  *out = NULL;
+  if ((s = calloc(1, sizeof(*s))) == NULL) return DDUCT_ENOMEM;
+  if ((rc = prepare_dir(dir, &s->root, err, errlen)) != 0) {
+    free(s);
+    return rc;
+  }
+  s->loop = loop;
+  s->degrade_ms = DEGRADE_MS_DEFAULT;
+  s->dir = strdup(dir);
+  s->timer = malloc(sizeof(*s->timer));
+  if (s->dir == NULL || s->timer == NULL) {
+    free(s->timer);
+    free(s->dir);
+    free(s->root);
+    free(s);
+    return DDUCT_ENOMEM;
+  }
+  uv_timer_init(loop, s->timer);
+  s->timer->data = s;
+  for (size_t i = 0; i < NBUCKETS; i++) list_init(&s->buckets[i]);
+  list_init(&s->ready_lookups);
+  list_init(&s->ready_readers);
+  (void)dduct__store_disk_scan(s->root, &s->stats.entries, &removed);
+  LOG_INFO("serve", "Files \"%s\"", dir);
+  if (removed > 0)
+    LOG_INFO(LOG_MOD, "Removed %llu unfinished file(s) of an earlier run",
+             (unsigned long long)removed);
+  *out = s;
+  return 0;
+}
+
+void dduct_store_stats(const struct dduct_store *s, struct dduct_store_stats *out) {
+  if (s == NULL || out == NULL) return;
+  *out = s->stats;
+}
+
+const char *dduct_store_dir(const struct dduct_store *s) {
+  return s != NULL ? s->dir : NULL;
+}
+
+void dduct_store_free(struct dduct_store *s) {
+  if (s == NULL) return;
+  s->freeing = 1;
+  if (s->live == 0) store_destroy(s);
+}

@@ -1,0 +1,188 @@
+/* The cache store's internal API, called by the cache route from the event loop.
+ *
+ * Shape: a request maps to a key (dduct__store_key_make); a lookup on the key answers with a role:
+ *   HIT     the entry is complete on disk: read it;
+ *   FOLLOW  this process is filling it right now: read it, readers follow the growing file;
+ *   FILL    nobody has it: you fetch it from the origin and feed the fill (you also read it);
+ *   BYPASS  don't cache: the store is degraded (disk full), another process is filling the same
+ *           key, or the disk failed; proxy the request uncached.
+ * Every client of a cached response, the filler's included, is a reader of the file, so hits and
+ * misses share one code path and one origin fetch serves any number of concurrent requests.
+ *
+ * On disk, under file_dir: "c/ab/<sha256 hex>" for content-addressed blobs (the file is named by
+ * its digest) and "u/ab/<sha256 hex of host, port and path>" for everything else. Names are pure
+ * hex, so no input can make a path that leaves file_dir. An entry is the data file plus
+ * "<name>.json" (the sidecar); it is complete only when both exist and the sidecar's size is the
+ * data file's size. A fill writes "<name>.part" (created exclusively and flock()ed for its whole
+ * life, so another process sharing the directory sees it busy, and a leftover of a dead process is
+ * recognisably stale), verifies length and digest, removes the old sidecar, renames the part into
+ * place, then writes the sidecar through a temporary file and a rename.
+ *
+ * Threading: everything here is called from the store's loop thread. Disk work runs on libuv's
+ * thread pool. Callbacks are never called from inside the call that caused them. */
+#ifndef DDUCT_STORE_H
+#define DDUCT_STORE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "internal.h"
+
+#define DDUCT__STORE_SIZE_UNKNOWN UINT64_MAX
+/* Bytes per read from a cached file (one buffer per reader, allocated once). */
+#define DDUCT__STORE_READ_CHUNK (128 * 1024)
+/* A fill asks its feeder to pause once this much is queued for the disk. */
+#define DDUCT__STORE_FILL_HIGH (1024 * 1024)
+
+/* ---- keys --------------------------------------------------------------------------------- */
+
+struct dduct__store_key {
+  char rel[72];    /* "c/ab/<64 hex>" or "u/ab/<64 hex>": only [0-9a-f/cu], relative */
+  char digest[72]; /* "sha256:<64 hex>" for content-addressed keys, "" otherwise */
+};
+
+/* Derive the key of a request. path may hold a query string (ignored) and any bytes; host is
+ * compared case-insensitively; port is dropped when it is scheme's default (80/443). A path
+ * "/v2/<name>/blobs/sha256:<64 lowercase hex>" is content-addressed: the key is the digest
+ * alone, shared across hosts and repositories. Never fails on odd input; DDUCT_EINVAL only for
+ * NULL pointers. */
+int dduct__store_key_make(const char *scheme, const char *host, size_t hostlen, unsigned port,
+                          const char *path, size_t pathlen, struct dduct__store_key *out);
+
+/* out[2n+1] gets the lowercase hex of in[0..n). */
+void dduct__store_hex(const unsigned char *in, size_t n, char *out);
+/* 1 if s is "sha256:" followed by exactly 64 lowercase hex digits. */
+int dduct__store_is_digest(const char *s, size_t len);
+
+/* ---- entries and lookups ------------------------------------------------------------------ */
+
+/* What the store knows about an entry. Strings are never NULL ("" when unknown). */
+struct dduct__store_meta {
+  const char *url;           /* the request that filled it, without query string */
+  const char *content_type;
+  const char *etag;          /* the origin's ETag, as sent (quotes included) */
+  const char *last_modified;
+  const char *digest;        /* "sha256:<hex>" of the body; "" while an ordinary fill runs */
+  uint64_t size;             /* DDUCT__STORE_SIZE_UNKNOWN while a fill of unknown length runs */
+  int64_t stored_at;         /* unix seconds of the commit; 0 while filling */
+};
+
+struct dduct__store_entry;
+struct dduct__store_lookup;
+
+enum dduct__store_role {
+  DDUCT__STORE_HIT = 1,
+  DDUCT__STORE_FOLLOW = 2,
+  DDUCT__STORE_FILL = 3,
+  DDUCT__STORE_BYPASS = 4,
+};
+
+/* Lookup flags. */
+#define DDUCT__STORE_NO_FILL 1 /* never answer FILL (HEAD): a miss is BYPASS with status 0 */
+#define DDUCT__STORE_REFRESH 2 /* ignore a complete entry (the origin's file changed): refill */
+
+/* e carries one reference for HIT, FOLLOW and FILL (release it with dduct__store_entry_release);
+ * it is NULL for BYPASS, where status says why: 0 (a miss with NO_FILL), DDUCT_EAGAIN (another
+ * process fills this key), UV_ENOSPC (degraded after a disk error), or the disk error met. */
+typedef void (*dduct__store_lookup_cb)(void *user_data, enum dduct__store_role role,
+                                       struct dduct__store_entry *e, int status);
+
+/* Start a lookup. cb runs exactly once, later, unless the lookup is cancelled first. *out (may be
+ * NULL) is valid until cb runs or cancel is called. Concurrent lookups of one key share one disk
+ * probe; at most one of them gets FILL, the others wait for the fill to begin (FOLLOW) or be
+ * cancelled (BYPASS). */
+int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *key, int flags,
+                        dduct__store_lookup_cb cb, void *user_data,
+                        struct dduct__store_lookup **out);
+/* cb will not run. Cancelling a lookup that was about to get FILL cancels that fill. */
+void dduct__store_lookup_cancel(struct dduct__store_lookup *l);
+
+/* Valid while the caller holds its reference; meta changes only at fill_begin and commit. */
+const struct dduct__store_meta *dduct__store_entry_meta(const struct dduct__store_entry *e);
+/* 1 once the entry is committed (size and digest final). */
+int dduct__store_entry_complete(const struct dduct__store_entry *e);
+/* 1 for a content-addressed entry (its digest is known before it is filled). */
+int dduct__store_entry_addressed(const struct dduct__store_entry *e);
+/* 0 while fine, or why the fill was discarded (DDUCT_ESHORT, DDUCT_EDIGEST, UV_ENOSPC, ...). */
+int dduct__store_entry_error(const struct dduct__store_entry *e);
+void dduct__store_entry_release(struct dduct__store_entry *e);
+
+/* ---- filling (only with role FILL) -------------------------------------------------------- */
+
+/* The reference that comes with FILL is the filler's: it is given back by exactly one call to
+ * fill_cancel or fill_end (never entry_release). To read its own response the filler opens a
+ * reader like everybody else (readers hold their own reference). */
+
+/* The origin answered 200: record its metadata (strings copied; digest ignored, the store
+ * computes it; size may be DDUCT__STORE_SIZE_UNKNOWN) and wake the waiting lookups as FOLLOW. */
+int dduct__store_fill_begin(struct dduct__store_entry *e, const struct dduct__store_meta *m);
+/* Instead of fill_begin: nothing will be stored (non-200 answer, origin error). Waiting lookups
+ * get BYPASS with status why; the next lookup starts afresh. Releases the filler's reference. */
+void dduct__store_fill_cancel(struct dduct__store_entry *e, int why);
+/* Queue body bytes (copied). Returns 0, or the error that discarded the fill (the caller stops
+ * feeding it; its readers are told). */
+int dduct__store_fill_write(struct dduct__store_entry *e, const char *data, size_t len);
+/* 1 when DDUCT__STORE_FILL_HIGH bytes wait for the disk: pause the origin until drain_cb. */
+int dduct__store_fill_full(const struct dduct__store_entry *e);
+void dduct__store_fill_on_drain(struct dduct__store_entry *e, void (*drain_cb)(void *), void *ud);
+/* The origin body ended: status 0 means cleanly (the store checks length and digest, then
+ * commits), < 0 means broken (discarded with that reason, readers told). Releases the filler's
+ * reference; e must not be used by the filler afterwards. */
+void dduct__store_fill_end(struct dduct__store_entry *e, int status);
+
+/* ---- reading ------------------------------------------------------------------------------ */
+
+struct dduct__store_reader;
+
+/* n > 0: data[0..n) (borrowed until the next reader_read or reader_free); n == 0: the range is
+ * done; n < 0: the fill was discarded or the file unreadable (close the client early). */
+typedef void (*dduct__store_read_cb)(void *user_data, ssize_t n, const char *data);
+
+/* Read [offset, offset+len) of e (len DDUCT__STORE_SIZE_UNKNOWN: to the end, known at commit).
+ * Takes its own reference on e. Nothing happens until reader_read. */
+int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint64_t len,
+                            dduct__store_read_cb cb, void *user_data,
+                            struct dduct__store_reader **out);
+/* Ask for the next chunk; cb runs once, later (data arrives as the fill lands it: readers of a
+ * content-addressed fill of known size are held back from its last byte until it verifies).
+ * DDUCT_EINVAL if a read is already outstanding. */
+int dduct__store_reader_read(struct dduct__store_reader *r);
+uint64_t dduct__store_reader_offset(const struct dduct__store_reader *r);
+/* Safe at any time, also with a read outstanding (cb will not run). */
+void dduct__store_reader_free(struct dduct__store_reader *r);
+
+/* ---- store-wide --------------------------------------------------------------------------- */
+
+/* 1 while misses bypass the store after a disk error. */
+int dduct__store_degraded(struct dduct_store *s);
+/* How long a disk error keeps the store degraded (default 30 s); for tests and options. */
+void dduct__store_set_degrade_ms(struct dduct_store *s, uint64_t ms);
+uv_loop_t *dduct__store_loop(struct dduct_store *s);
+
+/* ---- disk operations (store_disk.c; blocking, run on the thread pool) --------------------- */
+
+/* base is "<file_dir>/<key.rel>". Each returns 0 or a negative error. */
+struct dduct__store_loaded {
+  int fd;
+  uint64_t size;
+  char *url, *content_type, *etag, *last_modified, *digest; /* malloc'd, never NULL */
+  int64_t stored_at;
+};
+/* Open a complete entry: UV_ENOENT when absent or incomplete, DDUCT_ECORRUPT for a bad sidecar. */
+int dduct__store_disk_load(const char *base, struct dduct__store_loaded *out);
+void dduct__store_loaded_free(struct dduct__store_loaded *l);
+/* Create and lock "<base>.part" exclusively (removing a stale one); *fd is open read-write.
+ * DDUCT_EAGAIN when a live process holds it. */
+int dduct__store_disk_reserve(const char *base, int *fd);
+/* Write all of buf at off. */
+int dduct__store_disk_pwrite(int fd, const char *buf, size_t len, uint64_t off);
+/* Publish a verified part: drop the old sidecar, rename the part into place, write the sidecar
+ * (temp + rename). *created is 1 when no entry existed before. On failure nothing half-made is
+ * left behind (the part and any renamed data are removed). */
+int dduct__store_disk_commit(const char *base, const char *json, size_t jsonlen, int *created);
+/* Remove our own "<base>.part". */
+void dduct__store_disk_discard(const char *base);
+/* At open: remove unlocked "*.part" / "*.tmp" leftovers and count complete entries. */
+int dduct__store_disk_scan(const char *dir, uint64_t *entries, uint64_t *removed);
+
+#endif

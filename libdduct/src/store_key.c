@@ -1,0 +1,97 @@
+/* Cache keys: a request becomes a fixed-shape, hex-only relative path, so no URL can name a file
+ * outside file_dir, whatever bytes it holds. */
+#include <mbedtls/sha256.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "store.h"
+
+static const char hexdigits[] = "0123456789abcdef";
+
+void dduct__store_hex(const unsigned char *in, size_t n, char *out) {
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = hexdigits[in[i] >> 4];
+    out[2 * i + 1] = hexdigits[in[i] & 15];
+  }
+  out[2 * n] = '\0';
+}
+
+static int is_lower_hex(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+int dduct__store_is_digest(const char *s, size_t len) {
+  if (s == NULL || len != 7 + 64 || memcmp(s, "sha256:", 7) != 0) return 0;
+  for (size_t i = 7; i < len; i++)
+    if (!is_lower_hex(s[i])) return 0;
+  return 1;
+}
+
+/* "/v2/<name>/blobs/sha256:<hex>" with a non-empty name: the digest starts at *digest. */
+static int blob_digest(const char *path, size_t len, const char **digest) {
+  static const char mid[] = "/blobs/";
+  const size_t dlen = 7 + 64, mlen = sizeof(mid) - 1;
+  if (len < 4 + 1 + mlen + dlen || memcmp(path, "/v2/", 4) != 0) return 0;
+  if (memcmp(path + len - dlen - mlen, mid, mlen) != 0) return 0;
+  if (!dduct__store_is_digest(path + len - dlen, dlen)) return 0;
+  *digest = path + len - dlen;
+  return 1;
+}
+
+static unsigned default_port(const char *scheme) {
+  return scheme != NULL && strcmp(scheme, "http") == 0 ? 80 : 443;
+}
+
+static void put_be64(unsigned char *b, uint64_t v) {
+  for (int i = 7; i >= 0; i--, v >>= 8) b[i] = (unsigned char)v;
+}
+
+/* Length-prefixed fields keep the hash input unambiguous: no host can be crafted to end where a
+ * path begins. */
+static void url_hash(const char *host, size_t hostlen, unsigned port, const char *path,
+                     size_t pathlen, unsigned char out[32]) {
+  static const char tag[] = "dduct-key-v1";
+  mbedtls_sha256_context c;
+  unsigned char b[8];
+  mbedtls_sha256_init(&c);
+  mbedtls_sha256_starts_ret(&c, 0);
+  mbedtls_sha256_update_ret(&c, (const unsigned char *)tag, sizeof(tag));
+  put_be64(b, hostlen);
+  mbedtls_sha256_update_ret(&c, b, 8);
+  for (size_t i = 0; i < hostlen; i++) {
+    unsigned char ch = (unsigned char)host[i];
+    if (ch >= 'A' && ch <= 'Z') ch = (unsigned char)(ch - 'A' + 'a');
+    mbedtls_sha256_update_ret(&c, &ch, 1);
+  }
+  put_be64(b, port);
+  mbedtls_sha256_update_ret(&c, b, 8);
+  put_be64(b, pathlen);
+  mbedtls_sha256_update_ret(&c, b, 8);
+  mbedtls_sha256_update_ret(&c, (const unsigned char *)path, pathlen);
+  mbedtls_sha256_finish_ret(&c, out);
+  mbedtls_sha256_free(&c);
+}
+
+int dduct__store_key_make(const char *scheme, const char *host, size_t hostlen, unsigned port,
+                          const char *path, size_t pathlen, struct dduct__store_key *out) {
+  const char *digest, *q;
+  char name[65];
+  if (host == NULL || path == NULL || out == NULL) return DDUCT_EINVAL;
+  memset(out, 0, sizeof(*out));
+  q = memchr(path, '?', pathlen);
+  if (q != NULL) pathlen = (size_t)(q - path);
+  if (blob_digest(path, pathlen, &digest)) {
+    memcpy(out->digest, digest, 7 + 64);
+    memcpy(name, digest + 7, 64);
+    name[64] = '\0';
+    snprintf(out->rel, sizeof(out->rel), "c/%.2s/%s", name, name);
+    return 0;
+  }
+  {
+    unsigned char h[32];
+    url_hash(host, hostlen, port == default_port(scheme) ? 0 : port, path, pathlen, h);
+    dduct__store_hex(h, 32, name);
+  }
+  snprintf(out->rel, sizeof(out->rel), "u/%.2s/%s", name, name);
+  return 0;
+}

@@ -1,0 +1,755 @@
+/* The cache store on a real libuv loop and a real temporary directory: keys that never escape
+ * file_dir, fills that commit only when complete and verified, readers that follow a fill, crash
+ * leftovers, disk-full, and two stores sharing one directory. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <mbedtls/sha256.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "store.h"
+#include "tap.h"
+
+static uv_loop_t loop;
+static char tmpdir[256];
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static void fill_pattern(char *p, size_t n, uint32_t seed) {
+  uint32_t x = seed | 1;
+  for (size_t i = 0; i < n; i++) {
+    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+    p[i] = (char)(x >> 24);
+  }
+}
+
+static void digest_of(const char *p, size_t n, struct dduct__store_key *k) {
+  unsigned char h[32];
+  mbedtls_sha256_ret((const unsigned char *)p, n, h, 0);
+  memcpy(k->digest, "sha256:", 7);
+  dduct__store_hex(h, 32, k->digest + 7);
+}
+
+static void run_until(const int *flag) {
+  while (!*flag) uv_run(&loop, UV_RUN_ONCE);
+}
+
+static int exists(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0;
+}
+
+static void path_of(char *out, size_t cap, const char *dir, const struct dduct__store_key *k,
+                    const char *suffix) {
+  snprintf(out, cap, "%s/%s%s", dir, k->rel, suffix);
+}
+
+struct look {
+  int done, role, status;
+  struct dduct__store_entry *e;
+};
+
+static void look_cb(void *ud, enum dduct__store_role role, struct dduct__store_entry *e,
+                    int status) {
+  struct look *l = ud;
+  l->done = 1;
+  l->role = (int)role;
+  l->e = e;
+  l->status = status;
+}
+
+static struct look lookup(struct dduct_store *s, const struct dduct__store_key *k, int flags) {
+  struct look l = {0};
+  int rc = dduct__store_lookup(s, k, flags, look_cb, &l, NULL);
+  if (rc != 0) {
+    l.status = rc;
+    return l;
+  }
+  run_until(&l.done);
+  return l;
+}
+
+/* A reader that collects everything it is given. */
+struct sink {
+  struct dduct__store_reader *r;
+  char *buf;
+  size_t len, cap, max_chunk;
+  int done, err, calls;
+};
+
+static void sink_cb(void *ud, ssize_t n, const char *data) {
+  struct sink *k = ud;
+  k->calls++;
+  if (n < 0) {
+    k->err = (int)n;
+    k->done = 1;
+    return;
+  }
+  if (n == 0) {
+    k->done = 1;
+    return;
+  }
+  if (k->len + (size_t)n > k->cap) {
+    k->cap = (k->len + (size_t)n) * 2;
+    k->buf = realloc(k->buf, k->cap);
+  }
+  memcpy(k->buf + k->len, data, (size_t)n);
+  k->len += (size_t)n;
+  if ((size_t)n > k->max_chunk) k->max_chunk = (size_t)n;
+  dduct__store_reader_read(k->r);
+}
+
+static void sink_start(struct sink *k, struct dduct__store_entry *e, uint64_t off, uint64_t len) {
+  memset(k, 0, sizeof(*k));
+  if (dduct__store_reader_new(e, off, len, sink_cb, k, &k->r) == 0) dduct__store_reader_read(k->r);
+}
+
+static void sink_free(struct sink *k) {
+  dduct__store_reader_free(k->r);
+  free(k->buf);
+  k->buf = NULL;
+  k->r = NULL;
+}
+
+/* Feeds a fill from an idle handle, 64 KiB per turn, honouring backpressure. */
+struct feeder {
+  uv_idle_t idle;
+  struct dduct__store_entry *e;
+  const char *data;
+  size_t len, off, stop_at;
+  int end_status, done, paused, pauses;
+};
+
+static void feed_cb(uv_idle_t *h);
+
+static void drain_cb(void *ud) {
+  struct feeder *f = ud;
+  if (f->paused) {
+    f->paused = 0;
+    uv_idle_start(&f->idle, feed_cb);
+  }
+}
+
+static void feed_cb(uv_idle_t *h) {
+  struct feeder *f = h->data;
+  size_t n = DDUCT_MIN((size_t)65536, f->stop_at - f->off);
+  if (dduct__store_fill_full(f->e)) {
+    f->paused = 1;
+    f->pauses++;
+    uv_idle_stop(h);
+    return;
+  }
+  if (n > 0 && dduct__store_fill_write(f->e, f->data + f->off, n) != 0) f->off = f->stop_at;
+  else f->off += n;
+  if (f->off >= f->stop_at) {
+    dduct__store_fill_end(f->e, f->end_status);
+    f->done = 1;
+    uv_idle_stop(h);
+    uv_close((uv_handle_t *)h, NULL);
+  }
+}
+
+static void feed_start(struct feeder *f, struct dduct__store_entry *e, const char *data,
+                       size_t len, size_t stop_at, int end_status) {
+  memset(f, 0, sizeof(*f));
+  f->e = e, f->data = data, f->len = len, f->stop_at = stop_at, f->end_status = end_status;
+  uv_idle_init(&loop, &f->idle);
+  f->idle.data = f;
+  dduct__store_fill_on_drain(e, drain_cb, f);
+  uv_idle_start(&f->idle, feed_cb);
+}
+
+static struct dduct__store_meta meta(const char *url, uint64_t size) {
+  struct dduct__store_meta m = {0};
+  m.url = url;
+  m.content_type = "application/octet-stream";
+  m.etag = "\"v1\"";
+  m.last_modified = "Mon, 01 Jan 2024 00:00:00 GMT";
+  m.size = size;
+  return m;
+}
+
+static struct dduct__store_key url_key(const char *host, const char *path) {
+  struct dduct__store_key k;
+  dduct__store_key_make("https", host, strlen(host), 443, path, strlen(path), &k);
+  return k;
+}
+
+/* ---- keys --------------------------------------------------------------------------------- */
+
+static int rel_shape_ok(const struct dduct__store_key *k) {
+  const char *r = k->rel;
+  if (strlen(r) != 69 || (r[0] != 'c' && r[0] != 'u') || r[1] != '/' || r[4] != '/') return 0;
+  for (int i = 0; i < 69; i++)
+    if (i != 1 && i != 4 && i != 0 && !((r[i] >= '0' && r[i] <= '9') || (r[i] >= 'a' && r[i] <= 'f')))
+      return 0;
+  return r[2] == r[5] && r[3] == r[6];
+}
+
+static void test_keys(void) {
+  static const char blob[] =
+      "/v2/library/alpine/blobs/sha256:"
+      "c6a83fedfae6ed8a4f5f7cbb6a7b6f1c1ec3d86fea8cb9e5ba2e4f6a1c0d8e9f";
+  static const char blob2[] =
+      "/v2/other/repo/blobs/sha256:"
+      "c6a83fedfae6ed8a4f5f7cbb6a7b6f1c1ec3d86fea8cb9e5ba2e4f6a1c0d8e9f?X-Signature=abc";
+  struct dduct__store_key a, b;
+
+  a = url_key("registry-1.docker.io", blob);
+  b = url_key("cdn.example.net", blob2);
+  CHECK_EQ_STR(a.rel, b.rel, "a blob digest is one key across hosts, repositories and queries");
+  CHECK_EQ_STR(a.digest, "sha256:c6a83fedfae6ed8a4f5f7cbb6a7b6f1c1ec3d86fea8cb9e5ba2e4f6a1c0d8e9f",
+               "a blob key carries its digest");
+  CHECK(strncmp(a.rel, "c/c6/c6a83f", 11) == 0, "a blob is stored under its own digest");
+
+  a = url_key("deb.example.org", "/pool/a.deb");
+  b = url_key("DEB.Example.ORG", "/pool/a.deb?foo=bar");
+  CHECK_EQ_STR(a.rel, b.rel, "host case and query strings do not change a key");
+  CHECK_EQ_STR(a.digest, "", "an ordinary URL has no digest");
+  b = url_key("mirror.example.org", "/pool/a.deb");
+  CHECK(strcmp(a.rel, b.rel) != 0, "two hosts never share an ordinary key");
+  dduct__store_key_make("https", "deb.example.org", 15, 443, "/pool/a.deb", 11, &b);
+  CHECK_EQ_STR(a.rel, b.rel, "the default port is the same key as no port");
+  dduct__store_key_make("https", "deb.example.org", 15, 8443, "/pool/a.deb", 11, &b);
+  CHECK(strcmp(a.rel, b.rel) != 0, "a non-default port is a different key");
+  dduct__store_key_make("http", "deb.example.org", 15, 80, "/pool/a.deb", 11, &b);
+  CHECK_EQ_STR(a.rel, b.rel, "http on 80 and https on 443 share a key (host and path)");
+  a = url_key("a.example", "/v2/x/blobs/sha256:"
+                           "C6A83FEDFAE6ED8A4F5F7CBB6A7B6F1C1EC3D86FEA8CB9E5BA2E4F6A1C0D8E9F");
+  CHECK(a.digest[0] == '\0' && a.rel[0] == 'u', "an uppercase digest is not trusted as one");
+  a = url_key("a.example", "/v2//blobs/sha256:"
+                           "c6a83fedfae6ed8a4f5f7cbb6a7b6f1c1ec3d86fea8cb9e5ba2e4f6a1c0d8e9f");
+  CHECK(a.digest[0] == '\0', "a blob URL without a repository name is not content-addressed");
+  a = url_key("a.example", "/v2/x/blobs/sha256:c6a83f");
+  CHECK(a.digest[0] == '\0', "a short digest is not content-addressed");
+  {
+    /* The host/path boundary cannot be shifted to forge another key. */
+    struct dduct__store_key x = url_key("ab", "/c"), y = url_key("a", "b/c");
+    CHECK(strcmp(x.rel, y.rel) != 0, "host and path are hashed unambiguously");
+  }
+  {
+    int ok = 1;
+    char buf[600];
+    uint32_t seed = 12345;
+    for (int i = 0; i < 20000 && ok; i++) {
+      size_t hl, pl;
+      seed = seed * 1103515245u + 12345u;
+      hl = seed % 64, pl = (seed >> 8) % 512;
+      fill_pattern(buf, sizeof(buf), seed);
+      if (i % 3 == 0) memcpy(buf + 64, "/v2/../../blobs/sha256:", 23);
+      dduct__store_key_make("https", buf, hl, seed % 65536, buf + 64, pl, &a);
+      ok = rel_shape_ok(&a);
+    }
+    CHECK(ok, "20000 random hosts and paths all map to the fixed hex-only shape");
+  }
+}
+
+/* Hostile URLs become real files; realpath proves each stays inside the directory. */
+static void test_keys_on_disk(void) {
+  static const char *const paths[] = {
+      "/../../../../etc/passwd", "/%2e%2e/%2e%2e/etc/shadow", "/a%2fb%2f..%2f..%2fc.deb",
+      "/..\\..\\windows\\system32.zip", "//////", "", "/\x01\x02\xff\xfe.deb",
+      "/v2/../../blobs/sha256:../../x", "/.", "/..", "/a/./b/../../../c.tar"};
+  char dir[512], real_dir[PATH_MAX], p[1100], real_p[PATH_MAX];
+  int ok = 1;
+  snprintf(dir, sizeof(dir), "%s/keys", tmpdir);
+  mkdir(dir, 0700);
+  if (realpath(dir, real_dir) == NULL) ok = 0;
+  for (size_t i = 0; ok && i < DDUCT_ARRAY_SIZE(paths) + 2; i++) {
+    struct dduct__store_key k;
+    char base[1024], big[5000];
+    const char *path = i < DDUCT_ARRAY_SIZE(paths) ? paths[i] : big;
+    size_t plen;
+    int fd;
+    memset(big, i % 2 ? '/' : 'a', sizeof(big));
+    big[0] = '/';
+    plen = path == big ? sizeof(big) : strlen(path);
+    dduct__store_key_make("https", i == 5 ? "../../evil\0host" : "h", i == 5 ? 15 : 1, 443, path,
+                          plen, &k);
+    path_of(base, sizeof(base), dir, &k, "");
+    if (dduct__store_disk_reserve(base, &fd) != 0) {
+      ok = 0;
+      break;
+    }
+    snprintf(p, sizeof(p), "%s.part", base);
+    ok = realpath(p, real_p) != NULL && strncmp(real_p, real_dir, strlen(real_dir)) == 0 &&
+         real_p[strlen(real_dir)] == '/';
+    dduct__store_disk_discard(base);
+    close(fd);
+  }
+  {
+    /* A NUL inside the path is data, not an end: it still maps inside the directory. */
+    struct dduct__store_key k;
+    dduct__store_key_make("https", "h", 1, 443, "/a\0/../../b", 11, &k);
+    ok = ok && rel_shape_ok(&k);
+  }
+  CHECK(ok, "hostile paths (.., %2e%2e, %2f, NUL, backslashes, 5000-byte names) stay inside");
+}
+
+/* ---- fill, commit, read back -------------------------------------------------------------- */
+
+static void test_fill_and_hit(struct dduct_store *s, const char *dir) {
+  enum { N = 700 * 1000 + 7 };
+  char *data = malloc(N);
+  struct dduct__store_key k = url_key("deb.example.org", "/pool/main/c/curl/curl_1.deb");
+  struct look l;
+  struct sink first;
+  struct feeder f;
+  struct dduct_store_stats st;
+  char p[1024];
+
+  fill_pattern(data, N, 7);
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "the first lookup of a new key is a fill");
+  path_of(p, sizeof(p), dir, &k, ".part");
+  CHECK(exists(p), "the fill reserved its .part file");
+  {
+    struct dduct__store_meta m = meta("https://deb.example.org/pool/main/c/curl/curl_1.deb?t=1", N);
+    CHECK_EQ_INT(dduct__store_fill_begin(l.e, &m), 0, "the fill begins");
+  }
+  sink_start(&first, l.e, 0, N);
+  feed_start(&f, l.e, data, N, N, 0);
+  run_until(&first.done);
+  CHECK_EQ_INT(first.err, 0, "the filler's own reader ends cleanly");
+  CHECK(first.len == N && memcmp(first.buf, data, N) == 0, "the filler's reader got every byte");
+  CHECK(first.max_chunk <= DDUCT__STORE_READ_CHUNK, "reads stay within one bounded chunk");
+  CHECK(dduct__store_entry_complete(l.e), "the entry is complete after the fill");
+  sink_free(&first);
+  run_until(&f.done);
+
+  path_of(p, sizeof(p), dir, &k, "");
+  CHECK(exists(p), "the data file is in place");
+  path_of(p, sizeof(p), dir, &k, ".part");
+  CHECK(!exists(p), "the .part file is gone");
+
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_HIT, "a later lookup is a hit");
+  if (l.e != NULL) {
+    const struct dduct__store_meta *m = dduct__store_entry_meta(l.e);
+    struct sink k2;
+    CHECK_EQ_INT(m->size, N, "the hit knows the size");
+    CHECK_EQ_STR(m->etag, "\"v1\"", "the hit knows the ETag");
+    CHECK_EQ_STR(m->url, "https://deb.example.org/pool/main/c/curl/curl_1.deb",
+                 "the sidecar keeps the URL without its query string");
+    CHECK(strncmp(m->digest, "sha256:", 7) == 0, "an ordinary entry records its body's digest");
+    sink_start(&k2, l.e, 1000, 5000);
+    run_until(&k2.done);
+    CHECK(k2.err == 0 && k2.len == 5000 && memcmp(k2.buf, data + 1000, 5000) == 0,
+          "a range of a hit reads exactly those bytes");
+    sink_free(&k2);
+    dduct__store_entry_release(l.e);
+  }
+  l = lookup(s, &k, DDUCT__STORE_NO_FILL);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_HIT, "a HEAD-style lookup of a stored entry is a hit");
+  if (l.e) dduct__store_entry_release(l.e);
+  dduct_store_stats(s, &st);
+  CHECK_EQ_INT(st.fills_completed, 1, "one fill completed");
+  CHECK_EQ_INT(st.misses, 1, "one miss counted");
+  CHECK_EQ_INT(st.hits, 2, "two hits counted");
+  CHECK_EQ_INT(st.bytes_fetched, N, "bytes fetched are counted");
+  CHECK_EQ_INT(st.bytes_served, N + 5000, "bytes served are counted");
+  CHECK_EQ_INT(st.entries, 1, "one entry is known");
+  free(data);
+}
+
+/* Several readers, including a range reader, follow one fill; nobody starts a second one. */
+static void test_followers(struct dduct_store *s) {
+  enum { N = 3 * 1024 * 1024 + 11, FOLLOWERS = 4 };
+  char *data = malloc(N);
+  struct dduct__store_key k;
+  struct look filler, fl[FOLLOWERS], head;
+  struct sink sinks[FOLLOWERS], range;
+  struct feeder f;
+  int all = 1;
+
+  fill_pattern(data, N, 99);
+  {
+    char path[200];
+    digest_of(data, N, &k);
+    snprintf(path, sizeof(path), "/v2/x/blobs/%s", k.digest);
+    k = url_key("r.example", path);
+  }
+  CHECK(k.rel[0] == 'c', "the followed fill is content-addressed");
+  memset(&filler, 0, sizeof(filler));
+  dduct__store_lookup(s, &k, 0, look_cb, &filler, NULL);
+  for (int i = 0; i < FOLLOWERS; i++) {
+    memset(&fl[i], 0, sizeof(fl[i]));
+    dduct__store_lookup(s, &k, 0, look_cb, &fl[i], NULL);
+  }
+  memset(&head, 0, sizeof(head));
+  dduct__store_lookup(s, &k, DDUCT__STORE_NO_FILL, look_cb, &head, NULL);
+  run_until(&filler.done);
+  CHECK_EQ_INT(filler.role, DDUCT__STORE_FILL, "the first of concurrent lookups fills");
+  CHECK(!fl[0].done, "the others wait while the filler asks the origin");
+  {
+    struct dduct__store_meta m = meta("https://r.example/v2/x/blobs/d", N);
+    dduct__store_fill_begin(filler.e, &m);
+  }
+  for (int i = 0; i < FOLLOWERS; i++) run_until(&fl[i].done);
+  run_until(&head.done);
+  for (int i = 0; i < FOLLOWERS; i++) all = all && fl[i].role == DDUCT__STORE_FOLLOW;
+  CHECK(all, "every concurrent lookup follows the one fill");
+  CHECK_EQ_INT(head.role, DDUCT__STORE_FOLLOW, "a HEAD during the fill sees the filling entry");
+  CHECK_EQ_INT(dduct__store_entry_meta(head.e)->size, N, "the follower knows the length up front");
+  dduct__store_entry_release(head.e);
+  for (int i = 0; i < FOLLOWERS; i++) sink_start(&sinks[i], fl[i].e, 0, N);
+  sink_start(&range, fl[0].e, N - 100, 100);
+  feed_start(&f, filler.e, data, N, N, 0);
+  run_until(&f.done);
+  for (int i = 0; i < FOLLOWERS; i++) run_until(&sinks[i].done);
+  run_until(&range.done);
+  all = 1;
+  for (int i = 0; i < FOLLOWERS; i++)
+    all = all && sinks[i].err == 0 && sinks[i].len == N && memcmp(sinks[i].buf, data, N) == 0;
+  CHECK(all, "every follower received the identical, complete body");
+  CHECK(range.err == 0 && range.len == 100 && memcmp(range.buf, data + N - 100, 100) == 0,
+        "a range at the very end waits for the verified tail, then gets it");
+  for (int i = 0; i < FOLLOWERS; i++) {
+    sink_free(&sinks[i]);
+    dduct__store_entry_release(fl[i].e);
+  }
+  sink_free(&range);
+  free(data);
+}
+
+/* A wrong body for a digest: never committed, readers cut before the last byte. */
+static void test_digest_mismatch(struct dduct_store *s, const char *dir) {
+  enum { N = 300000 };
+  char *good = malloc(N), *bad = malloc(N), path[200], p[1024];
+  struct dduct__store_key k;
+  struct look l;
+  struct sink a;
+  struct feeder f;
+  struct dduct_store_stats before, after;
+
+  fill_pattern(good, N, 5);
+  memcpy(bad, good, N);
+  bad[N / 2] ^= 1;
+  digest_of(good, N, &k);
+  snprintf(path, sizeof(path), "/v2/lib/x/blobs/%s", k.digest);
+  k = url_key("reg.example", path);
+  dduct_store_stats(s, &before);
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "a new digest is a fill");
+  {
+    struct dduct__store_meta m = meta("https://reg.example/blob", N);
+    dduct__store_fill_begin(l.e, &m);
+  }
+  sink_start(&a, l.e, 0, N);
+  feed_start(&f, l.e, bad, N, N, 0);
+  run_until(&a.done);
+  run_until(&f.done);
+  CHECK_EQ_INT(a.err, DDUCT_EDIGEST, "the reader is told the digest failed");
+  CHECK(a.len < N, "the reader never received the whole (wrong) body");
+  CHECK(a.len == 0 || memcmp(a.buf, bad, a.len) == 0, "what it received was what was written");
+  CHECK_EQ_INT(dduct__store_entry_error(l.e), DDUCT_EDIGEST, "the entry says why it died");
+  sink_free(&a);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  path_of(p, sizeof(p), dir, &k, "");
+  CHECK(!exists(p), "a mismatching body is not stored");
+  path_of(p, sizeof(p), dir, &k, ".part");
+  for (int i = 0; i < 100 && exists(p); i++) uv_run(&loop, UV_RUN_ONCE);
+  CHECK(!exists(p), "its .part file is removed");
+  dduct_store_stats(s, &after);
+  CHECK_EQ_INT(after.fills_discarded - before.fills_discarded, 1, "the discard is counted");
+
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "the next request starts afresh");
+  {
+    struct dduct__store_meta m = meta("https://reg.example/blob", N);
+    dduct__store_fill_begin(l.e, &m);
+  }
+  sink_start(&a, l.e, 0, N);
+  feed_start(&f, l.e, good, N, N, 0);
+  run_until(&a.done);
+  run_until(&f.done);
+  CHECK(a.err == 0 && a.len == N && memcmp(a.buf, good, N) == 0,
+        "the right body verifies and is delivered whole");
+  CHECK_EQ_STR(dduct__store_entry_meta(l.e)->digest, k.digest, "the entry's digest is the key's");
+  sink_free(&a);
+  free(good);
+  free(bad);
+}
+
+static void test_short_and_abandoned(struct dduct_store *s, const char *dir) {
+  enum { N = 200000 };
+  char *data = malloc(N), p[1024];
+  struct dduct__store_key k = url_key("x.example", "/short.tgz");
+  struct look l, follower;
+  struct sink a;
+  struct feeder f;
+
+  fill_pattern(data, N, 3);
+  l = lookup(s, &k, 0);
+  {
+    struct dduct__store_meta m = meta("https://x.example/short.tgz", N);
+    dduct__store_fill_begin(l.e, &m);
+  }
+  sink_start(&a, l.e, 0, N);
+  feed_start(&f, l.e, data, N, N / 2, 0);
+  run_until(&a.done);
+  run_until(&f.done);
+  CHECK_EQ_INT(a.err, DDUCT_ESHORT, "a body that ends short is reported to readers");
+  CHECK(a.len <= N / 2, "readers got no more than what arrived");
+  sink_free(&a);
+  for (int i = 0; i < 100; i++) uv_run(&loop, UV_RUN_NOWAIT);
+  path_of(p, sizeof(p), dir, &k, "");
+  CHECK(!exists(p), "a short body is not stored");
+
+  /* An origin answering non-200: waiting lookups are told to bypass; nothing is left behind. */
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "after a short fill the key is a miss again");
+  memset(&follower, 0, sizeof(follower));
+  dduct__store_lookup(s, &k, 0, look_cb, &follower, NULL);
+  dduct__store_fill_cancel(l.e, 0);
+  run_until(&follower.done);
+  CHECK_EQ_INT(follower.role, DDUCT__STORE_BYPASS, "a cancelled fill sends waiters around it");
+
+  /* The origin connection breaks mid-body: readers are told at once, not left hanging. */
+  l = lookup(s, &k, 0);
+  {
+    struct dduct__store_meta m = meta("https://x.example/short.tgz", N);
+    dduct__store_fill_begin(l.e, &m);
+  }
+  dduct__store_fill_write(l.e, data, 1000);
+  sink_start(&a, l.e, 0, N);
+  dduct__store_fill_end(l.e, UV_ECONNRESET);
+  run_until(&a.done);
+  CHECK_EQ_INT(a.err, UV_ECONNRESET, "a fill broken at the origin fails its readers with why");
+  sink_free(&a);
+
+  /* The first of two waiters goes away before the probe answers: the other one fills. */
+  {
+    struct dduct__store_lookup *h;
+    struct look never = {0}, next = {0};
+    dduct__store_lookup(s, &k, 0, look_cb, &never, &h);
+    dduct__store_lookup(s, &k, 0, look_cb, &next, NULL);
+    dduct__store_lookup_cancel(h);
+    run_until(&next.done);
+    CHECK(!never.done, "a cancelled lookup is never called back");
+    CHECK_EQ_INT(next.role, DDUCT__STORE_FILL, "the remaining waiter becomes the filler");
+    if (next.role == DDUCT__STORE_FILL) dduct__store_fill_cancel(next.e, 0);
+  }
+
+  l = lookup(s, &k, DDUCT__STORE_NO_FILL);
+  CHECK(l.role == DDUCT__STORE_BYPASS && l.status == 0, "a HEAD-style miss bypasses, no fill");
+  {
+    struct dduct__store_lookup *h;
+    struct look never = {0};
+    dduct__store_lookup(s, &k, 0, look_cb, &never, &h);
+    dduct__store_lookup_cancel(h);
+    for (int i = 0; i < 50; i++) uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(!never.done, "a cancelled lookup never calls back");
+  }
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "the key is still fillable after all that");
+  dduct__store_fill_cancel(l.e, 0);
+  free(data);
+}
+
+/* ---- crash leftovers, two stores, disk full ----------------------------------------------- */
+
+static void test_part_cleanup(void) {
+  char dir[512], p[1024], locked[1024];
+  struct dduct__store_key k1 = url_key("a", "/dead.deb"), k2 = url_key("a", "/live.deb");
+  struct dduct_store *s;
+  struct dduct_store_stats st;
+  pid_t pid;
+  int fd, status;
+
+  snprintf(dir, sizeof(dir), "%s/crash", tmpdir);
+  mkdir(dir, 0700);
+  /* A child reserves and half-writes, then dies without cleaning up (as kill -9 would). */
+  pid = fork();
+  if (pid == 0) {
+    char base[1024];
+    path_of(base, sizeof(base), dir, &k1, "");
+    if (dduct__store_disk_reserve(base, &fd) == 0) dduct__store_disk_pwrite(fd, "half", 4, 0);
+    _exit(0);
+  }
+  waitpid(pid, &status, 0);
+  path_of(p, sizeof(p), dir, &k1, ".part");
+  CHECK(exists(p), "a dead writer leaves its .part behind");
+  /* A live writer (its lock held here through another open file description). */
+  path_of(locked, sizeof(locked), dir, &k2, "");
+  CHECK_EQ_INT(dduct__store_disk_reserve(locked, &fd), 0, "a live fill reserves its part");
+  CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, NULL, 0), 0, "the store opens over leftovers");
+  CHECK(!exists(p), "the dead writer's .part is removed at open");
+  path_of(p, sizeof(p), dir, &k2, ".part");
+  CHECK(exists(p), "a live writer's locked .part is left alone");
+  {
+    struct look l = lookup(s, &k2, 0);
+    CHECK(l.role == DDUCT__STORE_BYPASS && l.status == DDUCT_EAGAIN,
+          "a key another writer is filling is bypassed, not filled twice");
+  }
+  {
+    struct look l = lookup(s, &k1, 0);
+    CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "the dead writer's key can be filled again");
+    dduct__store_fill_cancel(l.e, 0);
+  }
+  dduct__store_disk_discard(locked);
+  close(fd);
+  dduct_store_stats(s, &st);
+  CHECK_EQ_INT(st.entries, 0, "no entry was counted from leftovers");
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+}
+
+static void test_two_stores(void) {
+  enum { N = 100000 };
+  char dir[512], *data = malloc(N);
+  struct dduct__store_key k = url_key("two.example", "/shared.zip");
+  struct dduct_store *a, *b;
+  struct look la, lb;
+  struct sink sa, sb;
+  struct feeder f;
+
+  fill_pattern(data, N, 11);
+  snprintf(dir, sizeof(dir), "%s/shared", tmpdir);
+  CHECK_EQ_INT(dduct_store_open(&loop, dir, &a, NULL, 0), 0, "store A opens");
+  CHECK_EQ_INT(dduct_store_open(&loop, dir, &b, NULL, 0), 0, "store B opens on the same dir");
+  la = lookup(a, &k, 0);
+  CHECK_EQ_INT(la.role, DDUCT__STORE_FILL, "A fills");
+  lb = lookup(b, &k, 0);
+  CHECK(lb.role == DDUCT__STORE_BYPASS && lb.status == DDUCT_EAGAIN,
+        "B, sharing the directory, does not touch A's fill");
+  {
+    struct dduct__store_meta m = meta("https://two.example/shared.zip", N);
+    dduct__store_fill_begin(la.e, &m);
+  }
+  sink_start(&sa, la.e, 0, N);
+  feed_start(&f, la.e, data, N, N, 0);
+  run_until(&sa.done);
+  run_until(&f.done);
+  sink_free(&sa);
+  lb = lookup(b, &k, 0);
+  CHECK_EQ_INT(lb.role, DDUCT__STORE_HIT, "B sees A's committed entry as a hit");
+  if (lb.e != NULL) {
+    sink_start(&sb, lb.e, 0, DDUCT__STORE_SIZE_UNKNOWN);
+    run_until(&sb.done);
+    CHECK(sb.err == 0 && sb.len == N && memcmp(sb.buf, data, N) == 0, "with A's exact bytes");
+    sink_free(&sb);
+    dduct__store_entry_release(lb.e);
+  }
+  dduct_store_free(a);
+  dduct_store_free(b);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  free(data);
+}
+
+static void test_disk_full(void) {
+  enum { N = 2 * 1024 * 1024 };
+  char dir[512], p[1024], *data = malloc(N);
+  struct dduct__store_key k = url_key("full.example", "/big.tar"), k2 = url_key("full.example",
+                                                                                 "/other.tar");
+  struct dduct_store *s;
+  struct look l;
+  struct sink a;
+  struct feeder f;
+  struct rlimit old, lim;
+  struct dduct_store_stats st;
+
+  fill_pattern(data, N, 17);
+  snprintf(dir, sizeof(dir), "%s/full", tmpdir);
+  CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, NULL, 0), 0, "a store opens for the full disk");
+  getrlimit(RLIMIT_FSIZE, &old);
+  lim = old;
+  lim.rlim_cur = 512 * 1024; /* any file past 512 KiB fails with EFBIG, as a full disk would */
+  signal(SIGXFSZ, SIG_IGN);
+  setrlimit(RLIMIT_FSIZE, &lim);
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "the big file is a fill");
+  {
+    struct dduct__store_meta m = meta("https://full.example/big.tar", N);
+    dduct__store_fill_begin(l.e, &m);
+  }
+  sink_start(&a, l.e, 0, N);
+  feed_start(&f, l.e, data, N, N, 0);
+  run_until(&a.done);
+  run_until(&f.done);
+  CHECK_EQ_INT(a.err, UV_EFBIG, "readers of a fill that hit the disk limit are told");
+  sink_free(&a);
+  CHECK(dduct__store_degraded(s), "the store is degraded after a disk error");
+  l = lookup(s, &k2, 0);
+  CHECK(l.role == DDUCT__STORE_BYPASS && l.status == UV_ENOSPC,
+        "while degraded, misses pass through uncached");
+  setrlimit(RLIMIT_FSIZE, &old);
+  for (int i = 0; i < 100; i++) uv_run(&loop, UV_RUN_NOWAIT);
+  path_of(p, sizeof(p), dir, &k, ".part");
+  CHECK(!exists(p), "the failed fill's .part is removed");
+  dduct__store_set_degrade_ms(s, 0);
+  l = lookup(s, &k2, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "once the pause ends, misses fill again");
+  dduct__store_fill_cancel(l.e, 0);
+  dduct_store_stats(s, &st);
+  CHECK_EQ_INT(st.fills_discarded, 1, "the failed fill is counted as discarded");
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  free(data);
+}
+
+static void test_open_errors(void) {
+  char err[256] = "", p[1024];
+  struct dduct_store *s = NULL;
+  struct stat st;
+  int fd;
+  snprintf(p, sizeof(p), "%s/new/deeper/files/", tmpdir);
+  CHECK_EQ_INT(dduct_store_open(&loop, p, &s, err, sizeof(err)), 0, "open creates missing dirs");
+  CHECK(stat(p, &st) == 0 && (st.st_mode & 0777) == 0700, "file_dir is created 0700");
+  CHECK_EQ_STR(dduct_store_dir(s), p, "the store reports its directory as given");
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  snprintf(p, sizeof(p), "%s/afile", tmpdir);
+  fd = open(p, O_CREAT | O_WRONLY, 0600);
+  close(fd);
+  CHECK(dduct_store_open(&loop, p, &s, err, sizeof(err)) < 0, "a file is not a file_dir");
+  CHECK(strstr(err, "afile") != NULL, "the error names the directory");
+  dduct_store_free(NULL);
+}
+
+static void rm_rf(const char *path) {
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", path);
+}
+
+int main(void) {
+  char dir[512];
+  struct dduct_store *s;
+  char err[256] = "";
+
+  alarm(120); /* a hang fails the test instead of stalling the suite */
+  snprintf(tmpdir, sizeof(tmpdir), "/tmp/dduct-test-store-XXXXXX");
+  if (mkdtemp(tmpdir) == NULL) return 1;
+  uv_loop_init(&loop);
+
+  test_keys();
+  test_keys_on_disk();
+  snprintf(dir, sizeof(dir), "%s/files", tmpdir);
+  CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, err, sizeof(err)), 0, "the store opens");
+  test_fill_and_hit(s, dir);
+  test_followers(s);
+  test_digest_mismatch(s, dir);
+  test_short_and_abandoned(s, dir);
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  test_part_cleanup();
+  test_two_stores();
+  test_open_errors();
+  test_disk_full();
+
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0, "every handle and request is finished");
+  rm_rf(tmpdir);
+  return tap_done();
+}
