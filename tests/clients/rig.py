@@ -355,6 +355,8 @@ class Rig:
         for t in ('body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'):
             self.mkdir('nginx', 'tmp', t)
         d = self.path('nginx')
+        if not hasattr(self, 'www'):
+            self.www = self.mkdir('www')  # no APT repository in this test
         conf = fill('nginx.conf.in', os.path.join(d, 'nginx.conf'), DIR=d, CERT=self.cert,
                     KEY=self.key, WWW=self.www, APT_PORT=self.ports['apt'],
                     FRONT_PORT=self.ports['front'], BLOBS_PORT=self.ports['blobs'],
