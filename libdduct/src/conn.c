@@ -280,6 +280,11 @@ static void reset_request(struct dduct_conn *c) {
 static void log_request(struct dduct_conn *c) {
   const struct dduct_http_head *h = &c->parser.head;
   if (!dduct__enabled(DDUCT_LOG_DEBUG)) return;
+  if (c->req.host == NULL) {
+    dduct__log(DDUCT_LOG_DEBUG, "http_proxy", "%s %s %.200s -> %d", c->peer,
+               dduct__http_method(h), dduct__http_target(h), c->status);
+    return;
+  }
   dduct__log(DDUCT_LOG_DEBUG, "http_proxy", "%s %s %s%s%s:%u%s -> %d (%llu bytes, %llu ms)",
              c->peer, dduct__http_method(h), c->req.https ? "https://" : "http://",
              strchr(c->req.host != NULL ? c->req.host : "", ':') ? "[" : "",
@@ -696,6 +701,7 @@ static void tunnel_connected(void *arg, struct dduct_stream *up, int status, con
   }
   c->up = up;
   up->data = c;
+  c->handles++; /* closed with the connection */
   c->state = C_TUNNEL;
   c->p->stats.tunnels++;
   c->status = 200;
@@ -784,10 +790,11 @@ static void route(struct dduct_conn *c) {
     c->keep_alive = 0;
   }
   /* ---- cache hook (issue 4): see cache.h ---- */
-  if (cacheable(c) && dduct__cache_handle(c->p, c, &c->req)) {
-    if (c->state == C_BUSY && !c->req_done) resume_parser(c); /* reach the message end */
-    return;
-  }
+#if DDUCT_CACHE_HOOK
+  if (cacheable(c) && dduct__cache_handle(c->p, c, &c->req)) return;
+#else
+  (void)cacheable;
+#endif
   start_forward(c);
 }
 
@@ -891,6 +898,8 @@ static void client_read_cb(struct dduct_stream *s, ssize_t nread, const char *da
   if (nread < 0) {
     if (c->state == C_HEAD && c->in_len > 0 && nread == UV_EOF)
       LOG_DEBUG("http_proxy", "%s: closed in the middle of a request head", c->peer);
+    else if (nread == DDUCT_ETLS && (c->tls_listener || c->intercepted))
+      LOG_DEBUG("tls_mitm", "%s: %s", c->peer, dduct__tls_error_text(c->s));
     else if (nread != UV_EOF && nread != UV_ECONNRESET)
       LOG_DEBUG("http_proxy", "%s: %s", c->peer, dduct_strerror((int)nread));
     if (c->state == C_BUSY && c->fetch != NULL)
@@ -976,5 +985,6 @@ void dduct__conn_drain(struct dduct_conn *c) {
 }
 
 void dduct__conn_kill(struct dduct_conn *c) {
+  LOG_DEBUG("http_proxy", "%s: closed by shutdown (state %d)", c->peer, (int)c->state);
   conn_close(c);
 }
