@@ -409,29 +409,28 @@ class CurlResult:
                                                    self.info.get("errormsg"))
 
 
+_MARK = "@@dduct-e2e-curl-info@@"
+
+
 def curl(rig, args, cwd=None, timeout=120, output=True):
     """Run curl with a clean environment and -w '%{json}'; the body goes to a temp file unless
     args write it themselves (output=False)."""
     import json
     cwd = cwd or tempfile.mkdtemp(prefix="curl-", dir=rig.tmp)
     body = os.path.join(cwd, "body.out")
-    argv = ["curl", "-q", "-sS", "-w", "%{json}"]
+    argv = ["curl", "-q", "-sS", "-w", "\n" + _MARK + "%{json}\n"]
     if output:
         argv += ["-o", body]
     argv += list(args)
     p = subprocess.run(argv, cwd=cwd, capture_output=True, env=clean_env(rig.home),
                        timeout=timeout)
     out = p.stdout.decode("utf-8", "replace")
-    # With several URLs curl prints one JSON object per transfer; keep them all.
+    # With several URLs curl prints one JSON object per transfer (after the bodies of the 2nd
+    # and later URLs, which go to stdout); keep them all.
     infos = []
     dec = json.JSONDecoder()
-    i = 0
-    while i < len(out):
-        j = out.find("{", i)
-        if j < 0:
-            break
-        obj, i = dec.raw_decode(out, j)
-        infos.append(obj)
+    for part in out.split(_MARK)[1:]:
+        infos.append(dec.raw_decode(part)[0])
     r = CurlResult(p, infos[-1] if infos else {}, body, p.stderr.decode("utf-8", "replace"))
     r.infos = infos
     r.cwd = cwd

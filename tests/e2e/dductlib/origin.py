@@ -221,17 +221,36 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, b"hop\n", extra=[("Connection", "X-Hop"), ("X-Hop", "must-not-pass"),
                                          ("Keep-Alive", "timeout=5"), ("X-End", "passes")])
 
+    def _body_pieces(self, step=65536):
+        """The request body as it arrives, content-length or chunked, in pieces <= step."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            while True:
+                size = int(self.rfile.readline(65537).split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return
+                while size:
+                    c = self.rfile.read(min(step, size))
+                    if not c:
+                        return
+                    size -= len(c)
+                    yield c
+                self.rfile.readline(3)
+        n = int(self.headers.get("Content-Length") or 0)
+        while n:
+            c = self.rfile.read(min(step, n))
+            if not c:
+                return
+            n -= len(c)
+            yield c
+
     def _ep_slowsink(self, query):
         rate = int(query.get("rate", str(8 << 20)))
-        n = int(self.headers.get("Content-Length") or 0)
         h = hashlib.sha256()
         got = 0
-        step = 65536
         t0 = time.monotonic()
-        while got < n:
-            c = self.rfile.read(min(step, n - got))
-            if not c:
-                break
+        for c in self._body_pieces():
             h.update(c)
             got += len(c)
             ahead = got / rate - (time.monotonic() - t0)
