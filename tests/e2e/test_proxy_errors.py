@@ -68,14 +68,14 @@ def test_stalled_origin_504(rig):
         with rig.dduct(proxy={"upstream_timeout": 2, "connect_timeout": 2}) as d:
             for kind, o in (("http", rig.plain), ("https", rig.origin)):
                 r = curl(rig, via(d, "http") + ["-m", "60", o.url("origin.test", "/stall")])
-                _proxy_error(r, 504, ("timeout", "timed out"), kind + " origin silent")
+                _proxy_error(r, 504, ("time", "nothing", "silent"), kind + " origin silent")
                 r = curl(rig, via(d, "http") + ["-m", "60",
                                                 o.url("origin.test", "/stall?head=1")])
                 check_eq(r.rc, 18, kind + " origin stalled mid-body: partial transfer "
                          "(curl 18), not a hang (28) or success (%s)" % r)
             r = curl(rig, via(d, "http") + ["-m", "60",
                                             "https://origin.test:%d/echo" % silent.port])
-            _proxy_error(r, 504, ("timeout", "timed out"), "TLS handshake never completes")
+            _proxy_error(r, 504, ("time", "nothing", "silent"), "TLS handshake never completes")
             _ok(rig, d, "504s")
     finally:
         silent.close()
@@ -153,22 +153,23 @@ SMUGGLING = [
     ("chunk size line ending in bare LF",
      "POST {base}/echo/smuggle HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n"
      "3\nabc\r\n0\r\n\r\n",
-     (400,)),
+     (400, None)),
 ]
 
 
 def test_smuggling_shapes_rejected(rig):
     """Request smuggling shapes (CL+TE, differing duplicate CL, bare LF, bare CR, a
-    Transfer-Encoding not ending in chunked, a bare-LF chunk size) get 400 (501 for the TE case)
-    and close; no part of them, and no smuggled second request, reaches the origin."""
+    Transfer-Encoding not ending in chunked, a bare-LF chunk size) get 400 (501 for the TE case;
+    the chunk error, found mid-body, may just close) and close; no part of them, and no smuggled second request, reaches the origin."""
     o = rig.plain
     host = "origin.test:%d" % o.port
     base = "http://" + host
     with rig.dduct() as d:
         for name, tmpl, statuses in SMUGGLING:
             r, rest = _raw(d, tmpl.format(base=base, host=host).encode())
-            check(r is not None, name + ": an answer")
-            check(r.status in statuses, name + ": status %d in %s" % (r.status, statuses))
+            # None: an error inside a body already being forwarded may only close the connection.
+            status = r.status if r is not None else None
+            check(status in statuses, name + ": status %s in %s" % (status, statuses))
             check_eq(rest, b"", name + ": connection closed after the error")
         check_eq(o.count("/smuggled"), 0, "no smuggled request reached the origin")
         # The chunk-size case may legitimately reach the origin's head before the body error;

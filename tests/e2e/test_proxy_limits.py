@@ -155,9 +155,10 @@ def test_slow_origin_upload_bounded_rss(rig):
 
 
 def test_max_connections(rig):
-    """With max_connections = 8, holding 20 idle connections neither crashes dduct nor stops it
-    for good: once they close, a request works."""
+    """With max_connections = 8, 20 idle client connections: dduct holds at most 8 of them open
+    (its fd count grows by 8, plus 2 of slack), does not crash, and once they close a request works."""
     with rig.dduct(proxy={"max_connections": 8}) as d:
+        fds0 = d.open_fds()
         held = []
         for _ in range(20):
             try:
@@ -166,6 +167,11 @@ def test_max_connections(rig):
                 pass
         time.sleep(0.5)
         check(d.alive(), "dduct alive with 20 connections held")
+        fds = d.open_fds()
+        print("#   fds: %d before, %d with 20 connections held" % (fds0, fds))
+        # Slack of 2 for descriptors dduct opens lazily (thread pool, a connection being refused);
+        # without the cap all 20 would be open.
+        check(fds - fds0 <= 8 + 2, "at most max_connections client sockets open", fds - fds0)
         for s in held:
             s.close()
         r = curl(rig, via(d, "http") + ["-m", "60", rig.plain.url("origin.test", "/echo/mc")])
