@@ -844,7 +844,16 @@ static void parse_error(struct dduct_conn *c, int rc) {
       respond_error(c, 400, "malformed request: %s", c->parser.err_reason);
     return;
   }
-  /* A broken body: the response (if any) cannot be trusted to be complete either. */
+  /* A broken body: stop the upload; answer 400 if nothing was answered yet. */
+  if (c->state == C_BUSY && !c->resp_started && c->h == NULL) {
+    if (c->fetch != NULL) {
+      dduct__fetch_abort(c->fetch);
+      c->fetch = NULL;
+    }
+    c->req_body_wanted = 0;
+    respond_error(c, 400, "malformed request body: %s", c->parser.err_reason);
+    return;
+  }
   LOG_WARN("http_proxy", "%s: malformed request body: %s", c->peer, c->parser.err_reason);
   conn_close(c);
 }

@@ -220,7 +220,7 @@ static void timer_cb(uv_timer_t *t) {
                c->u->cfg.connect_timeout_ms / 1000);
     break;
   case U_BUSY:
-    uconn_fail(c, UV_ETIMEDOUT, "origin %s:%u sent nothing for %u s", c->host, c->port,
+    uconn_fail(c, UV_ETIMEDOUT, "origin %s:%u timed out: nothing received for %u s", c->host, c->port,
                c->u->cfg.upstream_timeout_ms / 1000);
     break;
   default:
