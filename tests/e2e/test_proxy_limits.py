@@ -18,9 +18,10 @@ from dductlib.origin import pattern_chunks, pattern_sha256  # noqa: E402
 
 MIB = 1048576
 RSS_BOUND_KIB = 64 * 1024
-# ASan keeps freed blocks in a quarantine (256 MiB by default) that would read as a leak-like
-# RSS growth; a small quarantine keeps the measurement about dduct's own buffers.
-ASAN_ENV = {"ASAN_OPTIONS": "quarantine_size_mb=16:thread_local_quarantine_size_kb=256"}
+# ASan keeps freed blocks in a quarantine (256 MiB by default) that reads as RSS growth; a small
+# quarantine (4 MiB: measured peaks here ~33 MiB under ASan, ~5 MiB without) keeps the
+# measurement about dduct's own buffers while still catching most use-after-free.
+ASAN_ENV = {"ASAN_OPTIONS": "quarantine_size_mb=4:thread_local_quarantine_size_kb=64"}
 
 
 class RssSampler:

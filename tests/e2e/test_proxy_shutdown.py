@@ -58,7 +58,7 @@ def test_inflight_transfer_finishes_within_grace(rig):
         h = hashlib.sha256(rd.buf)
         got = len(rd.buf)
         t0 = time.monotonic()
-        d.proc.send_signal(signal.SIGTERM)
+        d.send_signal(signal.SIGTERM)
         signalled = False
         while got < n:
             c = s.recv(65536)

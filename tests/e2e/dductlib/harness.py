@@ -242,6 +242,12 @@ class Dduct:
     def open_fds(self):
         return len(os.listdir("/proc/%d/fd" % self.pid))
 
+    def send_signal(self, sig=signal.SIGTERM):
+        """Send sig once; a later stop() waits for the exit instead of signalling again (a second
+        SIGTERM may legitimately mean "quit now")."""
+        self.signalled = sig
+        self.proc.send_signal(sig)
+
     def stop(self, sig=signal.SIGTERM, timeout=None):
         """Signal dduct, wait, and assert: exit status 0 and no sanitizer report. Returns the log."""
         if self.stopped:
@@ -249,7 +255,9 @@ class Dduct:
         self.stopped = True
         if timeout is None:
             timeout = 60
-        if self.proc.poll() is None:
+        if getattr(self, "signalled", None):
+            sig = self.signalled
+        elif self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
             rc = self.proc.wait(timeout)
