@@ -296,6 +296,10 @@ static void entry_maybe_free(struct dduct__store_entry *e) {
   if (--s->live == 0 && s->freeing) store_destroy(s);
 }
 
+void dduct__store_entry_ref(struct dduct__store_entry *e) {
+  entry_ref(e);
+}
+
 void dduct__store_entry_release(struct dduct__store_entry *e) {
   if (e == NULL) return;
   e->refs--;
@@ -348,34 +352,13 @@ uv_loop_t *dduct__store_loop(struct dduct_store *s) {
 
 /* ---- discarding a part -------------------------------------------------------------------- */
 
-static void discard_work(uv_work_t *w) {
-  struct dduct__store_entry *e = w->data;
-  dduct__store_disk_discard(e->base);
-}
-
-static void discard_done(uv_work_t *w, int status) {
-  struct dduct__store_entry *e = w->data;
-  free(w);
-  e->holds--;
-  entry_maybe_free(e);
-}
-
-/* Unlink our part while its lock (our fd) is still held, so we never remove another process's. */
+/* Unlink our part while its lock (our fd) is still held, so we never remove another process's.
+ * Done right here: a directory entry goes away quickly (the blocks are freed at the async close)
+ * and the next lookup of the key must find the name free. */
 static void discard_part(struct dduct__store_entry *e) {
-  uv_work_t *w;
   if (!e->part_ours) return;
   e->part_ours = 0;
-  if ((w = malloc(sizeof(*w))) == NULL) {
-    dduct__store_disk_discard(e->base);
-    return;
-  }
-  w->data = e;
-  e->holds++;
-  if (uv_queue_work(e->s->loop, w, discard_work, discard_done) != 0) {
-    e->holds--;
-    free(w);
-    dduct__store_disk_discard(e->base);
-  }
+  dduct__store_disk_discard(e->base);
 }
 
 /* Out of the table for good: later lookups start afresh. */
@@ -601,10 +584,11 @@ static void write_work(uv_work_t *w) {
     mbedtls_sha256_update_ret(&f->sha, (const unsigned char *)f->out, f->out_len);
 }
 
+/* The store's hold on e is kept until the end: drain_cb may lead the feeder to end the fill and
+ * drop its reference. */
 static void write_done(uv_work_t *w, int status) {
   struct dduct__store_entry *e = w->data;
   struct fill *f = e->fill;
-  e->holds--;
   f->busy = 0;
   if (e->state == ST_FILLING) {
     if (f->work_rc != 0) {
@@ -613,13 +597,15 @@ static void write_done(uv_work_t *w, int status) {
       f->written += f->out_len;
       update_avail(e);
       wake_readers(e);
-      if (f->was_full && f->acc_len < DDUCT__STORE_FILL_HIGH) {
-        f->was_full = 0;
-        if (f->drain_cb != NULL) f->drain_cb(f->drain_ud);
-      }
       if (e->state == ST_FILLING) flush(e);
     }
   }
+  /* A paused feeder resumes also after a failure: its next fill_write reports the error. */
+  if (f->was_full && (f->acc_len < DDUCT__STORE_FILL_HIGH || e->state != ST_FILLING)) {
+    f->was_full = 0;
+    if (f->drain_cb != NULL) f->drain_cb(f->drain_ud);
+  }
+  e->holds--;
   entry_maybe_free(e);
 }
 

@@ -105,6 +105,8 @@ int dduct__store_entry_complete(const struct dduct__store_entry *e);
 int dduct__store_entry_addressed(const struct dduct__store_entry *e);
 /* 0 while fine, or why the fill was discarded (DDUCT_ESHORT, DDUCT_EDIGEST, UV_ENOSPC, ...). */
 int dduct__store_entry_error(const struct dduct__store_entry *e);
+/* One more reference (for a second user of the same entry). */
+void dduct__store_entry_ref(struct dduct__store_entry *e);
 void dduct__store_entry_release(struct dduct__store_entry *e);
 
 /* ---- filling (only with role FILL) -------------------------------------------------------- */
