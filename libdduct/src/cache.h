@@ -15,9 +15,14 @@
 #include "conn.h"
 #include "proxy.h"
 
-#define DDUCT_CACHE_HOOK 0
+#define DDUCT_CACHE_HOOK 1
 
 int dduct__cache_handle(struct dduct_proxy *p, struct dduct_conn *c,
                         const struct dduct_request *req);
+
+/* Abort p's running fills (origin downloads that outlive their first client): call when the
+ * shutdown grace period ends, before waiting for the upstream connections to close. Their
+ * entries are discarded, never half-stored. */
+void dduct__cache_shutdown(struct dduct_proxy *p);
 
 #endif

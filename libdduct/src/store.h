@@ -41,11 +41,12 @@ struct dduct__store_key {
   char digest[72]; /* "sha256:<64 hex>" for content-addressed keys, "" otherwise */
 };
 
-/* Derive the key of a request. path may hold a query string (ignored) and any bytes; host is
- * compared case-insensitively; port is dropped when it is scheme's default (80/443). A path
+/* Derive the key of a request. path may hold a query string (ignored) and any bytes; dot
+ * segments are resolved ("/a/./b" and "/a/x/../b" are "/a/b"); host is compared
+ * case-insensitively; port is dropped when it is scheme's default (80/443). A path
  * "/v2/<name>/blobs/sha256:<64 lowercase hex>" is content-addressed: the key is the digest
- * alone, shared across hosts and repositories. Never fails on odd input; DDUCT_EINVAL only for
- * NULL pointers. */
+ * alone, shared across hosts and repositories. Never fails on odd input: DDUCT_EINVAL only for
+ * NULL pointers, DDUCT_ENOMEM. */
 int dduct__store_key_make(const char *scheme, const char *host, size_t hostlen, unsigned port,
                           const char *path, size_t pathlen, struct dduct__store_key *out);
 

@@ -2,6 +2,7 @@
  * outside file_dir, whatever bytes it holds. */
 #include <mbedtls/sha256.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "store.h"
@@ -72,19 +73,54 @@ static void url_hash(const char *host, size_t hostlen, unsigned port, const char
   mbedtls_sha256_free(&c);
 }
 
+/* RFC 3986 remove_dot_segments into out (room for len + 1 bytes): "/debian/./a.deb" and
+ * "/debian/x/../a.deb" are the file "/debian/a.deb" to every origin (apt sends the former, curl
+ * the latter), so they are one key. Only for the key: the origin gets the path as sent. */
+static size_t remove_dots(const char *path, size_t len, char *out) {
+  const char *p = path, *end = path + len;
+  size_t o = 0;
+  if (len == 0 || path[0] != '/') {
+    memcpy(out, path, len);
+    return len;
+  }
+  while (p < end) {
+    const char *seg = p + 1, *e = memchr(seg, '/', (size_t)(end - seg));
+    size_t n;
+    if (e == NULL) e = end;
+    n = (size_t)(e - seg);
+    if (n == 1 && seg[0] == '.') {
+      if (e == end) out[o++] = '/';
+    } else if (n == 2 && seg[0] == '.' && seg[1] == '.') {
+      while (o > 0 && out[o - 1] != '/') o--;
+      if (o > 0) o--;
+      if (e == end) out[o++] = '/';
+    } else {
+      out[o++] = '/';
+      memcpy(out + o, seg, n);
+      o += n;
+    }
+    p = e;
+  }
+  return o;
+}
+
 int dduct__store_key_make(const char *scheme, const char *host, size_t hostlen, unsigned port,
                           const char *path, size_t pathlen, struct dduct__store_key *out) {
   const char *digest, *q;
-  char name[65];
+  char name[65], *norm;
   if (host == NULL || path == NULL || out == NULL) return DDUCT_EINVAL;
   memset(out, 0, sizeof(*out));
   q = memchr(path, '?', pathlen);
   if (q != NULL) pathlen = (size_t)(q - path);
+  if ((norm = malloc(pathlen + 1)) == NULL) return DDUCT_ENOMEM;
+  pathlen = remove_dots(path, pathlen, norm);
+  path = norm;
   if (blob_digest(path, pathlen, &digest)) {
     memcpy(out->digest, digest, 7 + 64);
     memcpy(name, digest + 7, 64);
     name[64] = '\0';
     snprintf(out->rel, sizeof(out->rel), "c/%.2s/%s", name, name);
+    free(norm);
     return 0;
   }
   {
@@ -93,5 +129,6 @@ int dduct__store_key_make(const char *scheme, const char *host, size_t hostlen, 
     dduct__store_hex(h, 32, name);
   }
   snprintf(out->rel, sizeof(out->rel), "u/%.2s/%s", name, name);
+  free(norm);
   return 0;
 }

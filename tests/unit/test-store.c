@@ -221,6 +221,12 @@ static void test_keys(void) {
   b = url_key("DEB.Example.ORG", "/pool/a.deb?foo=bar");
   CHECK_EQ_STR(a.rel, b.rel, "host case and query strings do not change a key");
   CHECK_EQ_STR(a.digest, "", "an ordinary URL has no digest");
+  b = url_key("deb.example.org", "/pool/./a.deb");
+  CHECK_EQ_STR(a.rel, b.rel, "a ./ segment does not change a key (apt sends them)");
+  b = url_key("deb.example.org", "/pool/x/../a.deb");
+  CHECK_EQ_STR(a.rel, b.rel, "an x/../ segment does not change a key");
+  b = url_key("deb.example.org", "/pool//a.deb");
+  CHECK(strcmp(a.rel, b.rel) != 0, "an empty segment does (not every origin merges slashes)");
   b = url_key("mirror.example.org", "/pool/a.deb");
   CHECK(strcmp(a.rel, b.rel) != 0, "two hosts never share an ordinary key");
   dduct__store_key_make("https", "deb.example.org", 15, 443, "/pool/a.deb", 11, &b);
@@ -235,6 +241,9 @@ static void test_keys(void) {
   a = url_key("a.example", "/v2//blobs/sha256:"
                            "c6a83fedfae6ed8a4f5f7cbb6a7b6f1c1ec3d86fea8cb9e5ba2e4f6a1c0d8e9f");
   CHECK(a.digest[0] == '\0', "a blob URL without a repository name is not content-addressed");
+  a = url_key("a.example", "/v2/x/./blobs/sha256:"
+                           "c6a83fedfae6ed8a4f5f7cbb6a7b6f1c1ec3d86fea8cb9e5ba2e4f6a1c0d8e9f");
+  CHECK(a.digest[0] != '\0', "a blob URL with a ./ segment is still content-addressed");
   a = url_key("a.example", "/v2/x/blobs/sha256:c6a83f");
   CHECK(a.digest[0] == '\0', "a short digest is not content-addressed");
   {

@@ -1,0 +1,703 @@
+/* The cache route: GET and HEAD requests whose path matches a filter.
+ *
+ * Every client is a reader of the store's file, the one that caused the download included, so a
+ * hit, a request during a fill and the first request take one path (serve). The origin fetch that
+ * fills an entry is a job of its own, not tied to the client that started it: if that client
+ * leaves, the download still completes for the others and for the cache.
+ *
+ *   lookup --HIT/FOLLOW--> [revalidate: HEAD to the origin] --> serve (200/206/304/416/HEAD)
+ *          --FILL-------> job: GET (redirects followed) --200--> fill_begin --> serve
+ *                                                     --else--> that answer passes through
+ *          --BYPASS-----> the engine forwards the request uncached
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "cache.h"
+#include "internal.h"
+#include "store.h"
+#include "upstream.h"
+
+#define LOG_MOD "cache"
+#define MAX_REDIRECTS 5
+
+struct job;
+
+struct creq {
+  struct dduct_proxy *p;
+  struct dduct_conn *c;        /* NULL once the client is gone or its response is done */
+  struct dduct_http_head head; /* the client's request head */
+  struct dduct__store_key key;
+  char *url; /* scheme://host[:port]/path, no query: for logs and the sidecar */
+  int https;
+  char *host;
+  uint16_t port;
+  char *target; /* origin-form with query: what the origin is asked for */
+  int is_head, refreshed, wait_drain, in_cb, dead;
+  int reval_status, reval_agrees;
+  struct dduct__store_lookup *look;
+  struct dduct__store_entry *e; /* our own reference */
+  struct dduct__store_reader *r;
+  struct dduct_fetch *f; /* revalidation HEAD */
+  struct job *job;       /* the fill this client waits on, or whose non-200 answer it gets */
+};
+
+struct job {
+  struct job *next, *prev;
+  struct dduct_proxy *p;
+  struct dduct__store_entry *e; /* the filler's reference, until fill_end or fill_cancel */
+  struct dduct_fetch *f;
+  struct creq *first; /* the client that caused the fill, while it waits for the answer */
+  char *url;
+  int began, pass, paused, starting, finished;
+};
+
+static void finish(struct creq *q);
+static void serve(struct creq *q);
+static void start_lookup(struct creq *q, int flags);
+
+/* ---- running jobs (for shutdown) ---------------------------------------------------------- */
+
+static uv_mutex_t jobs_lock;
+static uv_once_t jobs_once = UV_ONCE_INIT;
+static struct job *jobs;
+
+static void jobs_init(void) {
+  if (uv_mutex_init(&jobs_lock) != 0) abort();
+}
+
+static void job_link(struct job *j) {
+  uv_once(&jobs_once, jobs_init);
+  uv_mutex_lock(&jobs_lock);
+  j->next = jobs;
+  if (jobs != NULL) jobs->prev = j;
+  jobs = j;
+  uv_mutex_unlock(&jobs_lock);
+}
+
+static void job_free(struct job *j) {
+  if (j->starting) {
+    j->finished = 1; /* fetch_start failed synchronously: start_job frees it */
+    return;
+  }
+  uv_mutex_lock(&jobs_lock);
+  if (j->prev != NULL) j->prev->next = j->next;
+  else if (jobs == j) jobs = j->next;
+  if (j->next != NULL) j->next->prev = j->prev;
+  uv_mutex_unlock(&jobs_lock);
+  if (j->first != NULL) j->first->job = NULL;
+  free(j->url);
+  free(j);
+}
+
+/* Stop every fill of p (its store keeps nothing half-done). Called by the proxy at shutdown. */
+void dduct__cache_shutdown(struct dduct_proxy *p) {
+  for (;;) {
+    struct job *j;
+    uv_once(&jobs_once, jobs_init);
+    uv_mutex_lock(&jobs_lock);
+    for (j = jobs; j != NULL && j->p != p; j = j->next) {
+    }
+    uv_mutex_unlock(&jobs_lock);
+    if (j == NULL) return;
+    if (j->f != NULL) dduct__fetch_abort(j->f);
+    j->f = NULL;
+    if (j->began) dduct__store_fill_end(j->e, UV_ECANCELED);
+    else if (j->e != NULL) dduct__store_fill_cancel(j->e, UV_ECANCELED);
+    j->e = NULL;
+    if (j->first != NULL) {
+      struct creq *q = j->first;
+      struct dduct_conn *c = q->c;
+      q->job = NULL;
+      j->first = NULL;
+      q->c = NULL;
+      if (c != NULL) dduct__conn_abort(c);
+      finish(q);
+    }
+    job_free(j);
+  }
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static const char *hget(const struct dduct_http_head *h, const char *name) {
+  return dduct__http_get(h, name);
+}
+
+/* The client's headers minus what would make the origin answer other than a plain 200. */
+static int origin_headers(const struct creq *q, struct dduct_http_head *out) {
+  static const char *const drop[] = {"Range",         "If-Range",           "If-None-Match",
+                                     "If-Modified-Since", "If-Match",       "If-Unmodified-Since",
+                                     "Accept-Encoding"};
+  dduct__http_head_init(out);
+  if (dduct__http_head_copy(out, &q->head) != 0) return DDUCT_ENOMEM;
+  for (size_t i = 0; i < DDUCT_ARRAY_SIZE(drop); i++) dduct__http_remove(out, drop[i]);
+  return 0;
+}
+
+static char *make_url(const struct dduct_request *req) {
+  unsigned def = req->https ? 443 : 80;
+  int v6 = strchr(req->host, ':') != NULL;
+  char port[16] = "";
+  size_t n;
+  char *u;
+  if (req->port != def) snprintf(port, sizeof(port), ":%u", req->port);
+  n = strlen(req->host) + req->path_len_no_query + 32;
+  if ((u = malloc(n)) == NULL) return NULL;
+  snprintf(u, n, "%s://%s%s%s%s%.*s", req->https ? "https" : "http", v6 ? "[" : "", req->host,
+           v6 ? "]" : "", port, (int)req->path_len_no_query, req->path);
+  return u;
+}
+
+static const char *peer(const struct creq *q) {
+  return q->c != NULL ? dduct__conn_peer(q->c) : "(gone)";
+}
+
+/* Hand the request back to the engine, which forwards it uncached. */
+static void decline(struct creq *q) {
+  struct dduct_conn *c = q->c;
+  q->c = NULL;
+  finish(q);
+  if (c != NULL) dduct__conn_decline(c);
+}
+
+/* ---- the client side ---------------------------------------------------------------------- */
+
+static void finish_now(struct creq *q) {
+  if (q->look != NULL) dduct__store_lookup_cancel(q->look);
+  dduct__store_reader_free(q->r);
+  if (q->f != NULL) dduct__fetch_abort(q->f);
+  if (q->job != NULL) q->job->first = NULL;
+  dduct__store_entry_release(q->e);
+  dduct__http_head_free(&q->head);
+  free(q->url);
+  free(q->host);
+  free(q->target);
+  free(q);
+}
+
+static void finish(struct creq *q) {
+  if (q->in_cb > 0) {
+    q->dead = 1;
+    return;
+  }
+  finish_now(q);
+}
+
+static void client_abort_cb(void *arg) {
+  struct creq *q = arg;
+  q->c = NULL;
+  finish(q);
+}
+
+static void client_drain_cb(void *arg) {
+  struct creq *q = arg;
+  if (q->wait_drain && q->r != NULL) {
+    q->wait_drain = 0;
+    dduct__store_reader_read(q->r);
+  }
+  if (q->job != NULL && q->job->pass && q->job->paused && q->job->f != NULL) {
+    q->job->paused = 0;
+    dduct__fetch_resume(q->job->f);
+  }
+}
+
+static const struct dduct_conn_handler client_handler = {client_drain_cb, client_abort_cb};
+
+/* The response is complete: the connection is the engine's again. */
+static void done(struct creq *q) {
+  struct dduct_conn *c = q->c;
+  q->c = NULL;
+  if (c != NULL) (void)dduct__conn_send_end(c);
+  finish(q);
+}
+
+/* Close the client before the end of its body, so it never takes a short body for a whole. */
+static void cut(struct creq *q, const char *why) {
+  struct dduct_conn *c = q->c;
+  LOG_WARN(LOG_MOD, "Cut \"%s\" for %s: %s", q->url, peer(q), why);
+  q->c = NULL;
+  if (c != NULL) dduct__conn_abort(c);
+  finish(q);
+}
+
+static void read_cb(void *arg, ssize_t n, const char *data) {
+  struct creq *q = arg;
+  q->in_cb++;
+  if (n > 0 && q->c != NULL) {
+    if (dduct__conn_send_body(q->c, data, (size_t)n, NULL, NULL) != 0)
+      cut(q, "client write failed");
+    else if (q->c != NULL && dduct__conn_queued(q->c) > DDUCT_STREAM_HIGH_WATER)
+      q->wait_drain = 1;
+    else if (q->c != NULL)
+      dduct__store_reader_read(q->r);
+  } else if (n == 0) {
+    done(q);
+  } else if (n < 0) {
+    cut(q, dduct_strerror((int)n));
+  }
+  q->in_cb--;
+  if (q->dead && q->in_cb == 0) finish_now(q);
+}
+
+/* ---- serving from the store --------------------------------------------------------------- */
+
+static int etag_matches(const char *list, const char *etag) {
+  const char *p = list;
+  size_t elen;
+  if (etag[0] == 'W' && etag[1] == '/') etag += 2;
+  elen = strlen(etag);
+  while (*p != '\0') {
+    const char *end;
+    size_t n;
+    while (*p == ' ' || *p == '\t' || *p == ',') p++;
+    if (*p == '*') return 1;
+    if (p[0] == 'W' && p[1] == '/') p += 2;
+    end = p;
+    while (*end != '\0' && *end != ',') end++;
+    n = (size_t)(end - p);
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
+    if (n == elen && n > 0 && memcmp(p, etag, n) == 0) return 1;
+    p = end;
+  }
+  return 0;
+}
+
+static int parse_u64(const char **s, uint64_t *out) {
+  uint64_t v = 0;
+  const char *p = *s;
+  if (*p < '0' || *p > '9') return -1;
+  for (; *p >= '0' && *p <= '9'; p++) {
+    if (v > (UINT64_MAX - 9) / 10) return -1;
+    v = v * 10 + (uint64_t)(*p - '0');
+  }
+  *s = p;
+  *out = v;
+  return 0;
+}
+
+/* One "bytes=" range against size: 1 satisfiable ([*off, *off+*len)), -1 unsatisfiable (416),
+ * 0 ignore (malformed, several ranges or another unit: RFC 9110 lets us send the whole). */
+static int parse_range(const char *v, uint64_t size, uint64_t *off, uint64_t *len) {
+  uint64_t a, b;
+  if (strncasecmp(v, "bytes=", 6) != 0 || strchr(v, ',') != NULL) return 0;
+  v += 6;
+  while (*v == ' ') v++;
+  if (*v == '-') {
+    v++;
+    if (parse_u64(&v, &b) != 0 || *v != '\0') return 0;
+    if (b == 0 || size == 0) return -1;
+    *len = DDUCT_MIN(b, size);
+    *off = size - *len;
+    return 1;
+  }
+  if (parse_u64(&v, &a) != 0 || *v++ != '-') return 0;
+  if (*v == '\0') b = UINT64_MAX;
+  else if (parse_u64(&v, &b) != 0 || *v != '\0' || b < a) return 0;
+  if (a >= size) return -1;
+  b = DDUCT_MIN(b, size - 1);
+  *off = a;
+  *len = b - a + 1;
+  return 1;
+}
+
+static int add_headers(struct creq *q, struct dduct_http_head *h, const char *etag) {
+  const struct dduct__store_meta *m = dduct__store_entry_meta(q->e);
+  int rc = dduct__http_add(h, "Content-Type",
+                           m->content_type[0] ? m->content_type : "application/octet-stream");
+  if (rc == 0 && etag[0]) rc = dduct__http_add(h, "ETag", etag);
+  if (rc == 0 && m->last_modified[0]) rc = dduct__http_add(h, "Last-Modified", m->last_modified);
+  if (rc == 0 && m->size != DDUCT__STORE_SIZE_UNKNOWN)
+    rc = dduct__http_add(h, "Accept-Ranges", "bytes");
+  if (rc == 0 && dduct__store_entry_addressed(q->e))
+    rc = dduct__http_add(h, "Docker-Content-Digest", m->digest);
+  return rc;
+}
+
+/* Range handling: status 200/206/416 and the slice to send. */
+static int pick_range(struct creq *q, const char *etag, uint64_t *off, uint64_t *len,
+                      char *crange, size_t cap) {
+  const struct dduct__store_meta *m = dduct__store_entry_meta(q->e);
+  const char *range = hget(&q->head, "Range"), *ifr = hget(&q->head, "If-Range");
+  int r;
+  *off = 0;
+  *len = m->size;
+  if (range == NULL || m->size == DDUCT__STORE_SIZE_UNKNOWN) return 200;
+  if (ifr != NULL && strcmp(ifr, etag) != 0 && strcmp(ifr, m->last_modified) != 0) return 200;
+  r = parse_range(range, m->size, off, len);
+  if (r == 0) {
+    *off = 0;
+    *len = m->size;
+    return 200;
+  }
+  if (r < 0) {
+    snprintf(crange, cap, "bytes */%llu", (unsigned long long)m->size);
+    return 416;
+  }
+  snprintf(crange, cap, "bytes %llu-%llu/%llu", (unsigned long long)*off,
+           (unsigned long long)(*off + *len - 1), (unsigned long long)m->size);
+  return 206;
+}
+
+static void serve(struct creq *q) {
+  const struct dduct__store_meta *m = dduct__store_entry_meta(q->e);
+  struct dduct_http_head h;
+  char etag[80 + 8], crange[96] = "";
+  const char *inm = hget(&q->head, "If-None-Match");
+  uint64_t off, len;
+  int status, rc;
+
+  if (q->c == NULL) {
+    finish(q);
+    return;
+  }
+  if (m->etag[0]) snprintf(etag, sizeof(etag), "%s", m->etag);
+  else if (m->digest[0]) snprintf(etag, sizeof(etag), "\"%s\"", m->digest);
+  else etag[0] = '\0';
+  status = pick_range(q, etag, &off, &len, crange, sizeof(crange));
+  if (inm != NULL && etag[0] && etag_matches(inm, etag)) status = 304;
+  dduct__http_head_init(&h);
+  rc = add_headers(q, &h, etag);
+  if (rc == 0 && crange[0] && status != 304) rc = dduct__http_add(&h, "Content-Range", crange);
+  if (rc == 0)
+    rc = dduct__conn_send_head(q->c, status, NULL, &h,
+                               status == 304 ? -1
+                               : status == 416 ? 0
+                               : m->size == DDUCT__STORE_SIZE_UNKNOWN ? -1
+                                                                      : (int64_t)len);
+  dduct__http_head_free(&h);
+  if (rc != 0) {
+    cut(q, "cannot send the response head");
+    return;
+  }
+  if (q->is_head || status == 304 || status == 416 || len == 0) {
+    done(q);
+    return;
+  }
+  rc = dduct__store_reader_new(q->e, off, status == 206 ? len : DDUCT__STORE_SIZE_UNKNOWN,
+                               read_cb, q, &q->r);
+  if (rc != 0 || dduct__store_reader_read(q->r) != 0) cut(q, dduct_strerror(rc));
+}
+
+/* ---- revalidation (revalidate = 'always') ------------------------------------------------- */
+
+static int origin_agrees(struct creq *q, const struct dduct_http_head *h) {
+  const struct dduct__store_meta *m = dduct__store_entry_meta(q->e);
+  const char *cl = hget(h, "Content-Length"), *et = hget(h, "ETag");
+  const char *dcd = hget(h, "Docker-Content-Digest");
+  /* A digest names the bytes: only the client's right to them is in question. */
+  if (dduct__store_entry_addressed(q->e)) return dcd == NULL || strcmp(dcd, m->digest) == 0;
+  if (cl != NULL && m->size != DDUCT__STORE_SIZE_UNKNOWN && strtoull(cl, NULL, 10) != m->size)
+    return 0;
+  if (et != NULL && m->etag[0] && strcmp(et, m->etag) != 0) return 0;
+  return 1;
+}
+
+static void reval_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, int64_t cl) {
+  struct creq *q = dduct__fetch_data(f);
+  q->reval_status = h->status;
+  q->reval_agrees = h->status >= 200 && h->status < 300 && origin_agrees(q, h);
+}
+
+static void reval_on_body(struct dduct_fetch *f, const char *data, size_t len) {
+}
+
+static void reval_on_done(struct dduct_fetch *f, int status, const char *why) {
+  struct creq *q = dduct__fetch_data(f);
+  int st = q->reval_status, agrees = q->reval_agrees;
+  q->f = NULL;
+  if (status != 0) {
+    LOG_WARN(LOG_MOD, "Revalidating \"%s\" for %s: %s; forwarding", q->url, peer(q),
+             why != NULL ? why : dduct_strerror(status));
+    decline(q);
+  } else if (st >= 200 && st < 300 && agrees) {
+    serve(q);
+  } else if (st >= 200 && st < 300 && !q->refreshed) {
+    LOG_INFO(LOG_MOD, "Changed at origin \"%s\": fetching it again", q->url);
+    dduct__store_entry_release(q->e);
+    q->e = NULL;
+    q->refreshed = 1;
+    start_lookup(q, DDUCT__STORE_REFRESH);
+  } else {
+    LOG_INFO(LOG_MOD, "Revalidating \"%s\" for %s: origin answered %d; forwarding", q->url,
+             peer(q), st);
+    decline(q);
+  }
+}
+
+static const struct dduct_fetch_cbs reval_cbs = {reval_on_head, reval_on_body, reval_on_done,
+                                                 NULL};
+
+static void revalidate(struct creq *q) {
+  struct dduct_fetch_request fr;
+  struct dduct_http_head h;
+  int rc;
+  if (origin_headers(q, &h) != 0) {
+    decline(q);
+    return;
+  }
+  memset(&fr, 0, sizeof(fr));
+  fr.https = q->https;
+  fr.host = q->host;
+  fr.port = q->port;
+  fr.method = "HEAD";
+  fr.target = q->target;
+  fr.headers = &h;
+  fr.max_redirects = MAX_REDIRECTS;
+  q->reval_status = 0;
+  q->reval_agrees = 0;
+  q->in_cb++; /* an immediate failure calls on_done from inside fetch_start */
+  rc = dduct__fetch_start(q->p->up, &fr, &reval_cbs, q, &q->f);
+  q->in_cb--;
+  dduct__http_head_free(&h);
+  if (rc != 0) {
+    q->f = NULL;
+    decline(q);
+    return;
+  }
+  if (q->dead) finish_now(q);
+}
+
+/* ---- the fill job: one origin GET per key ------------------------------------------------- */
+
+static void job_drain_cb(void *arg) {
+  struct job *j = arg;
+  if (j->paused && j->f != NULL) {
+    j->paused = 0;
+    dduct__fetch_resume(j->f);
+  }
+}
+
+/* The origin's 200 is stored: the first client becomes a reader like everyone else. */
+static void job_begin(struct job *j, const struct dduct_http_head *h, int64_t cl) {
+  struct dduct__store_meta m;
+  struct creq *q = j->first;
+  memset(&m, 0, sizeof(m));
+  m.url = j->url;
+  m.content_type = hget(h, "Content-Type");
+  m.etag = hget(h, "ETag");
+  m.last_modified = hget(h, "Last-Modified");
+  m.size = cl >= 0 ? (uint64_t)cl : DDUCT__STORE_SIZE_UNKNOWN;
+  (void)dduct__store_fill_begin(j->e, &m);
+  dduct__store_fill_on_drain(j->e, job_drain_cb, j);
+  j->began = 1;
+  if (q != NULL) {
+    j->first = NULL;
+    q->job = NULL;
+    dduct__store_entry_ref(j->e);
+    q->e = j->e;
+    serve(q);
+  }
+}
+
+/* Anything but a plain 200 is not stored: it goes to the first client as the origin sent it. */
+static void job_pass(struct job *j, const struct dduct_http_head *h, int64_t cl) {
+  struct creq *q = j->first;
+  LOG_INFO(LOG_MOD, "Not cached \"%s\": origin answered %d", j->url, h->status);
+  dduct__store_fill_cancel(j->e, 0);
+  j->e = NULL;
+  j->pass = 1;
+  if (q == NULL || q->c == NULL ||
+      dduct__conn_send_head(q->c, h->status, dduct__http_reason(h), h, cl) != 0) {
+    if (q != NULL) cut(q, "cannot send the response head");
+    dduct__fetch_abort(j->f);
+    j->f = NULL;
+    job_free(j);
+  }
+}
+
+static void job_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, int64_t cl) {
+  struct job *j = dduct__fetch_data(f);
+  const char *ce = hget(h, "Content-Encoding");
+  if (h->status == 200 && (ce == NULL || strcasecmp(ce, "identity") == 0))
+    job_begin(j, h, cl);
+  else
+    job_pass(j, h, cl);
+}
+
+static void job_on_body(struct dduct_fetch *f, const char *data, size_t len) {
+  struct job *j = dduct__fetch_data(f);
+  if (j->pass) {
+    struct creq *q = j->first;
+    if (q == NULL || q->c == NULL || dduct__conn_send_body(q->c, data, len, NULL, NULL) != 0) {
+      dduct__fetch_abort(f);
+      j->f = NULL;
+      if (j->first != NULL) cut(j->first, "client write failed");
+      job_free(j);
+    } else if (!j->paused && dduct__conn_queued(q->c) > DDUCT_STREAM_HIGH_WATER) {
+      j->paused = 1;
+      dduct__fetch_pause(f);
+    }
+    return;
+  }
+  if (dduct__store_fill_write(j->e, data, len) != 0) {
+    int why = dduct__store_entry_error(j->e);
+    dduct__fetch_abort(f);
+    j->f = NULL;
+    dduct__store_fill_end(j->e, why != 0 ? why : DDUCT_EINTERNAL);
+    j->e = NULL;
+    job_free(j);
+    return;
+  }
+  if (!j->paused && dduct__store_fill_full(j->e)) {
+    j->paused = 1;
+    dduct__fetch_pause(f);
+  }
+}
+
+static void job_on_done(struct dduct_fetch *f, int status, const char *why) {
+  struct job *j = dduct__fetch_data(f);
+  struct creq *q = j->first;
+  j->f = NULL;
+  if (status != 0)
+    LOG_WARN(LOG_MOD, "Fetching \"%s\": %s", j->url, why != NULL ? why : dduct_strerror(status));
+  if (j->pass) {
+    j->first = NULL;
+    if (q != NULL) {
+      q->job = NULL;
+      if (status == 0) done(q);
+      else cut(q, why != NULL ? why : dduct_strerror(status));
+    }
+  } else if (j->began) {
+    dduct__store_fill_end(j->e, status);
+    j->e = NULL;
+  } else {
+    /* No answer at all: the engine retries on the client's behalf and reports the error. */
+    dduct__store_fill_cancel(j->e, status != 0 ? status : DDUCT_EPROTO);
+    j->e = NULL;
+    j->first = NULL;
+    if (q != NULL) {
+      q->job = NULL;
+      decline(q);
+    }
+  }
+  job_free(j);
+}
+
+static const struct dduct_fetch_cbs job_cbs = {job_on_head, job_on_body, job_on_done, NULL};
+
+static void start_job(struct creq *q, struct dduct__store_entry *e) {
+  struct dduct_fetch_request fr;
+  struct dduct_http_head h;
+  struct job *j = calloc(1, sizeof(*j));
+  int rc;
+  if (j == NULL || (j->url = dduct__strdup(q->url)) == NULL || origin_headers(q, &h) != 0) {
+    if (j != NULL) free(j->url);
+    free(j);
+    dduct__store_fill_cancel(e, DDUCT_ENOMEM);
+    decline(q);
+    return;
+  }
+  j->p = q->p;
+  j->e = e;
+  j->first = q;
+  q->job = j;
+  job_link(j);
+  memset(&fr, 0, sizeof(fr));
+  fr.https = q->https;
+  fr.host = q->host;
+  fr.port = q->port;
+  fr.method = "GET";
+  fr.target = q->target;
+  fr.headers = &h;
+  fr.max_redirects = MAX_REDIRECTS;
+  j->starting = 1;
+  rc = dduct__fetch_start(q->p->up, &fr, &job_cbs, j, &j->f);
+  j->starting = 0;
+  dduct__http_head_free(&h);
+  if (rc != 0) {
+    j->f = NULL;
+    dduct__store_fill_cancel(j->e, rc);
+    j->e = NULL;
+    if (j->first != NULL) {
+      j->first = NULL;
+      q->job = NULL;
+      decline(q);
+    }
+    job_free(j);
+    return;
+  }
+  if (j->finished) job_free(j); /* on_done ran inside fetch_start and did the rest */
+}
+
+/* ---- lookups and the hook ----------------------------------------------------------------- */
+
+static void lookup_cb(void *arg, enum dduct__store_role role, struct dduct__store_entry *e,
+                      int status) {
+  struct creq *q = arg;
+  q->look = NULL;
+  switch (role) {
+  case DDUCT__STORE_HIT:
+  case DDUCT__STORE_FOLLOW:
+    q->e = e;
+    LOG_INFO(LOG_MOD, "Hit \"%s\" for %s%s", q->url, peer(q),
+             role == DDUCT__STORE_FOLLOW ? " (while filling)" : "");
+    if (q->p->o.revalidate == DDUCT_REVALIDATE_ALWAYS && !q->refreshed) revalidate(q);
+    else serve(q);
+    break;
+  case DDUCT__STORE_FILL:
+    LOG_INFO(LOG_MOD, "Miss \"%s\" for %s", q->url, peer(q));
+    start_job(q, e);
+    break;
+  case DDUCT__STORE_BYPASS:
+  default:
+    LOG_DEBUG(LOG_MOD, "Bypass \"%s\" for %s: %s", q->url, peer(q),
+              status == 0 ? "not stored" : dduct_strerror(status));
+    decline(q);
+    break;
+  }
+}
+
+static void start_lookup(struct creq *q, int flags) {
+  int rc = dduct__store_lookup(q->p->store, &q->key, flags | (q->is_head ? DDUCT__STORE_NO_FILL : 0),
+                               lookup_cb, q, &q->look);
+  if (rc != 0) {
+    q->look = NULL;
+    decline(q);
+  }
+}
+
+static struct creq *creq_new(struct dduct_proxy *p, struct dduct_conn *c,
+                             const struct dduct_request *req) {
+  struct creq *q = calloc(1, sizeof(*q));
+  if (q == NULL) return NULL;
+  q->p = p;
+  q->c = c;
+  q->https = req->https;
+  q->port = req->port;
+  q->is_head = req->is_head;
+  dduct__http_head_init(&q->head);
+  q->url = make_url(req);
+  q->host = dduct__strdup(req->host);
+  q->target = dduct__strdup(req->path);
+  if (q->url == NULL || q->host == NULL || q->target == NULL ||
+      dduct__http_head_copy(&q->head, req->head) != 0 ||
+      dduct__store_key_make(req->https ? "https" : "http", req->host, strlen(req->host),
+                            req->port, req->path, req->path_len_no_query, &q->key) != 0) {
+    q->c = NULL;
+    finish_now(q);
+    return NULL;
+  }
+  return q;
+}
+
+int dduct__cache_handle(struct dduct_proxy *p, struct dduct_conn *c,
+                        const struct dduct_request *req) {
+  struct creq *q;
+  int rc;
+  if (p->store == NULL || req->host == NULL || req->path == NULL) return 0;
+  if ((q = creq_new(p, c, req)) == NULL) return 0;
+  /* Lookups never call back from inside this call, so taking the connection after is safe. */
+  rc = dduct__store_lookup(p->store, &q->key, q->is_head ? DDUCT__STORE_NO_FILL : 0, lookup_cb,
+                           q, &q->look);
+  if (rc != 0) {
+    q->look = NULL;
+    q->c = NULL;
+    finish_now(q);
+    return 0;
+  }
+  dduct__conn_take(c, &client_handler, q);
+  return 1;
+}
