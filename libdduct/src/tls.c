@@ -26,6 +26,18 @@ static const int server_suites[] = {
 
 static const char *alpn_list[] = {"http/1.1", NULL};
 
+/* ECDHE groups, fastest first: mbedTLS's default list starts at secp521r1, which made each
+ * handshake ~3x dearer (docs/performance.md). The client list keeps the larger curves at the
+ * end because it also limits which origin ECDSA certificates verify. */
+static const mbedtls_ecp_group_id server_curves[] = {
+    MBEDTLS_ECP_DP_CURVE25519, MBEDTLS_ECP_DP_SECP256R1, MBEDTLS_ECP_DP_SECP384R1,
+    MBEDTLS_ECP_DP_NONE,
+};
+static const mbedtls_ecp_group_id client_curves[] = {
+    MBEDTLS_ECP_DP_CURVE25519, MBEDTLS_ECP_DP_SECP256R1, MBEDTLS_ECP_DP_SECP384R1,
+    MBEDTLS_ECP_DP_SECP521R1,  MBEDTLS_ECP_DP_NONE,
+};
+
 struct dduct_tls_server_conf {
   mbedtls_ssl_config conf;
   struct dduct_ca *ca;
@@ -424,6 +436,7 @@ int dduct__tls_server_conf_new(struct dduct_ca *ca, struct dduct_tls_server_conf
   if (rc != 0) goto fail;
   mbedtls_ssl_conf_rng(&c->conf, dduct__rng, NULL);
   mbedtls_ssl_conf_ciphersuites(&c->conf, server_suites);
+  mbedtls_ssl_conf_curves(&c->conf, server_curves);
   mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
   mbedtls_ssl_conf_alpn_protocols(&c->conf, alpn_list);
   mbedtls_ssl_conf_sni(&c->conf, sni_cb, c);
@@ -509,6 +522,7 @@ int dduct__tls_client_conf_new(const char *system_ca_file, const char *extra_ca_
   mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
   mbedtls_ssl_conf_alpn_protocols(&c->conf, alpn_list);
   mbedtls_ssl_conf_ca_chain(&c->conf, &c->roots, NULL);
+  mbedtls_ssl_conf_curves(&c->conf, client_curves);
   mbedtls_ssl_conf_authmode(&c->conf,
                             insecure ? MBEDTLS_SSL_VERIFY_NONE : MBEDTLS_SSL_VERIFY_REQUIRED);
   if (insecure)
