@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Keep-alive on both sides of dduct, pipelining, Expect: 100-continue, Upgrade, HTTP/1.0."""
+import hashlib
 import json
 import os
 import socket
@@ -10,7 +11,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dductlib import client  # noqa: E402
 from dductlib.harness import check, check_eq, curl, run, via  # noqa: E402
 from dductlib.origin import pattern_sha256  # noqa: E402
-import hashlib  # noqa: E402
 
 
 def _conns(o, prefix):

@@ -22,7 +22,6 @@ SilentServer: accepts TCP connections and never says anything (connect/TLS/upstr
 import hashlib
 import json
 import socket
-import socketserver
 import ssl
 import threading
 import time

@@ -9,7 +9,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dductlib import client  # noqa: E402
-from dductlib.harness import check, check_eq, curl, s_client_cert  # noqa: E402
+from dductlib.harness import check_eq, curl, s_client_cert  # noqa: E402
 from dductlib.origin import SilentServer, pattern_sha256  # noqa: E402
 from dductlib import harness  # noqa: E402
 
