@@ -1,0 +1,145 @@
+"""What the cache tests add to dductlib's rig: an origin with registry-like and misbehaving
+endpoints, and helpers to look inside file_dir.
+
+CacheOrigin endpoints (on top of dductlib's /bytes, /closemid, /status, ...):
+  /v2/<name>/blobs/sha256:<hex>   the blob registered under that digest (origin.blobs); names
+                                  starting with "private" need "Authorization: Bearer letmein"
+                                  (else 401); names starting with "cdn" answer 307 to
+                                  https://x.wild.test:<port>/blob/<digest>?sig=s3cr3t
+  /blob/<digest>?sig=             the "CDN": needs the signature, records the Authorization it
+                                  got (origin.cdn_auth)
+  /gate/<n>                       Content-Length n, the first half, then waits for origin.gate
+                                  before the rest (origin.half_sent is set once half is out)
+  /any/<anything>                 200 with the raw request target as the body
+  /auth/<name>                    401 without an Authorization header, else 64 KiB of pattern
+"""
+import hashlib
+import os
+import re
+import threading
+
+from dductlib.harness import check
+from dductlib.origin import Origin, _Handler, pattern_bytes, pattern_chunks
+
+BLOB_RE = re.compile(r"^/v2/(.+)/blobs/(sha256:[0-9a-f]{64})$")
+TOKEN = "Bearer letmein"
+
+
+class CacheHandler(_Handler):
+    def _send_body(self, data, ctype="application/octet-stream", extra=()):
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            for i in range(0, len(data), 1 << 18):
+                self.wfile.write(data[i:i + (1 << 18)])
+
+    def _ep_v2(self, path, query, body):
+        o = self.server.origin
+        m = BLOB_RE.match(path)
+        if not m:
+            return self._send(404, b"not a blob\n")
+        name, digest = m.groups()
+        if name.startswith("private") and self.headers.get("Authorization") != TOKEN:
+            return self._send(401, b"unauthorized\n",
+                              extra=[("WWW-Authenticate", 'Bearer realm="test"')])
+        if name.startswith("cdn"):
+            loc = "https://x.wild.test:%d/blob/%s?sig=s3cr3t" % (o.port, digest)
+            return self._send(307, b"", extra=[("Location", loc)])
+        data = o.blobs.get(digest)
+        if data is None:
+            return self._send(404, b"no such blob\n")
+        self._send_body(data, extra=[("Docker-Content-Digest", digest), ("ETag", '"%s"' % digest)])
+
+    def _ep_blob(self, path, query, body):
+        o = self.server.origin
+        with o._lock:
+            o.cdn_auth.append(self.headers.get("Authorization"))
+        if query.get("sig") != "s3cr3t":
+            return self._send(403, b"bad signature\n")
+        data = o.blobs.get(path.split("/")[2])
+        if data is None:
+            return self._send(404, b"no such blob\n")
+        self._send_body(data)
+
+    def _ep_gate(self, path, query, body):
+        o = self.server.origin
+        n = int(path.split("/")[2])
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-gate")
+        self.send_header("Content-Length", str(n))
+        self.send_header("ETag", '"gate-%d"' % n)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        data = pattern_bytes(n, "gate")
+        self.wfile.write(data[:n // 2])
+        self.wfile.flush()
+        o.half_sent.set()
+        o.gate.wait(120)
+        self.wfile.write(data[n // 2:])
+
+    def _ep_any(self, path, query, body):
+        self._send_body(self.path.encode("latin-1"), "text/plain")
+
+    def _ep_auth(self, path, query, body):
+        if not self.headers.get("Authorization"):
+            return self._send(401, b"who are you?\n",
+                              extra=[("WWW-Authenticate", 'Basic realm="test"')])
+        self._send_body(pattern_bytes(65536, "auth"))
+
+
+def cache_origin(rig, tls=True):
+    """The rig's cache origin (HTTPS from the test origin CA, or plain HTTP), made once."""
+    def make():
+        o = Origin(tls=(rig.pki.origin_crt, rig.pki.origin_key) if tls else None)
+        o.server.RequestHandlerClass = CacheHandler
+        o.blobs = {}
+        o.cdn_auth = []
+        o.gate = threading.Event()
+        o.half_sent = threading.Event()
+        return o
+    return rig._get("cache-https" if tls else "cache-http", make)
+
+
+def add_blob(origin, data):
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    origin.blobs[digest] = data
+    return digest
+
+
+def origin_gets(origin, path):
+    """GET requests the origin saw for path (query ignored)."""
+    return [r for r in origin.snapshot()["requests"]
+            if r[0] == "GET" and r[1].split("?")[0] == path]
+
+
+def files_in(file_dir):
+    """Every file under file_dir, as paths relative to it."""
+    out = []
+    for root, _dirs, files in os.walk(file_dir):
+        for f in files:
+            out.append(os.path.relpath(os.path.join(root, f), file_dir))
+    return sorted(out)
+
+
+def entries(file_dir):
+    """Complete entries: data files that have a sidecar."""
+    fs = set(files_in(file_dir))
+    return sorted(f for f in fs if f + ".json" in fs)
+
+
+def check_inside(file_dir):
+    """Every file dduct made resolves inside file_dir (and is a regular file, not a link)."""
+    real = os.path.realpath(file_dir)
+    for f in files_in(file_dir):
+        p = os.path.join(file_dir, f)
+        check(not os.path.islink(p), "no symlink in file_dir", p)
+        check(os.path.realpath(p).startswith(real + os.sep), "file stays inside file_dir", p)
+
+
+__all__ = ["CacheHandler", "cache_origin", "add_blob", "origin_gets", "files_in", "entries",
+           "check_inside", "pattern_bytes", "pattern_chunks", "TOKEN"]

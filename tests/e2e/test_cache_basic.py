@@ -1,0 +1,204 @@
+"""The cache with real curl clients, the real dduct binary and real origins on 127.0.0.1:
+download once, serve many; followers of a running fill; Range, HEAD and 304 on hits and mid-fill;
+non-200 and short answers pass through unstored; hostile paths stay inside file_dir."""
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cache_rig import cache_origin, check_inside, entries, files_in, origin_gets  # noqa: E402
+from dductlib.harness import check, check_eq, curl, run, via  # noqa: E402
+from dductlib.origin import pattern_bytes, pattern_sha256  # noqa: E402
+
+
+def headers(r):
+    """Response headers of a curl run made with -D hdr (last response), lower-cased names."""
+    with open(os.path.join(r.cwd, "hdr"), "rb") as f:
+        blocks = f.read().decode("latin-1").split("\r\n\r\n")
+    block = [b for b in blocks if b.strip()][-1]
+    out = {}
+    for line in block.split("\r\n")[1:]:
+        k, _, v = line.partition(":")
+        out[k.strip().lower()] = v.strip()
+    return out
+
+
+def body(r):
+    """The body curl saved (curl writes no file for an empty body)."""
+    return r.body() if os.path.exists(r.body_path) else b""
+
+
+def get(rig, d, url, *extra, kind="http"):
+    return curl(rig, via(d, kind) + ["-D", "hdr"] + list(extra) + [url])
+
+
+def wait_for(cond, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        check(time.monotonic() < deadline, "waiting for " + what)
+        time.sleep(0.05)
+
+
+def test_second_download_from_file(rig):
+    """A 50 MiB file fetched once is served from file_dir afterwards: the second and third
+    downloads (plain-HTTP proxy to an intercepted https:// URL, then TLS-in-TLS, then the plain
+    http:// origin) cause zero new origin requests and carry the real Content-Length and bytes."""
+    n = 50 << 20
+    path = "/bytes/%d" % n
+    with rig.dduct(proxy={"filters": ["^/bytes/"]}) as d:
+        for kind, o in (("http", rig.origin), ("https", rig.origin), ("http", rig.plain)):
+            url = o.url("origin.test", path)
+            r = get(rig, d, url, kind=kind)
+            check_eq((r.rc, r.status), (0, 200), kind + " " + o.scheme + " download")
+            check_eq(r.sha256(), pattern_sha256(n), "body bytes")
+            check_eq(headers(r).get("content-length"), str(n), "a 200 carries the real length")
+        first = len(origin_gets(rig.origin, path))
+        check_eq(first, 1, "https origin: one GET for two downloads")
+        check_eq(len(origin_gets(rig.plain, path)), 1, "http origin: its own single GET")
+        for kind in ("http", "https"):
+            r = get(rig, d, rig.origin.url("origin.test", path), kind=kind)
+            check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)), "again " + kind)
+        check_eq(len(origin_gets(rig.origin, path)), 1, "still one origin GET after four")
+        log = d.log()
+        check("Fill completed" in log and "Hit \"" in log, "hits, misses and fills are logged")
+        check(len(entries(d.file_dir)) == 2, "two entries: one per origin", files_in(d.file_dir))
+
+
+def test_twenty_concurrent_clients(rig):
+    """20 clients asking at once for one uncached 16 MiB file cause exactly one origin request,
+    and every one of them gets the identical, complete, correct body."""
+    n = 16 << 20
+    path = "/bytes/%d" % n
+    url = rig.origin.url("origin.test", path + "?seed=twenty")
+    with rig.dduct(proxy={"filters": ["^/bytes/"]}) as d:
+        results = [None] * 20
+
+        def one(i):
+            results[i] = curl(rig, via(d, "http" if i % 2 else "https") + [url])
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(300)
+        want = pattern_sha256(n, "twenty")
+        for i, r in enumerate(results):
+            check(r is not None, "client %d finished" % i)
+            check_eq((r.rc, r.status, r.sha256()), (0, 200, want), "client %d" % i)
+        check_eq(len(origin_gets(rig.origin, path)), 1, "one origin GET for 20 clients")
+
+
+def test_mid_fill_followers_range_head(rig):
+    """While the origin holds back the second half of a file: a second client gets the whole body
+    with the right length (it follows the fill, no second origin request), a Range inside the
+    written part is answered 206 at once, a Range on the tail waits and then arrives, HEAD
+    answers with the real length. Afterwards the hit answers Range 206, If-None-Match 304, HEAD,
+    and 416 for a range past the end, all without the origin."""
+    o = cache_origin(rig)
+    n = 6 << 20
+    path = "/gate/%d" % n
+    url = o.url("origin.test", path)
+    data = pattern_bytes(n, "gate")
+    with rig.dduct(proxy={"filters": ["^/gate/"]}) as d:
+        out = {}
+
+        def bg(name, *extra):
+            out[name] = get(rig, d, url, *extra)
+        a = threading.Thread(target=bg, args=("a",))
+        a.start()
+        check(o.half_sent.wait(60), "origin sent the first half")
+        wait_for(lambda: any(f.endswith(".part") and
+                             os.path.getsize(os.path.join(d.file_dir, f)) >= n // 2
+                             for f in files_in(d.file_dir)), "the first half on disk")
+        r = get(rig, d, url, "-I")
+        check_eq((r.rc, r.status), (0, 200), "HEAD mid-fill")
+        check_eq(headers(r).get("content-length"), str(n), "HEAD mid-fill: real length")
+        r = get(rig, d, url, "-r", "100-199")
+        check_eq((r.rc, r.status), (0, 206), "Range mid-fill")
+        check_eq(r.body(), data[100:200], "Range mid-fill: those bytes")
+        check_eq(headers(r).get("content-range"), "bytes 100-199/%d" % n, "Content-Range")
+        b = threading.Thread(target=bg, args=("b",))
+        b.start()
+        tail = threading.Thread(target=bg, args=("tail", "-r", "-1000"))
+        tail.start()
+        wait_for(lambda: d.log().count("(while filling)") >= 4, "the followers to attach")
+        check(a.is_alive() and b.is_alive() and tail.is_alive(), "nobody finished early")
+        o.gate.set()
+        for t in (a, b, tail):
+            t.join(120)
+        for name in ("a", "b"):
+            r = out[name]
+            check_eq((r.rc, r.status), (0, 200), "client " + name)
+            check_eq(headers(r).get("content-length"), str(n), "client %s: length" % name)
+            check(r.body() == data, "client %s: the whole body" % name)
+        check_eq((out["tail"].status, out["tail"].body()), (206, data[-1000:]), "tail range")
+        check_eq(len(origin_gets(o, path)), 1, "one origin GET for everything mid-fill")
+
+        r = get(rig, d, url, "-r", "0-9")
+        check_eq((r.status, r.body()), (206, data[:10]), "Range on a hit")
+        r = get(rig, d, url, "-H", 'If-None-Match: "gate-%d"' % n)
+        check_eq((r.status, body(r)), (304, b""), "If-None-Match on a hit")
+        r = get(rig, d, url, "-I")
+        h = headers(r)
+        check_eq((r.status, h.get("content-length"), h.get("etag")),
+                 (200, str(n), '"gate-%d"' % n), "HEAD on a hit, from the sidecar")
+        check_eq(h.get("content-type"), "application/x-gate", "Content-Type from the sidecar")
+        r = get(rig, d, url, "-r", "%d-" % (n + 10))
+        check_eq(r.status, 416, "a range past the end")
+        check_eq(len(origin_gets(o, path)), 1, "hits never asked the origin")
+        check_eq(len([q for q in o.snapshot()["requests"] if q[1] == path]), 1,
+                 "not even with HEAD")
+
+
+def test_non_200_and_short_not_stored(rig):
+    """401, 404 and 500 answers pass through to the client unchanged and store nothing; an origin
+    that closes halfway through its announced length makes the client see a truncated transfer
+    (curl exit 18), and nothing is stored: the next request goes to the origin again."""
+    o = rig.origin
+    with rig.dduct(proxy={"filters": ["^/status/", "^/closemid/", "^/auth/"]}) as d:
+        for code in (401, 404, 500):
+            url = o.url("origin.test", "/status/%d" % code)
+            for _ in range(2):
+                r = get(rig, d, url)
+                check_eq((r.status, r.body()), (code, b"status %d\n" % code), "%d passes" % code)
+            check_eq(len(origin_gets(o, "/status/%d" % code)), 2, "%d is not stored" % code)
+        co = cache_origin(rig)
+        r = get(rig, d, co.url("origin.test", "/auth/a.bin"))
+        check_eq(r.status, 401, "an origin's 401 reaches the client")
+        check("basic" in headers(r).get("www-authenticate", "").lower(), "with its challenge")
+        url = o.url("origin.test", "/closemid/4000000")
+        for i in range(2):
+            r = get(rig, d, url)
+            check_eq(r.rc, 18, "attempt %d: a short body is a partial transfer for curl" % i)
+        check_eq(len(origin_gets(o, "/closemid/4000000")), 2, "a short body is not stored")
+        check_eq(entries(d.file_dir), [], "no entry at all")
+        check_eq([f for f in files_in(d.file_dir) if ".part" in f], [], "no .part left")
+
+
+def test_hostile_paths_stay_inside(rig):
+    """Paths with .., %2e%2e, %2f, %00, backslashes, odd bytes and a 4000-byte name are fetched and
+    cached, and every file dduct writes resolves inside file_dir; nothing appears beside it."""
+    o = cache_origin(rig, tls=False)
+    paths = ["/any/../../../../../etc/passwd", "/any/%2e%2e/%2e%2e/%2e%2e/x.deb",
+             "/any/a%2f..%2f..%2f..%2fb", "/any/%00/x", "/any/..%5c..%5cwindows",
+             "/any/%ff%fe%80", "/any/" + "a" * 4000, "/any/./././b", "/any//../c"]
+    with rig.dduct(proxy={"filters": ["^/any/", "^/etc/"]}) as d:
+        before = sorted(os.listdir(d.dir))
+        for p in paths:
+            r = curl(rig, ["--path-as-is", "-x", d.http_proxy, o.url("origin.test", p)])
+            check_eq(r.status, 200, "fetched " + p[:60])
+        n_entries = len(entries(d.file_dir))
+        check(n_entries >= 6, "hostile paths were cached", files_in(d.file_dir))
+        check_inside(d.file_dir)
+        check_eq(sorted(os.listdir(d.dir)), before, "nothing new beside file_dir")
+        for f in files_in(d.file_dir):
+            check(len(os.path.basename(f)) <= 64 + 5, "fixed-size names", f)
+        for p in paths[:3]:
+            r = curl(rig, ["--path-as-is", "-x", d.http_proxy, o.url("origin.test", p)])
+            check_eq(r.body(), p.encode(), "a hit returns the origin's body for " + p[:40])
+
+
+if __name__ == "__main__":
+    run([test_second_download_from_file, test_twenty_concurrent_clients,
+         test_mid_fill_followers_range_head, test_non_200_and_short_not_stored,
+         test_hostile_paths_stay_inside])
