@@ -97,7 +97,6 @@ static void load_config(const struct args *a, struct config *cfg, char *source, 
   }
 }
 
-#ifdef DDUCT_CLI_HAVE_CA
 static int open_ca(const struct config *cfg, struct dduct_ca **ca) {
   struct dduct_ca_options o;
   char err[1024] = "";
@@ -108,15 +107,6 @@ static int open_ca(const struct config *cfg, struct dduct_ca **ca) {
     log_line(DDUCT_LOG_ERROR, "ssl_certs", "%s", err[0] ? err : dduct_strerror(rc));
   return rc;
 }
-#else
-/* Built against a libdduct without its certificate authority yet (see cli/meson.build). */
-static int open_ca(const struct config *cfg, struct dduct_ca **ca) {
-  log_line(DDUCT_LOG_WARN, "ssl_certs", "this libdduct has no certificate authority: skipped");
-  *ca = NULL;
-  return 0;
-}
-#define dduct_ca_free(ca) ((void)(ca))
-#endif
 
 int main(int argc, char **argv) {
   struct args a;

@@ -98,23 +98,12 @@ static int listen_one(struct runner *r, enum dduct_listen_kind kind, const char 
   return rc;
 }
 
-#ifdef DDUCT_CLI_HAVE_STORE
 static int open_store(const struct config *cfg, struct runner *r) {
   char err[512] = "";
   int rc = dduct_store_open(&r->loop, cfg->file_dir, &r->store, err, sizeof(err));
   if (rc != 0) log_line(DDUCT_LOG_ERROR, "serve", "%s", err[0] ? err : dduct_strerror(rc));
   return rc != 0 ? 1 : 0;
 }
-#else
-/* Built against a libdduct without its cache store yet (see cli/meson.build): proxy only. */
-static int open_store(const struct config *cfg, struct runner *r) {
-  (void)cfg;
-  r->store = NULL;
-  log_line(DDUCT_LOG_WARN, "serve", "this libdduct has no cache store yet: nothing is cached");
-  return 0;
-}
-#define dduct_store_free(s) ((void)(s))
-#endif
 
 /* Everything up to a running proxy. Returns 0, or the exit status for a failure. */
 static int setup(const struct config *cfg, struct dduct_ca *ca, struct runner *r) {
