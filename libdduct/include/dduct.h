@@ -207,6 +207,13 @@ struct dduct_proxy_options {
   unsigned shutdown_grace_ms;       /* in-flight transfers after close; default 10 s */
   /* Cache. */
   enum dduct_revalidate revalidate; /* default NEVER */
+  /* Per-request veto over caching (NULL: the filters alone decide). Called on the loop thread for
+   * each GET/HEAD whose path matched the filters, with borrowed strings (path as sent, query
+   * included); return 1 to cache, 0 to forward the request uncached. For full control, use a
+   * filter of "^/" and decide here. */
+  int (*cacheable_cb)(void *user_data, const char *method, int https, const char *host,
+                      uint16_t port, const char *path);
+  void *cacheable_data;
 };
 
 /* Fill o with the defaults above (pointers to static storage). */

@@ -688,6 +688,10 @@ int dduct__cache_handle(struct dduct_proxy *p, struct dduct_conn *c,
   struct creq *q;
   int rc;
   if (p->store == NULL || req->host == NULL || req->path == NULL) return 0;
+  if (p->o.cacheable_cb != NULL &&
+      !p->o.cacheable_cb(p->o.cacheable_data, req->method, req->https, req->host, req->port,
+                         req->path))
+    return 0;
   if ((q = creq_new(p, c, req)) == NULL) return 0;
   /* Lookups never call back from inside this call, so taking the connection after is safe. */
   rc = dduct__store_lookup(p->store, &q->key, q->is_head ? DDUCT__STORE_NO_FILL : 0, lookup_cb,
