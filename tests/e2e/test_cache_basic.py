@@ -2,6 +2,7 @@
 download once, serve many; followers of a running fill; Range, HEAD and 304 on hits and mid-fill;
 non-200 and short answers pass through unstored; hostile paths stay inside file_dir."""
 import os
+import socket
 import sys
 import threading
 import time
@@ -150,6 +151,33 @@ def test_mid_fill_followers_range_head(rig):
                  "not even with HEAD")
 
 
+def test_first_client_leaves_fill_completes(rig):
+    """The client that started a download hangs up halfway: the download still completes into
+    the cache (it is not tied to that client), and the next client is served from the file. An
+    origin answering in chunks (no length) is stored too, and later hits carry its real length."""
+    o = cache_origin(rig, tls=False)
+    n = 5 << 20
+    path = "/gate/%d" % n
+    with rig.dduct(proxy={"filters": ["^/gate/", "^/bytes/"]}) as d:
+        s = socket.create_connection(("127.0.0.1", d.tcp_port))
+        s.sendall(("GET %s HTTP/1.1\r\nHost: origin.test:%d\r\n\r\n"
+                   % (o.url("origin.test", path), o.port)).encode())
+        check(o.half_sent.wait(60), "the origin sent half")
+        check(len(s.recv(65536)) > 0, "the first client got the start of the body")
+        s.close()
+        o.gate.set()
+        wait_for(lambda: len(entries(d.file_dir)) == 1, "the fill to complete without its client")
+        r = get(rig, d, o.url("origin.test", path))
+        check_eq((r.status, r.body() == pattern_bytes(n, "gate")), (200, True), "served whole")
+        check_eq(len(origin_gets(o, path)), 1, "from the file")
+        url = rig.origin.url("origin.test", "/bytes/3000000?mode=chunked")
+        for i in range(2):
+            r = get(rig, d, url)
+            check_eq((r.status, r.sha256()), (200, pattern_sha256(3000000)), "chunked %d" % i)
+        check_eq(headers(r).get("content-length"), "3000000", "a hit of a chunked fill: length")
+        check_eq(len(origin_gets(rig.origin, "/bytes/3000000")), 1, "fetched once")
+
+
 def test_non_200_and_short_not_stored(rig):
     """401, 404 and 500 answers pass through to the client unchanged and store nothing; an origin
     that closes halfway through its announced length makes the client see a truncated transfer
@@ -200,5 +228,6 @@ def test_hostile_paths_stay_inside(rig):
 
 if __name__ == "__main__":
     run([test_second_download_from_file, test_twenty_concurrent_clients,
-         test_mid_fill_followers_range_head, test_non_200_and_short_not_stored,
+         test_mid_fill_followers_range_head, test_first_client_leaves_fill_completes,
+         test_non_200_and_short_not_stored,
          test_hostile_paths_stay_inside])
