@@ -294,12 +294,14 @@ class Rig:
 
     # ---- the APT repository -------------------------------------------------------------
     def build_apt_repo(self):
-        """Three packages (tiny, 1 MiB, BIG_SIZE) of deterministic incompressible bytes, a flat
-        repository index and a .tar.gz beside it."""
+        """Packages (4 KiB, 1 MiB, BIG_SIZE, four small) of deterministic incompressible bytes, a
+        flat repository index and a .tar.gz beside it."""
         www = self.mkdir('www')
         repo = self.mkdir('www', 'debian')
         build = self.mkdir('build')
         specs = [('dduct-test-tiny', 4096), ('dduct-test-mid', 1 << 20), ('dduct-test-big', BIG_SIZE)]
+        # small ones so that apt has a queue to pipeline once its first answer came back
+        specs += [('dduct-test-small%d' % i, 16384 * i) for i in range(1, 5)]
         env = clean_env(SOURCE_DATE_EPOCH='1700000000')
         for i, (name, size) in enumerate(specs):
             root = os.path.join(build, name)
@@ -482,7 +484,8 @@ class Rig:
     # ---- clients ------------------------------------------------------------------------
     def apt(self, tag, ca, proxy, packages, wrap=lambda a: a):
         """A cold apt: fresh state, `apt-get update` then `apt-get download packages`.
-        Returns {url path: local file}."""
+        Returns {url path: local file}; self.apt_pipelined is the most GETs apt had sent on one
+        connection before their answers came (from its Debug::Acquire::https trace)."""
         d = self.mkdir('clients', tag)
         for sub in ('etc/apt.conf.d', 'etc/sources.list.d', 'etc/preferences.d',
                     'etc/trusted.gpg.d', 'state/lists/partial', 'cache/archives/partial', 'log',
@@ -500,8 +503,15 @@ class Rig:
         # apt-get update exits 0 when downloads failed; its E:/W:/Err: lines tell
         assert not bad, 'apt-get update (%s) complained:\n%s' % (tag, r.stdout)
         out = os.path.join(d, 'out')
-        r = run(wrap(['apt-get', 'download'] + list(packages)), env=env, cwd=out,
-                what='apt-get download')
+        r = run(wrap(['apt-get', '-o', 'Debug::Acquire::https=true', 'download'] + list(packages)),
+                env=env, cwd=out, what='apt-get download')
+        self.apt_pipelined = in_flight = 0
+        for line in r.stdout.splitlines():
+            if line.startswith('CONNECT ') or line.startswith('GET '):
+                in_flight = 0 if line.startswith('CONNECT ') else in_flight + 1
+                self.apt_pipelined = max(self.apt_pipelined, in_flight)
+            elif line.startswith('Answer for: '):
+                in_flight -= 1
         bad = [l for l in r.stdout.splitlines() if re.match(r'^(E:|W:|Err:)', l)]
         assert not bad, 'apt-get download (%s) complained:\n%s' % (tag, r.stdout)
         got = {}

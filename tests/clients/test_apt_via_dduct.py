@@ -14,7 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rig  # noqa: E402
 import viadduct  # noqa: E402
 
-PKGS = ['dduct-test-tiny', 'dduct-test-mid', 'dduct-test-big']
+PKGS = ['dduct-test-tiny', 'dduct-test-mid', 'dduct-test-big'] + [
+    'dduct-test-small%d' % i for i in range(1, 5)]
 BIG = '/debian/dduct-test-big_1.0_all.deb'
 TGZ = '/files/dduct-test-src-1.0.tar.gz'
 
@@ -61,9 +62,11 @@ def main():
             for run in (1, 2):
                 got = r.apt('apt-%d' % run, d.ca_crt, d.http_proxy, PKGS)
                 r.check_apt_files(got)
+                # apt sends the rest of its queue once the first answer shows keep-alive
+                assert r.apt_pipelined >= 2, 'apt did not pipeline (%d)' % r.apt_pipelined
                 n += 1
-                print('ok %d - cold apt-get update + download #%d through dduct, sha256 match'
-                      % (n, run))
+                print('ok %d - cold apt-get update + download #%d through dduct (up to %d '
+                      'pipelined GETs in the tunnel), sha256 match' % (n, run, r.apt_pipelined))
             for url in (BIG, TGZ):
                 out = r.path('clients', 'wget' + url.replace('/', '_'))
                 rig.run(r.wget('https://apt.test:%d%s' % (r.ports['apt'], url), out, d.ca_crt,

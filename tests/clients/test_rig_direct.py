@@ -46,7 +46,8 @@ def main():
         ports = r.ports
 
         # apt: update + download, twice from cold state, straight to apt.test
-        pkgs = ['dduct-test-tiny', 'dduct-test-mid', 'dduct-test-big']
+        pkgs = ['dduct-test-tiny', 'dduct-test-mid', 'dduct-test-big'] + [
+            'dduct-test-small%d' % i for i in range(1, 5)]
         for n in (1, 2):
             got = r.apt('apt-direct-%d' % n, r.ca, None, pkgs, wrap=r.direct)
             r.check_apt_files(got)
