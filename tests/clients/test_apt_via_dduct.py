@@ -54,19 +54,21 @@ def main():
         r.make_certs()
         r.build_apt_repo()
         r.start_nginx()
-        with viadduct.Dduct(r) as d:
+        with viadduct.Dduct(r, tls=True) as d:
             parallel_curls(r, d, [BIG] * 4 + [TGZ], 'curl-cold')
             n += 1
             print('ok %d - 4 parallel curls of the big .deb (and the .tar.gz) on a cold cache '
                   'get the exact bytes' % n)
-            for run in (1, 2):
-                got = r.apt('apt-%d' % run, d.ca_crt, d.http_proxy, PKGS)
+            # the second run goes to the TLS listener (Acquire::https::Proxy "https://...")
+            for run, proxy in ((1, d.http_proxy), (2, d.https_proxy)):
+                got = r.apt('apt-%d' % run, d.ca_crt, proxy, PKGS)
                 r.check_apt_files(got)
                 # apt sends the rest of its queue once the first answer shows keep-alive
                 assert r.apt_pipelined >= 2, 'apt did not pipeline (%d)' % r.apt_pipelined
                 n += 1
-                print('ok %d - cold apt-get update + download #%d through dduct (up to %d '
-                      'pipelined GETs in the tunnel), sha256 match' % (n, run, r.apt_pipelined))
+                print('ok %d - cold apt-get update + download #%d through dduct (proxy %s, up to '
+                      '%d pipelined GETs in the tunnel), sha256 match'
+                      % (n, run, proxy.split(':')[0], r.apt_pipelined))
             for url in (BIG, TGZ):
                 out = r.path('clients', 'wget' + url.replace('/', '_'))
                 rig.run(r.wget('https://apt.test:%d%s' % (r.ports['apt'], url), out, d.ca_crt,

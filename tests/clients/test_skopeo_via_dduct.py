@@ -4,7 +4,7 @@ CDN-style front (cdn.test) that answers every blob GET with 307 to blobs.test?si
 
 skopeo (Go) never proxies localhost or loopback IPs, so the registries are reached by name and
 dduct resolves the names ([proxy] resolve). skopeo trusts only dduct's ca.crt (--src-cert-dir,
-SSL_CERT_FILE, SSL_CERT_DIR). Proves: two cold pulls of each image get manifests and blobs with
+SSL_CERT_FILE, SSL_CERT_DIR), for the TLS connection to dduct's HTTPS listener too. Proves: two cold pulls of each image get manifests and blobs with
 the right digests, and the origins' access logs show one GET per blob (dduct followed the
 redirect, or cached the blob by digest, and never fetched it again)."""
 import os
@@ -25,15 +25,16 @@ def main():
         r.start_nginx()
         pulls = (('dduct/app', 'registry.test:%d' % r.ports['registry']),
                  ('dduct/cdn', 'cdn.test:%d' % r.ports['front']))
-        with viadduct.Dduct(r) as d:
+        with viadduct.Dduct(r, tls=True) as d:
             for name, host in pulls:
-                for run in (1, 2):
+                # the second pull goes to the TLS listener: HTTPS_PROXY=https://, TLS in TLS
+                for run, proxy in ((1, d.http_proxy), (2, d.https_proxy)):
                     out = r.skopeo_pull('skopeo-%s-%d' % (name.replace('/', '_'), run),
-                                        '%s/%s:1' % (host, name), d.certdir, d.http_proxy)
+                                        '%s/%s:1' % (host, name), d.certdir, proxy)
                     r.check_image_dir(name, out)
                     n += 1
-                    print('ok %d - cold skopeo pull #%d of %s/%s through dduct, digests match'
-                          % (n, run, host, name))
+                    print('ok %d - cold skopeo pull #%d of %s/%s through dduct (HTTPS_PROXY=%s), '
+                          'digests match' % (n, run, host, name, proxy.split(':')[0]))
 
             reg = r.registry_gets()
             for dg in r.images['dduct/app']['blobs']:

@@ -32,11 +32,12 @@ class _HarnessRig(harness.Rig):
 
 
 class Dduct(harness.Dduct):
-    """dduct on a TCP listener, intercepting *.test, resolving the rig's names to 127.0.0.1,
-    trusting the rig's CA for origins. file_dir may be shared between two instances (restart)."""
+    """dduct on a TCP listener (and the TLS one with tls=True), intercepting *.test, resolving
+    the rig's names to 127.0.0.1, trusting the rig's CA for origins. file_dir may be shared
+    between two instances (restart)."""
 
-    def __init__(self, r, file_dir=None):
-        super().__init__(_HarnessRig(r), tls=False, name='dduct')
+    def __init__(self, r, file_dir=None, tls=False):
+        super().__init__(_HarnessRig(r), tls=tls, name='dduct')
         if file_dir:
             self.file_dir = file_dir
         # The cached cert_dir's server.* name the e2e hosts; as the seed says, delete them so
@@ -51,7 +52,8 @@ class Dduct(harness.Dduct):
     def config(self):
         misc = {'log_level': 'debug', 'cert_dir': self.cert_dir + '/',
                 'file_dir': self.file_dir + '/'}
-        proxy = {'tcp_bind': '127.0.0.1:%d' % self.tcp_port, 'tls_bind': '',
+        proxy = {'tcp_bind': '127.0.0.1:%d' % self.tcp_port,
+                 'tls_bind': '127.0.0.1:%d' % self.tls_port if self.want_tls else '',
                  'upstream_ca_file': self.origin_ca,
                  'resolve': ['%s:127.0.0.1' % h for h in rig.HOSTS],
                  'connect_any_port': True, 'connect_timeout': 10, 'upstream_timeout': 60,
