@@ -12,6 +12,7 @@ CacheOrigin endpoints (on top of dductlib's /bytes, /closemid, /status, ...):
                                   before the rest (origin.half_sent is set once half is out)
   /any/<anything>                 200 with the raw request target as the body
   /auth/<name>                    401 without an Authorization header, else 64 KiB of pattern
+  /ver/<name>                     origin.versions[name] (bytes), ETag = its sha256 prefix
 """
 import hashlib
 import os
@@ -92,6 +93,14 @@ class CacheHandler(_Handler):
         self._send_body(pattern_bytes(65536, "auth"))
 
 
+    def _ep_ver(self, path, query, body):
+        data = self.server.origin.versions.get(path.split("/")[2])
+        if data is None:
+            return self._send(404, b"no such version\n")
+        etag = '"%s"' % hashlib.sha256(data).hexdigest()[:16]
+        self._send_body(data, extra=[("ETag", etag)])
+
+
 def cache_origin(rig, tls=True):
     """The rig's cache origin (HTTPS from the test origin CA, or plain HTTP), made once."""
     def make():
@@ -99,6 +108,7 @@ def cache_origin(rig, tls=True):
         o.server.RequestHandlerClass = CacheHandler
         o.blobs = {}
         o.cdn_auth = []
+        o.versions = {}
         o.gate = threading.Event()
         o.half_sent = threading.Event()
         return o

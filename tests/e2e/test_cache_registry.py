@@ -129,6 +129,28 @@ def test_revalidate_always_asks_the_origin(rig):
         check_eq(len(o.snapshot()["requests"]), n, "without contacting the origin")
 
 
+def test_revalidate_refetches_a_changed_file(rig):
+    """With revalidate = 'always', a hit whose origin now answers with another ETag and length is
+    fetched again and replaces the stored entry; the next hit agrees and comes from the file."""
+    o = cache_origin(rig)
+    o.versions["pkg.deb"] = pattern_bytes(300000, "v1")
+    path = "/ver/pkg.deb"
+    url = o.url("origin.test", path)
+    with rig.dduct(proxy={"filters": ["^/ver/"], "revalidate": "always"}) as d:
+        r = get(rig, d, url)
+        check_eq((r.status, r.body() == o.versions["pkg.deb"]), (200, True), "version 1")
+        o.versions["pkg.deb"] = pattern_bytes(400000, "v2")
+        r = get(rig, d, url)
+        check_eq((r.status, r.body() == o.versions["pkg.deb"]), (200, True), "version 2")
+        check_eq(len(origin_gets(o, path)), 2, "the changed file was fetched again")
+        r = get(rig, d, url)
+        check_eq((r.status, r.body() == o.versions["pkg.deb"]), (200, True), "version 2 again")
+        check_eq(len(origin_gets(o, path)), 2, "and then served from the file")
+        check_eq(len(entries(d.file_dir)), 1, "one entry, replaced in place")
+        check("Changed at origin" in d.log(), "the refetch is logged")
+
+
 if __name__ == "__main__":
     run([test_blob_by_digest_shared, test_digest_mismatch_not_stored,
-         test_redirect_to_cdn_cached_under_original_key, test_revalidate_always_asks_the_origin])
+         test_redirect_to_cdn_cached_under_original_key, test_revalidate_always_asks_the_origin,
+         test_revalidate_refetches_a_changed_file])

@@ -377,6 +377,60 @@ static void test_fill_and_hit(struct dduct_store *s, const char *dir) {
   free(data);
 }
 
+/* A changed origin file: REFRESH refills and replaces the entry, while a reader of the old
+ * version still reads the old bytes to the end. */
+static void test_refresh(struct dduct_store *s) {
+  enum { N1 = 400000, N2 = 250000 };
+  char *v1 = malloc(N1), *v2 = malloc(N2);
+  struct dduct__store_key k = url_key("deb.example.org", "/pool/changing.deb");
+  struct look l, old;
+  struct sink a, b;
+  struct feeder f;
+  struct dduct__store_meta m;
+
+  fill_pattern(v1, N1, 21);
+  fill_pattern(v2, N2, 22);
+  l = lookup(s, &k, 0);
+  m = meta("https://deb.example.org/pool/changing.deb", N1);
+  dduct__store_fill_begin(l.e, &m);
+  sink_start(&a, l.e, 0, N1);
+  feed_start(&f, l.e, v1, N1, N1, 0);
+  run_until(&a.done);
+  run_until(&f.done);
+  run_until_settled(l.e);
+  sink_free(&a);
+
+  old = lookup(s, &k, 0);
+  CHECK_EQ_INT(old.role, DDUCT__STORE_HIT, "version 1 is stored");
+  l = lookup(s, &k, DDUCT__STORE_REFRESH);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "a refresh refills a stored key");
+  m = meta("https://deb.example.org/pool/changing.deb", N2);
+  m.etag = "\"v2\"";
+  dduct__store_fill_begin(l.e, &m);
+  sink_start(&b, l.e, 0, N2);
+  feed_start(&f, l.e, v2, N2, N2, 0);
+  run_until(&b.done);
+  run_until(&f.done);
+  run_until_settled(l.e);
+  sink_start(&a, old.e, 0, N1);
+  run_until(&a.done);
+  CHECK(a.err == 0 && a.len == N1 && memcmp(a.buf, v1, N1) == 0,
+        "a reader of the old entry still reads version 1 whole");
+  CHECK(b.err == 0 && b.len == N2 && memcmp(b.buf, v2, N2) == 0, "the refill got version 2");
+  sink_free(&a);
+  sink_free(&b);
+  dduct__store_entry_release(old.e);
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_HIT, "version 2 is a hit");
+  if (l.e != NULL) {
+    CHECK_EQ_INT(dduct__store_entry_meta(l.e)->size, N2, "with version 2's size");
+    CHECK_EQ_STR(dduct__store_entry_meta(l.e)->etag, "\"v2\"", "and ETag");
+    dduct__store_entry_release(l.e);
+  }
+  free(v1);
+  free(v2);
+}
+
 /* Several readers, including a range reader, follow one fill; nobody starts a second one. */
 static void test_followers(struct dduct_store *s) {
   enum { N = 3 * 1024 * 1024 + 11, FOLLOWERS = 4 };
@@ -755,6 +809,7 @@ int main(void) {
   snprintf(dir, sizeof(dir), "%s/files", tmpdir);
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, err, sizeof(err)), 0, "the store opens");
   test_fill_and_hit(s, dir);
+  test_refresh(s);
   test_followers(s);
   test_digest_mismatch(s, dir);
   test_short_and_abandoned(s, dir);
