@@ -351,7 +351,7 @@ class Rig:
 
     # ---- origins ------------------------------------------------------------------------
     def start_nginx(self):
-        for k in ('apt', 'front', 'blobs'):
+        for k in ('apt', 'apt_http', 'front', 'blobs'):
             self.ports[k] = free_port()
         self.ports.setdefault('registry', free_port())
         for t in ('body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'):
@@ -361,6 +361,7 @@ class Rig:
             self.www = self.mkdir('www')  # no APT repository in this test
         conf = fill('nginx.conf.in', os.path.join(d, 'nginx.conf'), DIR=d, CERT=self.cert,
                     KEY=self.key, WWW=self.www, APT_PORT=self.ports['apt'],
+                    APT_HTTP_PORT=self.ports['apt_http'],
                     FRONT_PORT=self.ports['front'], BLOBS_PORT=self.ports['blobs'],
                     REGISTRY_PORT=self.ports['registry'],
                     USER_LINE='user root;' if os.geteuid() == 0 else '')
@@ -482,8 +483,9 @@ class Rig:
         return r.returncode == 0 and b'127.0.0.1' in r.stdout
 
     # ---- clients ------------------------------------------------------------------------
-    def apt(self, tag, ca, proxy, packages, wrap=lambda a: a):
-        """A cold apt: fresh state, `apt-get update` then `apt-get download packages`.
+    def apt(self, tag, ca, proxy, packages, wrap=lambda a: a, scheme='https'):
+        """A cold apt: fresh state, `apt-get update` then `apt-get download packages` from the
+        https:// (or with scheme='http' the plain http://) source, through proxy if given.
         Returns {url path: local file}; self.apt_pipelined is the most GETs apt had sent on one
         connection before their answers came (from its Debug::Acquire::https trace)."""
         d = self.mkdir('clients', tag)
@@ -494,16 +496,18 @@ class Rig:
         open(os.path.join(d, 'state', 'status'), 'w').close()
         open(os.path.join(d, 'etc', 'apt.conf'), 'w').close()
         with open(os.path.join(d, 'etc', 'sources.list'), 'w') as f:
-            f.write('deb [trusted=yes] https://apt.test:%d/debian/ ./\n' % self.ports['apt'])
+            f.write('deb [trusted=yes] %s://apt.test:%d/debian/ ./\n'
+                    % (scheme, self.ports['apt' if scheme == 'https' else 'apt_http']))
         conf = fill('apt.conf.in', os.path.join(d, 'apt.conf'), DIR=d, CA=ca,
-                    PROXY=proxy or 'DIRECT')
+                    PROXY=proxy or 'DIRECT', HTTP_PROXY=proxy or 'DIRECT')
         env = clean_env(APT_CONFIG=conf, HOME=d, DEBIAN_FRONTEND='noninteractive')
         r = run(wrap(['apt-get', 'update']), env=env, what='apt-get update')
         bad = [l for l in r.stdout.splitlines() if re.match(r'^(E:|W:|Err:)', l)]
         # apt-get update exits 0 when downloads failed; its E:/W:/Err: lines tell
         assert not bad, 'apt-get update (%s) complained:\n%s' % (tag, r.stdout)
         out = os.path.join(d, 'out')
-        r = run(wrap(['apt-get', '-o', 'Debug::Acquire::https=true', 'download'] + list(packages)),
+        r = run(wrap(['apt-get', '-o', 'Debug::Acquire::%s=true' % scheme, 'download']
+                     + list(packages)),
                 env=env, cwd=out, what='apt-get download')
         self.apt_pipelined = in_flight = 0
         for line in r.stdout.splitlines():
@@ -570,7 +574,7 @@ class Rig:
             assert 'sha256:' + sha256_file(p) == dg, '%s: %s corrupted' % (name, dg)
 
     def nginx_gets(self, which):
-        """{path: [status,...]} of GETs in one nginx access log (apt, front, blobs)."""
+        """{path: [status,...]} of GETs in one nginx access log (apt, apt-http, front, blobs)."""
         res = {}
         try:
             with open(self.path('nginx', which + '.access.log')) as f:

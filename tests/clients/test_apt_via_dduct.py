@@ -5,7 +5,8 @@ Every client trusts only dduct's ca.crt and cannot resolve apt.test itself, so a
 went around the proxy fails instead of passing. Proves: four parallel curl downloads of the
 big package on a cold cache, two cold apt-get update + download runs (apt pipelines its GETs in
 the CONNECT tunnel), and a restarted dduct on the same file_dir all get the exact bytes, while
-the origin's access log shows one GET per .deb and .tar.gz."""
+the origin's access log shows one GET per .deb and .tar.gz. The same for a plain http:// source
+(absolute-form requests to Acquire::http::Proxy)."""
 import os
 import subprocess
 import sys
@@ -39,9 +40,9 @@ def parallel_curls(r, d, urls, tag):
                                                                               r.files[url][1])
 
 
-def once_each(r, what):
-    gets = r.nginx_gets('apt')
-    for url in r.files:
+def once_each(r, what, log='apt', urls=None):
+    gets = r.nginx_gets(log)
+    for url in urls or r.files:
         assert len(gets.get(url, [])) == 1, '%s: origin saw %s GETs for %s (want 1): %s' % (
             what, len(gets.get(url, [])), url, gets.get(url))
 
@@ -79,6 +80,17 @@ def main():
             once_each(r, 'after 4 curls, 2 apt runs and wget')
             n += 1
             print('ok %d - the origin saw one GET per .deb and .tar.gz' % n)
+
+            # plain http:// source: absolute-form requests to Acquire::http::Proxy
+            for run in (1, 2):
+                got = r.apt('apt-http-%d' % run, d.ca_crt, d.http_proxy, PKGS, scheme='http')
+                r.check_apt_files(got)
+                n += 1
+                print('ok %d - cold apt-get update + download #%d from an http:// source through '
+                      'dduct (up to %d pipelined GETs), sha256 match' % (n, run, r.apt_pipelined))
+            once_each(r, 'http:// source after 2 apt runs', 'apt-http', list(got))
+            n += 1
+            print('ok %d - the http:// origin saw one GET per .deb' % n)
             file_dir = d.file_dir
         n += 1
         print('ok %d - dduct exited cleanly (status 0, no sanitizer report)' % n)

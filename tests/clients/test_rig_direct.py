@@ -51,7 +51,11 @@ def main():
         for n in (1, 2):
             got = r.apt('apt-direct-%d' % n, r.ca, None, pkgs, wrap=r.direct)
             r.check_apt_files(got)
-        print('ok 1 - apt-get update + download straight from apt.test, twice, sha256 match')
+        got = r.apt('apt-direct-http', r.ca, None, pkgs[:2], wrap=r.direct, scheme='http')
+        r.check_apt_files(got)
+        assert len(r.nginx_gets('apt-http')['/debian/dduct-test-tiny_1.0_all.deb']) == 1
+        print('ok 1 - apt-get update + download straight from apt.test, twice over https and once '
+              'over http, sha256 match')
 
         # curl: 4 parallel downloads of the big package and the tarball
         big = '/debian/dduct-test-big_1.0_all.deb'
