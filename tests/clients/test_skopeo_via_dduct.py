@@ -5,8 +5,10 @@ CDN-style front (cdn.test) that answers every blob GET with 307 to blobs.test?si
 skopeo (Go) never proxies localhost or loopback IPs, so the registries are reached by name and
 dduct resolves the names ([proxy] resolve). skopeo trusts only dduct's ca.crt (--src-cert-dir,
 SSL_CERT_FILE, SSL_CERT_DIR), for the TLS connection to dduct's HTTPS listener too. Proves: two cold pulls of each image get manifests and blobs with
-the right digests, and the origins' access logs show one GET per blob (dduct followed the
-redirect, or cached the blob by digest, and never fetched it again)."""
+the right digests, and the origins' access logs show one GET per blob. blobs.test is not in
+server_dns_sans (like Docker Hub's CDN host under the seed's '*.docker.io'): a client sent there
+would get a blind tunnel to a certificate it does not trust, so dduct must follow the redirect
+itself and cache under the original request."""
 import os
 import sys
 
