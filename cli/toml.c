@@ -385,12 +385,11 @@ static int parse_key(struct parser *ps, char **out, const char *what) {
     *out = tmp.str;
   } else {
     const unsigned char *start = ps->p;
-    char msg[64];
+    char buf[32];
     while (is_bare_key_char(peek(ps, 0))) advance(ps);
-    if (ps->p == start) {
-      snprintf(msg, sizeof(msg), "expected a %s, found %%s", what);
-      return fail_found(ps, msg);
-    }
+    if (ps->p == start)
+      return fail(ps, ps->line, ps->col, "expected a %s, found %s", what,
+                  describe(ps, buf, sizeof(buf)));
     *out = strndup((const char *)start, (size_t)(ps->p - start));
     if (*out == NULL) return fail(ps, ps->line, ps->col, "out of memory");
   }
@@ -547,10 +546,12 @@ static int parse_keyval(struct parser *ps, struct toml_node *table) {
     return -1;
   }
   if (peek(ps, 0) != '=') {
-    char msg[128];
-    snprintf(msg, sizeof(msg), "expected '=' after key '%.64s', found %%s", kv.key);
+    /* The key is the user's text: it goes through %s, never into a format string. */
+    char buf[32];
+    int rc = fail(ps, ps->line, ps->col, "expected '=' after key '%.64s', found %s", kv.key,
+                  describe(ps, buf, sizeof(buf)));
     node_clear(&kv);
-    return fail_found(ps, msg);
+    return rc;
   }
   advance(ps);
   skip_ws(ps);

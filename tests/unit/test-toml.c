@@ -214,6 +214,8 @@ static void test_errors(void) {
   /* syntax */
   bad("a = 1 2\n", "1:7: expected end of line, found '2'", "garbage after a value");
   bad("a 1\n", "1:3: expected '=' after key 'a', found '1'", "missing '='");
+  bad("\"%s%s%n%s\" x\n", "1:12: expected '=' after key '%s%s%n%s', found 'x'",
+      "a key holding printf directives is shown as text, never used as a format");
   bad("= 1\n", "1:1: expected a key, found '='", "missing key");
   bad("a =\n", "1:4: expected a value, found end of line", "missing value");
   bad("a = hello\n",
