@@ -351,6 +351,29 @@ class Rig:
 
     # ---- origins ------------------------------------------------------------------------
     def start_nginx(self):
+        # free_port() probes, the server binds later: another test may take a port in between,
+        # so a bind failure picks new ports and retries
+        self._retry_bind('nginx', self._start_nginx_once, 'nginx.error.log')
+
+    def start_registry(self):
+        self._retry_bind('registry', self._start_registry_once, 'registry.log')
+
+    def _retry_bind(self, sub, start, logname):
+        for attempt in range(3):
+            try:
+                return start()
+            except RuntimeError:
+                p = self.procs.pop()
+                p.stop()
+                with open(self.path(sub, logname), errors='replace') as f:
+                    text = f.read()
+                if 'in use' not in text or attempt == 2:
+                    raise RuntimeError('%s did not start:\n%s' % (sub, text[-3000:]))
+                os.rename(self.path(sub, logname), self.path(sub, logname + '.%d' % attempt))
+                if sub == 'registry':
+                    del self.ports['registry']
+
+    def _start_nginx_once(self):
         for k in ('apt', 'apt_http', 'front', 'blobs'):
             self.ports[k] = free_port()
         self.ports.setdefault('registry', free_port())
@@ -366,14 +389,15 @@ class Rig:
                     REGISTRY_PORT=self.ports['registry'],
                     USER_LINE='user root;' if os.geteuid() == 0 else '')
         # -e: nginx opens its compiled-in error log before reading the config otherwise
-        p = Proc('nginx', ['nginx', '-p', d + '/', '-c', conf, '-e', os.path.join(d, 'nginx.error.log')],
+        p = Proc('nginx', ['nginx', '-p', d + '/', '-c', conf, '-e',
+                           os.path.join(d, 'nginx.error.log')],
                  os.path.join(d, 'nginx.out'), os.path.join(d, 'nginx.out'), env=clean_env())
         self.procs.append(p)
         for k in ('apt', 'front', 'blobs'):
             wait_tls(self.ports[k], self.ca, proc=p, what='nginx ' + k)
 
-    def start_registry(self):
-        self.ports.setdefault('registry', free_port())
+    def _start_registry_once(self):
+        self.ports.setdefault('registry', free_port())  # nginx may have named it already
         d = self.mkdir('registry')
         self.mkdir('registry', 'registry-data')
         conf = fill('registry.yml.in', os.path.join(d, 'config.yml'), DIR=d, CERT=self.cert,
