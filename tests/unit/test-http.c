@@ -144,6 +144,36 @@ static void test_rejections(void) {
   free(big);
 }
 
+static void test_strict_shapes(void) {
+  struct dduct_http_parser p;
+  struct seen s;
+  size_t used;
+  int rc;
+  /* llhttp built without LLHTTP_STRICT_MODE takes any two bytes after chunk data as CRLF. */
+  const char *chunk = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "3\r\nabcXX0\r\n\r\n";
+  memset(&s, 0, sizeof(s));
+  dduct__http_parser_init(&p, 0, &cbs, &s);
+  rc = dduct__http_parser_execute(&p, chunk, strlen(chunk), &used);
+  CHECK_EQ_INT(rc, DDUCT_EPROTO, "chunk data not followed by CRLF is rejected (strict llhttp)");
+  CHECK_EQ_INT(s.dones, 0, "...and no message end is reported for it");
+  dduct__http_parser_free(&p);
+  CHECK_EQ_INT(parse("GET / HTTP/1.1\r\nHost: a\r\nX Y: 1\r\n\r\n", &s, &p), DDUCT_EPROTO,
+               "a header name with a space is rejected (strict llhttp)");
+  dduct__http_parser_free(&p);
+  CHECK_EQ_INT(parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n"
+                     "\r\nabc", &s, &p),
+               DDUCT_EPROTO, "duplicate Content-Length is rejected even when equal");
+  dduct__http_parser_free(&p);
+  CHECK_EQ_INT(parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc", &s, &p),
+               DDUCT_EPROTO, "a signed Content-Length is rejected");
+  dduct__http_parser_free(&p);
+  CHECK_EQ_INT(parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n"
+                     "0\r\n\r\n", &s, &p),
+               DDUCT_EPROTO, "whitespace before a header colon is rejected");
+  dduct__http_parser_free(&p);
+}
+
 static void test_hop_by_hop(void) {
   struct dduct_http_head h;
   dduct__http_head_init(&h);
@@ -224,6 +254,7 @@ int main(void) {
   test_no_body_message_end_after_resume();
   test_connect_leftover();
   test_rejections();
+  test_strict_shapes();
   test_hop_by_hop();
   test_serialize();
   test_urls();
