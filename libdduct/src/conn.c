@@ -176,8 +176,9 @@ static void timer_cb(uv_timer_t *t) {
     break;
   case C_BUSY:
     /* Waiting on the origin is the upstream timeout's business; here only a client that
-     * neither reads nor sends counts. */
-    if (c->fetch != NULL && !c->fetch_paused && !c->req_body_wanted &&
+     * neither reads nor sends counts. An upload we stopped reading because the origin takes it
+     * slowly (body_blocked) is us waiting on the origin, not a stalled client. */
+    if (c->fetch != NULL && !c->fetch_paused && (!c->req_body_wanted || c->body_blocked) &&
         dduct__stream_queued(c->s) == 0)
       return;
     LOG_WARN("http_proxy", "%s: client stalled for %u s, closing", c->peer,
@@ -486,6 +487,10 @@ static int http_status_for(int err) {
 
 static void fwd_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, int64_t cl) {
   struct dduct_conn *c = dduct__fetch_data(f);
+  /* The origin answered before the whole request body came (a 401/413 to an upload): the rest
+   * of the body has nowhere to go (that origin connection is not reused), and the upload may
+   * be blocked by our backpressure, so close after this answer instead of waiting for it. */
+  if (c->req_body_wanted) c->keep_alive = 0;
   if (dduct__conn_send_head(c, h->status, dduct__http_reason(h), h, cl) != 0) conn_close(c);
 }
 
@@ -970,6 +975,7 @@ void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int tls) {
   }
   p->stats.connections_accepted++;
   snprintf(c->peer, sizeof(c->peer), "?");
+  memset(&ss, 0, sizeof(ss)); /* a peer already gone (ENOTCONN) must match no allow_clients CIDR */
   if (uv_tcp_getpeername(h, (struct sockaddr *)&ss, &len) == 0)
     dduct__addr_str((struct sockaddr *)&ss, c->peer, sizeof(c->peer));
   (void)uv_tcp_nodelay(h, 1);

@@ -175,6 +175,16 @@ static void load_local_addresses(struct dduct_proxy *p) {
 
 int dduct__proxy_is_self(const struct dduct_proxy *p, const struct sockaddr *sa) {
   uint16_t port = dduct__addr_port(sa);
+  struct sockaddr_storage lo;
+  if (dduct__addr_is_any(sa)) {
+    /* connect() to 0.0.0.0 or :: reaches this host's loopback address: a listener on
+     * 127.0.0.1 would otherwise be reachable through "0.0.0.0" undetected. */
+    int v4 = sa->sa_family == AF_INET ||
+             IN6_IS_ADDR_V4MAPPED(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+    if (v4) (void)uv_ip4_addr("127.0.0.1", port, (struct sockaddr_in *)&lo);
+    else (void)uv_ip6_addr("::1", port, (struct sockaddr_in6 *)&lo);
+    sa = (const struct sockaddr *)&lo;
+  }
   for (const struct dduct_listener *l = p->listeners; l != NULL; l = l->next) {
     const struct sockaddr *la = (const struct sockaddr *)&l->addr;
     if (dduct__addr_port(la) != port) continue;
@@ -309,13 +319,12 @@ void dduct__proxy_maybe_closed(struct dduct_proxy *p) {
     return;
   }
   if (p->grace_open != 0) return;
+  p->closing = 2; /* done */
   if (p->close_cb != NULL) {
     dduct_proxy_close_cb cb = p->close_cb;
     p->close_cb = NULL;
-    p->closing = 2; /* done */
-    cb(p, p->close_arg);
+    cb(p, p->close_arg); /* may free p (as uv_close callbacks free handles): touch nothing after */
   }
-  p->closing = 2;
 }
 
 static void grace_cb(uv_timer_t *t) {

@@ -410,7 +410,10 @@ static int sni_cb(void *arg, mbedtls_ssl_context *ssl, const unsigned char *name
   memcpy(t->sni, name, len);
   t->sni[len] = '\0';
   if (t->forced_host != NULL) return 0; /* the CONNECT line decides, set before the handshake */
-  if (len == 0) return 0;
+  /* Only names we intercept get a minted leaf; any other name gets server.crt. Minting for
+   * every SNI would sign certificates for hosts outside server_dns_sans and let one client fill
+   * the CA's leaf cache (DDUCT__CA_MAX_LEAVES), after which no new host can be intercepted. */
+  if (len == 0 || !dduct_ca_covers(c->ca, t->sni)) return 0;
   if (dduct__ca_leaf(c->ca, t->sni, &chain, &key) != 0) {
     LOG_WARN("tls_mitm", "no certificate for SNI \"%s\"", t->sni);
     return -1;

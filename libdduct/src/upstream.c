@@ -442,7 +442,9 @@ static int resp_on_head(struct dduct_http_parser *p) {
   struct dduct_fetch *f = c->f;
   int skip;
   if (f == NULL) return 0;
-  skip = strcmp(f->method, "HEAD") == 0;
+  /* Responses to HEAD, and 204/304, end at their head whatever Content-Length says (a 304 may
+   * carry the representation's length); llhttp only knows that when told (F_SKIPBODY). */
+  skip = strcmp(f->method, "HEAD") == 0 || p->head.status == 204 || p->head.status == 304;
   if (p->head.status < 200) return 0; /* 1xx: interim, never delivered */
   if (redirectable(f, p->head.status)) {
     const char *loc = dduct__http_get(&p->head, "Location");
@@ -612,7 +614,11 @@ static int build_head(struct dduct_fetch *f, char *out, size_t cap) {
 static void req_write_cb(struct dduct_stream *s, int status, void *arg) {
   struct uconn *c = arg;
   struct dduct_fetch *f = c->f;
-  if (f == NULL || f->cbs->on_drain == NULL) return;
+  if (f == NULL) return;
+  /* The origin taking request body bytes is progress: an upload longer than the upstream
+   * timeout must not be cut off while the origin still reads it. */
+  if (status == 0 && !f->paused && c->state == U_BUSY) uv_timer_again(&c->timer);
+  if (f->cbs->on_drain == NULL) return;
   if (dduct__stream_queued(s) < DDUCT_STREAM_LOW_WATER) f->cbs->on_drain(f);
 }
 
