@@ -9,7 +9,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import cache_origin, check_inside, entries, files_in, origin_gets  # noqa: E402
-from dductlib.harness import check, check_eq, curl, run, via  # noqa: E402
+from dductlib.harness import check, check_eq, curl, is_asan, run, via  # noqa: E402
 from dductlib.origin import pattern_bytes, pattern_sha256  # noqa: E402
 
 
@@ -178,6 +178,53 @@ def test_first_client_leaves_fill_completes(rig):
         check_eq(len(origin_gets(rig.origin, "/bytes/3000000")), 1, "fetched once")
 
 
+def test_slow_readers_bounded_memory(rig):
+    """Eight clients that stop reading a 64 MiB hit (and one that stops mid-fill) do not make
+    dduct buffer the file: its resident memory grows by far less than the file while they stall,
+    and each then receives the whole, right body."""
+    import hashlib
+    n = 64 << 20
+    path = "/bytes/%d" % n
+    url = rig.plain.url("origin.test", path + "?seed=slow")
+    # ASan's quarantine of freed blocks reads as RSS growth: keep it small (as test_proxy_limits).
+    env = {"ASAN_OPTIONS": "quarantine_size_mb=4:thread_local_quarantine_size_kb=64"}
+    with rig.dduct(proxy={"filters": ["^/bytes/"]}, misc={"log_level": "info"},
+                   env=env if is_asan() else None) as d:
+        socks = []  # [socket, bytes received so far]
+
+        def start():
+            s = socket.create_connection(("127.0.0.1", d.tcp_port))
+            s.settimeout(60)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.sendall(("GET %s HTTP/1.1\r\nHost: origin.test\r\n\r\n" % url).encode())
+            socks.append([s, s.recv(65536)])
+        start()
+        wait_for(lambda: len(entries(d.file_dir)) == 1, "the fill to finish without its reader",
+                 timeout=300)
+        base = d.proc_status("VmRSS")
+        for _ in range(8):
+            start()
+        time.sleep(1)  # not a timed assertion: gives dduct the chance to over-buffer
+        grown = d.proc_status("VmRSS") - base
+        check(grown < 16 * 1024, "RSS grew by %d KiB for 9 stalled readers of 64 MiB" % grown)
+        want = pattern_sha256(n, "slow")
+        for s, buf in socks:
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            hd, _, rest = buf.partition(b"\r\n\r\n")
+            check(b"Content-Length: %d" % n in hd, "the real length", hd)
+            h = hashlib.sha256(rest)
+            got = len(rest)
+            while got < n:
+                c = s.recv(1 << 20)
+                check(c, "the body continues")
+                h.update(c)
+                got += len(c)
+            check_eq(h.hexdigest(), want, "a stalled reader gets the whole body")
+            s.close()
+        check_eq(len(origin_gets(rig.plain, path)), 1, "one origin GET")
+
+
 def test_non_200_and_short_not_stored(rig):
     """401, 404 and 500 answers pass through to the client unchanged and store nothing; an origin
     that closes halfway through its announced length makes the client see a truncated transfer
@@ -229,5 +276,6 @@ def test_hostile_paths_stay_inside(rig):
 if __name__ == "__main__":
     run([test_second_download_from_file, test_twenty_concurrent_clients,
          test_mid_fill_followers_range_head, test_first_client_leaves_fill_completes,
+         test_slow_readers_bounded_memory,
          test_non_200_and_short_not_stored,
          test_hostile_paths_stay_inside])
