@@ -568,7 +568,16 @@ static int set_origin(struct dduct_conn *c, int https, const char *host, uint16_
                       const char *path) {
   snprintf(c->rhost, sizeof(c->rhost), "%s", host);
   free(c->rpath);
-  c->rpath = dduct__strdup(path);
+  if (path[0] == '?') {
+    /* "http://host?q" has an empty path: the origin-form target is "/?q", never "?q". */
+    c->rpath = malloc(strlen(path) + 2);
+    if (c->rpath != NULL) {
+      c->rpath[0] = '/';
+      strcpy(c->rpath + 1, path);
+    }
+  } else {
+    c->rpath = dduct__strdup(path);
+  }
   if (c->rpath == NULL) return DDUCT_ENOMEM;
   c->req.https = https;
   c->req.host = c->rhost;
@@ -758,6 +767,16 @@ static int cacheable(struct dduct_conn *c) {
   return dduct_filter_match(p->filter, c->req.path, c->req.path_len_no_query) == 1;
 }
 
+static int not_chunked_cb(const char *tok, size_t len, void *arg) {
+  (void)arg;
+  return !(len == 7 && strncasecmp(tok, "chunked", 7) == 0);
+}
+
+/* 1 if every Transfer-Encoding token is "chunked" (llhttp already refuses it twice). */
+static int only_chunked(const struct dduct_http_head *h) {
+  return !dduct__http_each_token(h, "Transfer-Encoding", not_chunked_cb, NULL);
+}
+
 static void route(struct dduct_conn *c) {
   struct dduct_http_head *h = &c->parser.head;
   int status;
@@ -775,6 +794,13 @@ static void route(struct dduct_conn *c) {
   arm(c, c->p->o.idle_timeout_ms);
   if (c->denied) {
     respond_error(c, 403, "client %s is not allowed to use this proxy (allow_clients)", c->peer);
+    return;
+  }
+  if (dduct__http_get(h, "Transfer-Encoding") != NULL && (h->minor == 0 || !only_chunked(h))) {
+    /* We re-frame bodies as plain chunked: another coding would reach the origin undeclared,
+     * and HTTP/1.0 has no Transfer-Encoding at all (RFC 9112 6.1: faulty framing). */
+    respond_error(c, h->minor == 0 ? 400 : 501, "Transfer-Encoding \"%.100s\" is not supported",
+                  dduct__http_get(h, "Transfer-Encoding"));
     return;
   }
   if (strcmp(c->req.method, "CONNECT") == 0) {

@@ -150,9 +150,8 @@ const char *dduct__http_get(const struct dduct_http_head *h, const char *name) {
   return NULL;
 }
 
-/* Calls fn for each comma-separated, trimmed token of every `name` header. */
-static int each_token(const struct dduct_http_head *h, const char *name,
-                      int (*fn)(const char *tok, size_t len, void *arg), void *arg) {
+int dduct__http_each_token(const struct dduct_http_head *h, const char *name,
+                           int (*fn)(const char *tok, size_t len, void *arg), void *arg) {
   for (size_t i = 0; i < h->n; i++) {
     const char *v;
     if (strcasecmp(dduct__http_hname(h, i), name) != 0) continue;
@@ -178,7 +177,7 @@ static int token_eq(const char *tok, size_t len, void *arg) {
 }
 
 int dduct__http_has_token(const struct dduct_http_head *h, const char *name, const char *token) {
-  return each_token(h, name, token_eq, (void *)token);
+  return dduct__http_each_token(h, name, token_eq, (void *)token);
 }
 
 static const char *const hop_by_hop[] = {

@@ -52,6 +52,10 @@ int dduct__http_addn(struct dduct_http_head *h, const char *name, size_t nlen, c
 size_t dduct__http_remove(struct dduct_http_head *h, const char *name);
 /* The first value of name, or NULL. */
 const char *dduct__http_get(const struct dduct_http_head *h, const char *name);
+/* Call fn for each comma-separated, trimmed token of every `name` header until it returns
+ * non-zero; returns 1 then, else 0. */
+int dduct__http_each_token(const struct dduct_http_head *h, const char *name,
+                           int (*fn)(const char *tok, size_t len, void *arg), void *arg);
 /* 1 if a comma-separated header name (e.g. Connection) lists token (case-insensitive). */
 int dduct__http_has_token(const struct dduct_http_head *h, const char *name, const char *token);
 

@@ -1,4 +1,5 @@
 /* TLS stream layer on mbedTLS 2.28 over memory buffers (see tls.h). */
+#include <arpa/inet.h>
 #include <mbedtls/error.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crt.h>
@@ -65,6 +66,8 @@ struct tls_stream {
   int lower_eof; /* 0, or the UV_EOF/error the lower layer reported */
   int eof_delivered;
   char *forced_host;
+  unsigned char vip[16]; /* client: an IP-literal origin, checked against iPAddress SANs */
+  size_t vip_len;        /* 0: a DNS name, checked by mbedTLS */
   char sni[256];
   char err_text[256];
   dduct_tls_handshake_cb hs_cb;
@@ -228,6 +231,19 @@ static void fail(struct tls_stream *t, int code) {
   }
 }
 
+/* mbedTLS 2.28 matches a hostname against dNSName SANs and the CN only, so an origin addressed
+ * by IP literal never verified; its certificate must name that address in an iPAddress SAN. */
+static int peer_names_ip(struct tls_stream *t) {
+  const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&t->ssl);
+  const mbedtls_x509_sequence *san;
+  if (crt == NULL) return 0;
+  for (san = &crt->subject_alt_names; san != NULL && san->buf.p != NULL; san = san->next)
+    if ((san->buf.tag & MBEDTLS_ASN1_TAG_VALUE_MASK) == MBEDTLS_X509_SAN_IP_ADDRESS &&
+        san->buf.len == t->vip_len && memcmp(san->buf.p, t->vip, t->vip_len) == 0)
+      return 1;
+  return 0;
+}
+
 static int handshake(struct tls_stream *t) {
   int rc = mbedtls_ssl_handshake(&t->ssl);
   (void)flush(t, NULL, NULL);
@@ -244,6 +260,14 @@ static int handshake(struct tls_stream *t) {
                  mbedtls_ssl_get_verify_result(&t->ssl) != (uint32_t)-1;
     describe(t, rc);
     fail(t, verify ? DDUCT_EVERIFY : DDUCT_ETLS);
+    return -1;
+  }
+  if (!t->server && t->vip_len > 0 && !peer_names_ip(t)) {
+    char ip[INET6_ADDRSTRLEN] = "?";
+    inet_ntop(t->vip_len == 4 ? AF_INET : AF_INET6, t->vip, ip, sizeof(ip));
+    snprintf(t->err_text, sizeof(t->err_text),
+             "certificate verification failed: the certificate does not name IP address %s", ip);
+    fail(t, DDUCT_EVERIFY);
     return -1;
   }
   t->handshaken = 1;
@@ -487,6 +511,11 @@ fail:
 
 /* ---- client ------------------------------------------------------------------------------- */
 
+static int is_ip_literal(const char *host) {
+  unsigned char b[16];
+  return inet_pton(AF_INET, host, b) == 1 || inet_pton(AF_INET6, host, b) == 1;
+}
+
 int dduct__tls_client_conf_new(const char *system_ca_file, const char *extra_ca_file, int insecure,
                                struct dduct_tls_client_conf **out, char *err, size_t errlen) {
   struct dduct_tls_client_conf *c;
@@ -552,8 +581,19 @@ struct dduct_stream *dduct__tls_client_new(struct dduct_tls_client_conf *c,
   dduct_stream_read_cb saved_cb = lower->read_cb;
   void *saved_data = lower->data;
   struct tls_stream *t = tls_new(&c->conf, lower);
+  struct in6_addr a6;
   if (t == NULL) return NULL;
-  if (mbedtls_ssl_set_hostname(&t->ssl, host) != 0) {
+  if (inet_pton(AF_INET, host, t->vip) == 1) {
+    t->vip_len = 4;
+  } else if (inet_pton(AF_INET6, host, &a6) == 1) {
+    int mapped = IN6_IS_ADDR_V4MAPPED(&a6);
+    t->vip_len = mapped ? 4 : 16;
+    memcpy(t->vip, a6.s6_addr + (mapped ? 12 : 0), t->vip_len);
+  }
+  /* An IP literal is neither sent as SNI (RFC 6066) nor given to mbedTLS's name check, which
+   * cannot match it; the handshake checks the iPAddress SANs instead (unless insecure). */
+  if (c->insecure) t->vip_len = 0;
+  if (!is_ip_literal(host) && mbedtls_ssl_set_hostname(&t->ssl, host) != 0) {
     lower->read_cb = saved_cb;
     lower->data = saved_data;
     tls_abandon(t);

@@ -11,7 +11,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from dductlib import client  # noqa: E402
-from dductlib.harness import check, check_eq, curl, run, s_client_cert  # noqa: E402
+from dductlib.harness import check, check_eq, curl, run, s_client_cert, via  # noqa: E402
+from dductlib.origin import Origin  # noqa: E402
 
 
 class RawOrigin:
@@ -244,10 +245,91 @@ def test_tls_listener_mints_only_for_intercepted_names(rig):
               "nothing minted for the outside name", log[-1500:])
 
 
+def test_origin_addressed_by_ip_is_verified_by_ip_san(rig):
+    """An HTTPS origin addressed by IP literal is verified against its certificate's iPAddress
+    SANs (mbedTLS alone only compares DNS names and the CN, so every such origin failed with 502):
+    intercepted https://127.0.0.1 works; an origin at 127.0.0.3, whose certificate names only
+    127.0.0.1 and 127.0.0.2, still gets 502 naming the certificate."""
+    o = rig.origin
+    other = Origin(host="127.0.0.3", tls=(rig.pki.origin_crt, rig.pki.origin_key))
+    try:
+        with rig.dduct() as d:
+            r = curl(rig, via(d, "http") + ["https://127.0.0.1:%d/echo/ip" % o.port])
+            check_eq((r.rc, r.status), (0, 200), "intercepted IP origin (%s)" % r.body()[:300])
+            check_eq(r.json()["target"], "/echo/ip", "the request reached the origin")
+            t = client.Tcp("127.0.0.1", d.tcp_port, timeout=30)
+            try:
+                t.sendall(("GET https://127.0.0.3:%d/echo/ip3 HTTP/1.1\r\nHost: 127.0.0.3\r\n"
+                           "Connection: close\r\n\r\n" % other.port).encode())
+                r = client.Reader(t).read_response()
+            finally:
+                t.close()
+            check_eq(r.status, 502, "origin whose certificate does not name its IP")
+            check(b"certificate" in r.body, "the 502 names the certificate", r.body)
+            check_eq(other.count("/echo/ip3"), 0, "nothing sent to the unverified origin")
+    finally:
+        other.close()
+
+
+def test_transfer_codings_other_than_chunked_refused(rig):
+    """A request body in a transfer coding other than chunked ("gzip, chunked") gets 501, and
+    Transfer-Encoding in an HTTP/1.0 request gets 400; neither reaches the origin (dduct
+    re-frames bodies as plain chunked, so the gzip coding used to reach the origin undeclared).
+    An absolute-form URL with a query and no path reaches the origin as "/?q", not "?q"."""
+    o = rig.plain
+    with rig.dduct() as d:
+        for version, te, want in (("1.1", "gzip, chunked", 501), ("1.0", "chunked", 400)):
+            t = client.Tcp("127.0.0.1", d.tcp_port, timeout=30)
+            try:
+                t.sendall(("POST http://origin.test:%d/echo/te%s HTTP/%s\r\nHost: origin.test\r\n"
+                           "Transfer-Encoding: %s\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                           % (o.port, want, version, te)).encode())
+                r = client.Reader(t).read_response("POST")
+            finally:
+                t.close()
+            check(r is not None, "an answer for HTTP/%s with %s" % (version, te))
+            check_eq(r.status, want, "HTTP/%s with Transfer-Encoding: %s" % (version, te))
+            check_eq(o.count("/echo/te%d" % want), 0, "nothing reached the origin")
+        t = client.Tcp("127.0.0.1", d.tcp_port, timeout=30)
+        try:  # not a transfer coding, but the same kind of re-serialisation: an empty path
+            t.sendall(("GET http://origin.test:%d?q=1 HTTP/1.1\r\nHost: origin.test\r\n"
+                       "Connection: close\r\n\r\n" % o.port).encode())
+            r = client.Reader(t).read_response()
+        finally:
+            t.close()
+        check(r is not None, "an answer for http://host?q=1")
+        targets = [t for _, t, _ in o.snapshot()["requests"] if "q=1" in t]
+        check_eq(targets, ["/?q=1"], "origin-form target of http://host?q=1")
+        r = curl(rig, via(d, "http") + ["-H", "Transfer-Encoding: chunked", "--data-binary",
+                                        "abc", o.url("origin.test", "/echo/chunked-ok")])
+        check_eq((r.rc, r.status, r.json()["body"]), (0, 200, "abc"), "plain chunked still works")
+
+
+def test_ipv6_listener(rig):
+    """A tcp_bind on [::1] serves requests (::1 is in the default allow_clients), and a request
+    for the listener itself, by [::1] or by [::], is answered 508."""
+    probe = socket.socket(socket.AF_INET6)
+    probe.bind(("::1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    o = rig.plain
+    with rig.dduct(proxy={"tcp_bind": "[::1]:%d" % port}, tls=False) as d:
+        proxy = "http://[::1]:%d" % port
+        r = curl(rig, ["-x", proxy, o.url("origin.test", "/echo/v6")])
+        check_eq((r.rc, r.status), (0, 200), "request through the IPv6 listener (%s)" % r.stderr)
+        check_eq(r.json()["target"], "/echo/v6", "reached the origin")
+        for target in ("[::1]", "[::]"):
+            r = curl(rig, ["-m", "30", "-x", proxy, "http://%s:%d/loop" % (target, port)])
+            check_eq((r.rc, r.status), (0, 508), "loop through %s" % target)
+
+
 if __name__ == "__main__":
     run([test_304_and_204_with_content_length_end_at_the_head,
          test_upload_longer_than_upstream_timeout,
          test_upload_paused_by_origin_is_not_a_stalled_client,
          test_early_answer_to_an_upload_closes,
          test_loop_through_any_address_is_508,
-         test_tls_listener_mints_only_for_intercepted_names])
+         test_tls_listener_mints_only_for_intercepted_names,
+         test_origin_addressed_by_ip_is_verified_by_ip_san,
+         test_transfer_codings_other_than_chunked_refused,
+         test_ipv6_listener])
