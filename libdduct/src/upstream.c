@@ -544,7 +544,10 @@ static void busy_read_cb(struct dduct_stream *s, ssize_t nread, const char *data
     return;
   }
   if (nread < 0) {
-    if (c->got_bytes && dduct__http_parser_finish(&c->parser) == 0 && c->done_msg) {
+    /* Only an orderly close ends a close-delimited body: a reset (or any read error) mid-body
+     * is a truncated response, never one to finish with a clean chunked terminator. */
+    if (c->got_bytes && nread == UV_EOF && dduct__http_parser_finish(&c->parser) == 0 &&
+        c->done_msg) {
       response_done(c, 0); /* close-delimited body ended */
       return;
     }

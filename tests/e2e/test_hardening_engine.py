@@ -4,6 +4,7 @@ Content-Length (304/204), long uploads against the upstream and idle timeouts, l
 through 0.0.0.0, and leaves minted only for intercepted names on the TLS listener."""
 import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -20,7 +21,8 @@ class RawOrigin:
     GET /304 and /204: that status with a Content-Length and no body. GET /ok: 200 "ok".
     POST /sink?rate=B&pause_after=N&pause=S: reads a Content-Length body at about B bytes/s,
     stops reading for S seconds after N bytes, answers the byte count. POST /early: answers 413
-    after 1.5 s without reading the body, then closes. Keep-alive otherwise."""
+    after 1.5 s without reading the body, then closes. GET /rst: a close-delimited 200 whose
+    body ends with a TCP reset. Keep-alive otherwise."""
 
     def __init__(self):
         self.sock = socket.socket()
@@ -59,6 +61,12 @@ class RawOrigin:
                 if target.startswith("/sink"):
                     buf = self._sink(s, target, n, buf)
                     continue
+                if target == "/rst":
+                    # A close-delimited body cut short by a reset, not an orderly close.
+                    s.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 100000)
+                    time.sleep(0.5)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
                 if target == "/early":
                     # Refuse the upload without reading it, once it has filled the buffers.
                     time.sleep(1.5)
@@ -323,6 +331,17 @@ def test_ipv6_listener(rig):
             check_eq((r.rc, r.status), (0, 508), "loop through %s" % target)
 
 
+def test_reset_mid_close_delimited_body_is_not_complete(rig):
+    """An origin whose close-delimited body ends in a TCP reset (not an orderly close) makes
+    dduct abort the client connection: curl reports a failed transfer instead of receiving a
+    clean chunked end, which used to present the truncated body as complete."""
+    o = _raw_origin(rig)
+    with rig.dduct() as d:
+        r = curl(rig, ["-x", d.http_proxy, "http://origin.test:%d/rst" % o.port])
+        check(r.rc != 0, "curl sees a failed transfer (rc %d, status %s, %s bytes)"
+              % (r.rc, r.status, r.info.get("size_download")))
+
+
 if __name__ == "__main__":
     run([test_304_and_204_with_content_length_end_at_the_head,
          test_upload_longer_than_upstream_timeout,
@@ -332,4 +351,5 @@ if __name__ == "__main__":
          test_tls_listener_mints_only_for_intercepted_names,
          test_origin_addressed_by_ip_is_verified_by_ip_san,
          test_transfer_codings_other_than_chunked_refused,
-         test_ipv6_listener])
+         test_ipv6_listener,
+         test_reset_mid_close_delimited_body_is_not_complete])
