@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache.h"
 #include "conn.h"
 #include "internal.h"
 #include "proxy.h"
@@ -336,6 +337,8 @@ static void grace_cb(uv_timer_t *t) {
     dduct__conn_kill(c);
     c = next;
   }
+  /* Fills outlive the clients that started them: stop them too, or shutdown waits on origins. */
+  dduct__cache_shutdown(p);
   dduct__proxy_maybe_closed(p);
 }
 

@@ -134,6 +134,28 @@ def test_two_processes_share_file_dir(rig):
             check_eq(len(origin_gets(o, path)), 2, "from the file")
 
 
+def test_shutdown_stops_a_fill_its_client_left(rig):
+    """A fill keeps running after its client leaves; SIGTERM must still end dduct once the grace
+    period is over (not when the stalled origin times out, minutes later), exit 0, and leave no
+    entry that looks complete."""
+    o = cache_origin(rig, tls=False)
+    n = 4 << 20
+    path = "/gate/%d" % n
+    o.gate.clear()
+    o.half_sent.clear()
+    d = rig.dduct(proxy={"filters": ["^/gate/"], "shutdown_grace": 1, "upstream_timeout": 300})
+    d.start()
+    try:
+        r = curl(rig, ["-x", d.http_proxy, "--max-time", "3", o.url("origin.test", path)])
+        check(r.rc != 0, "the client gave up on the stalled download")
+        check(o.half_sent.wait(60), "the origin sent half")
+        d.stop(timeout=30)  # a fill that outlived shutdown would hold dduct for 300 s
+    finally:
+        d.kill()
+        o.gate.set()
+    check_eq(entries(d.file_dir), [], "no entry that looks complete")
+
+
 if __name__ == "__main__":
     run([test_kill_during_fill_then_restart, test_disk_full_keeps_proxying,
-         test_two_processes_share_file_dir])
+         test_two_processes_share_file_dir, test_shutdown_stops_a_fill_its_client_left])
