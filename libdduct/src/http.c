@@ -187,6 +187,7 @@ static const char *const hop_by_hop[] = {
 
 static int named_by_connection(const struct dduct_http_head *h, const char *name) {
   size_t n = strlen(name);
+  if (n == 0) return 0; /* strcasestr finds "" everywhere without advancing */
   for (size_t i = 0; i < h->n; i++) {
     const char *v, *p;
     if (strcasecmp(dduct__http_hname(h, i), "Connection") != 0) continue;
@@ -398,7 +399,14 @@ static int on_header_field_complete(llhttp_t *ll) {
   if (!p->in_head) return 0;
   x = &p->head.h[p->head.n];
   if (count(p, 4)) return fail_big(p);
-  return close_piece(p, &x->name, &x->name_len);
+  if (close_piece(p, &x->name, &x->name_len) != 0) return -1;
+  /* llhttp lets ": value" through; a nameless header has no meaning and matches every name
+   * search by prefix, so refuse it like any malformed head. */
+  if (x->name_len == 0) {
+    p->bad_reason = "empty header name";
+    return -1;
+  }
+  return 0;
 }
 
 static int on_header_value(llhttp_t *ll, const char *at, size_t len) {
@@ -434,6 +442,11 @@ static int on_headers_complete(llhttp_t *ll) {
     const char *m = llhttp_method_name((llhttp_method_t)ll->method);
     if (append_str(&p->head, m, strlen(m), &p->head.method) != 0) return fail_big(p);
   } else {
+    /* llhttp takes any number as a status; HTTP's are three digits (RFC 9110 15). */
+    if (ll->status_code < 100 || ll->status_code > 999) {
+      p->bad_reason = "status code is not three digits";
+      return -1;
+    }
     p->head.status = ll->status_code;
   }
   rc = p->cbs->on_head != NULL ? p->cbs->on_head(p) : 0;
@@ -499,7 +512,7 @@ int dduct__http_parser_execute(struct dduct_http_parser *p, const char *data, si
       p->err_reason = "request head too large";
       return DDUCT_ETOOBIG;
     }
-    p->err_reason = llhttp_get_error_reason(&p->ll);
+    p->err_reason = p->bad_reason != NULL ? p->bad_reason : llhttp_get_error_reason(&p->ll);
     if (p->err_reason == NULL) p->err_reason = llhttp_errno_name(e);
     return DDUCT_EPROTO;
   }

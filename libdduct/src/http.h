@@ -106,6 +106,7 @@ struct dduct_http_parser {
   int hdr_open;        /* a string (url, reason, field or value) is being collected */
   size_t head_bytes;
   const char *err_reason;
+  const char *bad_reason; /* set by our callbacks when they refuse what llhttp accepted */
 };
 
 void dduct__http_parser_init(struct dduct_http_parser *p, int response,

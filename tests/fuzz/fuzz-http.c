@@ -85,7 +85,7 @@ static void check_head(const struct ctx *c, const struct dduct_http_head *h) {
   if (c->response) {
     /* llhttp 8.1 takes "HTTP/1.1 9 OK" as status 9; a status code is 3 digits (RFC 9112 4),
      * and dduct then forwards "HTTP/1.1 009 OK". */
-    FUZZ_KNOWN(h->status >= 100 && h->status <= 999, "status %d", h->status);
+    FUZZ_CHECK(h->status >= 100 && h->status <= 999, "status %d", h->status);
     FUZZ_CHECK(h->status >= 0 && h->status <= 999, "status %d", h->status);
     check_str(h, h->reason, strlen(dduct__http_reason(h)), "reason");
     FUZZ_CHECK(in_input(c, dduct__http_reason(h), strlen(dduct__http_reason(h))),
@@ -104,7 +104,7 @@ static void check_head(const struct ctx *c, const struct dduct_http_head *h) {
     check_str(h, x->value, x->value_len, "header value");
     /* llhttp 8.1 lets ": v" through as a header with an empty name (requests and responses);
      * a field name is a token of at least one character (RFC 9110 5.1). */
-    FUZZ_KNOWN(x->name_len > 0, "empty header name %zu", i);
+    FUZZ_CHECK(x->name_len > 0, "empty header name %zu", i);
     FUZZ_CHECK(in_input(c, h->buf + x->name, x->name_len), "header name '%s' not in the input",
                h->buf + x->name);
     FUZZ_CHECK(value_in_input(c, h->buf + x->value, x->value_len),

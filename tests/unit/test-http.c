@@ -172,6 +172,19 @@ static void test_strict_shapes(void) {
                      "0\r\n\r\n", &s, &p),
                DDUCT_EPROTO, "whitespace before a header colon is rejected");
   dduct__http_parser_free(&p);
+  /* Found by the http fuzzer: a nameless header next to Connection spun strip_hop_by_hop. */
+  CHECK_EQ_INT(parse("GET http://h/ HTTP/1.1\r\nConnection: close\r\n: x\r\n\r\n", &s, &p),
+               DDUCT_EPROTO, "a header with an empty name is rejected");
+  CHECK_EQ_STR(p.err_reason, "empty header name", "...and the reason says so");
+  dduct__http_parser_free(&p);
+  {
+    const char *resp = "HTTP/1.1 9 OK\r\nContent-Length: 0\r\n\r\n";
+    memset(&s, 0, sizeof(s));
+    dduct__http_parser_init(&p, 1, &cbs, &s);
+    CHECK_EQ_INT(dduct__http_parser_execute(&p, resp, strlen(resp), &used), DDUCT_EPROTO,
+                 "a response status that is not three digits is rejected");
+    dduct__http_parser_free(&p);
+  }
 }
 
 static void test_hop_by_hop(void) {
