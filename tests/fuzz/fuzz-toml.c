@@ -140,6 +140,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   struct text t = {(const char *)data, size};
   /* Past the reader's cap the answer is one fixed error; fuzzing there is wasted time. */
   if (size > 64 * 1024) return 0;
+  /* A '%' in a quoted key reaches a format string (crashers/toml-format-string-key.toml); when
+   * skipping known bugs, stay clear of it so the run can look for others. */
+  if (FUZZ_SKIP_KNOWN() && memchr(data, '%', size) != NULL) return 0;
   fuzz_toml(t);
   fuzz_config(t);
   return 0;
