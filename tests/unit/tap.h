@@ -9,6 +9,9 @@ extern int tap_failed, tap_count;
 
 void tap_check(int ok, const char *expr, const char *file, int line, const char *what);
 int tap_done(void);
+/* Run a printf-formatted shell command; its stdout and stderr (NUL-terminated, truncated to
+ * outlen) land in out. Returns its exit status, or -1 if it did not exit normally. */
+int tap_sh(char *out, size_t outlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* CHECK(cond, "what this proves") */
 #define CHECK(cond, what) tap_check(!!(cond), #cond, __FILE__, __LINE__, (what))

@@ -36,24 +36,8 @@ static void log_cb(void *ud, enum dduct_log_level level, const char *module, con
   if (nlines < MAX_LINES) snprintf(lines[nlines++], sizeof(lines[0]), "%s", msg);
 }
 
-/* Run a shell command; its stdout+stderr land in out. Returns the exit status. */
-static int run(const char *fmt, ...) {
-  char cmd[2048];
-  va_list ap;
-  FILE *p;
-  size_t n;
-  int st;
-  va_start(ap, fmt);
-  vsnprintf(cmd, sizeof(cmd), fmt, ap);
-  va_end(ap);
-  strncat(cmd, " 2>&1", sizeof(cmd) - strlen(cmd) - 1);
-  p = popen(cmd, "r");
-  if (p == NULL) return -1;
-  n = fread(out, 1, sizeof(out) - 1, p);
-  out[n] = '\0';
-  st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+/* A shell command through tap_sh: its stdout+stderr land in out. */
+#define run(...) tap_sh(out, sizeof(out), __VA_ARGS__)
 
 static const char *path(const char *name) {
   static char buf[8][512];

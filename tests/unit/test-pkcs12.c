@@ -19,23 +19,8 @@
 
 static char dir[256], out[65536];
 
-static int run(const char *fmt, ...) {
-  char cmd[2048];
-  va_list ap;
-  FILE *p;
-  size_t n;
-  int st;
-  va_start(ap, fmt);
-  vsnprintf(cmd, sizeof(cmd), fmt, ap);
-  va_end(ap);
-  strncat(cmd, " 2>&1", sizeof(cmd) - strlen(cmd) - 1);
-  p = popen(cmd, "r");
-  if (p == NULL) return -1;
-  n = fread(out, 1, sizeof(out) - 1, p);
-  out[n] = '\0';
-  st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+/* A shell command through tap_sh: its stdout+stderr land in out. */
+#define run(...) tap_sh(out, sizeof(out), __VA_ARGS__)
 
 static int save(const char *name, const void *data, size_t len) {
   char p[512];
