@@ -59,6 +59,7 @@ struct cb_node { /* a write callback waiting for the layer below */
 struct tls_stream {
   struct dduct_stream s;
   struct dduct_stream *lower;
+  struct tls_stream *below; /* lower, when it is a TLS layer too (TLS inside TLS) */
   mbedtls_ssl_context ssl;
   int server;
   int handshaken;
@@ -166,18 +167,42 @@ static int flush(struct tls_stream *t, dduct_stream_write_cb cb, void *arg) {
   return 0;
 }
 
+/* Inside another TLS layer, one record below must never carry the end of one of our records and
+ * the start of the next: a client that stacks TLS sessions and asks only the inner one whether it
+ * holds data before waiting on the socket (apt's https method behind an https:// proxy) would
+ * wait forever for the end of an answer already decrypted in its outer session. So our records
+ * are sized to fill exactly one record below, and a record of any other size goes down alone.
+ * Returns the size of a record below (0: not stacked) and in *plain what fills it. */
+static size_t stacked_record(struct tls_stream *t, size_t *plain) {
+  int below, exp;
+  *plain = (size_t)-1;
+  if (t->below == NULL) return 0;
+  below = mbedtls_ssl_get_max_out_record_payload(&t->below->ssl);
+  exp = mbedtls_ssl_get_record_expansion(&t->ssl);
+  if (below <= 0) return (size_t)-1; /* no size to fill: every record goes down alone */
+  if (exp >= 0 && below > exp) *plain = (size_t)(below - exp);
+  return (size_t)below;
+}
+
 static int tls_write(struct dduct_stream *s, const char *data, size_t len,
                      dduct_stream_write_cb cb, void *arg) {
   struct tls_stream *t = DDUCT_CONTAINER_OF(s, struct tls_stream, s);
-  size_t off = 0;
+  size_t off = 0, plain, below;
   if (!t->handshaken || t->failed) return DDUCT_ETLS;
+  below = stacked_record(t, &plain);
   while (off < len) {
-    int n = mbedtls_ssl_write(&t->ssl, (const unsigned char *)data + off, len - off);
+    size_t before = t->out_len;
+    int n = mbedtls_ssl_write(&t->ssl, (const unsigned char *)data + off,
+                              DDUCT_MIN(len - off, plain));
     if (n < 0) {
       t->failed = 1;
       return DDUCT_ETLS;
     }
     off += (size_t)n;
+    if (below != 0 && off < len && t->out_len - before != below) {
+      int rc = flush(t, NULL, NULL);
+      if (rc != 0) return rc;
+    }
   }
   return flush(t, cb, arg);
 }
@@ -410,6 +435,7 @@ static struct tls_stream *tls_new(const mbedtls_ssl_config *conf, struct dduct_s
   t->s.vt = &tls_vt;
   t->s.loop = lower->loop;
   t->lower = lower;
+  if (lower->vt == &tls_vt) t->below = DDUCT_CONTAINER_OF(lower, struct tls_stream, s);
   lower->data = t;
   lower->read_cb = lower_read_cb;
   return t;
