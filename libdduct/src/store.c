@@ -14,6 +14,13 @@
 #include "store.h"
 
 #define NBUCKETS 256
+/* Complete entries nobody uses stay in the table with their data file open, up to this many
+ * (least recently used first out): a hit on one needs no sidecar read and no open, only a stat
+ * of the data file's name to see it is still the same file. Bounds the fds held while idle. */
+#define IDLE_MAX 64
+/* A read of a complete entry up to this size is done right on the loop thread: a page-cache
+ * hit of a few KiB costs microseconds, a thread-pool hand-off (queue, futex, eventfd) more. */
+#define SMALL_READ (64 * 1024)
 #define DEGRADE_MS_DEFAULT 30000
 #define LOG_MOD "cache"
 
@@ -79,6 +86,10 @@ struct dduct__store_entry {
   struct dduct__store_meta meta;
   char *strs[5]; /* owned strings behind meta */
   uint64_t avail; /* bytes readers may read now */
+  struct list idle; /* in s->idle while complete, unused and kept (IDLE_MAX) */
+  int idle_in, have_ino;
+  dev_t dev; /* the data file behind fd, once complete: what a hit compares the name with */
+  ino_t ino;
   struct fill *fill;
   struct list waiters; /* lookups waiting for the probe or the fill to begin */
   struct list readers; /* readers waiting for bytes */
@@ -104,6 +115,7 @@ struct dduct__store_reader {
   dduct__store_read_cb cb;
   void *ud;
   char *buf;
+  size_t cap; /* bytes of buf: one chunk, or the whole range when smaller */
   uv_fs_t req;
   enum rstate state;
   int result, freed;
@@ -119,6 +131,8 @@ struct dduct_store {
   struct dduct_store_stats stats;
   uint64_t degraded_until, degrade_ms;
   unsigned live; /* entries not yet freed */
+  struct list idle; /* complete entries with no user, least recently used first */
+  unsigned idle_count;
   int freeing;
 };
 
@@ -188,7 +202,7 @@ static void timer_cb(uv_timer_t *t) {
     struct dduct__store_reader *r = DDUCT_CONTAINER_OF(n, struct dduct__store_reader, link);
     list_del(n);
     r->state = R_IDLE;
-    r->cb(r->ud, r->result, NULL);
+    r->cb(r->ud, r->result, r->result > 0 ? r->buf : NULL);
   }
 }
 
@@ -255,6 +269,7 @@ static struct dduct__store_entry *entry_new(struct dduct_store *s,
   e->meta.size = DDUCT__STORE_SIZE_UNKNOWN;
   list_init(&e->waiters);
   list_init(&e->readers);
+  list_init(&e->idle);
   list_push(&s->buckets[bucket_of(k)], &e->link);
   e->in_table = 1;
   s->live++;
@@ -283,9 +298,46 @@ static void fill_free(struct fill *f) {
   free(f);
 }
 
+static void idle_del(struct dduct__store_entry *e) {
+  if (!e->idle_in) return;
+  list_del(&e->idle);
+  e->idle_in = 0;
+  e->s->idle_count--;
+}
+
+static void entry_free(struct dduct__store_entry *e);
+
+/* Keep a complete, unused entry (fd and metadata) for the next hit; the oldest goes if full. */
+static int idle_park(struct dduct__store_entry *e) {
+  struct dduct_store *s = e->s;
+  if (s->freeing || !e->in_table || e->state != ST_COMPLETE || e->fd < 0 || !e->have_ino)
+    return 0;
+  if (!e->idle_in) {
+    list_push(&s->idle, &e->idle);
+    e->idle_in = 1;
+    s->idle_count++;
+  }
+  while (s->idle_count > IDLE_MAX) {
+    struct dduct__store_entry *old = DDUCT_CONTAINER_OF(s->idle.next, struct dduct__store_entry,
+                                                        idle);
+    idle_del(old);
+    entry_free(old);
+  }
+  return 1;
+}
+
 static void entry_maybe_free(struct dduct__store_entry *e) {
   struct dduct_store *s = e->s;
   if (e->refs > 0 || e->holds > 0) return;
+  if (idle_park(e)) return;
+  entry_free(e);
+  if (s->live == 0 && s->freeing) store_destroy(s);
+}
+
+/* Unconditional: the caller knows nobody uses e. Never destroys the store itself. */
+static void entry_free(struct dduct__store_entry *e) {
+  struct dduct_store *s = e->s;
+  idle_del(e);
   table_remove(e);
   if (e->fd >= 0) close_async(s->loop, e->fd);
   fill_free(e->fill);
@@ -293,7 +345,7 @@ static void entry_maybe_free(struct dduct__store_entry *e) {
   dduct__store_loaded_free(&e->loaded);
   free(e->base);
   free(e);
-  if (--s->live == 0 && s->freeing) store_destroy(s);
+  s->live--;
 }
 
 void dduct__store_entry_ref(struct dduct__store_entry *e) {
@@ -379,7 +431,13 @@ static void probe_work(uv_work_t *w) {
   if (!(e->probe_flags & DDUCT__STORE_REFRESH)) {
     rc = dduct__store_disk_load(e->base, &e->loaded);
     if (rc == 0) {
+      struct stat st;
       e->probe_result = PR_HIT;
+      if (fstat(e->loaded.fd, &st) == 0) {
+        e->dev = st.st_dev;
+        e->ino = st.st_ino;
+        e->have_ino = 1;
+      }
       return;
     }
     if (rc != UV_ENOENT && rc != DDUCT_ECORRUPT && rc != UV_ENOTDIR) {
@@ -466,6 +524,20 @@ static int probe_start(struct dduct__store_entry *e, int flags) {
   return rc;
 }
 
+/* A complete entry in memory is served only while its name still leads to the file we hold open:
+ * another process sharing file_dir may have replaced it (a refill renames a new file into place)
+ * or removed it. Our open fd keeps the old inode alive, so its number cannot be reused by a
+ * replacement; same device, inode and size mean the same, unchanged entry (entries are never
+ * written in place). One stat on the loop thread instead of two opens, two fstats, a sidecar read
+ * and two closes on the thread pool. An entry whose sidecar alone was removed is still served:
+ * its data file is the one that was complete. */
+static int still_on_disk(const struct dduct__store_entry *e) {
+  struct stat st;
+  if (!e->have_ino) return 1; /* nothing to compare with: the old behaviour */
+  return stat(e->base, &st) == 0 && st.st_dev == e->dev && st.st_ino == e->ino &&
+         (uint64_t)st.st_size == e->meta.size;
+}
+
 int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *key, int flags,
                         dduct__store_lookup_cb cb, void *user_data,
                         struct dduct__store_lookup **out) {
@@ -479,10 +551,14 @@ int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *ke
   l->flags = flags;
   list_init(&l->link);
   e = table_find(s, key);
-  if (e != NULL && e->state == ST_COMPLETE && (flags & DDUCT__STORE_REFRESH)) {
+  if (e != NULL && e->state == ST_COMPLETE &&
+      ((flags & DDUCT__STORE_REFRESH) || !still_on_disk(e))) {
     table_remove(e); /* its readers carry on with the old file */
+    idle_del(e);
+    entry_maybe_free(e);
     e = NULL;
   }
+  if (e != NULL) idle_del(e);
   if (e == NULL) {
     if ((e = entry_new(s, key)) == NULL) {
       free(l);
@@ -653,6 +729,14 @@ static void commit_work(uv_work_t *w) {
   }
   f->work_rc = dduct__store_disk_commit(e->base, json, strlen(json), &f->created);
   free(json);
+  if (f->work_rc == 0) {
+    struct stat st; /* the part was renamed, not copied: our fd is the published file */
+    if (fstat(e->fd, &st) == 0) {
+      e->dev = st.st_dev;
+      e->ino = st.st_ino;
+      e->have_ino = 1;
+    }
+  }
 }
 
 static void log_commit(struct dduct__store_entry *e) {
@@ -787,7 +871,13 @@ int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint6
   if (e == NULL || cb == NULL || out == NULL) return DDUCT_EINVAL;
   if (len != DDUCT__STORE_SIZE_UNKNOWN && offset > UINT64_MAX - len - 1) return DDUCT_EINVAL;
   if ((r = calloc(1, sizeof(*r))) == NULL) return DDUCT_ENOMEM;
-  if ((r->buf = malloc(DDUCT__STORE_READ_CHUNK)) == NULL) {
+  r->cap = DDUCT__STORE_READ_CHUNK;
+  if (e->state == ST_COMPLETE) { /* a small body needs no full chunk */
+    uint64_t end = len != DDUCT__STORE_SIZE_UNKNOWN ? offset + len : e->meta.size;
+    uint64_t want = end > offset ? end - offset : 1;
+    if (want < r->cap) r->cap = (size_t)want;
+  }
+  if ((r->buf = malloc(r->cap)) == NULL) {
     free(r);
     return DDUCT_ENOMEM;
   }
@@ -828,11 +918,31 @@ static void read_cb(uv_fs_t *req) {
   r->cb(r->ud, n, n > 0 ? r->buf : NULL);
 }
 
+/* The whole rest of a small complete range in one pread on the loop thread; delivered later. */
+static void read_now(struct dduct__store_reader *r, size_t n) {
+  struct dduct__store_entry *e = r->e;
+  ssize_t got;
+  do
+    got = pread(e->fd, r->buf, n, (off_t)r->off);
+  while (got < 0 && errno == EINTR);
+  if (got < 0) got = -errno;
+  else if (got == 0) got = DDUCT_ESHORT; /* the file is shorter than the store believed */
+  if (got > 0) {
+    r->off += (uint64_t)got;
+    e->s->stats.bytes_served += (uint64_t)got;
+  }
+  ready_reader(r, (int)got);
+}
+
 static void start_read(struct dduct__store_reader *r, uint64_t end) {
   struct dduct__store_entry *e = r->e;
   uint64_t n = DDUCT_MIN(e->avail, end) - r->off;
-  uv_buf_t b = uv_buf_init(r->buf, (unsigned)DDUCT_MIN(n, (uint64_t)DDUCT__STORE_READ_CHUNK));
+  uv_buf_t b = uv_buf_init(r->buf, (unsigned)DDUCT_MIN(n, (uint64_t)r->cap));
   int rc;
+  if (e->state == ST_COMPLETE && n <= SMALL_READ && n <= r->cap) {
+    read_now(r, (size_t)n);
+    return;
+  }
   r->state = R_READING;
   r->req.data = r;
   rc = uv_fs_read(e->s->loop, &r->req, e->fd, &b, 1, (int64_t)r->off, read_cb);
@@ -954,6 +1064,7 @@ int dduct_store_open(uv_loop_t *loop, const char *dir, struct dduct_store **out,
   for (size_t i = 0; i < NBUCKETS; i++) list_init(&s->buckets[i]);
   list_init(&s->ready_lookups);
   list_init(&s->ready_readers);
+  list_init(&s->idle);
   (void)dduct__store_disk_scan(s->root, &s->stats.entries, &removed);
   LOG_INFO("serve", "Files \"%s\"", dir);
   if (removed > 0)
@@ -975,5 +1086,7 @@ const char *dduct_store_dir(const struct dduct_store *s) {
 void dduct_store_free(struct dduct_store *s) {
   if (s == NULL) return;
   s->freeing = 1;
+  while (!list_empty(&s->idle))
+    entry_free(DDUCT_CONTAINER_OF(s->idle.next, struct dduct__store_entry, idle));
   if (s->live == 0) store_destroy(s);
 }

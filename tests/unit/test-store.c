@@ -675,6 +675,92 @@ static void test_part_cleanup(void) {
   uv_run(&loop, UV_RUN_DEFAULT);
 }
 
+/* Fill k in s with data (a refresh when flags say so); 1 when it committed. */
+static int fill_with(struct dduct_store *s, const struct dduct__store_key *k, int flags,
+                     const char *data, size_t n, const char *etag) {
+  struct look l = lookup(s, k, flags);
+  struct dduct__store_meta m = meta("https://sib.example/x.bin", n);
+  struct feeder f;
+  int ok;
+  if (l.role != DDUCT__STORE_FILL) return 0;
+  m.etag = etag;
+  dduct__store_fill_begin(l.e, &m);
+  dduct__store_entry_ref(l.e); /* to watch it settle after the filler's reference goes */
+  feed_start(&f, l.e, data, n, n, 0);
+  run_until(&f.done);
+  run_until_settled(l.e);
+  ok = dduct__store_entry_complete(l.e);
+  dduct__store_entry_release(l.e);
+  return ok;
+}
+
+/* Read all of k through s as a hit: 1 when the bytes and ETag are exactly want/etag. */
+static int hit_reads(struct dduct_store *s, const struct dduct__store_key *k, const char *want,
+                     size_t n, const char *etag) {
+  struct look l = lookup(s, k, 0);
+  struct sink sk;
+  int ok;
+  if (l.role != DDUCT__STORE_HIT || l.e == NULL) {
+    if (l.e != NULL) dduct__store_entry_release(l.e);
+    return 0;
+  }
+  sink_start(&sk, l.e, 0, DDUCT__STORE_SIZE_UNKNOWN);
+  run_until(&sk.done);
+  ok = sk.err == 0 && sk.len == n && memcmp(sk.buf, want, n) == 0 &&
+       strcmp(dduct__store_entry_meta(l.e)->etag, etag) == 0 &&
+       dduct__store_entry_meta(l.e)->size == n;
+  sink_free(&sk);
+  dduct__store_entry_release(l.e);
+  return ok;
+}
+
+/* A store keeps complete entries it served in memory (metadata and open file) after their last
+ * user leaves. Another process sharing file_dir may replace or remove such an entry: the next hit
+ * must serve what is on disk now, never the bytes this process remembered. */
+static void test_replaced_by_sibling(void) {
+  enum { N1 = 5000, N3 = 300000 };
+  char dir[512], data_path[700], side_path[720];
+  char *v1 = malloc(N1), *v2 = malloc(N1), *v3 = malloc(N3);
+  struct dduct__store_key k = url_key("sib.example", "/x.bin");
+  struct dduct_store *a, *b;
+  struct look l;
+
+  fill_pattern(v1, N1, 41);
+  fill_pattern(v2, N1, 42);
+  fill_pattern(v3, N3, 43);
+  snprintf(dir, sizeof(dir), "%s/sibling", tmpdir);
+  CHECK_EQ_INT(dduct_store_open(&loop, dir, &a, NULL, 0), 0, "store A opens");
+  CHECK_EQ_INT(dduct_store_open(&loop, dir, &b, NULL, 0), 0, "store B opens on the same dir");
+  CHECK(fill_with(a, &k, 0, v1, N1, "\"v1\""), "A stores version 1");
+  CHECK(hit_reads(b, &k, v1, N1, "\"v1\""), "B serves version 1");
+  CHECK(hit_reads(b, &k, v1, N1, "\"v1\""), "B serves version 1 again (kept in memory)");
+  CHECK(hit_reads(a, &k, v1, N1, "\"v1\""), "A serves its own version 1");
+
+  CHECK(fill_with(a, &k, DDUCT__STORE_REFRESH, v2, N1, "\"v2\""),
+        "A replaces it with version 2 of the same size");
+  CHECK(hit_reads(b, &k, v2, N1, "\"v2\""), "B's next hit has version 2's bytes and ETag");
+  CHECK(fill_with(b, &k, DDUCT__STORE_REFRESH, v3, N3, "\"v3\""),
+        "B replaces it with a larger version 3");
+  CHECK(hit_reads(a, &k, v3, N3, "\"v3\""), "A's next hit has version 3 whole");
+  CHECK(hit_reads(b, &k, v3, N3, "\"v3\""), "B serves its own version 3");
+
+  path_of(data_path, sizeof(data_path), dir, &k, "");
+  path_of(side_path, sizeof(side_path), dir, &k, ".json");
+  CHECK(unlink(data_path) == 0 && unlink(side_path) == 0, "the entry is removed from the disk");
+  l = lookup(a, &k, DDUCT__STORE_NO_FILL);
+  CHECK(l.role == DDUCT__STORE_BYPASS && l.status == 0, "A then sees a miss, not its memory");
+  l = lookup(b, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "B too: it fills afresh");
+  if (l.e != NULL) dduct__store_fill_cancel(l.e, UV_ECANCELED);
+
+  dduct_store_free(a);
+  dduct_store_free(b);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  free(v1);
+  free(v2);
+  free(v3);
+}
+
 static void test_two_stores(void) {
   enum { N = 100000 };
   char dir[512], *data = malloc(N);
@@ -817,6 +903,7 @@ int main(void) {
   uv_run(&loop, UV_RUN_DEFAULT);
   test_part_cleanup();
   test_two_stores();
+  test_replaced_by_sibling();
   test_open_errors();
   test_disk_full();
 
