@@ -726,6 +726,8 @@ static void tunnel_connected(void *arg, struct dduct_stream *up, int status, con
     return;
   }
   c->in_len = 0;
+  /* The origin's TLS records inside ours: never one of ours across two of theirs (tls.h). */
+  if (c->tls_listener || c->intercepted) dduct__tls_carry_records(c->s);
   arm(c, c->p->o.tunnel_idle_timeout_ms);
   (void)dduct__stream_read_start(c->s, tunnel_read_client);
   (void)dduct__stream_read_start(up, tunnel_read_up);

@@ -60,6 +60,10 @@ struct tls_stream {
   struct dduct_stream s;
   struct dduct_stream *lower;
   struct tls_stream *below; /* lower, when it is a TLS layer too (TLS inside TLS) */
+  int carry;                /* our plaintext is a stream of TLS records (dduct__tls_carry_records) */
+  size_t carry_left;        /* bytes left of the carried record's body */
+  unsigned char carry_hdr[5];
+  size_t carry_hdr_len;
   mbedtls_ssl_context ssl;
   int server;
   int handshaken;
@@ -184,16 +188,48 @@ static size_t stacked_record(struct tls_stream *t, size_t *plain) {
   return (size_t)below;
 }
 
+/* How many of the len bytes at p belong to the carried record they continue (all of them when
+ * it does not end there). Stops carrying at a header that is not TLS's. */
+static size_t carried_span(struct tls_stream *t, const unsigned char *p, size_t len) {
+  size_t n = 0;
+  while (n < len) {
+    if (t->carry_left > 0) {
+      size_t k = DDUCT_MIN(t->carry_left, len - n);
+      t->carry_left -= k;
+      n += k;
+      if (t->carry_left == 0) return n;
+      continue;
+    }
+    t->carry_hdr[t->carry_hdr_len++] = p[n++];
+    if (t->carry_hdr_len < 5) continue;
+    t->carry_hdr_len = 0;
+    if (t->carry_hdr[0] < 20 || t->carry_hdr[0] > 24 || t->carry_hdr[1] != 3) {
+      t->carry = 0;
+      return len;
+    }
+    t->carry_left = (size_t)t->carry_hdr[3] << 8 | t->carry_hdr[4];
+    if (t->carry_left == 0) return n;
+  }
+  return n;
+}
+
+void dduct__tls_carry_records(struct dduct_stream *s) {
+  DDUCT_CONTAINER_OF(s, struct tls_stream, s)->carry = 1;
+}
+
 static int tls_write(struct dduct_stream *s, const char *data, size_t len,
                      dduct_stream_write_cb cb, void *arg) {
   struct tls_stream *t = DDUCT_CONTAINER_OF(s, struct tls_stream, s);
-  size_t off = 0, plain, below;
+  size_t off = 0, end = 0, plain, below;
   if (!t->handshaken || t->failed) return DDUCT_ETLS;
   below = stacked_record(t, &plain);
   while (off < len) {
     size_t before = t->out_len;
-    int n = mbedtls_ssl_write(&t->ssl, (const unsigned char *)data + off,
-                              DDUCT_MIN(len - off, plain));
+    int n;
+    if (off == end) /* our records end where a carried one does */
+      end = t->carry ? off + carried_span(t, (const unsigned char *)data + off, len - off) : len;
+    n = mbedtls_ssl_write(&t->ssl, (const unsigned char *)data + off,
+                          DDUCT_MIN(end - off, plain));
     if (n < 0) {
       t->failed = 1;
       return DDUCT_ETLS;

@@ -51,6 +51,11 @@ struct dduct_stream *dduct__tls_client_new(struct dduct_tls_client_conf *c,
 typedef void (*dduct_tls_handshake_cb)(struct dduct_stream *s, int status, void *arg);
 void dduct__tls_on_handshake(struct dduct_stream *s, dduct_tls_handshake_cb cb, void *arg);
 
+/* What the peer writes into s is itself TLS (a blind tunnel through a TLS listener): s cuts its
+ * records where the carried ones end (see tls.c, stacked_record), until the bytes stop looking
+ * like TLS records. */
+void dduct__tls_carry_records(struct dduct_stream *s);
+
 /* The SNI name the client sent ("" if none), the last error text. Owned by s. */
 const char *dduct__tls_sni(const struct dduct_stream *s);
 const char *dduct__tls_error_text(const struct dduct_stream *s);

@@ -37,7 +37,7 @@ class LayeredTls:
     """A client transport: TLS to dduct's TLS listener, CONNECT, then TLS to the origin inside,
     each layer reading exactly one record at a time from the layer below (as GnuTLS does)."""
 
-    def __init__(self, port, cafile, host, origin_port):
+    def __init__(self, port, cafile, host, origin_port, inner_cafile=None):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         self.raw = b""  # bytes from the socket not yet given to the outer session
         ctx = client.tls_context(cafile)
@@ -54,7 +54,8 @@ class LayeredTls:
         r = rd.read_response("CONNECT")
         check(r is not None and r.status == 200 and not rd.buf, "CONNECT answered 200", r)
         self.i_in, self.i_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.inner = ctx.wrap_bio(self.i_in, self.i_out, server_hostname=host)
+        ictx = client.tls_context(inner_cafile) if inner_cafile else ctx
+        self.inner = ictx.wrap_bio(self.i_in, self.i_out, server_hostname=host)
         self._handshake(self.inner, self._inner_record, self._outer_send)
         self.data_phase = True
 
@@ -242,5 +243,39 @@ def test_pipelined_plain_listener(rig):
         run_cases(rig, d, ["tcp"])
 
 
+def test_blind_tunnel_in_tls(rig):
+    """A blind tunnel through the TLS listener (the origin's own TLS inside dduct's: the inner
+    handshake trusts only the origin CA), two
+    pipelined GETs read by the same apt-like client: both bodies arrive, and no record of dduct's
+    carries the end of one of the origin's records and the start of the next. Plain HTTP through
+    such a tunnel (bytes that are not TLS records) still arrives byte-exact."""
+    o = rig.origin
+    n = (1 << 20) + 7
+    with rig.dduct() as d:
+        t = LayeredTls(d.tls_port, d.ca_crt, "blind.example", o.port, inner_cafile=rig.pki.ca_crt)
+        host = "blind.example:%d" % o.port
+        t.sendall(client.request_bytes("GET", "/bytes/%d" % n, host) +
+                  client.request_bytes("GET", "/bytes/20672", host))
+        rd = client.Reader(t)
+        for size in (n, 20672):
+            r = rd.read_response("GET")
+            check(r is not None, "an answer for %d bytes through the blind tunnel" % size)
+            check_eq((r.status, hashlib.sha256(r.body).hexdigest()), (200, pattern_sha256(size)),
+                     "%d bytes through the blind tunnel" % size)
+        check(t.inner_records > n // 16384, "the body came in many origin records")
+        check_eq(t.leftovers, [], "origin records whose end left bytes of the next one in the "
+                 "outer TLS session (record, bytes)")
+        t.close()
+        tls = client.SslSock(client.Tcp("127.0.0.1", d.tls_port, timeout=WAIT),
+                             client.tls_context(d.ca_crt), "127.0.0.1")
+        st, _, rd = client.connect(tls, "blind.example", rig.plain.port)
+        check_eq(st, 200, "CONNECT to the plain origin through the TLS listener")
+        tls.sendall(client.request_bytes("GET", "/bytes/%d" % n, "blind.example"))
+        r = rd.read_response("GET")
+        check_eq((r.status, hashlib.sha256(r.body).hexdigest()), (200, pattern_sha256(n)),
+                 "plain HTTP through a tunnel in TLS")
+        tls.close()
+
+
 if __name__ == "__main__":
-    run([test_pipelined_tls_in_tls, test_pipelined_plain_listener])
+    run([test_pipelined_tls_in_tls, test_pipelined_plain_listener, test_blind_tunnel_in_tls])
