@@ -59,6 +59,7 @@ static void list_move(struct list *from, struct list *to) {
 enum state { ST_LOOKUP, ST_PENDING, ST_FILLING, ST_COMPLETE, ST_DEAD };
 enum probe_result { PR_HIT, PR_RESERVED, PR_MISS, PR_FAIL };
 enum rstate { R_IDLE, R_WAIT, R_READING, R_READY };
+enum pstate { P_NONE, P_READING, P_DONE }; /* a reader's read ahead */
 
 struct fill {
   char *acc, *out; /* acc gathers origin bytes while out is being written by the pool */
@@ -119,6 +120,14 @@ struct dduct__store_reader {
   uv_fs_t req;
   enum rstate state;
   int result, freed;
+  /* Read ahead, complete entries only: while the consumer encrypts and sends buf, the next chunk
+   * is read into ahead (allocated once, on the first chunk that has a successor). At most one of
+   * req and preq is in flight. */
+  char *ahead;
+  uv_fs_t preq;
+  enum pstate pstate;
+  ssize_t pres;
+  int want; /* the consumer asked while preq was in flight */
 };
 
 struct dduct_store {
@@ -894,9 +903,61 @@ int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint6
 
 static void reader_destroy(struct dduct__store_reader *r) {
   struct dduct__store_entry *e = r->e;
+  free(r->ahead);
   free(r->buf);
   free(r);
   dduct__store_entry_release(e);
+}
+
+static void prefetch_cb(uv_fs_t *req);
+
+/* Start reading the chunk after the one just handed out. */
+static void prefetch(struct dduct__store_reader *r) {
+  struct dduct__store_entry *e = r->e;
+  uint64_t end = r->end == DDUCT__STORE_SIZE_UNKNOWN ? e->meta.size : r->end;
+  uv_buf_t b;
+  if (e->state != ST_COMPLETE || r->freed || r->pstate != P_NONE || r->off >= end) return;
+  if (r->ahead == NULL && (r->ahead = malloc(r->cap)) == NULL) return; /* plain reads then */
+  b = uv_buf_init(r->ahead, (unsigned)DDUCT_MIN(end - r->off, (uint64_t)r->cap));
+  r->pstate = P_READING;
+  r->preq.data = r;
+  if (uv_fs_read(e->s->loop, &r->preq, e->fd, &b, 1, (int64_t)r->off, prefetch_cb) != 0) {
+    uv_fs_req_cleanup(&r->preq);
+    r->pstate = P_NONE;
+  }
+}
+
+/* The chunk read ahead becomes the consumer's: swap the buffers, account, return its result. */
+static ssize_t take_ahead(struct dduct__store_reader *r) {
+  char *t = r->buf;
+  ssize_t n = r->pres;
+  r->buf = r->ahead;
+  r->ahead = t;
+  r->pstate = P_NONE;
+  if (n == 0) n = DDUCT_ESHORT; /* the file is shorter than the store believed */
+  if (n > 0) {
+    r->off += (uint64_t)n;
+    r->e->s->stats.bytes_served += (uint64_t)n;
+  }
+  return n;
+}
+
+static void prefetch_cb(uv_fs_t *req) {
+  struct dduct__store_reader *r = req->data;
+  ssize_t n;
+  r->pres = req->result;
+  uv_fs_req_cleanup(req);
+  r->pstate = P_DONE;
+  if (r->freed) {
+    reader_destroy(r);
+    return;
+  }
+  if (!r->want) return; /* kept until the consumer asks */
+  r->want = 0;
+  r->state = R_IDLE;
+  n = take_ahead(r);
+  if (n > 0) prefetch(r); /* into the buffer the consumer gave back by asking */
+  r->cb(r->ud, n, n > 0 ? r->buf : NULL);
 }
 
 static void read_cb(uv_fs_t *req) {
@@ -914,6 +975,7 @@ static void read_cb(uv_fs_t *req) {
   if (n > 0) {
     r->off += (uint64_t)n;
     e->s->stats.bytes_served += (uint64_t)n;
+    prefetch(r);
   }
   r->cb(r->ud, n, n > 0 ? r->buf : NULL);
 }
@@ -972,7 +1034,16 @@ static void pump(struct dduct__store_reader *r) {
 
 int dduct__store_reader_read(struct dduct__store_reader *r) {
   if (r == NULL || r->state != R_IDLE || r->freed) return DDUCT_EINVAL;
-  pump(r);
+  if (r->pstate == P_READING) { /* delivered by prefetch_cb */
+    r->want = 1;
+    r->state = R_READING;
+  } else if (r->pstate == P_DONE) {
+    ssize_t n = take_ahead(r);
+    if (n > 0) prefetch(r);
+    ready_reader(r, (int)n);
+  } else {
+    pump(r);
+  }
   return 0;
 }
 
@@ -982,11 +1053,11 @@ uint64_t dduct__store_reader_offset(const struct dduct__store_reader *r) {
 
 void dduct__store_reader_free(struct dduct__store_reader *r) {
   if (r == NULL) return;
-  if (r->state == R_READING) {
-    r->freed = 1; /* read_cb finishes the job */
+  list_del(&r->link); /* out of a wait or ready list, if in one */
+  if (r->state == R_READING || r->pstate == P_READING) {
+    r->freed = 1; /* read_cb or prefetch_cb finishes the job */
     return;
   }
-  list_del(&r->link);
   reader_destroy(r);
 }
 
