@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <mbedtls/error.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,8 +40,15 @@ static const mbedtls_ecp_group_id client_curves[] = {
     MBEDTLS_ECP_DP_SECP521R1,  MBEDTLS_ECP_DP_NONE,
 };
 
+/* Session tickets let a returning client (apt, docker, browsers: one connection after another
+ * to the same host) resume without the ECDHE key exchange and the leaf signature that make a full
+ * handshake cost ~2 ms of CPU here. The ticket key is random per process and mbedTLS rotates it
+ * every TICKET_LIFETIME seconds (the previous key stays valid for one more period). */
+#define TICKET_LIFETIME (60 * 60)
+
 struct dduct_tls_server_conf {
   mbedtls_ssl_config conf;
+  mbedtls_ssl_ticket_context ticket;
   struct dduct_ca *ca;
 };
 
@@ -519,6 +527,7 @@ int dduct__tls_server_conf_new(struct dduct_ca *ca, struct dduct_tls_server_conf
   if (c == NULL) return DDUCT_ENOMEM;
   c->ca = ca;
   mbedtls_ssl_config_init(&c->conf);
+  mbedtls_ssl_ticket_init(&c->ticket);
   rc = mbedtls_ssl_config_defaults(&c->conf, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
                                    MBEDTLS_SSL_PRESET_DEFAULT);
   if (rc == 0) rc = dduct__rng_init();
@@ -529,6 +538,11 @@ int dduct__tls_server_conf_new(struct dduct_ca *ca, struct dduct_tls_server_conf
   mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
   mbedtls_ssl_conf_alpn_protocols(&c->conf, alpn_list);
   mbedtls_ssl_conf_sni(&c->conf, sni_cb, c);
+  rc = mbedtls_ssl_ticket_setup(&c->ticket, dduct__rng, NULL, MBEDTLS_CIPHER_AES_256_GCM,
+                                TICKET_LIFETIME);
+  if (rc != 0) goto fail;
+  mbedtls_ssl_conf_session_tickets_cb(&c->conf, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
+                                      &c->ticket);
   rc = dduct__ca_server_identity(ca, &chain, &key);
   if (rc == 0) rc = mbedtls_ssl_conf_own_cert(&c->conf, chain, key);
   if (rc != 0) goto fail;
@@ -536,6 +550,7 @@ int dduct__tls_server_conf_new(struct dduct_ca *ca, struct dduct_tls_server_conf
   return 0;
 fail:
   mbedtls_ssl_config_free(&c->conf);
+  mbedtls_ssl_ticket_free(&c->ticket);
   free(c);
   return dduct__errf(DDUCT_ETLS, err, errlen, "TLS server configuration failed (%d)", rc);
 }
@@ -543,6 +558,7 @@ fail:
 void dduct__tls_server_conf_free(struct dduct_tls_server_conf *c) {
   if (c == NULL) return;
   mbedtls_ssl_config_free(&c->conf);
+  mbedtls_ssl_ticket_free(&c->ticket);
   free(c);
 }
 
