@@ -1,5 +1,6 @@
-/* The bottom of every stream chain: a TCP socket. Writes are copied into one heap block per write
- * (request + bytes) that lives until libuv's write callback. */
+/* The bottom of every stream chain: a TCP socket. What the kernel takes at once is written from the
+ * caller's buffer; the rest is copied into one heap block per write (request + bytes) that lives
+ * until libuv's write callback. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,23 +39,34 @@ static int tcp_write(struct dduct_stream *s, const char *data, size_t len,
   struct tcp_stream *t = DDUCT_CONTAINER_OF(s, struct tcp_stream, s);
   struct tcp_write *w;
   uv_buf_t buf;
+  size_t sent = 0;
   int rc;
 
   if (s->closing || t->shut) return DDUCT_ECLOSED;
-  w = malloc(sizeof(*w) + len);
+  /* Nothing queued: hand the bytes to the kernel straight from the caller's buffer, and copy
+   * only what it did not take (often nothing for a small answer). Order is kept because we try
+   * only behind an empty queue. */
+  if (t->queued == 0 && len > 0) {
+    buf = uv_buf_init((char *)data, (unsigned)len);
+    rc = uv_try_write((uv_stream_t *)&t->tcp, &buf, 1);
+    if (rc > 0) sent = (size_t)rc; /* errors: uv_write below reports them as before */
+  }
+  if (sent == len && cb == NULL) return 0;
+  /* The rest, or an empty write whose callback keeps the "bytes left" promise in order. */
+  w = malloc(sizeof(*w) + (len - sent));
   if (w == NULL) return DDUCT_ENOMEM;
   w->t = t;
   w->cb = cb;
   w->arg = arg;
-  w->len = len;
-  if (len > 0) memcpy(w->data, data, len);
-  buf = uv_buf_init(w->data, (unsigned)len);
+  w->len = len - sent;
+  if (len > sent) memcpy(w->data, data + sent, len - sent);
+  buf = uv_buf_init(w->data, (unsigned)(len - sent));
   rc = uv_write(&w->req, (uv_stream_t *)&t->tcp, &buf, 1, tcp_write_cb);
   if (rc != 0) {
     free(w);
     return rc;
   }
-  t->queued += len;
+  t->queued += len - sent;
   return 0;
 }
 
