@@ -234,7 +234,12 @@ static void read_cb(void *arg, ssize_t n, const char *data) {
     else if (q->c != NULL)
       dduct__store_reader_read(q->r);
   } else if (n == 0) {
-    done(q);
+    /* done(q) without its finish(): q is freed below, visibly after its last use (GCC's
+     * -Wuse-after-free cannot see that in_cb keeps finish() from freeing it in here). */
+    struct dduct_conn *c = q->c;
+    q->c = NULL;
+    q->dead = 1;
+    if (c != NULL) (void)dduct__conn_send_end(c);
   } else if (n < 0) {
     cut(q, dduct_strerror((int)n));
   }
