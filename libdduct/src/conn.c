@@ -526,6 +526,9 @@ static void fwd_on_drain(struct dduct_fetch *f) {
   struct dduct_conn *c = dduct__fetch_data(f);
   if (c->body_blocked) {
     c->body_blocked = 0;
+    /* The client's idle time counts from now, when we ask it for the body again: otherwise a
+     * timer tick right after a long origin pause closes it as stalled before it could send. */
+    uv_timer_again(&c->timer);
     update_reading(c);
   }
 }
