@@ -435,6 +435,19 @@ static void reval_on_done(struct dduct_fetch *f, int status, const char *why) {
 static const struct dduct_fetch_cbs reval_cbs = {reval_on_head, reval_on_body, reval_on_done,
                                                  NULL};
 
+/* The origin request for q: its origin and target, following redirects for cacheable GETs. */
+static void origin_request(const struct creq *q, const char *method,
+                           const struct dduct_http_head *h, struct dduct_fetch_request *fr) {
+  memset(fr, 0, sizeof(*fr));
+  fr->https = q->https;
+  fr->host = q->host;
+  fr->port = q->port;
+  fr->method = method;
+  fr->target = q->target;
+  fr->headers = h;
+  fr->max_redirects = MAX_REDIRECTS;
+}
+
 static void revalidate(struct creq *q) {
   struct dduct_fetch_request fr;
   struct dduct_http_head h;
@@ -443,14 +456,7 @@ static void revalidate(struct creq *q) {
     decline(q);
     return;
   }
-  memset(&fr, 0, sizeof(fr));
-  fr.https = q->https;
-  fr.host = q->host;
-  fr.port = q->port;
-  fr.method = "HEAD";
-  fr.target = q->target;
-  fr.headers = &h;
-  fr.max_redirects = MAX_REDIRECTS;
+  origin_request(q, "HEAD", &h, &fr);
   q->reval_status = 0;
   q->reval_agrees = 0;
   q->in_cb++; /* an immediate failure calls on_done from inside fetch_start */
@@ -600,14 +606,7 @@ static void start_job(struct creq *q, struct dduct__store_entry *e) {
   j->first = q;
   q->job = j;
   job_link(j);
-  memset(&fr, 0, sizeof(fr));
-  fr.https = q->https;
-  fr.host = q->host;
-  fr.port = q->port;
-  fr.method = "GET";
-  fr.target = q->target;
-  fr.headers = &h;
-  fr.max_redirects = MAX_REDIRECTS;
+  origin_request(q, "GET", &h, &fr);
   j->starting = 1;
   rc = dduct__fetch_start(q->p->up, &fr, &job_cbs, j, &j->f);
   j->starting = 0;
