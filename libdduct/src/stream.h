@@ -5,7 +5,9 @@
  * Rules every layer keeps:
  * - Writes copy their bytes: the caller's buffer is free again when write() returns. The optional
  *   callback fires once the bytes left this process (or the layer below took them), which is the
- *   moment to check dduct__stream_queued() and resume a paused producer.
+ *   moment to check dduct__stream_queued() and resume a paused producer. A TLS layer may still
+ *   be encrypting queued bytes on a worker thread (tls.h); queued() counts them, and callbacks
+ *   fire in write order either way.
  * - Backpressure: a producer stops reading its source while dduct__stream_queued() of its sink is
  *   above DDUCT_STREAM_HIGH_WATER and resumes from a write callback once it is below
  *   DDUCT_STREAM_LOW_WATER. Together with read_stop() this bounds every queue.
