@@ -28,7 +28,8 @@ struct job;
 struct creq {
   struct dduct_proxy *p;
   struct dduct_conn *c;        /* NULL once the client is gone or its response is done */
-  struct dduct_http_head head; /* the client's request head */
+  struct dduct_http_head head; /* the client's request head (a copy: answers may come later) */
+  const struct dduct_http_head *rh; /* what serving reads: &head, or the engine's for a hot hit */
   struct dduct__store_key key;
   char *url; /* scheme://host[:port]/path, no query: for logs and the sidecar */
   int https;
@@ -325,7 +326,7 @@ static int add_headers(struct creq *q, struct dduct_http_head *h, const char *et
 static int pick_range(struct creq *q, const char *etag, uint64_t *off, uint64_t *len,
                       char *crange, size_t cap) {
   const struct dduct__store_meta *m = dduct__store_entry_meta(q->e);
-  const char *range = hget(&q->head, "Range"), *ifr = hget(&q->head, "If-Range");
+  const char *range = hget(q->rh, "Range"), *ifr = hget(q->rh, "If-Range");
   int r;
   *off = 0;
   *len = m->size;
@@ -346,43 +347,99 @@ static int pick_range(struct creq *q, const char *etag, uint64_t *off, uint64_t 
   return 206;
 }
 
-static void serve(struct creq *q) {
-  const struct dduct__store_meta *m = dduct__store_entry_meta(q->e);
+/* A complete entry's answer up to this size goes out with its head in one write (one TLS record
+ * when head and body fit in 16 KiB, one syscall), its body read at once with one pread. */
+#define WHOLE_MAX (16 * 1024)
+
+/* What serving q from its entry answers: status, head, and the slice of the body. */
+struct answer {
   struct dduct_http_head h;
-  char etag[80 + 8], crange[96] = "";
-  const char *inm = hget(&q->head, "If-None-Match");
+  int status;
   uint64_t off, len;
-  int status, rc;
+  int64_t cl;     /* Content-Length to announce, -1 none */
+  int nobody;     /* no body bytes follow the head */
+  int whole;      /* head and body (if any) in one write */
+};
+
+static int prepare(struct creq *q, struct answer *a) {
+  const struct dduct__store_meta *m = dduct__store_entry_meta(q->e);
+  char etag[80 + 8], crange[96] = "";
+  const char *inm = hget(q->rh, "If-None-Match");
+  int rc;
+  if (m->etag[0]) snprintf(etag, sizeof(etag), "%s", m->etag);
+  else if (m->digest[0]) snprintf(etag, sizeof(etag), "\"%s\"", m->digest);
+  else etag[0] = '\0';
+  a->status = pick_range(q, etag, &a->off, &a->len, crange, sizeof(crange));
+  if (inm != NULL && etag[0] && etag_matches(inm, etag)) a->status = 304;
+  a->cl = a->status == 304 ? -1
+          : a->status == 416 ? 0
+          : m->size == DDUCT__STORE_SIZE_UNKNOWN ? -1
+                                                 : (int64_t)a->len;
+  a->nobody = q->is_head || a->status == 304 || a->status == 416 || a->len == 0;
+  /* A whole answer completes at once, so the next pipelined request is read right after it:
+   * only while the client keeps up (the queue stays under the high-water mark), as a body sent
+   * through a reader waits for the drain before its end. */
+  a->whole = a->nobody || (dduct__store_entry_complete(q->e) && a->len <= WHOLE_MAX &&
+                           dduct__conn_queued(q->c) + a->len <= DDUCT_STREAM_HIGH_WATER);
+  dduct__http_head_init(&a->h);
+  rc = add_headers(q, &a->h, etag);
+  if (rc == 0 && crange[0] && a->status != 304)
+    rc = dduct__http_add(&a->h, "Content-Range", crange);
+  if (rc != 0) dduct__http_head_free(&a->h);
+  return rc;
+}
+
+/* The whole answer in one write. Nothing is sent when the body cannot be read (DDUCT_ESHORT for
+ * a file cut behind our back): the caller can still hand the request on. Returns 0 when the
+ * response is complete, 1 when the body could not be read, < 0 when sending failed. */
+static int send_whole(struct creq *q, struct answer *a) {
+  char body[WHOLE_MAX];
+  size_t n = a->nobody ? 0 : (size_t)a->len;
+  if (n > 0) {
+    ssize_t got = dduct__store_entry_pread(q->e, body, n, a->off);
+    if (got != (ssize_t)n) {
+      LOG_WARN(LOG_MOD, "Reading \"%s\": %s; forwarding", dduct__store_entry_meta(q->e)->url,
+               dduct_strerror(got < 0 ? (int)got : DDUCT_ESHORT));
+      return 1;
+    }
+  }
+  return dduct__conn_send_whole(q->c, a->status, NULL, &a->h, a->cl, body, n);
+}
+
+static void serve(struct creq *q) {
+  struct answer a;
+  int rc;
 
   if (q->c == NULL) {
     finish(q);
     return;
   }
-  if (m->etag[0]) snprintf(etag, sizeof(etag), "%s", m->etag);
-  else if (m->digest[0]) snprintf(etag, sizeof(etag), "\"%s\"", m->digest);
-  else etag[0] = '\0';
-  status = pick_range(q, etag, &off, &len, crange, sizeof(crange));
-  if (inm != NULL && etag[0] && etag_matches(inm, etag)) status = 304;
-  dduct__http_head_init(&h);
-  rc = add_headers(q, &h, etag);
-  if (rc == 0 && crange[0] && status != 304) rc = dduct__http_add(&h, "Content-Range", crange);
-  if (rc == 0)
-    rc = dduct__conn_send_head(q->c, status, NULL, &h,
-                               status == 304 ? -1
-                               : status == 416 ? 0
-                               : m->size == DDUCT__STORE_SIZE_UNKNOWN ? -1
-                                                                      : (int64_t)len);
-  dduct__http_head_free(&h);
+  if (prepare(q, &a) != 0) {
+    cut(q, "cannot send the response head");
+    return;
+  }
+  if (a.whole) {
+    rc = send_whole(q, &a);
+    dduct__http_head_free(&a.h);
+    if (rc == 1) {
+      decline(q);
+    } else if (rc != 0) {
+      cut(q, "cannot send the response");
+    } else {
+      q->c = NULL; /* complete: the connection is the engine's again */
+      finish(q);
+    }
+    return;
+  }
+  rc = dduct__conn_send_head(q->c, a.status, NULL, &a.h, a.cl);
+  dduct__http_head_free(&a.h);
   if (rc != 0) {
     cut(q, "cannot send the response head");
     return;
   }
-  if (q->is_head || status == 304 || status == 416 || len == 0) {
-    done(q);
-    return;
-  }
-  rc = dduct__store_reader_new(q->e, off, status == 206 ? len : DDUCT__STORE_SIZE_UNKNOWN,
-                               read_cb, q, &q->r);
+  rc = dduct__store_reader_new(q->e, a.off,
+                               a.status == 206 ? a.len : DDUCT__STORE_SIZE_UNKNOWN, read_cb, q,
+                               &q->r);
   if (rc != 0 || dduct__store_reader_read(q->r) != 0) cut(q, dduct_strerror(rc));
 }
 
@@ -664,7 +721,7 @@ static void start_lookup(struct creq *q, int flags) {
 }
 
 static struct creq *creq_new(struct dduct_proxy *p, struct dduct_conn *c,
-                             const struct dduct_request *req) {
+                             const struct dduct_request *req, const struct dduct__store_key *key) {
   struct creq *q = calloc(1, sizeof(*q));
   if (q == NULL) return NULL;
   q->p = p;
@@ -672,14 +729,14 @@ static struct creq *creq_new(struct dduct_proxy *p, struct dduct_conn *c,
   q->https = req->https;
   q->port = req->port;
   q->is_head = req->is_head;
+  q->key = *key;
   dduct__http_head_init(&q->head);
+  q->rh = &q->head;
   q->url = make_url(req);
   q->host = dduct__strdup(req->host);
   q->target = dduct__strdup(req->path);
   if (q->url == NULL || q->host == NULL || q->target == NULL ||
-      dduct__http_head_copy(&q->head, req->head) != 0 ||
-      dduct__store_key_make(req->https ? "https" : "http", req->host, strlen(req->host),
-                            req->port, req->path, req->path_len_no_query, &q->key) != 0) {
+      dduct__http_head_copy(&q->head, req->head) != 0) {
     q->c = NULL;
     finish_now(q);
     return NULL;
@@ -687,19 +744,78 @@ static struct creq *creq_new(struct dduct_proxy *p, struct dduct_conn *c,
   return q;
 }
 
+static void log_hit(const struct dduct_request *req, struct dduct_conn *c) {
+  char *url;
+  if (!dduct__enabled(DDUCT_LOG_INFO)) return;
+  url = make_url(req);
+  LOG_INFO(LOG_MOD, "Hit \"%s\" for %s", url != NULL ? url : "?", dduct__conn_peer(c));
+  free(url);
+}
+
+/* A hit on an entry the store holds in memory, answered inside the engine's call: no lookup
+ * callback, no loop turn. A small answer needs nothing kept past this call (the request head is
+ * the engine's, still valid here), so it is served from a creq on the stack; a larger one gets
+ * a creq of its own for the reads that follow. Returns 1 when the request is taken (answered,
+ * being answered or cut), 0 to take the ordinary path (the body could not be read). */
+static int serve_hot(struct dduct_proxy *p, struct dduct_conn *c, const struct dduct_request *req,
+                     const struct dduct__store_key *key, struct dduct__store_entry *e) {
+  struct creq tmp, *q;
+  struct answer a;
+  int rc;
+  memset(&tmp, 0, sizeof(tmp));
+  tmp.p = p;
+  tmp.c = c;
+  tmp.e = e;
+  tmp.is_head = req->is_head;
+  tmp.rh = req->head;
+  if (prepare(&tmp, &a) != 0) {
+    dduct__store_entry_release(e);
+    return 0;
+  }
+  if (a.whole) {
+    rc = send_whole(&tmp, &a);
+    dduct__http_head_free(&a.h);
+    dduct__store_entry_release(e);
+    if (rc == 1) return 0;
+    log_hit(req, c);
+    if (rc != 0) {
+      LOG_WARN(LOG_MOD, "Cut a hit for %s: cannot send the response", dduct__conn_peer(c));
+      dduct__conn_abort(c);
+    }
+    return 1;
+  }
+  dduct__http_head_free(&a.h);
+  if ((q = creq_new(p, c, req, key)) == NULL) {
+    dduct__store_entry_release(e);
+    return 0;
+  }
+  q->e = e;
+  log_hit(req, c);
+  dduct__conn_take(c, &client_handler, q);
+  serve(q);
+  return 1;
+}
+
 int dduct__cache_handle(struct dduct_proxy *p, struct dduct_conn *c,
                         const struct dduct_request *req) {
+  struct dduct__store_key key;
+  struct dduct__store_entry *e;
   struct creq *q;
-  int rc;
+  int rc, flags = req->is_head ? DDUCT__STORE_NO_FILL : 0;
   if (p->store == NULL || req->host == NULL || req->path == NULL) return 0;
   if (p->o.cacheable_cb != NULL &&
       !p->o.cacheable_cb(p->o.cacheable_data, req->method, req->https, req->host, req->port,
                          req->path))
     return 0;
-  if ((q = creq_new(p, c, req)) == NULL) return 0;
+  if (dduct__store_key_make(req->https ? "https" : "http", req->host, strlen(req->host),
+                            req->port, req->path, req->path_len_no_query, &key) != 0)
+    return 0;
+  if (p->o.revalidate != DDUCT_REVALIDATE_ALWAYS &&
+      dduct__store_lookup_hot(p->store, &key, flags, &e) && serve_hot(p, c, req, &key, e))
+    return 1;
+  if ((q = creq_new(p, c, req, &key)) == NULL) return 0;
   /* Lookups never call back from inside this call, so taking the connection after is safe. */
-  rc = dduct__store_lookup(p->store, &q->key, q->is_head ? DDUCT__STORE_NO_FILL : 0, lookup_cb,
-                           q, &q->look);
+  rc = dduct__store_lookup(p->store, &q->key, flags, lookup_cb, q, &q->look);
   if (rc != 0) {
     q->look = NULL;
     q->c = NULL;

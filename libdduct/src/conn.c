@@ -55,6 +55,7 @@ struct dduct_conn {
   int ev_head;   /* the last pause was at a head */
   int ev_done;   /* the last pause was at a message end */
   int head_started;
+  int in_process; /* process() runs: a resumed parser goes on in its loop, no kick needed */
   /* Intercepted CONNECT context. */
   int intercepted;
   char ihost[256];
@@ -262,7 +263,9 @@ static void resume_parser(struct dduct_conn *c) {
   if (!c->paused) return;
   c->paused = 0;
   dduct__http_parser_resume(&c->parser);
-  kick(c);
+  /* Inside process() (a response completed while its request was routed, e.g. a cache hit
+   * answered at once) the parse loop simply goes on: no extra loop turn for the next request. */
+  if (c->in_process == 0) kick(c);
 }
 
 static void reset_request(struct dduct_conn *c) {
@@ -344,10 +347,14 @@ void dduct__conn_decline(struct dduct_conn *c) {
   if (!c->resp_started && c->state == C_BUSY) start_forward(c);
 }
 
-int dduct__conn_send_head(struct dduct_conn *c, int status, const char *reason,
-                          const struct dduct_http_head *headers, int64_t content_length) {
+/* Start the response: framing decided, head rendered into a buffer sized for it plus `extra`
+ * bytes the caller appends (malloc'd, *out; the length is returned). */
+static int render_head(struct dduct_conn *c, int status, const char *reason,
+                       const struct dduct_http_head *headers, int64_t content_length,
+                       size_t extra, char **out) {
   struct dduct_http_head o;
-  char *buf, num[32];
+  char *buf = NULL, num[32];
+  size_t cap;
   int rc = 0, n;
   if (c->state != C_BUSY || c->resp_started) return DDUCT_ECLOSED;
   c->resp_started = 1;
@@ -378,15 +385,46 @@ int dduct__conn_send_head(struct dduct_conn *c, int status, const char *reason,
   if (c->draining) c->keep_alive = 0;
   if (rc == 0 && !c->keep_alive) rc = dduct__http_add(&o, "Connection", "close");
   else if (rc == 0 && c->parser.head.minor == 0) rc = dduct__http_add(&o, "Connection", "keep-alive");
-  buf = rc == 0 ? malloc(RESP_HEAD_CAP) : NULL;
-  n = buf != NULL ? dduct__http_serialize_response(&o, buf, RESP_HEAD_CAP) : DDUCT_ENOMEM;
+  /* The serialized head is o's strings (NUL-terminated in o.buf) plus ": " and CRLF per header,
+   * the status line's fixed part and the final CRLF: sized to fit, not to the 64 KiB cap. */
+  cap = o.len + 4 * o.n + 64;
+  if (cap > RESP_HEAD_CAP) cap = RESP_HEAD_CAP;
+  buf = rc == 0 ? malloc(cap + extra) : NULL;
+  n = buf != NULL ? dduct__http_serialize_response(&o, buf, cap) : rc != 0 ? rc : DDUCT_ENOMEM;
   dduct__http_head_free(&o);
   if (n < 0) {
     free(buf);
     return n;
   }
+  *out = buf;
+  return n;
+}
+
+int dduct__conn_send_head(struct dduct_conn *c, int status, const char *reason,
+                          const struct dduct_http_head *headers, int64_t content_length) {
+  char *buf;
+  int rc, n = render_head(c, status, reason, headers, content_length, 0, &buf);
+  if (n < 0) return n;
   rc = cwrite(c, buf, (size_t)n, NULL, NULL);
   free(buf);
+  return rc;
+}
+
+int dduct__conn_send_whole(struct dduct_conn *c, int status, const char *reason,
+                           const struct dduct_http_head *headers, int64_t content_length,
+                           const char *body, size_t len) {
+  int nobody = c->req.is_head || status == 204 || status == 304 || status < 200;
+  char *buf;
+  int rc, n;
+  if (!nobody && (content_length < 0 || (uint64_t)content_length != len)) return DDUCT_EINVAL;
+  if (nobody) len = 0;
+  n = render_head(c, status, reason, headers, content_length, len, &buf);
+  if (n < 0) return n;
+  if (len > 0) memcpy(buf + n, body, len);
+  c->resp_bytes += len;
+  rc = cwrite(c, buf, (size_t)n + len, NULL, NULL);
+  free(buf);
+  if (rc == 0) response_complete(c);
   return rc;
 }
 
@@ -469,10 +507,7 @@ static void respond_error(struct dduct_conn *c, int status, const char *fmt, ...
   c->state = C_BUSY;
   dduct__http_head_init(&h);
   (void)dduct__http_add(&h, "Content-Type", "text/plain; charset=utf-8");
-  if (dduct__conn_send_head(c, status, reason_of(status), &h, n) == 0 &&
-      dduct__conn_send_body(c, body, (size_t)n, NULL, NULL) == 0)
-    (void)dduct__conn_send_end(c);
-  else
+  if (dduct__conn_send_whole(c, status, reason_of(status), &h, n, body, (size_t)n) != 0)
     conn_close(c);
   dduct__http_head_free(&h);
 }
@@ -894,7 +929,15 @@ static void parse_error(struct dduct_conn *c, int rc) {
   conn_close(c);
 }
 
+static void process_loop(struct dduct_conn *c);
+
 static void process(struct dduct_conn *c) {
+  c->in_process++;
+  process_loop(c);
+  c->in_process--;
+}
+
+static void process_loop(struct dduct_conn *c) {
   while (!c->paused && (c->state == C_HEAD || c->state == C_BUSY)) {
     size_t used = 0;
     int rc;

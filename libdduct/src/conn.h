@@ -8,6 +8,9 @@
  *   dduct__conn_send_body(c, data, len, cb, arg) any number of times (bytes are copied)
  *   dduct__conn_send_end(c)                    the response is complete; the connection moves
  *                                              on to the next request (keep-alive) or closes
+ * or, for a response whose body is already at hand, the three at once (one write: for TLS one
+ * record when it fits, one syscall):
+ *   dduct__conn_send_whole(c, status, reason, headers, content_length, body, len)
  * or, at any point, dduct__conn_abort(c): the connection is closed at once, so a client never
  * takes a short body for a whole one. Before send_head, dduct__conn_decline(c) hands the
  * request back to the normal forward path instead.
@@ -67,6 +70,13 @@ int dduct__conn_send_head(struct dduct_conn *c, int status, const char *reason,
 int dduct__conn_send_body(struct dduct_conn *c, const char *data, size_t len,
                           dduct_conn_write_cb cb, void *arg);
 int dduct__conn_send_end(struct dduct_conn *c);
+/* send_head + send_body + send_end in one write. When a body goes out (not HEAD, 204, 304 or
+ * 1xx) content_length must be len (DDUCT_EINVAL otherwise, nothing sent); without one, body is
+ * ignored and content_length is what the head announces (-1: none). On 0 the response is
+ * complete: the handler must not touch c again (as after send_end). body is copied. */
+int dduct__conn_send_whole(struct dduct_conn *c, int status, const char *reason,
+                           const struct dduct_http_head *headers, int64_t content_length,
+                           const char *body, size_t len);
 void dduct__conn_abort(struct dduct_conn *c);
 size_t dduct__conn_queued(const struct dduct_conn *c);
 const struct dduct_request *dduct__conn_request(const struct dduct_conn *c);

@@ -547,6 +547,52 @@ static int still_on_disk(const struct dduct__store_entry *e) {
          (uint64_t)st.st_size == e->meta.size;
 }
 
+/* The table's entry for key, minus a complete one that must not be served any more (REFRESH, or
+ * replaced or removed on disk): that one leaves the table, and its readers carry on with the old
+ * file. */
+static struct dduct__store_entry *find_current(struct dduct_store *s,
+                                               const struct dduct__store_key *key, int flags) {
+  struct dduct__store_entry *e = table_find(s, key);
+  if (e != NULL && e->state == ST_COMPLETE &&
+      ((flags & DDUCT__STORE_REFRESH) || !still_on_disk(e))) {
+    table_remove(e);
+    idle_del(e);
+    entry_maybe_free(e);
+    e = NULL;
+  }
+  return e;
+}
+
+int dduct__store_lookup_hot(struct dduct_store *s, const struct dduct__store_key *key, int flags,
+                            struct dduct__store_entry **out) {
+  struct dduct__store_entry *e;
+  if (s == NULL || key == NULL || out == NULL || s->freeing || (flags & DDUCT__STORE_REFRESH))
+    return 0; /* a refill is the async lookup's business */
+  e = find_current(s, key, flags);
+  if (e == NULL || e->state != ST_COMPLETE) return 0;
+  idle_del(e);
+  entry_ref(e);
+  s->stats.hits++;
+  *out = e;
+  return 1;
+}
+
+ssize_t dduct__store_entry_pread(struct dduct__store_entry *e, char *buf, size_t len,
+                                 uint64_t off) {
+  size_t got = 0;
+  if (e == NULL || e->state != ST_COMPLETE || e->fd < 0) return DDUCT_EINVAL;
+  if (len > SSIZE_MAX || off > e->meta.size || len > e->meta.size - off) return DDUCT_EINVAL;
+  while (got < len) {
+    ssize_t n = pread(e->fd, buf + got, len - got, (off_t)(off + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -errno;
+    if (n == 0) return DDUCT_ESHORT; /* the file is shorter than the store believed */
+    got += (size_t)n;
+  }
+  e->s->stats.bytes_served += got;
+  return (ssize_t)got;
+}
+
 int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *key, int flags,
                         dduct__store_lookup_cb cb, void *user_data,
                         struct dduct__store_lookup **out) {
@@ -559,14 +605,7 @@ int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *ke
   l->ud = user_data;
   l->flags = flags;
   list_init(&l->link);
-  e = table_find(s, key);
-  if (e != NULL && e->state == ST_COMPLETE &&
-      ((flags & DDUCT__STORE_REFRESH) || !still_on_disk(e))) {
-    table_remove(e); /* its readers carry on with the old file */
-    idle_del(e);
-    entry_maybe_free(e);
-    e = NULL;
-  }
+  e = find_current(s, key, flags);
   if (e != NULL) idle_del(e);
   if (e == NULL) {
     if ((e = entry_new(s, key)) == NULL) {

@@ -97,6 +97,13 @@ int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *ke
                         struct dduct__store_lookup **out);
 /* cb will not run. Cancelling a lookup that was about to get FILL cancels that fill. */
 void dduct__store_lookup_cancel(struct dduct__store_lookup *l);
+/* The synchronous shortcut for the common case, next to the lookup above (which stays the only
+ * way to FOLLOW, FILL or probe the disk): 1 when key's entry is complete and in memory (held open
+ * after an earlier use, and one stat shows its name still leads to that same, unchanged file);
+ * *out then carries one HIT reference (counted as a hit), exactly as a lookup's callback would
+ * have had it. 0 otherwise (nothing held; use dduct__store_lookup). Calls nothing back. */
+int dduct__store_lookup_hot(struct dduct_store *s, const struct dduct__store_key *key, int flags,
+                            struct dduct__store_entry **out);
 
 /* Valid while the caller holds its reference; meta changes only at fill_begin and commit. */
 const struct dduct__store_meta *dduct__store_entry_meta(const struct dduct__store_entry *e);
@@ -109,6 +116,14 @@ int dduct__store_entry_error(const struct dduct__store_entry *e);
 /* One more reference (for a second user of the same entry). */
 void dduct__store_entry_ref(struct dduct__store_entry *e);
 void dduct__store_entry_release(struct dduct__store_entry *e);
+
+/* Read [off, off+len) of a complete entry right now, on the calling (loop) thread: meant for a
+ * small body (a pread of page-cached bytes costs less than a reader's thread-pool or timer
+ * round trip). Returns len, DDUCT_ESHORT if the file is shorter than the entry (cut behind our
+ * back), DDUCT_EINVAL outside the entry or for an incomplete one, or another negative error.
+ * Counted in bytes_served. */
+ssize_t dduct__store_entry_pread(struct dduct__store_entry *e, char *buf, size_t len,
+                                 uint64_t off);
 
 /* ---- filling (only with role FILL) -------------------------------------------------------- */
 

@@ -761,6 +761,83 @@ static void test_replaced_by_sibling(void) {
   free(v3);
 }
 
+/* The synchronous shortcut: only a complete entry already in memory and unchanged on disk is
+ * answered at once (1 + a HIT reference, counted); anything else is left to the async lookup.
+ * entry_pread reads exactly the range asked, or says the file is short (cut behind our back). */
+static void test_lookup_hot(void) {
+  enum { N = 4096 };
+  char dir[512], data_path[700], buf[N];
+  char *v1 = malloc(N), *v2 = malloc(N);
+  struct dduct__store_key k = url_key("hot.example", "/small.bin");
+  struct dduct__store_key other = url_key("hot.example", "/other.bin");
+  struct dduct_store *a, *b;
+  struct dduct_store_stats st0, st1;
+  struct dduct__store_entry *e = NULL, *e2 = NULL;
+
+  fill_pattern(v1, N, 61);
+  fill_pattern(v2, N, 62);
+  snprintf(dir, sizeof(dir), "%s/hot", tmpdir);
+  CHECK_EQ_INT(dduct_store_open(&loop, dir, &a, NULL, 0), 0, "store A opens");
+  CHECK_EQ_INT(dduct_store_open(&loop, dir, &b, NULL, 0), 0, "store B opens on the same dir");
+  CHECK_EQ_INT(dduct__store_lookup_hot(a, &k, 0, &e), 0, "nothing in memory: not hot");
+  CHECK(fill_with(a, &k, 0, v1, N, "\"h1\""), "A stores version 1");
+  CHECK_EQ_INT(dduct__store_lookup_hot(b, &k, 0, &e), 0,
+               "B has it on disk only: the async lookup must probe it");
+  CHECK(hit_reads(b, &k, v1, N, "\"h1\""), "B serves it through a lookup");
+
+  dduct_store_stats(a, &st0);
+  CHECK_EQ_INT(dduct__store_lookup_hot(a, &k, 0, &e), 1, "A's complete entry is hot");
+  dduct_store_stats(a, &st1);
+  CHECK(st1.hits == st0.hits + 1, "a hot lookup counts as a hit");
+  CHECK(e != NULL && dduct__store_entry_complete(e) && dduct__store_entry_meta(e)->size == N &&
+            strcmp(dduct__store_entry_meta(e)->etag, "\"h1\"") == 0,
+        "with its metadata");
+  CHECK_EQ_INT(dduct__store_lookup_hot(a, &other, 0, &e2), 0, "another key is not");
+  CHECK_EQ_INT(dduct__store_lookup_hot(a, &k, DDUCT__STORE_REFRESH, &e2), 0,
+               "REFRESH never takes the shortcut (nor drops the entry)");
+  memset(buf, 0, sizeof(buf));
+  CHECK_EQ_INT((int)dduct__store_entry_pread(e, buf, N, 0), N, "pread of the whole entry");
+  CHECK(memcmp(buf, v1, N) == 0, "has its bytes");
+  CHECK_EQ_INT((int)dduct__store_entry_pread(e, buf, 100, N - 100), 100, "pread of a range");
+  CHECK(memcmp(buf, v1 + N - 100, 100) == 0, "has the range's bytes");
+  CHECK_EQ_INT((int)dduct__store_entry_pread(e, buf, 100, N - 99), DDUCT_EINVAL,
+               "a range past the end is refused");
+  dduct_store_stats(a, &st1);
+  CHECK(st1.bytes_served == st0.bytes_served + N + 100, "pread bytes count as served");
+  dduct__store_entry_release(e);
+  e = NULL;
+  CHECK_EQ_INT(dduct__store_lookup_hot(a, &k, 0, &e), 1, "still hot after its user left");
+  dduct__store_entry_release(e);
+  e = NULL;
+
+  /* Replaced on disk by another process with the same size: never the remembered bytes. */
+  CHECK(fill_with(b, &k, DDUCT__STORE_REFRESH, v2, N, "\"h2\""), "B replaces it (same size)");
+  CHECK_EQ_INT(dduct__store_lookup_hot(a, &k, 0, &e), 0, "A's memory is stale: not hot");
+  CHECK(hit_reads(a, &k, v2, N, "\"h2\""), "A's next lookup serves version 2");
+  CHECK_EQ_INT(dduct__store_lookup_hot(a, &k, 0, &e), 1, "and version 2 is hot then");
+  CHECK(e != NULL && dduct__store_entry_pread(e, buf, N, 0) == N && memcmp(buf, v2, N) == 0,
+        "with version 2's bytes");
+
+  /* Truncated in place while A holds it: the pread says so; the next lookup is not hot. */
+  path_of(data_path, sizeof(data_path), dir, &k, "");
+  CHECK(truncate(data_path, 100) == 0, "the data file is cut behind the store's back");
+  CHECK_EQ_INT((int)dduct__store_entry_pread(e, buf, N, 0), DDUCT_ESHORT,
+               "a pread past the cut is short, never taken as whole");
+  dduct__store_entry_release(e);
+  e = NULL;
+  CHECK_EQ_INT(dduct__store_lookup_hot(a, &k, 0, &e), 0, "a cut file is not hot");
+  {
+    struct look l = lookup(a, &k, DDUCT__STORE_NO_FILL);
+    CHECK(l.role == DDUCT__STORE_BYPASS && l.e == NULL, "and is no entry at all for a lookup");
+  }
+
+  dduct_store_free(a);
+  dduct_store_free(b);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  free(v1);
+  free(v2);
+}
+
 /* A reader that stops after its first chunk, freeing itself from inside the callback. */
 struct one {
   struct dduct__store_reader *r;
@@ -970,6 +1047,7 @@ int main(void) {
   test_part_cleanup();
   test_two_stores();
   test_replaced_by_sibling();
+  test_lookup_hot();
   test_read_ahead();
   test_open_errors();
   test_disk_full();
