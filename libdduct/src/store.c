@@ -4,13 +4,13 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
-#include <mbedtls/sha256.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "sha256.h"
 #include "store.h"
 
 #define NBUCKETS 256
@@ -67,7 +67,7 @@ struct fill {
   uint64_t out_off, written, received;
   uv_work_t work;
   int busy, work_rc, ended, committing, was_full, created;
-  mbedtls_sha256_context sha; /* touched only by the one work item in flight */
+  struct dduct__sha256 sha; /* touched only by the one work item in flight */
   void (*drain_cb)(void *);
   void *drain_ud;
   uint64_t t0;
@@ -301,7 +301,6 @@ static void close_async(uv_loop_t *loop, int fd) {
 
 static void fill_free(struct fill *f) {
   if (f == NULL) return;
-  mbedtls_sha256_free(&f->sha);
   free(f->acc);
   free(f->out);
   free(f);
@@ -664,8 +663,7 @@ int dduct__store_fill_begin(struct dduct__store_entry *e, const struct dduct__st
   struct fill *f;
   if (e == NULL || m == NULL || e->state != ST_PENDING) return DDUCT_EINVAL;
   if ((f = calloc(1, sizeof(*f))) == NULL) return DDUCT_ENOMEM;
-  mbedtls_sha256_init(&f->sha);
-  mbedtls_sha256_starts_ret(&f->sha, 0);
+  dduct__sha256_init(&f->sha);
   f->t0 = uv_hrtime();
   f->work.data = e;
   e->fill = f;
@@ -705,7 +703,7 @@ static void write_work(uv_work_t *w) {
   struct fill *f = e->fill;
   f->work_rc = dduct__store_disk_pwrite(e->fd, f->out, f->out_len, f->out_off);
   if (f->work_rc == 0)
-    mbedtls_sha256_update_ret(&f->sha, (const unsigned char *)f->out, f->out_len);
+    dduct__sha256_update(&f->sha, f->out, f->out_len);
 }
 
 /* The store's hold on e is kept until the end: drain_cb may lead the feeder to end the fill and
@@ -760,7 +758,7 @@ static void commit_work(uv_work_t *w) {
   struct fill *f = e->fill;
   unsigned char h[32];
   char *json;
-  mbedtls_sha256_finish_ret(&f->sha, h);
+  dduct__sha256_final(&f->sha, h);
   memcpy(f->digest, "sha256:", 7);
   dduct__store_hex(h, 32, f->digest + 7);
   if (e->addressed && strcmp(f->digest, e->key.digest) != 0) {
