@@ -753,7 +753,7 @@ static void log_hit(const struct dduct_request *req, struct dduct_conn *c) {
 }
 
 /* A hit on an entry the store holds in memory, answered inside the engine's call: no lookup
- * callback, no loop turn. A small answer needs nothing kept past this call (the request head is
+ * callback, no loop turn (conn.c sends a whole answer made there after this turn's reads). A small answer needs nothing kept past this call (the request head is
  * the engine's, still valid here), so it is served from a creq on the stack; a larger one gets
  * a creq of its own for the reads that follow. Returns 1 when the request is taken (answered,
  * being answered or cut), 0 to take the ordinary path (the body could not be read). */

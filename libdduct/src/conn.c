@@ -41,6 +41,14 @@ struct dduct_conn {
   struct dduct_stream *s; /* client chain top */
   uv_timer_t timer;
   uv_idle_t kick;
+  /* A whole answer made while its request was being read (process()) waits here for the check
+   * phase of this loop turn, after the reads of every other ready connection: replying before
+   * the rest of the batch is read made Go clients (hey) drop kept-alive connections under load
+   * (the answer came back before their writer had reported the request written). Any other
+   * write, a shutdown or a drain sends it first; closing drops it. */
+  uv_check_t flush;
+  char *cork;
+  size_t cork_len;
   int handles;
   enum cstate state;
   int tls_listener;
@@ -131,6 +139,10 @@ static void timer_close_cb(uv_handle_t *h) {
   handle_closed(DDUCT_CONTAINER_OF((uv_timer_t *)h, struct dduct_conn, timer));
 }
 
+static void flush_close_cb(uv_handle_t *h) {
+  handle_closed(DDUCT_CONTAINER_OF((uv_check_t *)h, struct dduct_conn, flush));
+}
+
 static void kick_close_cb(uv_handle_t *h) {
   handle_closed(DDUCT_CONTAINER_OF((uv_idle_t *)h, struct dduct_conn, kick));
 }
@@ -162,6 +174,10 @@ static void conn_close(struct dduct_conn *c) {
   dduct__stream_close(c->s, stream_close_cb);
   uv_close((uv_handle_t *)&c->timer, timer_close_cb);
   uv_close((uv_handle_t *)&c->kick, kick_close_cb);
+  uv_close((uv_handle_t *)&c->flush, flush_close_cb);
+  free(c->cork);
+  c->cork = NULL;
+  c->cork_len = 0;
 }
 
 /* ---- timers and deferred work ------------------------------------------------------------- */
@@ -236,8 +252,36 @@ static void client_write_cb(struct dduct_stream *s, int status, void *arg) {
   if (c->h != NULL && c->h->on_drain != NULL) c->h->on_drain(c->harg);
 }
 
+static int cwrite_now(struct dduct_conn *c, const char *data, size_t len,
+                      dduct_conn_write_cb cb, void *arg);
+
+static int uncork(struct dduct_conn *c) {
+  char *b = c->cork;
+  size_t n = c->cork_len;
+  int rc;
+  if (b == NULL) return 0;
+  c->cork = NULL;
+  c->cork_len = 0;
+  uv_check_stop(&c->flush);
+  rc = cwrite_now(c, b, n, NULL, NULL);
+  free(b);
+  return rc;
+}
+
+static void flush_cb(uv_check_t *h) {
+  struct dduct_conn *c = DDUCT_CONTAINER_OF(h, struct dduct_conn, flush);
+  if (uncork(c) != 0) conn_close(c);
+}
+
 static int cwrite(struct dduct_conn *c, const char *data, size_t len, dduct_conn_write_cb cb,
                   void *arg) {
+  int rc = uncork(c);
+  if (rc != 0) return rc;
+  return cwrite_now(c, data, len, cb, arg);
+}
+
+static int cwrite_now(struct dduct_conn *c, const char *data, size_t len,
+                      dduct_conn_write_cb cb, void *arg) {
   struct wnode *n;
   int rc;
   if (c->state == C_CLOSED) return DDUCT_ECLOSED;
@@ -299,6 +343,10 @@ static void log_request(struct dduct_conn *c) {
 }
 
 static void linger(struct dduct_conn *c) {
+  if (uncork(c) != 0) {
+    conn_close(c);
+    return;
+  }
   c->state = C_LINGER;
   (void)dduct__stream_shutdown(c->s);
   arm(c, LINGER_MS);
@@ -422,6 +470,14 @@ int dduct__conn_send_whole(struct dduct_conn *c, int status, const char *reason,
   if (n < 0) return n;
   if (len > 0) memcpy(buf + n, body, len);
   c->resp_bytes += len;
+  if (c->in_process > 0 && c->cork == NULL && c->state == C_BUSY) {
+    /* Answered inside the read of its request: written after this turn's other reads. */
+    c->cork = buf;
+    c->cork_len = (size_t)n + len;
+    uv_check_start(&c->flush, flush_cb);
+    response_complete(c);
+    return 0;
+  }
   rc = cwrite(c, buf, (size_t)n + len, NULL, NULL);
   free(buf);
   if (rc == 0) response_complete(c);
@@ -465,7 +521,7 @@ void dduct__conn_abort(struct dduct_conn *c) {
 }
 
 size_t dduct__conn_queued(const struct dduct_conn *c) {
-  return c->state == C_CLOSED ? 0 : dduct__stream_queued(c->s);
+  return c->state == C_CLOSED ? 0 : c->cork_len + dduct__stream_queued(c->s);
 }
 
 const struct dduct_request *dduct__conn_request(const struct dduct_conn *c) {
@@ -1032,9 +1088,10 @@ void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int tls) {
   c->p = p;
   c->s = tcp;
   tcp->data = c;
-  c->handles = 3;
+  c->handles = 4;
   uv_timer_init(p->loop, &c->timer);
   uv_idle_init(p->loop, &c->kick);
+  uv_check_init(p->loop, &c->flush);
   c->next = p->conns;
   if (p->conns != NULL) p->conns->prev = c;
   p->conns = c;
@@ -1070,7 +1127,8 @@ void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int tls) {
 
 void dduct__conn_drain(struct dduct_conn *c) {
   c->draining = 1;
-  if (c->state == C_HEAD && !c->head_started) conn_close(c);
+  if (c->state == C_HEAD && !c->head_started && c->cork != NULL) linger(c); /* answer first */
+  else if (c->state == C_HEAD && !c->head_started) conn_close(c);
 }
 
 void dduct__conn_kill(struct dduct_conn *c) {
