@@ -1,6 +1,24 @@
 /* The bottom of every stream chain: a TCP socket. What the kernel takes at once is written from the
  * caller's buffer; the rest is copied into one heap block per write (request + bytes) that lives
- * until libuv's write callback. */
+ * until libuv's write callback.
+ *
+ * Write callbacks without a syscall. A write the kernel took whole (uv_try_write) has no libuv
+ * request whose callback could keep the "fires later, in write order" promise; an empty uv_write
+ * for it cost a zero-byte write() and a POLLOUT epoll_ctl on every small answer. Instead every
+ * write that needs a callback (and every uv_write) gets a node in one FIFO per stream, in write
+ * order. A node backed by a uv_write is done when libuv's callback for it runs; a node whose bytes
+ * the kernel already took is done at once. Callbacks run only from the head of the FIFO and only
+ * while the head is done, so they fire in write order by construction, whatever phase libuv
+ * completes a request in (pending phase of the next turn for a request finished inside uv_write,
+ * poll phase for one finished later): a done node behind a request in flight waits for that
+ * request's callback, which first delivers everything queued before it (libuv completes one
+ * stream's requests in order). A done head with no request before it is delivered by the
+ * stream's idle handle in the next loop turn: an active idle handle makes that turn's poll
+ * non-blocking, the handle stops itself once the head is empty or waits on a request (so the
+ * poll after it may block), and uv__run_idle runs a handle started during the idle phase only in
+ * the turn after, so callbacks that keep writing cannot spin one turn forever. Neither path runs
+ * inside write(): uv_write never calls back synchronously and the idle handle runs from the
+ * loop. After close no node calls back: the nodes are freed with the stream. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,29 +27,77 @@
 
 #define TCP_READ_BUF (64 * 1024)
 
+struct tcp_write;
+
 struct tcp_stream {
   struct dduct_stream s;
   uv_tcp_t tcp;
-  size_t queued; /* bytes handed to uv_write and not yet written */
+  uv_idle_t kick;         /* delivers a done FIFO head (see top) */
+  struct tcp_write *head; /* the write FIFO, in write order */
+  struct tcp_write *tail;
+  size_t queued;    /* bytes handed to uv_write and not yet written */
+  int open_handles; /* tcp + kick: the block is freed when both close callbacks ran */
   int shut;
   char rbuf[TCP_READ_BUF]; /* one read at a time: uv delivers before the next alloc */
 };
 
 struct tcp_write {
-  uv_write_t req;
+  uv_write_t req; /* unused by a node whose bytes the kernel took at once */
   struct tcp_stream *t;
+  struct tcp_write *next;
   dduct_stream_write_cb cb;
   void *arg;
-  size_t len;
+  size_t len; /* bytes in data, counted in t->queued until the request completes */
+  int done;
+  int status;
   char data[];
 };
+
+static void kick_cb(uv_idle_t *h);
+
+static void append(struct tcp_stream *t, struct tcp_write *w) {
+  w->next = NULL;
+  if (t->tail != NULL) t->tail->next = w;
+  else t->head = w;
+  t->tail = w;
+}
+
+/* The idle handle runs exactly while the FIFO head is done: nothing else would deliver it. */
+static void update_kick(struct tcp_stream *t) {
+  if (!t->s.closing && t->head != NULL && t->head->done) uv_idle_start(&t->kick, kick_cb);
+  else uv_idle_stop(&t->kick);
+}
+
+/* Deliver done nodes from the head, up to and including last (the tail when the delivery began:
+ * nodes written by these callbacks wait for the next turn). A callback may write (appends
+ * behind last) or close the stream (the rest is then only freed: the block itself lives until
+ * the close callbacks, which run in a later phase). */
+static void deliver(struct tcp_stream *t, const struct tcp_write *last) {
+  struct tcp_write *w;
+  int end = 0;
+  while (!end && t->head != NULL && t->head->done) {
+    w = t->head;
+    end = w == last;
+    t->head = w->next;
+    if (t->head == NULL) t->tail = NULL;
+    if (!t->s.closing && w->cb != NULL) w->cb(&t->s, w->status, w->arg);
+    free(w);
+  }
+  update_kick(t);
+}
+
+static void kick_cb(uv_idle_t *h) {
+  struct tcp_stream *t = DDUCT_CONTAINER_OF(h, struct tcp_stream, kick);
+  deliver(t, t->tail);
+}
 
 static void tcp_write_cb(uv_write_t *req, int status) {
   struct tcp_write *w = DDUCT_CONTAINER_OF(req, struct tcp_write, req);
   struct tcp_stream *t = w->t;
   t->queued -= w->len;
-  if (!t->s.closing && w->cb != NULL) w->cb(&t->s, status, w->arg);
-  free(w);
+  w->done = 1;
+  w->status = status;
+  deliver(t, t->tail);
 }
 
 static int tcp_write(struct dduct_stream *s, const char *data, size_t len,
@@ -52,21 +118,26 @@ static int tcp_write(struct dduct_stream *s, const char *data, size_t len,
     if (rc > 0) sent = (size_t)rc; /* errors: uv_write below reports them as before */
   }
   if (sent == len && cb == NULL) return 0;
-  /* The rest, or an empty write whose callback keeps the "bytes left" promise in order. */
   w = malloc(sizeof(*w) + (len - sent));
   if (w == NULL) return DDUCT_ENOMEM;
   w->t = t;
   w->cb = cb;
   w->arg = arg;
   w->len = len - sent;
-  if (len > sent) memcpy(w->data, data + sent, len - sent);
-  buf = uv_buf_init(w->data, (unsigned)(len - sent));
-  rc = uv_write(&w->req, (uv_stream_t *)&t->tcp, &buf, 1, tcp_write_cb);
-  if (rc != 0) {
-    free(w);
-    return rc;
+  w->status = 0;
+  w->done = sent == len; /* the kernel took it all: only the callback is left (see top) */
+  if (!w->done) {
+    memcpy(w->data, data + sent, len - sent);
+    buf = uv_buf_init(w->data, (unsigned)(len - sent));
+    rc = uv_write(&w->req, (uv_stream_t *)&t->tcp, &buf, 1, tcp_write_cb);
+    if (rc != 0) {
+      free(w);
+      return rc;
+    }
+    t->queued += len - sent;
   }
-  t->queued += len - sent;
+  append(t, w);
+  if (w->done && t->head == w) uv_idle_start(&t->kick, kick_cb);
   return 0;
 }
 
@@ -115,15 +186,32 @@ static int tcp_shutdown(struct dduct_stream *s) {
   return 0;
 }
 
-static void tcp_close_cb(uv_handle_t *h) {
-  struct tcp_stream *t = DDUCT_CONTAINER_OF(h, struct tcp_stream, tcp);
+/* libuv has completed the socket's requests (UV_ECANCELED, callbacks dropped) before its close
+ * callback; what is left are done nodes nobody delivered. */
+static void handle_closed(struct tcp_stream *t) {
+  struct tcp_write *w;
+  if (--t->open_handles > 0) return;
   if (t->s.close_cb != NULL) t->s.close_cb(&t->s);
+  while ((w = t->head) != NULL) {
+    t->head = w->next;
+    free(w);
+  }
   free(t);
+}
+
+static void tcp_close_cb(uv_handle_t *h) {
+  handle_closed(DDUCT_CONTAINER_OF(h, struct tcp_stream, tcp));
+}
+
+static void kick_close_cb(uv_handle_t *h) {
+  handle_closed(DDUCT_CONTAINER_OF(h, struct tcp_stream, kick));
 }
 
 static void tcp_close(struct dduct_stream *s) {
   struct tcp_stream *t = DDUCT_CONTAINER_OF(s, struct tcp_stream, s);
+  t->open_handles = 2;
   uv_close((uv_handle_t *)&t->tcp, tcp_close_cb);
+  uv_close((uv_handle_t *)&t->kick, kick_close_cb);
 }
 
 static size_t tcp_queued(const struct dduct_stream *s) {
@@ -142,6 +230,7 @@ struct dduct_stream *dduct__tcp_stream_new(uv_loop_t *loop) {
     free(t);
     return NULL;
   }
+  uv_idle_init(loop, &t->kick); /* cannot fail on unix */
   t->s.vt = &tcp_vt;
   t->s.loop = loop;
   return &t->s;
