@@ -15,10 +15,11 @@
  * handshake through dduct__tls_on_handshake and later failures as read errors.
  *
  * Bulk encryption runs on libuv's thread pool: a write of 32 KiB or more on a layer right above
- * TCP with an AEAD suite is copied and encrypted by a worker (one job per layer at a time), so
- * the loop keeps doing I/O and several connections encrypt on both cores. Writes behind a job
- * queue in order and count in dduct__stream_queued(); their callbacks fire when the ciphertext
- * went down, as before. A failed job is reported as a read error. Plaintext is read in batches
+ * TCP with an AEAD suite is copied and encrypted by a worker (one worker per layer at a time,
+ * going on by itself while writes wait), so the loop keeps doing I/O and several connections
+ * encrypt on both cores. Queued writes count in dduct__stream_queued() (what a worker has taken,
+ * at most 256 KiB, does not); their callbacks fire when the ciphertext went down, as before. A
+ * failed worker is reported as a read error. Plaintext is read in batches
  * of up to 64 KiB (several records per read callback) so forwarded bodies arrive in writes large
  * enough to take that path. See tls.c, "offloaded encryption".
  */
