@@ -18,7 +18,7 @@
  * TCP with an AEAD suite is copied and encrypted by a worker (one worker per layer at a time,
  * going on by itself while writes wait), so the loop keeps doing I/O and several connections
  * encrypt on both cores. Queued writes count in dduct__stream_queued() (what a worker has taken,
- * at most 256 KiB, does not); their callbacks fire when the ciphertext went down, as before. A
+ * at most 128 KiB, does not); their callbacks fire when the ciphertext went down, as before. A
  * failed worker is reported as a read error. Plaintext is read in batches
  * of up to 64 KiB (several records per read callback) so forwarded bodies arrive in writes large
  * enough to take that path. See tls.c, "offloaded encryption".
