@@ -744,12 +744,13 @@ static struct creq *creq_new(struct dduct_proxy *p, struct dduct_conn *c,
   return q;
 }
 
-static void log_hit(const struct dduct_request *req, struct dduct_conn *c) {
-  char *url;
-  if (!dduct__enabled(DDUCT_LOG_INFO)) return;
-  url = make_url(req);
+static void log_hit_url(char *url, struct dduct_conn *c) {
   LOG_INFO(LOG_MOD, "Hit \"%s\" for %s", url != NULL ? url : "?", dduct__conn_peer(c));
   free(url);
+}
+
+static void log_hit(const struct dduct_request *req, struct dduct_conn *c) {
+  if (dduct__enabled(DDUCT_LOG_INFO)) log_hit_url(make_url(req), c);
 }
 
 /* A hit on an entry the store holds in memory, answered inside the engine's call: no lookup
@@ -773,11 +774,17 @@ static int serve_hot(struct dduct_proxy *p, struct dduct_conn *c, const struct d
     return 0;
   }
   if (a.whole) {
+    /* The URL is made first: a whole answer may end the request (and clear req) inside
+     * send_whole, which made the log line of a Connection: close hit flaky. */
+    char *url = dduct__enabled(DDUCT_LOG_INFO) ? make_url(req) : NULL;
     rc = send_whole(&tmp, &a);
     dduct__http_head_free(&a.h);
     dduct__store_entry_release(e);
-    if (rc == 1) return 0;
-    log_hit(req, c);
+    if (rc == 1) {
+      free(url);
+      return 0;
+    }
+    if (dduct__enabled(DDUCT_LOG_INFO)) log_hit_url(url, c);
     if (rc != 0) {
       LOG_WARN(LOG_MOD, "Cut a hit for %s: cannot send the response", dduct__conn_peer(c));
       dduct__conn_abort(c);

@@ -991,6 +991,7 @@ static void prefetch(struct dduct__store_reader *r) {
   b = uv_buf_init(r->ahead, (unsigned)DDUCT_MIN(end - r->off, (uint64_t)r->cap));
   if ((r->pres = pread_cached(e->fd, b.base, b.len, r->off)) > 0) {
     r->pstate = P_DONE; /* taken by the next dduct__store_reader_read */
+    r->slow = 0;        /* cached again: no more reading ahead */
     return;
   }
   r->pstate = P_READING;
@@ -1084,7 +1085,6 @@ static void start_read(struct dduct__store_reader *r, uint64_t end) {
   if (got > 0) {
     r->off += (uint64_t)got;
     e->s->stats.bytes_served += (uint64_t)got;
-    prefetch(r);
     ready_reader(r, (int)got);
     return;
   }

@@ -79,6 +79,7 @@ struct wq_node {
   dduct_stream_write_cb cb;
   void *arg;
   size_t len;
+  int carry; /* written after dduct__tls_carry_records (bytes written before are not records) */
   char data[];
 };
 
@@ -452,6 +453,7 @@ static int enqueue(struct tls_stream *t, const char *data, size_t len, dduct_str
   w->cb = cb;
   w->arg = arg;
   w->len = len;
+  w->carry = t->carry;
   memcpy(w->data, data, len);
   uv_mutex_lock(&t->mu);
   if (t->wq_tail != NULL) t->wq_tail->next = w;
@@ -640,13 +642,19 @@ static void run_queue(struct tls_stream *t) {
     if ((t->wq_head = w->next) == NULL) t->wq_tail = NULL;
     t->wq_bytes -= w->len;
     uv_mutex_unlock(&t->mu);
-    rc = write_sync(t, w->data, w->len, w->cb, w->arg);
+    if (!w->carry && t->carry) { /* queued before the tunnel began: not records to align */
+      t->carry = 0;
+      rc = write_sync(t, w->data, w->len, w->cb, w->arg);
+      t->carry = 1;
+    } else {
+      rc = write_sync(t, w->data, w->len, w->cb, w->arg);
+    }
     free(w);
     if (rc != 0) {
       snprintf(t->err_text, sizeof(t->err_text), "TLS write failed (%d)", rc);
       drop_queue(t);
       fail(t, rc);
-      return;
+      break; /* a shutdown that waited still shuts the lower layer */
     }
   }
   if (!t->working && t->wq_head == NULL && t->shut_pending && !t->s.closing) {
@@ -826,7 +834,9 @@ static void deliver_eof(struct tls_stream *t, int code) {
  * enough to be encrypted off the loop, and the owner runs once per batch instead of per record. */
 static void read_records(struct tls_stream *t) {
   char buf[TLS_READ_BATCH];
-  while (t->s.reading && !t->s.closing && !t->failed && !t->eof_delivered) {
+  /* Stops as soon as a worker runs: read_cb may write, and a large write starts one; from then
+   * on the worker owns ssl, and job_done reads the rest (pump). */
+  while (t->s.reading && !t->s.closing && !t->failed && !t->eof_delivered && !t->working) {
     size_t got = 0;
     int n;
     if (t->read_held) { /* what ended the last batch, after its data */
@@ -861,20 +871,32 @@ static void read_records(struct tls_stream *t) {
   }
 }
 
+/* A worker owns ssl: ask it to stop; job_done reads. */
+static void defer_pump(struct tls_stream *t) {
+  t->pump_deferred = 1;
+  uv_mutex_lock(&t->mu);
+  t->stop_worker = 1;
+  uv_mutex_unlock(&t->mu);
+  if (t->in_len - t->in_off >= OFFLOAD_IN_PAUSE) dduct__stream_read_stop(t->lower);
+}
+
 static void pump(struct tls_stream *t) {
   if (t->s.closing || t->failed) return;
-  if (t->working) { /* a worker owns ssl: ask it to stop, read in job_done */
-    t->pump_deferred = 1;
-    uv_mutex_lock(&t->mu);
-    t->stop_worker = 1;
-    uv_mutex_unlock(&t->mu);
-    if (t->in_len - t->in_off >= OFFLOAD_IN_PAUSE) dduct__stream_read_stop(t->lower);
+  if (t->working) {
+    defer_pump(t);
     return;
   }
   if (!t->handshaken && handshake(t) < 0) return;
   if (t->s.closing) return;
-  if (t->handshaken) read_records(t);
+  /* The handshake callback and read_cb may write, and a large write starts a worker: from then
+   * on no mbedtls_ssl_* call here (a read that answers with an alert would write records
+   * beside the worker's). */
+  if (t->handshaken && !t->working) read_records(t);
   if (t->s.closing || t->failed) return;
+  if (t->working) {
+    defer_pump(t);
+    return;
+  }
   /* Keep ciphertext flowing only while someone wants plaintext (or the handshake needs it). */
   if ((t->s.reading || !t->handshaken) && !t->lower_eof)
     (void)dduct__stream_read_start(t->lower, t->lower->read_cb);

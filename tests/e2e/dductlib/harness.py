@@ -30,6 +30,12 @@ PIN_NAMES = certs.ORIGIN_NAMES + certs.BAD_NAMES
 DDUCT_CA_CN = "dduct e2e CA"
 
 
+# "INFO ... Listening on ADDR" once per bound listener. A listener that could not bind logs
+# "ERROR ... Listening on ADDR: listen ADDR: address already in use" and dduct exits: that line
+# must not count (it did, and a port taken between probe and bind became a flaky test).
+LISTENING = re.compile(r"^\[[^]]* INFO +dduct::[a-z_]+\] Listening on \S+$", re.M)
+
+
 class TestFailure(AssertionError):
     pass
 
@@ -201,7 +207,7 @@ class Dduct:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 text = self.log()
-                if len(re.findall(r"Listening on \S+", text)) >= want:
+                if len(LISTENING.findall(text)) >= want:
                     return self
                 if self.proc.poll() is not None:
                     break
