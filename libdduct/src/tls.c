@@ -125,7 +125,7 @@ struct tls_stream {
   int pending_closes;
   /* Offloaded encryption (see "offloaded encryption" below). While working is set a worker owns
    * ssl: the loop calls no mbedtls_ssl_* function on it (no read, no close_notify) and every
-   * write waits in wq. mu guards wq, done, spare, worker_on, stop_worker and worker_err. */
+   * write waits in wq. mu guards wq, done, spare, stop_worker and worker_err. */
   int aead;               /* the negotiated suite is an AEAD (no RNG, no shared state per record) */
   int offload_logged;
   int working;            /* loop: a work item exists, until job_done */
@@ -137,7 +137,6 @@ struct tls_stream {
   struct wq_node *wq_head, *wq_tail;
   size_t wq_bytes;
   struct enc_out *done_head, *done_tail;
-  int worker_on;          /* the worker still takes writes from wq */
   int stop_worker;        /* the loop wants ssl back (records to read, closing) */
   int worker_err;         /* the worker dropped writes (out of memory): the stream must fail */
   struct enc_out *wout;   /* the worker's current output; touched by the worker only */
@@ -507,7 +506,6 @@ static void work_cb(uv_work_t *req) {
     int rc;
     uv_mutex_lock(&t->mu);
     if (t->stop_worker || t->wq_head == NULL) {
-      t->worker_on = 0;
       uv_mutex_unlock(&t->mu);
       return;
     }
@@ -519,7 +517,6 @@ static void work_cb(uv_work_t *req) {
     if (o == NULL) { /* nothing to report it in: job_done sees worker_err */
       free_nodes(w);
       uv_mutex_lock(&t->mu);
-      t->worker_on = 0;
       t->worker_err = 1;
       uv_mutex_unlock(&t->mu);
       return;
@@ -549,7 +546,6 @@ static void work_cb(uv_work_t *req) {
     if (t->done_tail != NULL) t->done_tail->next = o;
     else t->done_head = o;
     t->done_tail = o;
-    if (rc != 0) t->worker_on = 0;
     uv_mutex_unlock(&t->mu);
     uv_async_send(&t->async);
     if (rc != 0) return;
@@ -606,13 +602,11 @@ static int job_start(struct tls_stream *t) {
   }
   t->rec_exp = exp < 0 ? 64 : exp;
   uv_mutex_lock(&t->mu);
-  t->worker_on = 1;
   t->stop_worker = 0;
   uv_mutex_unlock(&t->mu);
   t->working = 1;
   if (uv_queue_work(t->s.loop, &t->work, work_cb, job_done) != 0) {
     t->working = 0;
-    t->worker_on = 0;
     return DDUCT_ENOMEM;
   }
   if (!t->offload_logged) {
