@@ -151,34 +151,27 @@ static void pump(struct tls_stream *t);
 
 /* ---- memory bio ------------------------------------------------------------------------- */
 
-static int enc_append(struct enc_out *o, const unsigned char *buf, size_t len) {
-  if (o->len + len > o->cap) { /* not expected: cap counts every record's expansion */
-    size_t cap = DDUCT_MAX(o->cap * 2, o->len + len);
-    char *p = realloc(o->buf, cap);
-    if (p == NULL) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
-    o->buf = p;
-    o->cap = cap;
+/* Append to a growable buffer (doubling); mbedTLS's send-callback convention for the result. */
+static int append(char **p, size_t *len, size_t *cap, const unsigned char *buf, size_t n) {
+  if (*len + n > *cap) {
+    size_t c = DDUCT_MAX(*cap * 2, *len + n);
+    char *q = realloc(*p, c);
+    if (q == NULL) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+    *p = q;
+    *cap = c;
   }
-  memcpy(o->buf + o->len, buf, len);
-  o->len += len;
-  return (int)len;
+  memcpy(*p + *len, buf, n);
+  *len += n;
+  return (int)n;
 }
 
 static int bio_send(void *ctx, const unsigned char *buf, size_t len) {
   struct tls_stream *t = ctx;
-  /* On the worker thread, inside its mbedtls_ssl_write: records go into its own output, never
-   * into out, which the loop reads. wout is NULL whenever the loop calls mbedTLS. */
-  if (t->wout != NULL) return enc_append(t->wout, buf, len);
-  if (t->out_len + len > t->out_cap) {
-    size_t cap = DDUCT_MAX(t->out_cap * 2, t->out_len + len);
-    char *p = realloc(t->out, cap);
-    if (p == NULL) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
-    t->out = p;
-    t->out_cap = cap;
-  }
-  memcpy(t->out + t->out_len, buf, len);
-  t->out_len += len;
-  return (int)len;
+  /* On the worker thread, inside its mbedtls_ssl_write: records go into its own output (sized
+   * for the group, so it does not grow), never into out, which the loop reads. wout is NULL
+   * whenever the loop calls mbedTLS. */
+  if (t->wout != NULL) return append(&t->wout->buf, &t->wout->len, &t->wout->cap, buf, len);
+  return append(&t->out, &t->out_len, &t->out_cap, buf, len);
 }
 
 static int bio_recv(void *ctx, unsigned char *buf, size_t len) {
