@@ -32,12 +32,18 @@ typedef unsigned __int128 u128;
 /* Bytes sealed per slice: each slice is encrypted, then MACed while it is still in L1. */
 #define SLICE 2048
 
-static uint32_t le32(const unsigned char *p) {
+#if defined(__GNUC__) || defined(__clang__)
+#define INLINE __attribute__((always_inline)) inline
+#else
+#define INLINE inline
+#endif
+
+INLINE static uint32_t le32(const unsigned char *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 #ifdef POLY64
-static uint64_t le64(const unsigned char *p) {
+INLINE static uint64_t le64(const unsigned char *p) {
   return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
 }
 #endif
@@ -117,186 +123,6 @@ static void xor_portable(const uint32_t s[16], const unsigned char *in, unsigned
   wipe(ks, sizeof(ks));
 }
 
-#ifdef HAVE_X86
-/* ---- ChaCha20, 8 and 16 blocks at a time ----
- * Vector i holds state word i of consecutive blocks (block k in lane k), so a quarter round is
- * the scalar one on whole vectors; the counters differ per lane. At the end the lanes are
- * transposed back into 64-byte blocks. */
-#define AVX2 __attribute__((target("avx2")))
-#define AVX512 __attribute__((target("avx512f,avx2")))
-
-#define VQR(a, b, c, d, ADD, XOR, R16, R12, R8, R7)              \
-  do {                                                           \
-    a = ADD(a, b), d = XOR(d, a), d = R16(d);                    \
-    c = ADD(c, d), b = XOR(b, c), b = R12(b);                    \
-    a = ADD(a, b), d = XOR(d, a), d = R8(d);                     \
-    c = ADD(c, d), b = XOR(b, c), b = R7(b);                     \
-  } while (0)
-#define DOUBLE_ROUND(Q)                                                                  \
-  do {                                                                                   \
-    Q(x0, x4, x8, x12); Q(x1, x5, x9, x13); Q(x2, x6, x10, x14); Q(x3, x7, x11, x15);    \
-    Q(x0, x5, x10, x15); Q(x1, x6, x11, x12); Q(x2, x7, x8, x13); Q(x3, x4, x9, x14);    \
-  } while (0)
-
-/* Rotations by 16 and 8 are byte shuffles (one instruction instead of three). */
-#define A2_R16(x) _mm256_shuffle_epi8(x, rot16)
-#define A2_R8(x) _mm256_shuffle_epi8(x, rot8)
-#define A2_R12(x) _mm256_or_si256(_mm256_slli_epi32(x, 12), _mm256_srli_epi32(x, 20))
-#define A2_R7(x) _mm256_or_si256(_mm256_slli_epi32(x, 7), _mm256_srli_epi32(x, 25))
-#define A2_QR(a, b, c, d) \
-  VQR(a, b, c, d, _mm256_add_epi32, _mm256_xor_si256, A2_R16, A2_R12, A2_R8, A2_R7)
-
-/* Words w..w+7 of 8 blocks (a[j] = word w+j, lane k = block k) to bytes 4w..4w+31 of each block
- * of out = in ^ keystream. */
-AVX2 static inline void out8_avx2(const __m256i a[8], const unsigned char *in, unsigned char *out) {
-  __m256i t0 = _mm256_unpacklo_epi32(a[0], a[1]), t1 = _mm256_unpackhi_epi32(a[0], a[1]);
-  __m256i t2 = _mm256_unpacklo_epi32(a[2], a[3]), t3 = _mm256_unpackhi_epi32(a[2], a[3]);
-  __m256i t4 = _mm256_unpacklo_epi32(a[4], a[5]), t5 = _mm256_unpackhi_epi32(a[4], a[5]);
-  __m256i t6 = _mm256_unpacklo_epi32(a[6], a[7]), t7 = _mm256_unpackhi_epi32(a[6], a[7]);
-  /* u[k] / v[k]: words w..w+3 / w+4..w+7 of block k (low lane) and block k+4 (high lane). */
-  __m256i u[4], v[4];
-  int k;
-  u[0] = _mm256_unpacklo_epi64(t0, t2), u[1] = _mm256_unpackhi_epi64(t0, t2);
-  u[2] = _mm256_unpacklo_epi64(t1, t3), u[3] = _mm256_unpackhi_epi64(t1, t3);
-  v[0] = _mm256_unpacklo_epi64(t4, t6), v[1] = _mm256_unpackhi_epi64(t4, t6);
-  v[2] = _mm256_unpacklo_epi64(t5, t7), v[3] = _mm256_unpackhi_epi64(t5, t7);
-  for (k = 0; k < 4; k++) {
-    __m256i lo = _mm256_permute2x128_si256(u[k], v[k], 0x20);
-    __m256i hi = _mm256_permute2x128_si256(u[k], v[k], 0x31);
-    const unsigned char *i0 = in + 64 * k, *i4 = in + 64 * (k + 4);
-    _mm256_storeu_si256((__m256i *)(out + 64 * k),
-                        _mm256_xor_si256(lo, _mm256_loadu_si256((const __m256i *)i0)));
-    _mm256_storeu_si256((__m256i *)(out + 64 * (k + 4)),
-                        _mm256_xor_si256(hi, _mm256_loadu_si256((const __m256i *)i4)));
-  }
-}
-
-/* 512 bytes: blocks s[12] .. s[12] + 7. */
-AVX2 static void chacha8_avx2(const uint32_t s[16], const unsigned char *in, unsigned char *out) {
-  const __m256i rot16 = _mm256_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13, 2,
-                                         3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-  const __m256i rot8 = _mm256_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14, 3, 0,
-                                        1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14);
-  const __m256i ctr = _mm256_add_epi32(_mm256_set1_epi32((int)s[12]),
-                                       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  __m256i x0 = _mm256_set1_epi32((int)s[0]), x1 = _mm256_set1_epi32((int)s[1]);
-  __m256i x2 = _mm256_set1_epi32((int)s[2]), x3 = _mm256_set1_epi32((int)s[3]);
-  __m256i x4 = _mm256_set1_epi32((int)s[4]), x5 = _mm256_set1_epi32((int)s[5]);
-  __m256i x6 = _mm256_set1_epi32((int)s[6]), x7 = _mm256_set1_epi32((int)s[7]);
-  __m256i x8 = _mm256_set1_epi32((int)s[8]), x9 = _mm256_set1_epi32((int)s[9]);
-  __m256i x10 = _mm256_set1_epi32((int)s[10]), x11 = _mm256_set1_epi32((int)s[11]);
-  __m256i x12 = ctr, x13 = _mm256_set1_epi32((int)s[13]);
-  __m256i x14 = _mm256_set1_epi32((int)s[14]), x15 = _mm256_set1_epi32((int)s[15]);
-  __m256i a[8];
-  int i;
-  for (i = 0; i < 10; i++) DOUBLE_ROUND(A2_QR);
-#define A2_FIN(j, x) a[j] = _mm256_add_epi32(x, _mm256_set1_epi32((int)s[(j) + base]))
-  {
-    const int base = 0;
-    A2_FIN(0, x0), A2_FIN(1, x1), A2_FIN(2, x2), A2_FIN(3, x3);
-    A2_FIN(4, x4), A2_FIN(5, x5), A2_FIN(6, x6), A2_FIN(7, x7);
-    out8_avx2(a, in, out);
-  }
-  {
-    const int base = 8;
-    A2_FIN(0, x8), A2_FIN(1, x9), A2_FIN(2, x10), A2_FIN(3, x11);
-    a[4] = _mm256_add_epi32(x12, ctr);
-    A2_FIN(5, x13), A2_FIN(6, x14), A2_FIN(7, x15);
-    out8_avx2(a, in + 32, out + 32);
-  }
-#undef A2_FIN
-}
-
-/* A last part shorter than a batch: the batch runs on a copy. */
-static void xor_tail(const uint32_t s[16], const unsigned char *in, unsigned char *out, size_t len,
-                     void (*batch)(const uint32_t *, const unsigned char *, unsigned char *)) {
-  unsigned char buf[1024] = {0};
-  memcpy(buf, in, len);
-  batch(s, buf, buf);
-  memcpy(out, buf, len);
-  wipe(buf, sizeof(buf));
-}
-
-AVX2 static void xor_avx2(const uint32_t s[16], const unsigned char *in, unsigned char *out,
-                          size_t len) {
-  uint32_t st[16];
-  memcpy(st, s, sizeof(st));
-  for (; len >= 512; len -= 512, in += 512, out += 512, st[12] += 8) chacha8_avx2(st, in, out);
-  if (len > 0) xor_tail(st, in, out, len, chacha8_avx2);
-  wipe(st, sizeof(st));
-}
-
-#define A5_R16(x) _mm512_rol_epi32(x, 16)
-#define A5_R12(x) _mm512_rol_epi32(x, 12)
-#define A5_R8(x) _mm512_rol_epi32(x, 8)
-#define A5_R7(x) _mm512_rol_epi32(x, 7)
-#define A5_QR(a, b, c, d) \
-  VQR(a, b, c, d, _mm512_add_epi32, _mm512_xor_si512, A5_R16, A5_R12, A5_R8, A5_R7)
-
-/* Words 4g..4g+3 (g = 0..3) of 16 blocks: k[j] lane L (128 bits) = those words of block 4L + j. */
-AVX512 static inline void group16(__m512i a, __m512i b, __m512i c, __m512i d, __m512i k[4]) {
-  __m512i t0 = _mm512_unpacklo_epi32(a, b), t1 = _mm512_unpackhi_epi32(a, b);
-  __m512i t2 = _mm512_unpacklo_epi32(c, d), t3 = _mm512_unpackhi_epi32(c, d);
-  k[0] = _mm512_unpacklo_epi64(t0, t2), k[1] = _mm512_unpackhi_epi64(t0, t2);
-  k[2] = _mm512_unpacklo_epi64(t1, t3), k[3] = _mm512_unpackhi_epi64(t1, t3);
-}
-
-AVX512 static inline void out16(__m512i v, const unsigned char *in, unsigned char *out) {
-  _mm512_storeu_si512(out, _mm512_xor_si512(v, _mm512_loadu_si512(in)));
-}
-
-/* 1024 bytes: blocks s[12] .. s[12] + 15. */
-AVX512 static void chacha16_avx512(const uint32_t s[16], const unsigned char *in,
-                                   unsigned char *out) {
-  const __m512i ctr = _mm512_add_epi32(
-      _mm512_set1_epi32((int)s[12]),
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-  __m512i x0 = _mm512_set1_epi32((int)s[0]), x1 = _mm512_set1_epi32((int)s[1]);
-  __m512i x2 = _mm512_set1_epi32((int)s[2]), x3 = _mm512_set1_epi32((int)s[3]);
-  __m512i x4 = _mm512_set1_epi32((int)s[4]), x5 = _mm512_set1_epi32((int)s[5]);
-  __m512i x6 = _mm512_set1_epi32((int)s[6]), x7 = _mm512_set1_epi32((int)s[7]);
-  __m512i x8 = _mm512_set1_epi32((int)s[8]), x9 = _mm512_set1_epi32((int)s[9]);
-  __m512i x10 = _mm512_set1_epi32((int)s[10]), x11 = _mm512_set1_epi32((int)s[11]);
-  __m512i x12 = ctr, x13 = _mm512_set1_epi32((int)s[13]);
-  __m512i x14 = _mm512_set1_epi32((int)s[14]), x15 = _mm512_set1_epi32((int)s[15]);
-  __m512i g[4][4];
-  int i, j;
-  for (i = 0; i < 10; i++) DOUBLE_ROUND(A5_QR);
-#define A5_FIN(x, w) _mm512_add_epi32(x, _mm512_set1_epi32((int)s[w]))
-  group16(A5_FIN(x0, 0), A5_FIN(x1, 1), A5_FIN(x2, 2), A5_FIN(x3, 3), g[0]);
-  group16(A5_FIN(x4, 4), A5_FIN(x5, 5), A5_FIN(x6, 6), A5_FIN(x7, 7), g[1]);
-  group16(A5_FIN(x8, 8), A5_FIN(x9, 9), A5_FIN(x10, 10), A5_FIN(x11, 11), g[2]);
-  group16(_mm512_add_epi32(x12, ctr), A5_FIN(x13, 13), A5_FIN(x14, 14), A5_FIN(x15, 15), g[3]);
-#undef A5_FIN
-  /* Block 4L + j is lane L of g[0][j], g[1][j], g[2][j], g[3][j]: a 4x4 transpose of lanes. */
-  for (j = 0; j < 4; j++) {
-    __m512i p0 = _mm512_shuffle_i32x4(g[0][j], g[1][j], 0x44);
-    __m512i p1 = _mm512_shuffle_i32x4(g[0][j], g[1][j], 0xee);
-    __m512i p2 = _mm512_shuffle_i32x4(g[2][j], g[3][j], 0x44);
-    __m512i p3 = _mm512_shuffle_i32x4(g[2][j], g[3][j], 0xee);
-    out16(_mm512_shuffle_i32x4(p0, p2, 0x88), in + 64 * j, out + 64 * j);
-    out16(_mm512_shuffle_i32x4(p0, p2, 0xdd), in + 64 * (4 + j), out + 64 * (4 + j));
-    out16(_mm512_shuffle_i32x4(p1, p3, 0x88), in + 64 * (8 + j), out + 64 * (8 + j));
-    out16(_mm512_shuffle_i32x4(p1, p3, 0xdd), in + 64 * (12 + j), out + 64 * (12 + j));
-  }
-}
-
-/* Whole 1 KiB batches here; the rest (< 1 KiB) by AVX2, whose batch is half the size. */
-AVX512 static void xor_avx512(const uint32_t s[16], const unsigned char *in, unsigned char *out,
-                              size_t len) {
-  uint32_t st[16];
-  memcpy(st, s, sizeof(st));
-  for (; len >= 1024; len -= 1024, in += 1024, out += 1024, st[12] += 16)
-    chacha16_avx512(st, in, out);
-  if (len > 512) {
-    xor_tail(st, in, out, len, chacha16_avx512);
-  } else if (len > 0) {
-    xor_avx2(st, in, out, len);
-  }
-  wipe(st, sizeof(st));
-}
-#endif
-
 /* ---- Poly1305 (RFC 8439 2.5) ---- */
 
 #ifdef POLY64
@@ -317,7 +143,8 @@ static void poly_init(struct poly *p, const unsigned char key[32]) {
 
 /* n whole 16-byte blocks, each with 2^128 added when hibit is 1 (always, but for the raw MAC's
  * last partial block, which carries its own 1 byte). */
-static void poly_blocks(struct poly *p, const unsigned char *m, size_t n, uint64_t hibit) {
+/* Inlined everywhere: a call from the SIMD rounds would spill every vector register around it. */
+INLINE static void poly_blocks(struct poly *p, const unsigned char *m, size_t n, uint64_t hibit) {
   const uint64_t r0 = p->r0, r1 = p->r1, s1 = p->s1;
   uint64_t h0 = p->h0, h1 = p->h1, h2 = p->h2;
   for (; n > 0; n--, m += 16) {
@@ -473,6 +300,224 @@ void dduct__poly1305(const unsigned char key[32], const unsigned char *m, size_t
   poly_finish(&p, tag);
 }
 
+#ifdef HAVE_X86
+/* ---- ChaCha20, 8 and 16 blocks at a time ----
+ * Vector i holds state word i of consecutive blocks (block k in lane k), so a quarter round is
+ * the scalar one on whole vectors; the counters differ per lane. At the end the lanes are
+ * transposed back into 64-byte blocks. */
+#define AVX2 __attribute__((target("avx2")))
+#define AVX512 __attribute__((target("avx512f,avx2")))
+
+#define VQR(a, b, c, d, ADD, XOR, R16, R12, R8, R7)              \
+  do {                                                           \
+    a = ADD(a, b), d = XOR(d, a), d = R16(d);                    \
+    c = ADD(c, d), b = XOR(b, c), b = R12(b);                    \
+    a = ADD(a, b), d = XOR(d, a), d = R8(d);                     \
+    c = ADD(c, d), b = XOR(b, c), b = R7(b);                     \
+  } while (0)
+#define DOUBLE_ROUND(Q)                                                                  \
+  do {                                                                                   \
+    Q(x0, x4, x8, x12); Q(x1, x5, x9, x13); Q(x2, x6, x10, x14); Q(x3, x7, x11, x15);    \
+    Q(x0, x5, x10, x15); Q(x1, x6, x11, x12); Q(x2, x7, x8, x13); Q(x3, x4, x9, x14);    \
+  } while (0)
+
+/* Rotations by 16 and 8 are byte shuffles (one instruction instead of three). */
+#define A2_R16(x) _mm256_shuffle_epi8(x, rot16)
+#define A2_R8(x) _mm256_shuffle_epi8(x, rot8)
+#define A2_R12(x) _mm256_or_si256(_mm256_slli_epi32(x, 12), _mm256_srli_epi32(x, 20))
+#define A2_R7(x) _mm256_or_si256(_mm256_slli_epi32(x, 7), _mm256_srli_epi32(x, 25))
+#define A2_QR(a, b, c, d) \
+  VQR(a, b, c, d, _mm256_add_epi32, _mm256_xor_si256, A2_R16, A2_R12, A2_R8, A2_R7)
+
+/* Words w..w+7 of 8 blocks (a[j] = word w+j, lane k = block k) to bytes 4w..4w+31 of each block
+ * of out = in ^ keystream. */
+AVX2 static inline void out8_avx2(const __m256i a[8], const unsigned char *in, unsigned char *out) {
+  __m256i t0 = _mm256_unpacklo_epi32(a[0], a[1]), t1 = _mm256_unpackhi_epi32(a[0], a[1]);
+  __m256i t2 = _mm256_unpacklo_epi32(a[2], a[3]), t3 = _mm256_unpackhi_epi32(a[2], a[3]);
+  __m256i t4 = _mm256_unpacklo_epi32(a[4], a[5]), t5 = _mm256_unpackhi_epi32(a[4], a[5]);
+  __m256i t6 = _mm256_unpacklo_epi32(a[6], a[7]), t7 = _mm256_unpackhi_epi32(a[6], a[7]);
+  /* u[k] / v[k]: words w..w+3 / w+4..w+7 of block k (low lane) and block k+4 (high lane). */
+  __m256i u[4], v[4];
+  int k;
+  u[0] = _mm256_unpacklo_epi64(t0, t2), u[1] = _mm256_unpackhi_epi64(t0, t2);
+  u[2] = _mm256_unpacklo_epi64(t1, t3), u[3] = _mm256_unpackhi_epi64(t1, t3);
+  v[0] = _mm256_unpacklo_epi64(t4, t6), v[1] = _mm256_unpackhi_epi64(t4, t6);
+  v[2] = _mm256_unpacklo_epi64(t5, t7), v[3] = _mm256_unpackhi_epi64(t5, t7);
+  for (k = 0; k < 4; k++) {
+    __m256i lo = _mm256_permute2x128_si256(u[k], v[k], 0x20);
+    __m256i hi = _mm256_permute2x128_si256(u[k], v[k], 0x31);
+    const unsigned char *i0 = in + 64 * k, *i4 = in + 64 * (k + 4);
+    _mm256_storeu_si256((__m256i *)(out + 64 * k),
+                        _mm256_xor_si256(lo, _mm256_loadu_si256((const __m256i *)i0)));
+    _mm256_storeu_si256((__m256i *)(out + 64 * (k + 4)),
+                        _mm256_xor_si256(hi, _mm256_loadu_si256((const __m256i *)i4)));
+  }
+}
+
+/* 512 bytes: blocks s[12] .. s[12] + 7. When mac is not NULL, also MACs the 512 bytes there (the
+ * batch sealed before), a few blocks per double round: the scalar multiplies of Poly1305 then run
+ * beside the vector rounds instead of after them. */
+AVX2 static void chacha8_avx2(const uint32_t s[16], const unsigned char *in, unsigned char *out,
+                              struct poly *p, const unsigned char *mac) {
+  const __m256i rot16 = _mm256_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13, 2,
+                                         3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  const __m256i rot8 = _mm256_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14, 3, 0,
+                                        1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14);
+  const __m256i ctr = _mm256_add_epi32(_mm256_set1_epi32((int)s[12]),
+                                       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256i x0 = _mm256_set1_epi32((int)s[0]), x1 = _mm256_set1_epi32((int)s[1]);
+  __m256i x2 = _mm256_set1_epi32((int)s[2]), x3 = _mm256_set1_epi32((int)s[3]);
+  __m256i x4 = _mm256_set1_epi32((int)s[4]), x5 = _mm256_set1_epi32((int)s[5]);
+  __m256i x6 = _mm256_set1_epi32((int)s[6]), x7 = _mm256_set1_epi32((int)s[7]);
+  __m256i x8 = _mm256_set1_epi32((int)s[8]), x9 = _mm256_set1_epi32((int)s[9]);
+  __m256i x10 = _mm256_set1_epi32((int)s[10]), x11 = _mm256_set1_epi32((int)s[11]);
+  __m256i x12 = ctr, x13 = _mm256_set1_epi32((int)s[13]);
+  __m256i x14 = _mm256_set1_epi32((int)s[14]), x15 = _mm256_set1_epi32((int)s[15]);
+  __m256i a[8];
+  int i;
+  for (i = 0; i < 10; i++) {
+    DOUBLE_ROUND(A2_QR);
+    if (mac != NULL) { /* 32 blocks over 10 double rounds: 3 or 4 each */
+      size_t nb = (size_t)(32 * (i + 1) / 10 - 32 * i / 10);
+      poly_blocks(p, mac, nb, 1);
+      mac += 16 * nb;
+    }
+  }
+#define A2_FIN(j, x) a[j] = _mm256_add_epi32(x, _mm256_set1_epi32((int)s[(j) + base]))
+  {
+    const int base = 0;
+    A2_FIN(0, x0), A2_FIN(1, x1), A2_FIN(2, x2), A2_FIN(3, x3);
+    A2_FIN(4, x4), A2_FIN(5, x5), A2_FIN(6, x6), A2_FIN(7, x7);
+    out8_avx2(a, in, out);
+  }
+  {
+    const int base = 8;
+    A2_FIN(0, x8), A2_FIN(1, x9), A2_FIN(2, x10), A2_FIN(3, x11);
+    a[4] = _mm256_add_epi32(x12, ctr);
+    A2_FIN(5, x13), A2_FIN(6, x14), A2_FIN(7, x15);
+    out8_avx2(a, in + 32, out + 32);
+  }
+#undef A2_FIN
+}
+
+/* A last part shorter than a batch: the batch runs on a copy. */
+typedef void batch_fn(const uint32_t s[16], const unsigned char *in, unsigned char *out,
+                      struct poly *p, const unsigned char *mac);
+
+static void xor_tail(const uint32_t s[16], const unsigned char *in, unsigned char *out, size_t len,
+                     batch_fn *batch) {
+  unsigned char buf[1024] = {0};
+  memcpy(buf, in, len);
+  batch(s, buf, buf, NULL, NULL);
+  memcpy(out, buf, len);
+  wipe(buf, sizeof(buf));
+}
+
+AVX2 static void xor_avx2(const uint32_t s[16], const unsigned char *in, unsigned char *out,
+                          size_t len) {
+  uint32_t st[16];
+  memcpy(st, s, sizeof(st));
+  for (; len >= 512; len -= 512, in += 512, out += 512, st[12] += 8)
+    chacha8_avx2(st, in, out, NULL, NULL);
+  if (len > 0) xor_tail(st, in, out, len, chacha8_avx2);
+  wipe(st, sizeof(st));
+}
+
+#define A5_R16(x) _mm512_rol_epi32(x, 16)
+#define A5_R12(x) _mm512_rol_epi32(x, 12)
+#define A5_R8(x) _mm512_rol_epi32(x, 8)
+#define A5_R7(x) _mm512_rol_epi32(x, 7)
+#define A5_QR(a, b, c, d) \
+  VQR(a, b, c, d, _mm512_add_epi32, _mm512_xor_si512, A5_R16, A5_R12, A5_R8, A5_R7)
+
+/* Words 4g..4g+3 (g = 0..3) of 16 blocks: k[j] lane L (128 bits) = those words of block 4L + j. */
+AVX512 static inline void group16(__m512i a, __m512i b, __m512i c, __m512i d, __m512i k[4]) {
+  __m512i t0 = _mm512_unpacklo_epi32(a, b), t1 = _mm512_unpackhi_epi32(a, b);
+  __m512i t2 = _mm512_unpacklo_epi32(c, d), t3 = _mm512_unpackhi_epi32(c, d);
+  k[0] = _mm512_unpacklo_epi64(t0, t2), k[1] = _mm512_unpackhi_epi64(t0, t2);
+  k[2] = _mm512_unpacklo_epi64(t1, t3), k[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+AVX512 static inline void out16(__m512i v, const unsigned char *in, unsigned char *out) {
+  _mm512_storeu_si512(out, _mm512_xor_si512(v, _mm512_loadu_si512(in)));
+}
+
+/* 1024 bytes: blocks s[12] .. s[12] + 15; mac as for chacha8_avx2 (1024 bytes). */
+AVX512 static void chacha16_avx512(const uint32_t s[16], const unsigned char *in,
+                                   unsigned char *out, struct poly *p, const unsigned char *mac) {
+  const __m512i ctr = _mm512_add_epi32(
+      _mm512_set1_epi32((int)s[12]),
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  __m512i x0 = _mm512_set1_epi32((int)s[0]), x1 = _mm512_set1_epi32((int)s[1]);
+  __m512i x2 = _mm512_set1_epi32((int)s[2]), x3 = _mm512_set1_epi32((int)s[3]);
+  __m512i x4 = _mm512_set1_epi32((int)s[4]), x5 = _mm512_set1_epi32((int)s[5]);
+  __m512i x6 = _mm512_set1_epi32((int)s[6]), x7 = _mm512_set1_epi32((int)s[7]);
+  __m512i x8 = _mm512_set1_epi32((int)s[8]), x9 = _mm512_set1_epi32((int)s[9]);
+  __m512i x10 = _mm512_set1_epi32((int)s[10]), x11 = _mm512_set1_epi32((int)s[11]);
+  __m512i x12 = ctr, x13 = _mm512_set1_epi32((int)s[13]);
+  __m512i x14 = _mm512_set1_epi32((int)s[14]), x15 = _mm512_set1_epi32((int)s[15]);
+  __m512i g[4][4];
+  int i, j;
+  for (i = 0; i < 10; i++) {
+    DOUBLE_ROUND(A5_QR);
+    if (mac != NULL) { /* 64 blocks over 10 double rounds: 6 or 7 each */
+      size_t nb = (size_t)(64 * (i + 1) / 10 - 64 * i / 10);
+      poly_blocks(p, mac, nb, 1);
+      mac += 16 * nb;
+    }
+  }
+#define A5_FIN(x, w) _mm512_add_epi32(x, _mm512_set1_epi32((int)s[w]))
+  group16(A5_FIN(x0, 0), A5_FIN(x1, 1), A5_FIN(x2, 2), A5_FIN(x3, 3), g[0]);
+  group16(A5_FIN(x4, 4), A5_FIN(x5, 5), A5_FIN(x6, 6), A5_FIN(x7, 7), g[1]);
+  group16(A5_FIN(x8, 8), A5_FIN(x9, 9), A5_FIN(x10, 10), A5_FIN(x11, 11), g[2]);
+  group16(_mm512_add_epi32(x12, ctr), A5_FIN(x13, 13), A5_FIN(x14, 14), A5_FIN(x15, 15), g[3]);
+#undef A5_FIN
+  /* Block 4L + j is lane L of g[0][j], g[1][j], g[2][j], g[3][j]: a 4x4 transpose of lanes. */
+  for (j = 0; j < 4; j++) {
+    __m512i p0 = _mm512_shuffle_i32x4(g[0][j], g[1][j], 0x44);
+    __m512i p1 = _mm512_shuffle_i32x4(g[0][j], g[1][j], 0xee);
+    __m512i p2 = _mm512_shuffle_i32x4(g[2][j], g[3][j], 0x44);
+    __m512i p3 = _mm512_shuffle_i32x4(g[2][j], g[3][j], 0xee);
+    out16(_mm512_shuffle_i32x4(p0, p2, 0x88), in + 64 * j, out + 64 * j);
+    out16(_mm512_shuffle_i32x4(p0, p2, 0xdd), in + 64 * (4 + j), out + 64 * (4 + j));
+    out16(_mm512_shuffle_i32x4(p1, p3, 0x88), in + 64 * (8 + j), out + 64 * (8 + j));
+    out16(_mm512_shuffle_i32x4(p1, p3, 0xdd), in + 64 * (12 + j), out + 64 * (12 + j));
+  }
+}
+
+/* Whole 1 KiB batches here; the rest (< 1 KiB) by AVX2, whose batch is half the size. */
+AVX512 static void xor_avx512(const uint32_t s[16], const unsigned char *in, unsigned char *out,
+                              size_t len) {
+  uint32_t st[16];
+  memcpy(st, s, sizeof(st));
+  for (; len >= 1024; len -= 1024, in += 1024, out += 1024, st[12] += 16)
+    chacha16_avx512(st, in, out, NULL, NULL);
+  if (len > 512) {
+    xor_tail(st, in, out, len, chacha16_avx512);
+  } else if (len > 0) {
+    xor_avx2(st, in, out, len);
+  }
+  wipe(st, sizeof(st));
+}
+
+/* Seals whole batches, each one's MAC stitched into the next one's rounds; the last batch and
+ * the rest after them. Advances s[12]. */
+static void seal_batches(batch_fn *batch, size_t size, xor_fn *xor_rest, uint32_t s[16],
+                         const unsigned char *in, unsigned char *out, size_t len, struct poly *p) {
+  const unsigned char *prev = NULL;
+  for (; len >= size; in += size, out += size, len -= size) {
+    batch(s, in, out, p, prev);
+    prev = out;
+    s[12] += (uint32_t)(size / 64);
+  }
+  if (prev != NULL) poly_blocks(p, prev, size / 16, 1);
+  if (len > 0) {
+    xor_rest(s, in, out, len);
+    poly_padded(p, out, len);
+  }
+}
+#endif
+
 /* ---- Choosing the implementation ---- */
 
 #ifdef HAVE_X86
@@ -535,14 +580,39 @@ const char *dduct__chachapoly_impl_name(enum dduct__chachapoly_impl impl) {
   }
 }
 
-static xor_fn *current_xor(void) {
+static int current(void) {
   int v = atomic_load_explicit(&forced, memory_order_relaxed);
-  if (v < 0) v = dduct__chachapoly_best();
+  return v < 0 ? (int)dduct__chachapoly_best() : v;
+}
+
+static xor_fn *impl_xor(int impl) {
 #ifdef HAVE_X86
-  if (v == DDUCT__CHACHAPOLY_AVX512) return xor_avx512;
-  if (v == DDUCT__CHACHAPOLY_AVX2) return xor_avx2;
+  if (impl == DDUCT__CHACHAPOLY_AVX512) return xor_avx512;
+  if (impl == DDUCT__CHACHAPOLY_AVX2) return xor_avx2;
 #endif
   return xor_portable;
+}
+
+/* out = in ^ keystream from block s[12], MACed into p as it goes. */
+static void seal_data(int impl, uint32_t s[16], const unsigned char *in, unsigned char *out,
+                      size_t len, struct poly *p) {
+  size_t off, n;
+#ifdef HAVE_X86
+  if (impl == DDUCT__CHACHAPOLY_AVX512) {
+    seal_batches(chacha16_avx512, 1024, xor_avx2, s, in, out, len, p);
+    return;
+  }
+  if (impl == DDUCT__CHACHAPOLY_AVX2) {
+    seal_batches(chacha8_avx2, 512, xor_avx2, s, in, out, len, p);
+    return;
+  }
+#endif
+  for (off = 0; off < len; off += n) {
+    n = len - off < SLICE ? len - off : SLICE;
+    xor_portable(s, in + off, out + off, n);
+    poly_padded(p, out + off, n); /* only the last slice can be partial */
+    s[12] += SLICE / 64;
+  }
 }
 
 /* ---- The AEAD (RFC 8439 2.8) ---- */
@@ -563,17 +633,10 @@ void dduct__chachapoly_seal(const unsigned char key[32], const unsigned char non
                             const unsigned char *aad, size_t aad_len,
                             const unsigned char *in, size_t len, unsigned char *out,
                             unsigned char tag[16]) {
-  xor_fn *xor_stream = current_xor();
   struct poly p;
   uint32_t s[16];
-  size_t off, n;
   aead_start(&p, s, key, nonce, aad, aad_len);
-  for (off = 0; off < len; off += n) {
-    n = len - off < SLICE ? len - off : SLICE;
-    xor_stream(s, in + off, out + off, n);
-    poly_padded(&p, out + off, n); /* only the last slice can be partial */
-    s[12] += SLICE / 64;
-  }
+  seal_data(current(), s, in, out, len, &p);
   poly_lengths(&p, aad_len, len);
   poly_finish(&p, tag);
   wipe(s, sizeof(s));
@@ -583,7 +646,7 @@ int dduct__chachapoly_open(const unsigned char key[32], const unsigned char nonc
                            const unsigned char *aad, size_t aad_len,
                            const unsigned char *in, size_t len, const unsigned char tag[16],
                            unsigned char *out) {
-  xor_fn *xor_stream = current_xor();
+  xor_fn *xor_stream = impl_xor(current());
   struct poly p;
   uint32_t s[16];
   unsigned char want[16], diff = 0;
