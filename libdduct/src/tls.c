@@ -1,6 +1,7 @@
 /* TLS stream layer on mbedTLS 2.28 over memory buffers (see tls.h). */
 #include <arpa/inet.h>
 #include <mbedtls/error.h>
+#include <mbedtls/platform_util.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/ssl_ciphersuites.h>
 #include <mbedtls/ssl_ticket.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "ca.h"
+#include "chachapoly.h"
 #include "internal.h"
 #include "rng.h"
 #include "tls.h"
@@ -145,6 +147,11 @@ struct tls_stream {
   int pump_deferred;      /* records arrived (or read_start) while a job ran */
   int read_held;          /* held_rc ended a read batch and is still to be reported */
   int held_rc;
+  /* Records written here (see "ChaCha20-Poly1305 records written here" below). */
+  int keys_ok;            /* export_keys_cb saw a ChaCha20-Poly1305-shaped key block */
+  int own;                /* application records are sealed and opened here, not by mbedTLS */
+  size_t rec_max;         /* plaintext per record we write */
+  unsigned char enc_key[32], enc_iv[12], dec_key[32], dec_iv[12];
 };
 
 static void pump(struct tls_stream *t);
@@ -336,6 +343,170 @@ void dduct__tls_carry_records(struct dduct_stream *s) {
   DDUCT_CONTAINER_OF(s, struct tls_stream, s)->carry = 1;
 }
 
+/* ---- ChaCha20-Poly1305 records written here ----------------------------------------------
+ * Debian's mbedTLS does ChaCha20 and Poly1305 in portable C (~350-440 MB/s per core here), which
+ * made the cipher most of dduct's CPU per GiB. With that suite negotiated (TLS 1.2, RFC 7905),
+ * application-data records are sealed and opened here with libdduct's own ChaCha20-Poly1305
+ * (chachapoly.c: SIMD, tested against RFC 8439 and mbedTLS), and mbedTLS keeps everything else:
+ * the handshake, alerts, close_notify, any other record type, every other suite.
+ * The keys come from mbedTLS's key export callback (the TLS 1.2 key block: client key, server key,
+ * client IV, server IV); the record sequence numbers stay in mbedTLS's context (cur_out_ctr and
+ * in_ctr, public fields in 2.28), advanced by both, so either may write or read the next record.
+ * A record is opened here only when mbedTLS holds no part of one (in_left, in_offt, in_msglen all
+ * empty) and it is a whole application-data record in `in`; anything else goes to mbedTLS.
+ * DDUCT_TLS_RECORDS=mbedtls in the environment leaves every record to mbedTLS. */
+
+#define REC_FULL (-0x10001) /* record_read: the next record does not fit what is left of buf */
+
+/* The stream whose handshake step runs on this thread: the export callback has no ssl pointer. */
+static _Thread_local struct tls_stream *deriving;
+
+static int export_keys_cb(void *p, const unsigned char *ms, const unsigned char *kb, size_t maclen,
+                          size_t keylen, size_t ivlen, const unsigned char client_random[32],
+                          const unsigned char server_random[32], mbedtls_tls_prf_types prf) {
+  struct tls_stream *t = deriving;
+  const unsigned char *ck = kb, *sk = kb + 32, *civ = kb + 64, *siv = kb + 76;
+  (void)p, (void)ms, (void)client_random, (void)server_random, (void)prf;
+  if (t == NULL) return 0;
+  t->keys_ok = 0;
+  /* An AEAD suite with a 32-byte key and a 12-byte fixed IV: ChaCha20-Poly1305 (AES-256-GCM's
+   * fixed IV is 4 bytes); the suite is checked again once the handshake is over. */
+  if (maclen != 0 || keylen != 32 || ivlen != 12) return 0;
+  memcpy(t->enc_key, t->server ? sk : ck, 32);
+  memcpy(t->enc_iv, t->server ? siv : civ, 12);
+  memcpy(t->dec_key, t->server ? ck : sk, 32);
+  memcpy(t->dec_iv, t->server ? civ : siv, 12);
+  t->keys_ok = 1;
+  return 0;
+}
+
+static int records_disabled(void) {
+  static int v = -1;
+  if (v < 0) {
+    const char *e = getenv("DDUCT_TLS_RECORDS");
+    v = e != NULL && strcmp(e, "mbedtls") == 0;
+  }
+  return v;
+}
+
+/* After the handshake: take the records over if the suite is ChaCha20-Poly1305 on TLS 1.2. */
+static void own_records_setup(struct tls_stream *t) {
+  const mbedtls_ssl_ciphersuite_t *cs =
+      mbedtls_ssl_ciphersuite_from_id(mbedtls_ssl_get_ciphersuite_id(mbedtls_ssl_get_ciphersuite(&t->ssl)));
+  int max = mbedtls_ssl_get_max_out_record_payload(&t->ssl);
+  t->own = t->keys_ok && cs != NULL && cs->cipher == MBEDTLS_CIPHER_CHACHA20_POLY1305 &&
+           t->ssl.major_ver == 3 && t->ssl.minor_ver == 3 && max > 0 && !records_disabled();
+  t->rec_max = max > 0 ? (size_t)max : 0;
+  if (!t->own) {
+    mbedtls_platform_zeroize(t->enc_key, sizeof(t->enc_key));
+    mbedtls_platform_zeroize(t->dec_key, sizeof(t->dec_key));
+    return;
+  }
+  LOG_DEBUG("tls", "application records sealed and opened by libdduct (%s)",
+            mbedtls_ssl_get_ciphersuite(&t->ssl));
+}
+
+/* nonce = IV xor the 64-bit sequence number (RFC 7905); aad = seq, type, version, length. */
+static void record_nonce_aad(const unsigned char iv[12], const unsigned char ctr[8], size_t len,
+                             unsigned char nonce[12], unsigned char aad[13]) {
+  memcpy(nonce, iv, 12);
+  for (int i = 0; i < 8; i++) nonce[4 + i] ^= ctr[i];
+  memcpy(aad, ctr, 8);
+  aad[8] = MBEDTLS_SSL_MSG_APPLICATION_DATA;
+  aad[9] = 3;
+  aad[10] = 3;
+  aad[11] = (unsigned char)(len >> 8);
+  aad[12] = (unsigned char)len;
+}
+
+/* Advance a sequence number; nonzero when it would wrap (then the connection must end). */
+static int ctr_next(unsigned char ctr[8]) {
+  for (int i = 7; i >= 0; i--)
+    if (++ctr[i] != 0) return 0;
+  return 1;
+}
+
+static void aead_seal(const unsigned char key[32], const unsigned char nonce[12],
+                      const unsigned char aad[13], const unsigned char *in, size_t len,
+                      unsigned char *out, unsigned char tag[16]) {
+  dduct__chachapoly_seal(key, nonce, aad, 13, in, len, out, tag);
+}
+
+static int aead_open(const unsigned char key[32], const unsigned char nonce[12],
+                     const unsigned char aad[13], const unsigned char *in, size_t len,
+                     const unsigned char tag[16], unsigned char *out) {
+  return dduct__chachapoly_open(key, nonce, aad, 13, in, len, tag, out);
+}
+
+/* mbedtls_ssl_write's contract: one record of up to rec_max bytes of data[0..len) into the
+ * current output (the worker's or the loop's, as bio_send chooses); bytes taken or an error. */
+static int own_write(struct tls_stream *t, const unsigned char *data, size_t len) {
+  char **buf = t->wout != NULL ? &t->wout->buf : &t->out;
+  size_t *blen = t->wout != NULL ? &t->wout->len : &t->out_len;
+  size_t *bcap = t->wout != NULL ? &t->wout->cap : &t->out_cap;
+  unsigned char nonce[12], aad[13], *r;
+  size_t n = DDUCT_MIN(len, t->rec_max), rec = 5 + n + 16;
+  if (*blen + rec > *bcap) {
+    size_t c = DDUCT_MAX(*bcap * 2, *blen + rec);
+    char *q = realloc(*buf, c);
+    if (q == NULL) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+    *buf = q;
+    *bcap = c;
+  }
+  r = (unsigned char *)*buf + *blen;
+  record_nonce_aad(t->enc_iv, t->ssl.cur_out_ctr, n, nonce, aad);
+  if (ctr_next(t->ssl.cur_out_ctr) != 0) return MBEDTLS_ERR_SSL_COUNTER_WRAPPING;
+  r[0] = MBEDTLS_SSL_MSG_APPLICATION_DATA;
+  r[1] = 3;
+  r[2] = 3;
+  r[3] = (unsigned char)((n + 16) >> 8);
+  r[4] = (unsigned char)(n + 16);
+  aead_seal(t->enc_key, nonce, aad, data, n, r + 5, r + 5 + n);
+  *blen += rec;
+  return (int)n;
+}
+
+static int record_write(struct tls_stream *t, const unsigned char *data, size_t len) {
+  return t->own ? own_write(t, data, len) : mbedtls_ssl_write(&t->ssl, data, len);
+}
+
+/* mbedTLS holds no part of a record and no unread plaintext. */
+static int own_read_ready(const struct tls_stream *t) {
+  const mbedtls_ssl_context *s = &t->ssl;
+  return t->own && s->in_left == 0 && s->in_offt == NULL && s->in_msglen == 0 &&
+         !s->keep_current_message;
+}
+
+/* mbedtls_ssl_read's contract (plus REC_FULL): the plaintext of the next record. */
+static int record_read(struct tls_stream *t, unsigned char *buf, size_t cap) {
+  if (own_read_ready(t)) {
+    const unsigned char *h = (const unsigned char *)t->in + t->in_off;
+    size_t avail = t->in_len - t->in_off, clen, n;
+    unsigned char nonce[12], aad[13];
+    if (avail < 5 && !t->lower_eof) return MBEDTLS_ERR_SSL_WANT_READ;
+    if (avail >= 5 && h[0] == MBEDTLS_SSL_MSG_APPLICATION_DATA && h[1] == 3 && h[2] == 3 &&
+        (clen = (size_t)h[3] << 8 | h[4]) > 16 && clen - 16 <= MBEDTLS_SSL_IN_CONTENT_LEN) {
+      n = clen - 16;
+      if (avail < 5 + clen && !t->lower_eof) return MBEDTLS_ERR_SSL_WANT_READ;
+      if (avail >= 5 + clen) {
+        if (n > cap) return REC_FULL;
+        record_nonce_aad(t->dec_iv, t->ssl.in_ctr, n, nonce, aad);
+        if (aead_open(t->dec_key, nonce, aad, h + 5, n, h + 5 + n, buf) != 0) {
+          (void)mbedtls_ssl_send_alert_message(&t->ssl, MBEDTLS_SSL_ALERT_LEVEL_FATAL,
+                                               MBEDTLS_SSL_ALERT_MSG_BAD_RECORD_MAC);
+          return MBEDTLS_ERR_SSL_INVALID_MAC;
+        }
+        if (ctr_next(t->ssl.in_ctr) != 0) return MBEDTLS_ERR_SSL_COUNTER_WRAPPING;
+        t->in_off += 5 + clen;
+        if (t->in_off == t->in_len) t->in_off = t->in_len = 0;
+        return (int)n;
+      }
+    }
+  }
+  /* Another record type, an empty or oversized record, the end of the stream: mbedTLS's. */
+  return mbedtls_ssl_read(&t->ssl, buf, cap);
+}
+
 /* Encrypt on the loop thread, now (no job may be in flight). */
 static int write_sync(struct tls_stream *t, const char *data, size_t len, dduct_stream_write_cb cb,
                       void *arg) {
@@ -346,8 +517,7 @@ static int write_sync(struct tls_stream *t, const char *data, size_t len, dduct_
     int n;
     if (off == end) /* our records end where a carried one does */
       end = t->carry ? off + carried_span(t, (const unsigned char *)data + off, len - off) : len;
-    n = mbedtls_ssl_write(&t->ssl, (const unsigned char *)data + off,
-                          DDUCT_MIN(end - off, plain));
+    n = record_write(t, (const unsigned char *)data + off, DDUCT_MIN(end - off, plain));
     if (n < 0) {
       t->failed = 1;
       return DDUCT_ETLS;
@@ -478,7 +648,7 @@ static int encrypt_group(struct tls_stream *t, const struct wq_node *w) {
     const unsigned char *p = (const unsigned char *)w->data;
     size_t off = 0;
     while (off < w->len) {
-      int n = mbedtls_ssl_write(&t->ssl, p + off, w->len - off);
+      int n = record_write(t, p + off, w->len - off);
       if (n < 0) return n;
       off += (size_t)n;
     }
@@ -742,7 +912,8 @@ static void describe(struct tls_stream *t, int rc) {
     return;
   }
   mbedtls_strerror(rc, buf, sizeof(buf));
-  snprintf(t->err_text, sizeof(t->err_text), "TLS handshake failed: %s", buf);
+  snprintf(t->err_text, sizeof(t->err_text), "%s: %s",
+           t->handshaken ? "TLS failed" : "TLS handshake failed", buf);
 }
 
 static void fail(struct tls_stream *t, int code) {
@@ -774,7 +945,10 @@ static int peer_names_ip(struct tls_stream *t) {
 }
 
 static int handshake(struct tls_stream *t) {
-  int rc = mbedtls_ssl_handshake(&t->ssl);
+  int rc;
+  deriving = t; /* export_keys_cb runs inside, without a pointer to t */
+  rc = mbedtls_ssl_handshake(&t->ssl);
+  deriving = NULL;
   (void)flush(t, NULL, NULL);
   if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE) {
     if (t->lower_eof) {
@@ -801,6 +975,7 @@ static int handshake(struct tls_stream *t) {
   }
   t->handshaken = 1;
   t->aead = suite_is_aead(&t->ssl);
+  own_records_setup(t);
   if (t->hs_cb != NULL) {
     dduct_tls_handshake_cb cb = t->hs_cb;
     t->hs_cb = NULL;
@@ -831,11 +1006,12 @@ static void read_records(struct tls_stream *t) {
       n = t->held_rc;
     } else {
       do {
-        n = mbedtls_ssl_read(&t->ssl, (unsigned char *)buf + got, sizeof(buf) - got);
+        n = record_read(t, (unsigned char *)buf + got, sizeof(buf) - got);
         if (n > 0) got += (size_t)n;
       } while (n > 0 && got < sizeof(buf));
       if (got > 0) {
-        if (n <= 0 && n != MBEDTLS_ERR_SSL_WANT_READ && n != MBEDTLS_ERR_SSL_WANT_WRITE) {
+        if (n <= 0 && n != MBEDTLS_ERR_SSL_WANT_READ && n != MBEDTLS_ERR_SSL_WANT_WRITE &&
+            n != REC_FULL) {
           t->read_held = 1; /* EOF, close_notify or an error: reported after the data */
           t->held_rc = n;
         }
@@ -939,6 +1115,8 @@ static void tls_free(struct tls_stream *t) {
   if (t->spare != NULL) enc_free(t->spare);
   uv_mutex_destroy(&t->mu);
   mbedtls_ssl_free(&t->ssl);
+  mbedtls_platform_zeroize(t->enc_key, sizeof(t->enc_key));
+  mbedtls_platform_zeroize(t->dec_key, sizeof(t->dec_key));
   free(t->forced_host);
   free(t->in);
   free(t->out);
@@ -1060,6 +1238,7 @@ int dduct__tls_server_conf_new(struct dduct_ca *ca, struct dduct_tls_server_conf
   mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
   mbedtls_ssl_conf_alpn_protocols(&c->conf, alpn_list);
   mbedtls_ssl_conf_sni(&c->conf, sni_cb, c);
+  mbedtls_ssl_conf_export_keys_ext_cb(&c->conf, export_keys_cb, NULL);
   rc = mbedtls_ssl_ticket_setup(&c->ticket, dduct__rng, NULL, MBEDTLS_CIPHER_AES_256_GCM,
                                 TICKET_LIFETIME);
   if (rc != 0) goto fail;
@@ -1155,6 +1334,7 @@ int dduct__tls_client_conf_new(const char *system_ca_file, const char *extra_ca_
   mbedtls_ssl_conf_alpn_protocols(&c->conf, alpn_list);
   mbedtls_ssl_conf_ca_chain(&c->conf, &c->roots, NULL);
   mbedtls_ssl_conf_curves(&c->conf, client_curves);
+  mbedtls_ssl_conf_export_keys_ext_cb(&c->conf, export_keys_cb, NULL);
   mbedtls_ssl_conf_authmode(&c->conf,
                             insecure ? MBEDTLS_SSL_VERIFY_NONE : MBEDTLS_SSL_VERIFY_REQUIRED);
   if (insecure)

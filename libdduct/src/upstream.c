@@ -551,7 +551,10 @@ static void busy_read_cb(struct dduct_stream *s, ssize_t nread, const char *data
       response_done(c, 0); /* close-delimited body ended */
       return;
     }
-    if (c->got_bytes)
+    if (c->got_bytes && nread == DDUCT_ETLS) /* e.g. a record that failed its MAC check */
+      uconn_fail(c, c->f->delivered_head ? DDUCT_ESHORT : DDUCT_EPROTO,
+                 "origin %s:%u mid-response: %s", c->host, c->port, dduct__tls_error_text(c->s));
+    else if (c->got_bytes)
       uconn_fail(c, c->f->delivered_head ? DDUCT_ESHORT : DDUCT_EPROTO,
                  "origin %s:%u closed the connection mid-response", c->host, c->port);
     else
