@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdatomic.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -23,6 +24,14 @@
 /* A read of a complete entry up to this size is done right on the loop thread: a page-cache
  * hit of a few KiB costs microseconds, a thread-pool hand-off (queue, futex, eventfd) more. */
 #define SMALL_READ (64 * 1024)
+/* The whole body of a complete entry up to BODY_MAX is kept in memory once read for a hot hit
+ * (no pread per hit), up to BODY_BUDGET bytes per store; entry_free gives it back. The idle list
+ * (IDLE_MAX) bounds what entries nobody uses keep. */
+#define BODY_MAX (16 * 1024)
+#define BODY_BUDGET (4 * 1024 * 1024)
+/* What another process can do to a data file we hold: replace or remove its name (the link count
+ * drops: IN_ATTRIB), cut or write it (IN_MODIFY), move it away. */
+#define WATCH_MASK (IN_ATTRIB | IN_MODIFY | IN_MOVE_SELF | IN_DELETE_SELF)
 #define DEGRADE_MS_DEFAULT 30000
 #define LOG_MOD "cache"
 
@@ -100,6 +109,12 @@ struct dduct__store_entry {
   int probe_may_fill, probe_flags, probe_rc;
   enum probe_result probe_result;
   struct dduct__store_loaded loaded;
+  /* A complete entry's data file is watched (inotify, on our open fd's inode) so a hot hit needs
+   * no stat of its name: wd >= 0 while in s->watched; changed once the kernel reported anything
+   * (then hot hits stat the name again, as without a watch). */
+  int wd, changed;
+  struct list watch;
+  char *body; /* the whole body, BODY_MAX at most, once read (counted in s->body_bytes) */
 };
 
 struct dduct__store_lookup {
@@ -146,6 +161,11 @@ struct dduct_store {
   struct list idle; /* complete entries with no user, least recently used first */
   unsigned idle_count;
   int freeing;
+  int ino_fd;           /* inotify instance: -1 not yet made, -2 unavailable (stat every hit) */
+  uv_poll_t *ino_poll;  /* its readiness on the loop; freed in its close callback */
+  struct list watched;  /* entries with a watch */
+  size_t body_bytes;    /* bodies held in memory */
+  uint64_t name_checks; /* stats of an entry's name by hot lookups */
 };
 
 static void entry_ref(struct dduct__store_entry *e) {
@@ -282,6 +302,8 @@ static struct dduct__store_entry *entry_new(struct dduct_store *s,
   list_init(&e->waiters);
   list_init(&e->readers);
   list_init(&e->idle);
+  list_init(&e->watch);
+  e->wd = -1;
   list_push(&s->buckets[bucket_of(k)], &e->link);
   e->in_table = 1;
   s->live++;
@@ -307,6 +329,124 @@ static void fill_free(struct fill *f) {
   free(f->acc);
   free(f->out);
   free(f);
+}
+
+/* ---- watching held data files ------------------------------------------------------------ */
+
+/* The name still leads to the very file we hold open, at the size we know: another process
+ * sharing file_dir may have replaced it (a refill renames a new file into place) or removed it.
+ * Our open fd keeps the old inode alive, so its number cannot be reused by a replacement; same
+ * device, inode and size mean the same, unchanged entry (entries are never written in place). An
+ * entry whose sidecar alone was removed is still served: its data file is the one that was
+ * complete. */
+static int name_matches(const struct dduct__store_entry *e) {
+  struct stat st;
+  return stat(e->base, &st) == 0 && st.st_dev == e->dev && st.st_ino == e->ino &&
+         (uint64_t)st.st_size == e->meta.size;
+}
+
+static void drop_body(struct dduct__store_entry *e) {
+  if (e->body == NULL) return;
+  free(e->body);
+  e->body = NULL;
+  e->s->body_bytes -= (size_t)e->meta.size;
+}
+
+/* Something happened to the watched file of every entry with this wd (one inode can be held by
+ * an old entry out of the table and its successor): from now on their names are checked again,
+ * and their bytes come from the disk (a cut file reads short). wd -1: the kernel's queue
+ * overflowed, so every watch may have missed something. */
+static void watch_changed(struct dduct_store *s, int wd) {
+  for (struct list *n = s->watched.next; n != &s->watched; n = n->next) {
+    struct dduct__store_entry *e = DDUCT_CONTAINER_OF(n, struct dduct__store_entry, watch);
+    if (wd != -1 && e->wd != wd) continue;
+    e->changed = 1;
+    drop_body(e);
+  }
+}
+
+static void ino_cb(uv_poll_t *h, int status, int events) {
+  struct dduct_store *s = h->data;
+  char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+  (void)events;
+  if (status < 0) {
+    watch_changed(s, -1);
+    return;
+  }
+  for (;;) {
+    ssize_t n = read(s->ino_fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    for (char *p = buf; p < buf + n;) {
+      const struct inotify_event *ev = (const struct inotify_event *)p;
+      watch_changed(s, (ev->mask & IN_Q_OVERFLOW) ? -1 : ev->wd);
+      p += sizeof(*ev) + ev->len;
+    }
+  }
+}
+
+static void ino_close_cb(uv_handle_t *h) {
+  free(h);
+}
+
+/* The store's inotify instance, made at the first watch (stores that never hold a complete entry
+ * need none). Its handle never keeps the loop alive. */
+static int ino_open(struct dduct_store *s) {
+  int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  uv_poll_t *h;
+  if (fd < 0) return -errno;
+  if ((h = malloc(sizeof(*h))) == NULL || uv_poll_init(s->loop, h, fd) != 0) {
+    free(h);
+    close(fd);
+    return DDUCT_ENOMEM;
+  }
+  h->data = s;
+  if (uv_poll_start(h, UV_READABLE, ino_cb) != 0) {
+    uv_close((uv_handle_t *)h, ino_close_cb);
+    close(fd);
+    return DDUCT_EINTERNAL;
+  }
+  uv_unref((uv_handle_t *)h);
+  s->ino_fd = fd;
+  s->ino_poll = h;
+  return 0;
+}
+
+static void ino_close(struct dduct_store *s) {
+  if (s->ino_poll == NULL) return;
+  uv_close((uv_handle_t *)s->ino_poll, ino_close_cb); /* stops polling: the fd may go now */
+  close(s->ino_fd);
+  s->ino_poll = NULL;
+  s->ino_fd = -1;
+}
+
+/* A complete entry with its file open: watch that inode through our own fd (never a file that
+ * replaced it meanwhile), then check the name once, for whatever happened before the watch.
+ * Without a watch (no inotify, no /proc, watch limit) hot hits stat the name every time. */
+static void watch_start(struct dduct__store_entry *e) {
+  struct dduct_store *s = e->s;
+  char path[64];
+  int wd;
+  if (e->wd >= 0 || !e->have_ino || e->fd < 0 || e->state != ST_COMPLETE || s->freeing) return;
+  if (s->ino_fd == -1 && ino_open(s) != 0) s->ino_fd = -2;
+  if (s->ino_fd < 0) return;
+  snprintf(path, sizeof(path), "/proc/self/fd/%d", e->fd);
+  if ((wd = inotify_add_watch(s->ino_fd, path, WATCH_MASK)) < 0) return;
+  e->wd = wd;
+  list_push(&s->watched, &e->watch);
+  e->changed = !name_matches(e);
+}
+
+/* The kernel's watch goes with the last entry that uses it. */
+static void watch_stop(struct dduct__store_entry *e) {
+  struct dduct_store *s = e->s;
+  int shared = 0;
+  if (e->wd < 0) return;
+  list_del(&e->watch);
+  for (struct list *n = s->watched.next; n != &s->watched && !shared; n = n->next)
+    shared = DDUCT_CONTAINER_OF(n, struct dduct__store_entry, watch)->wd == e->wd;
+  if (!shared) (void)inotify_rm_watch(s->ino_fd, e->wd);
+  e->wd = -1;
 }
 
 static void idle_del(struct dduct__store_entry *e) {
@@ -350,6 +490,8 @@ static void entry_free(struct dduct__store_entry *e) {
   struct dduct_store *s = e->s;
   idle_del(e);
   table_remove(e);
+  watch_stop(e);
+  drop_body(e);
   if (e->fd >= 0) close_async(s->loop, e->fd);
   fill_free(e->fill);
   for (size_t i = 0; i < DDUCT_ARRAY_SIZE(e->strs); i++) free(e->strs[i]);
@@ -501,6 +643,7 @@ static void probe_done(uv_work_t *w, int status) {
   case PR_HIT:
     take_loaded(e);
     e->state = ST_COMPLETE;
+    watch_start(e);
     wake_waiters(e, DDUCT__STORE_HIT, 0);
     break;
   case PR_RESERVED:
@@ -535,28 +678,28 @@ static int probe_start(struct dduct__store_entry *e, int flags) {
   return rc;
 }
 
-/* A complete entry in memory is served only while its name still leads to the file we hold open:
- * another process sharing file_dir may have replaced it (a refill renames a new file into place)
- * or removed it. Our open fd keeps the old inode alive, so its number cannot be reused by a
- * replacement; same device, inode and size mean the same, unchanged entry (entries are never
- * written in place). One stat on the loop thread instead of two opens, two fstats, a sidecar read
- * and two closes on the thread pool. An entry whose sidecar alone was removed is still served:
- * its data file is the one that was complete. */
-static int still_on_disk(const struct dduct__store_entry *e) {
-  struct stat st;
+/* A complete entry in memory is served only while its name still leads to the file we hold open
+ * (name_matches). One stat on the loop thread instead of two opens, two fstats, a sidecar read
+ * and two closes on the thread pool; a hot hit (trust_watch) of an entry whose watch has seen
+ * nothing needs not even that: the kernel would have told the loop about a replacement, removal
+ * or cut before this turn's reads (a change racing with the request itself may be seen one
+ * request later; the bytes served are still those of the complete entry). */
+static int still_on_disk(struct dduct__store_entry *e, int trust_watch) {
   if (!e->have_ino) return 1; /* nothing to compare with: the old behaviour */
-  return stat(e->base, &st) == 0 && st.st_dev == e->dev && st.st_ino == e->ino &&
-         (uint64_t)st.st_size == e->meta.size;
+  if (trust_watch && e->wd >= 0 && !e->changed) return 1;
+  if (trust_watch) e->s->name_checks++;
+  return name_matches(e);
 }
 
 /* The table's entry for key, minus a complete one that must not be served any more (REFRESH, or
  * replaced or removed on disk): that one leaves the table, and its readers carry on with the old
  * file. */
 static struct dduct__store_entry *find_current(struct dduct_store *s,
-                                               const struct dduct__store_key *key, int flags) {
+                                               const struct dduct__store_key *key, int flags,
+                                               int trust_watch) {
   struct dduct__store_entry *e = table_find(s, key);
   if (e != NULL && e->state == ST_COMPLETE &&
-      ((flags & DDUCT__STORE_REFRESH) || !still_on_disk(e))) {
+      ((flags & DDUCT__STORE_REFRESH) || !still_on_disk(e, trust_watch))) {
     table_remove(e);
     idle_del(e);
     entry_maybe_free(e);
@@ -570,7 +713,7 @@ int dduct__store_lookup_hot(struct dduct_store *s, const struct dduct__store_key
   struct dduct__store_entry *e;
   if (s == NULL || key == NULL || out == NULL || s->freeing || (flags & DDUCT__STORE_REFRESH))
     return 0; /* a refill is the async lookup's business */
-  e = find_current(s, key, flags);
+  e = find_current(s, key, flags, 1);
   if (e == NULL || e->state != ST_COMPLETE) return 0;
   idle_del(e);
   entry_ref(e);
@@ -579,20 +722,55 @@ int dduct__store_lookup_hot(struct dduct_store *s, const struct dduct__store_key
   return 1;
 }
 
-ssize_t dduct__store_entry_pread(struct dduct__store_entry *e, char *buf, size_t len,
-                                 uint64_t off) {
+static ssize_t pread_exact(int fd, char *buf, size_t len, uint64_t off) {
   size_t got = 0;
-  if (e == NULL || e->state != ST_COMPLETE || e->fd < 0) return DDUCT_EINVAL;
-  if (len > SSIZE_MAX || off > e->meta.size || len > e->meta.size - off) return DDUCT_EINVAL;
   while (got < len) {
-    ssize_t n = pread(e->fd, buf + got, len - got, (off_t)(off + got));
+    ssize_t n = pread(fd, buf + got, len - got, (off_t)(off + got));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return -errno;
     if (n == 0) return DDUCT_ESHORT; /* the file is shorter than the store believed */
     got += (size_t)n;
   }
-  e->s->stats.bytes_served += got;
   return (ssize_t)got;
+}
+
+/* Keep a small watched entry's whole body, read once: later hits copy it, no pread. Only while
+ * its watch has seen nothing (a change drops the body: then reads go to the file and a cut one
+ * reads short). */
+static void hold_body(struct dduct__store_entry *e) {
+  struct dduct_store *s = e->s;
+  size_t size = (size_t)e->meta.size;
+  char *b;
+  if (e->body != NULL || e->wd < 0 || e->changed || e->meta.size == 0 ||
+      e->meta.size > BODY_MAX || s->body_bytes + size > BODY_BUDGET)
+    return;
+  if ((b = malloc(size)) == NULL) return;
+  if (pread_exact(e->fd, b, size, 0) != (ssize_t)size) {
+    free(b);
+    return;
+  }
+  e->body = b;
+  s->body_bytes += size;
+}
+
+ssize_t dduct__store_entry_pread(struct dduct__store_entry *e, char *buf, size_t len,
+                                 uint64_t off) {
+  ssize_t got;
+  if (e == NULL || e->state != ST_COMPLETE || e->fd < 0) return DDUCT_EINVAL;
+  if (len > SSIZE_MAX || off > e->meta.size || len > e->meta.size - off) return DDUCT_EINVAL;
+  hold_body(e);
+  if (e->body != NULL) {
+    memcpy(buf, e->body + off, len);
+    got = (ssize_t)len;
+  } else if ((got = pread_exact(e->fd, buf, len, off)) < 0) {
+    return got;
+  }
+  e->s->stats.bytes_served += (uint64_t)got;
+  return got;
+}
+
+uint64_t dduct__store_name_checks(const struct dduct_store *s) {
+  return s->name_checks;
 }
 
 int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *key, int flags,
@@ -607,7 +785,7 @@ int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *ke
   l->ud = user_data;
   l->flags = flags;
   list_init(&l->link);
-  e = find_current(s, key, flags);
+  e = find_current(s, key, flags, 0);
   if (e != NULL) idle_del(e);
   if (e == NULL) {
     if ((e = entry_new(s, key)) == NULL) {
@@ -812,6 +990,7 @@ static void commit_done(uv_work_t *w, int status) {
       e->avail = f->written;
       e->s->stats.fills_completed++;
       e->s->stats.entries += (uint64_t)f->created;
+      watch_start(e);
       log_commit(e);
       wake_readers(e);
     }
@@ -1168,6 +1347,7 @@ static void timer_close_cb(uv_handle_t *h) {
 }
 
 static void store_destroy(struct dduct_store *s) {
+  ino_close(s);
   uv_close((uv_handle_t *)s->timer, timer_close_cb);
   free(s->dir);
   free(s->root);
@@ -1219,6 +1399,8 @@ int dduct_store_open(uv_loop_t *loop, const char *dir, struct dduct_store **out,
   list_init(&s->ready_lookups);
   list_init(&s->ready_readers);
   list_init(&s->idle);
+  list_init(&s->watched);
+  s->ino_fd = -1;
   (void)dduct__store_disk_scan(s->root, &s->stats.entries, &removed);
   LOG_INFO("serve", "Files \"%s\"", dir);
   if (removed > 0)

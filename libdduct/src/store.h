@@ -99,11 +99,15 @@ int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *ke
 void dduct__store_lookup_cancel(struct dduct__store_lookup *l);
 /* The synchronous shortcut for the common case, next to the lookup above (which stays the only
  * way to FOLLOW, FILL or probe the disk): 1 when key's entry is complete and in memory (held open
- * after an earlier use, and one stat shows its name still leads to that same, unchanged file);
+ * after an earlier use, and its name still leads to that same, unchanged file: known from the
+ * store's inotify watch on the file when the loop has had no news of it, from a stat otherwise;
+ * a change another process makes is seen once the loop has read the kernel's notice of it);
  * *out then carries one HIT reference (counted as a hit), exactly as a lookup's callback would
  * have had it. 0 otherwise (nothing held; use dduct__store_lookup). Calls nothing back. */
 int dduct__store_lookup_hot(struct dduct_store *s, const struct dduct__store_key *key, int flags,
                             struct dduct__store_entry **out);
+/* How many times lookup_hot had to stat an entry's name (no watch, or the watch saw a change). */
+uint64_t dduct__store_name_checks(const struct dduct_store *s);
 
 /* Valid while the caller holds its reference; meta changes only at fill_begin and commit. */
 const struct dduct__store_meta *dduct__store_entry_meta(const struct dduct__store_entry *e);
@@ -119,9 +123,10 @@ void dduct__store_entry_release(struct dduct__store_entry *e);
 
 /* Read [off, off+len) of a complete entry right now, on the calling (loop) thread: meant for a
  * small body (a pread of page-cached bytes costs less than a reader's thread-pool or timer
- * round trip). Returns len, DDUCT_ESHORT if the file is shorter than the entry (cut behind our
- * back), DDUCT_EINVAL outside the entry or for an incomplete one, or another negative error.
- * Counted in bytes_served. */
+ * round trip). The whole body of a small watched entry is read once and kept in memory (bounded
+ * per store) until its watch sees a change or the entry is freed. Returns len, DDUCT_ESHORT if
+ * the file is shorter than the entry (cut behind our back), DDUCT_EINVAL outside the entry or
+ * for an incomplete one, or another negative error. Counted in bytes_served. */
 ssize_t dduct__store_entry_pread(struct dduct__store_entry *e, char *buf, size_t len,
                                  uint64_t off);
 

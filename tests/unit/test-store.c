@@ -761,14 +761,35 @@ static void test_replaced_by_sibling(void) {
   free(v3);
 }
 
+static void turn_cb(uv_timer_t *t) {
+  (void)t;
+}
+
+/* One turn of the loop with its I/O polled (the store's inotify handle alone does not keep the
+ * loop alive, so a bare UV_RUN_NOWAIT would poll nothing here). */
+static void loop_turn(void) {
+  uv_timer_t t;
+  uv_timer_init(&loop, &t);
+  uv_timer_start(&t, turn_cb, 0, 0);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(&loop, UV_RUN_NOWAIT);
+}
+
 /* The synchronous shortcut: only a complete entry already in memory and unchanged on disk is
  * answered at once (1 + a HIT reference, counted); anything else is left to the async lookup.
- * entry_pread reads exactly the range asked, or says the file is short (cut behind our back). */
+ * Unchanged is known from the store's inotify watch on the held file, without a stat per hit; a
+ * change is seen once the loop has read the kernel's notice. entry_pread reads exactly the range
+ * asked: a small entry's whole body from memory after the first read (so a cut the loop has not
+ * heard of yet still yields the complete bytes), from the file once a change was noticed or for
+ * a larger entry (short there: DDUCT_ESHORT, never taken as whole). */
 static void test_lookup_hot(void) {
-  enum { N = 4096 };
-  char dir[512], data_path[700], buf[N];
-  char *v1 = malloc(N), *v2 = malloc(N);
+  enum { N = 4096, BIG = 20000 };
+  char dir[512], data_path[700], buf[BIG];
+  char *v1 = malloc(N), *v2 = malloc(N), *vb = malloc(BIG);
+  uint64_t checks;
   struct dduct__store_key k = url_key("hot.example", "/small.bin");
+  struct dduct__store_key kb = url_key("hot.example", "/big.bin");
   struct dduct__store_key other = url_key("hot.example", "/other.bin");
   struct dduct_store *a, *b;
   struct dduct_store_stats st0, st1;
@@ -776,6 +797,7 @@ static void test_lookup_hot(void) {
 
   fill_pattern(v1, N, 61);
   fill_pattern(v2, N, 62);
+  fill_pattern(vb, BIG, 63);
   snprintf(dir, sizeof(dir), "%s/hot", tmpdir);
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &a, NULL, 0), 0, "store A opens");
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &b, NULL, 0), 0, "store B opens on the same dir");
@@ -786,6 +808,7 @@ static void test_lookup_hot(void) {
   CHECK(hit_reads(b, &k, v1, N, "\"h1\""), "B serves it through a lookup");
 
   dduct_store_stats(a, &st0);
+  checks = dduct__store_name_checks(a);
   CHECK_EQ_INT(dduct__store_lookup_hot(a, &k, 0, &e), 1, "A's complete entry is hot");
   dduct_store_stats(a, &st1);
   CHECK(st1.hits == st0.hits + 1, "a hot lookup counts as a hit");
@@ -809,6 +832,8 @@ static void test_lookup_hot(void) {
   CHECK_EQ_INT(dduct__store_lookup_hot(a, &k, 0, &e), 1, "still hot after its user left");
   dduct__store_entry_release(e);
   e = NULL;
+  CHECK(dduct__store_name_checks(a) == checks,
+        "hot lookups of a watched, unchanged entry stat nothing");
 
   /* Replaced on disk by another process with the same size: never the remembered bytes. */
   CHECK(fill_with(b, &k, DDUCT__STORE_REFRESH, v2, N, "\"h2\""), "B replaces it (same size)");
@@ -818,24 +843,47 @@ static void test_lookup_hot(void) {
   CHECK(e != NULL && dduct__store_entry_pread(e, buf, N, 0) == N && memcmp(buf, v2, N) == 0,
         "with version 2's bytes");
 
-  /* Truncated in place while A holds it: the pread says so; the next lookup is not hot. */
+  /* Truncated in place while A holds it. Until the loop reads the kernel's notice, A serves the
+   * bytes it holds: the complete version 2, never a short body. Then reads go to the file (short:
+   * said so), and the name is checked again: not hot. */
   path_of(data_path, sizeof(data_path), dir, &k, "");
   CHECK(truncate(data_path, 100) == 0, "the data file is cut behind the store's back");
+  memset(buf, 0, sizeof(buf));
+  CHECK_EQ_INT((int)dduct__store_entry_pread(e, buf, N, 0), N,
+               "before the loop hears of the cut: the held body, whole");
+  CHECK(memcmp(buf, v2, N) == 0, "with version 2's bytes (read before the cut)");
+  checks = dduct__store_name_checks(a);
+  loop_turn();
   CHECK_EQ_INT((int)dduct__store_entry_pread(e, buf, N, 0), DDUCT_ESHORT,
-               "a pread past the cut is short, never taken as whole");
+               "once the loop has heard of it, a pread past the cut is short, never whole");
   dduct__store_entry_release(e);
   e = NULL;
   CHECK_EQ_INT(dduct__store_lookup_hot(a, &k, 0, &e), 0, "a cut file is not hot");
+  CHECK(dduct__store_name_checks(a) == checks + 1, "the changed entry's name was checked");
   {
     struct look l = lookup(a, &k, DDUCT__STORE_NO_FILL);
     CHECK(l.role == DDUCT__STORE_BYPASS && l.e == NULL, "and is no entry at all for a lookup");
   }
+
+  /* Over the in-memory cap, every pread reads the file: a cut is short at once. */
+  CHECK(fill_with(a, &kb, 0, vb, BIG, "\"hb\""), "A stores a larger entry");
+  CHECK_EQ_INT(dduct__store_lookup_hot(a, &kb, 0, &e), 1, "the larger entry is hot");
+  CHECK(e != NULL && dduct__store_entry_pread(e, buf, BIG, 0) == BIG &&
+            memcmp(buf, vb, BIG) == 0,
+        "with its bytes");
+  path_of(data_path, sizeof(data_path), dir, &kb, "");
+  CHECK(truncate(data_path, 100) == 0, "its file is cut");
+  CHECK_EQ_INT((int)dduct__store_entry_pread(e, buf, BIG, 0), DDUCT_ESHORT,
+               "its next pread is short at once");
+  dduct__store_entry_release(e);
+  e = NULL;
 
   dduct_store_free(a);
   dduct_store_free(b);
   uv_run(&loop, UV_RUN_DEFAULT);
   free(v1);
   free(v2);
+  free(vb);
 }
 
 /* A reader that stops after its first chunk, freeing itself from inside the callback. */
