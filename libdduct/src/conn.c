@@ -395,57 +395,97 @@ void dduct__conn_decline(struct dduct_conn *c) {
   if (!c->resp_started && c->state == C_BUSY) start_forward(c);
 }
 
+/* Headers the engine frames itself: never copied from the caller's head. */
+static int engine_header(const char *name, size_t len) {
+  switch (len) {
+  case 10:
+    return strncasecmp(name, "Connection", 10) == 0 || strncasecmp(name, "Keep-Alive", 10) == 0;
+  case 14: return strncasecmp(name, "Content-Length", 14) == 0;
+  case 16: return strncasecmp(name, "Proxy-Connection", 16) == 0;
+  case 17: return strncasecmp(name, "Transfer-Encoding", 17) == 0;
+  default: return 0;
+  }
+}
+
+static char *put(char *p, const char *s, size_t n) {
+  memcpy(p, s, n);
+  return p + n;
+}
+
+static char *put_u64(char *p, uint64_t v) {
+  char tmp[20];
+  size_t n = 0;
+  do tmp[n++] = (char)('0' + v % 10);
+  while ((v /= 10) != 0);
+  while (n > 0) *p++ = tmp[--n];
+  return p;
+}
+
 /* Start the response: framing decided, head rendered into a buffer sized for it plus `extra`
- * bytes the caller appends (malloc'd, *out; the length is returned). */
+ * bytes the caller appends (malloc'd, *out; the length is returned). Written straight from the
+ * caller's head (its headers in order minus those the engine frames, then the framing and
+ * Connection headers): no intermediate head, no printf. */
 static int render_head(struct dduct_conn *c, int status, const char *reason,
                        const struct dduct_http_head *headers, int64_t content_length,
                        size_t extra, char **out) {
-  struct dduct_http_head o;
-  char *buf = NULL, num[32];
-  size_t cap;
-  int rc = 0, n;
+  enum { FR_NONE, FR_LENGTH, FR_CHUNKED } framing = FR_NONE;
+  const char *why = reason != NULL && *reason ? reason : reason_of(status);
+  const char *conn_line = NULL;
+  size_t need, wlen = strlen(why);
+  char *buf, *p;
   if (c->state != C_BUSY || c->resp_started) return DDUCT_ECLOSED;
   c->resp_started = 1;
   c->status = status;
   c->resp_nobody = c->req.is_head || status == 204 || status == 304 || status < 200;
-  dduct__http_head_init(&o);
-  rc = dduct__http_set_status(&o, status, reason != NULL && *reason ? reason : reason_of(status));
-  for (size_t i = 0; headers != NULL && i < headers->n && rc == 0; i++) {
-    const char *name = dduct__http_hname(headers, i);
-    if (strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Transfer-Encoding") == 0 ||
-        strcasecmp(name, "Connection") == 0 || strcasecmp(name, "Keep-Alive") == 0 ||
-        strcasecmp(name, "Proxy-Connection") == 0)
-      continue;
-    rc = dduct__http_addn(&o, name, headers->h[i].name_len, dduct__http_hvalue(headers, i),
-                          headers->h[i].value_len);
-  }
-  if (rc == 0 && content_length >= 0 && status != 204 && status >= 200) {
-    snprintf(num, sizeof(num), "%lld", (long long)content_length);
-    rc = dduct__http_add(&o, "Content-Length", num);
-  } else if (rc == 0 && !c->resp_nobody) {
+  if (content_length >= 0 && status != 204 && status >= 200) {
+    framing = FR_LENGTH;
+  } else if (!c->resp_nobody) {
     if (c->parser.head.major == 1 && c->parser.head.minor >= 1) {
       c->resp_chunked = 1;
-      rc = dduct__http_add(&o, "Transfer-Encoding", "chunked");
+      framing = FR_CHUNKED;
     } else {
       c->keep_alive = 0; /* close-delimited for HTTP/1.0 */
     }
   }
   if (c->draining) c->keep_alive = 0;
-  if (rc == 0 && !c->keep_alive) rc = dduct__http_add(&o, "Connection", "close");
-  else if (rc == 0 && c->parser.head.minor == 0) rc = dduct__http_add(&o, "Connection", "keep-alive");
-  /* The serialized head is o's strings (NUL-terminated in o.buf) plus ": " and CRLF per header,
-   * the status line's fixed part and the final CRLF: sized to fit, not to the 64 KiB cap. */
-  cap = o.len + 4 * o.n + 64;
-  if (cap > RESP_HEAD_CAP) cap = RESP_HEAD_CAP;
-  buf = rc == 0 ? malloc(cap + extra) : NULL;
-  n = buf != NULL ? dduct__http_serialize_response(&o, buf, cap) : rc != 0 ? rc : DDUCT_ENOMEM;
-  dduct__http_head_free(&o);
-  if (n < 0) {
-    free(buf);
-    return n;
+  if (!c->keep_alive) conn_line = "Connection: close\r\n";
+  else if (c->parser.head.minor == 0) conn_line = "Connection: keep-alive\r\n";
+  if (status < 0 || status > 999) return DDUCT_EINVAL;
+  /* "HTTP/1.1 200 " reason CRLF, the headers, framing, Connection, CRLF. */
+  need = 13 + wlen + 2 + 2;
+  for (size_t i = 0; headers != NULL && i < headers->n; i++)
+    need += headers->h[i].name_len + headers->h[i].value_len + 4;
+  need += framing == FR_LENGTH ? 16 + 20 + 2 : framing == FR_CHUNKED ? 28 : 0;
+  need += conn_line != NULL ? strlen(conn_line) : 0;
+  if (need > RESP_HEAD_CAP) return DDUCT_ETOOBIG;
+  if ((buf = malloc(need + extra)) == NULL) return DDUCT_ENOMEM;
+  p = put(buf, "HTTP/1.1 ", 9);
+  *p++ = (char)('0' + status / 100);
+  *p++ = (char)('0' + status / 10 % 10);
+  *p++ = (char)('0' + status % 10);
+  *p++ = ' ';
+  p = put(p, why, wlen);
+  p = put(p, "\r\n", 2);
+  for (size_t i = 0; headers != NULL && i < headers->n; i++) {
+    const struct dduct_http_header *x = &headers->h[i];
+    const char *name = dduct__http_hname(headers, i);
+    if (engine_header(name, x->name_len)) continue;
+    p = put(p, name, x->name_len);
+    p = put(p, ": ", 2);
+    p = put(p, dduct__http_hvalue(headers, i), x->value_len);
+    p = put(p, "\r\n", 2);
   }
+  if (framing == FR_LENGTH) {
+    p = put(p, "Content-Length: ", 16);
+    p = put_u64(p, (uint64_t)content_length);
+    p = put(p, "\r\n", 2);
+  } else if (framing == FR_CHUNKED) {
+    p = put(p, "Transfer-Encoding: chunked\r\n", 28);
+  }
+  if (conn_line != NULL) p = put(p, conn_line, strlen(conn_line));
+  p = put(p, "\r\n", 2);
   *out = buf;
-  return n;
+  return (int)(p - buf);
 }
 
 int dduct__conn_send_head(struct dduct_conn *c, int status, const char *reason,
