@@ -31,6 +31,7 @@ typedef unsigned __int128 u128;
 
 /* Bytes sealed per slice: each slice is encrypted, then MACed while it is still in L1. */
 #define SLICE 2048
+#define SLICE_IFMA 4096
 
 #if defined(__GNUC__) || defined(__clang__)
 #define INLINE __attribute__((always_inline)) inline
@@ -58,10 +59,16 @@ static void put_le64(unsigned char *p, uint64_t v) {
   put_le32(p + 4, (uint32_t)(v >> 32));
 }
 
-/* Key material must not outlive the call on the stack; a volatile store is not optimised out. */
+/* Key material must not outlive the call on the stack. The empty asm that may read the memory
+ * keeps the compiler from dropping the memset as a dead store. */
 static void wipe(void *p, size_t n) {
+#if defined(__GNUC__) || defined(__clang__)
+  memset(p, 0, n);
+  __asm__ __volatile__("" : : "r"(p) : "memory");
+#else
   volatile unsigned char *v = p;
   while (n-- > 0) *v++ = 0;
+#endif
 }
 
 /* ---- ChaCha20 (RFC 8439 2.3) ---- */
@@ -285,20 +292,6 @@ static void poly_lengths(struct poly *p, size_t aad_len, size_t len) {
   poly_blocks(p, b, 1, 1);
 }
 
-void dduct__poly1305(const unsigned char key[32], const unsigned char *m, size_t len,
-                     unsigned char tag[16]) {
-  struct poly p;
-  size_t whole = len / 16;
-  poly_init(&p, key);
-  if (whole > 0) poly_blocks(&p, m, whole, 1);
-  if (len % 16 != 0) { /* RFC 8439 2.5: the last block gets a 1 byte, then zeros */
-    unsigned char b[16] = {0};
-    memcpy(b, m + whole * 16, len % 16);
-    b[len % 16] = 1;
-    poly_blocks(&p, b, 1, 0);
-  }
-  poly_finish(&p, tag);
-}
 
 #ifdef HAVE_X86
 /* ---- ChaCha20, 8 and 16 blocks at a time ----
@@ -516,6 +509,144 @@ static void seal_batches(batch_fn *batch, size_t size, xor_fn *xor_rest, uint32_
     poly_padded(p, out, len);
   }
 }
+#ifdef POLY64
+#define HAVE_IFMA 1
+/* ---- Poly1305, 8 blocks at a time (AVX-512 IFMA) ----
+ * Lane j of each vector carries blocks j, j + 8, j + 16, ... (Horner's rule with r^8), and the
+ * last 8 are multiplied by r^8 .. r^1 before the lanes are summed. Numbers are three limbs of 44,
+ * 44 and 42 bits (2^132 = 20 mod p), which the 52-bit multiply-adds take whole; a product's high
+ * part (bits 52..103) is shifted by 8 to line up with the next 44-bit limb. */
+#define IFMA __attribute__((target("avx512ifma,avx512f,avx2")))
+#define M44 0xfffffffffffu
+#define M42 0x3ffffffffffu
+
+/* Per lane j, the multipliers of the 8-block steps: all[i][j] = limb i of r^8, last[i][j] = limb
+ * i of r^(8 - j) (the last step); limbs 3 and 4 are 20 times limbs 1 and 2. */
+struct powers {
+  uint64_t all[5][8], last[5][8];
+};
+
+/* h mod p from h < 2p (as in poly_finish), with its top bits. */
+static void reduce_full(uint64_t *h0, uint64_t *h1, uint64_t *h2) {
+  uint64_t g0, g1, g2, mask;
+  u128 t = (u128)*h0 + 5;
+  g0 = (uint64_t)t;
+  t = (u128)*h1 + (uint64_t)(t >> 64);
+  g1 = (uint64_t)t;
+  g2 = *h2 + (uint64_t)(t >> 64);
+  mask = 0 - (g2 >> 2);
+  *h0 = (*h0 & ~mask) | (g0 & mask);
+  *h1 = (*h1 & ~mask) | (g1 & mask);
+  *h2 = (*h2 & ~mask) | (g2 & 3 & mask);
+}
+
+static void to44(uint64_t h0, uint64_t h1, uint64_t h2, uint64_t l[3]) {
+  l[0] = h0 & M44;
+  l[1] = (h0 >> 44 | h1 << 20) & M44;
+  l[2] = h1 >> 24 | h2 << 40;
+}
+
+static void poly_powers(const struct poly *p, struct powers *w) {
+  static const unsigned char zero[16];
+  struct poly q = *p;
+  uint64_t pw[8][5]; /* r^(k+1) */
+  int k, i;
+  q.h0 = p->r0, q.h1 = p->r1, q.h2 = 0;
+  for (k = 0; k < 8; k++) {
+    uint64_t h0 = q.h0, h1 = q.h1, h2 = q.h2;
+    reduce_full(&h0, &h1, &h2);
+    to44(h0, h1, h2, pw[k]);
+    pw[k][3] = 20 * pw[k][1], pw[k][4] = 20 * pw[k][2];
+    poly_blocks(&q, zero, 1, 0); /* q.h *= r */
+  }
+  for (i = 0; i < 5; i++) {
+    for (k = 0; k < 8; k++) w->all[i][k] = pw[7][i], w->last[i][k] = pw[7 - k][i];
+  }
+  wipe(&q, sizeof(q));
+  wipe(pw, sizeof(pw));
+}
+
+/* a * (r, s1 = 20 r1, s2 = 20 r2) per lane, carried back to 44/44/42-bit limbs (plus a little). */
+IFMA static inline void mul44(__m512i a0, __m512i a1, __m512i a2, const __m512i r[5], __m512i *h0,
+                              __m512i *h1, __m512i *h2) {
+  const __m512i z = _mm512_setzero_si512(), m44 = _mm512_set1_epi64(M44);
+  __m512i l0, l1, l2, u0, u1, u2, c;
+  l0 = _mm512_madd52lo_epu64(z, a0, r[0]), u0 = _mm512_madd52hi_epu64(z, a0, r[0]);
+  l1 = _mm512_madd52lo_epu64(z, a0, r[1]), u1 = _mm512_madd52hi_epu64(z, a0, r[1]);
+  l2 = _mm512_madd52lo_epu64(z, a0, r[2]), u2 = _mm512_madd52hi_epu64(z, a0, r[2]);
+  l0 = _mm512_madd52lo_epu64(l0, a1, r[4]), u0 = _mm512_madd52hi_epu64(u0, a1, r[4]);
+  l1 = _mm512_madd52lo_epu64(l1, a1, r[0]), u1 = _mm512_madd52hi_epu64(u1, a1, r[0]);
+  l2 = _mm512_madd52lo_epu64(l2, a1, r[1]), u2 = _mm512_madd52hi_epu64(u2, a1, r[1]);
+  l0 = _mm512_madd52lo_epu64(l0, a2, r[3]), u0 = _mm512_madd52hi_epu64(u0, a2, r[3]);
+  l1 = _mm512_madd52lo_epu64(l1, a2, r[4]), u1 = _mm512_madd52hi_epu64(u1, a2, r[4]);
+  l2 = _mm512_madd52lo_epu64(l2, a2, r[0]), u2 = _mm512_madd52hi_epu64(u2, a2, r[0]);
+  c = _mm512_add_epi64(_mm512_srli_epi64(l0, 44), _mm512_slli_epi64(u0, 8));
+  *h0 = _mm512_and_si512(l0, m44);
+  l1 = _mm512_add_epi64(l1, c);
+  c = _mm512_add_epi64(_mm512_srli_epi64(l1, 44), _mm512_slli_epi64(u1, 8));
+  *h1 = _mm512_and_si512(l1, m44);
+  l2 = _mm512_add_epi64(l2, c);
+  c = _mm512_add_epi64(_mm512_srli_epi64(l2, 42), _mm512_slli_epi64(u2, 10));
+  *h2 = _mm512_and_si512(l2, _mm512_set1_epi64(M42));
+  *h0 = _mm512_add_epi64(*h0, _mm512_add_epi64(c, _mm512_slli_epi64(c, 2))); /* 2^130 = 5 */
+  c = _mm512_srli_epi64(*h0, 44);
+  *h0 = _mm512_and_si512(*h0, m44);
+  *h1 = _mm512_add_epi64(*h1, c);
+}
+
+/* n whole blocks (hibit set); whole groups of 8 by vector, the rest by poly_blocks. */
+IFMA static void poly_blocks_ifma(struct poly *p, const struct powers *w, const unsigned char *m,
+                                  size_t n) {
+  const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m512i odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+  const __m512i m44 = _mm512_set1_epi64(M44), hibit = _mm512_set1_epi64((int64_t)1 << 40);
+  size_t groups = n / 8, g;
+  __m512i r8[5], rl[5], h0, h1, h2;
+  uint64_t l[3], L0, L1, L2, c;
+  int i;
+  if (groups < 2) {
+    poly_blocks(p, m, n, 1);
+    return;
+  }
+  for (i = 0; i < 5; i++) r8[i] = _mm512_loadu_si512(w->all[i]), rl[i] = _mm512_loadu_si512(w->last[i]);
+  to44(p->h0, p->h1, p->h2, l); /* the state so far joins the first block */
+  h0 = _mm512_setr_epi64((int64_t)l[0], 0, 0, 0, 0, 0, 0, 0);
+  h1 = _mm512_setr_epi64((int64_t)l[1], 0, 0, 0, 0, 0, 0, 0);
+  h2 = _mm512_setr_epi64((int64_t)l[2], 0, 0, 0, 0, 0, 0, 0);
+  for (g = 0; g < groups; g++, m += 128) {
+    __m512i x = _mm512_loadu_si512(m), y = _mm512_loadu_si512(m + 64);
+    __m512i lo = _mm512_permutex2var_epi64(x, even, y), hi = _mm512_permutex2var_epi64(x, odd, y);
+    __m512i a0 = _mm512_add_epi64(h0, _mm512_and_si512(lo, m44));
+    __m512i a1 = _mm512_add_epi64(
+        h1, _mm512_and_si512(_mm512_or_si512(_mm512_srli_epi64(lo, 44), _mm512_slli_epi64(hi, 20)),
+                             m44));
+    __m512i a2 = _mm512_add_epi64(h2, _mm512_or_si512(_mm512_srli_epi64(hi, 24), hibit));
+    mul44(a0, a1, a2, g + 1 < groups ? r8 : rl, &h0, &h1, &h2);
+  }
+  /* Sum the lanes (each below 2^45) and carry to 44/44/42 bits, then to 64-bit limbs. */
+  L0 = (uint64_t)_mm512_reduce_add_epi64(h0);
+  L1 = (uint64_t)_mm512_reduce_add_epi64(h1);
+  L2 = (uint64_t)_mm512_reduce_add_epi64(h2);
+  c = L0 >> 44, L0 &= M44, L1 += c;
+  c = L1 >> 44, L1 &= M44, L2 += c;
+  c = L2 >> 42, L2 &= M42, L0 += c * 5;
+  c = L0 >> 44, L0 &= M44, L1 += c;
+  c = L1 >> 44, L1 &= M44, L2 += c; /* L2 <= 2^42: h2 <= 4 as poly_blocks keeps it */
+  p->h0 = L0 | L1 << 44;
+  p->h1 = L1 >> 20 | L2 << 24;
+  p->h2 = L2 >> 40;
+  n -= groups * 8;
+  if (n > 0) poly_blocks(p, m, n, 1);
+}
+
+/* poly_padded with the vector blocks. */
+IFMA static void poly_padded_ifma(struct poly *p, const struct powers *w, const unsigned char *m,
+                                  size_t len) {
+  size_t whole = len / 16;
+  if (whole > 0) poly_blocks_ifma(p, w, m, whole);
+  if (len % 16 != 0) poly_padded(p, m + whole * 16, len % 16);
+}
+#endif
 #endif
 
 /* ---- Choosing the implementation ---- */
@@ -532,7 +663,11 @@ static int cpu_best(void) {
   xcr0 = (uint64_t)d << 32 | a;
   if ((xcr0 & 0x6) != 0x6) return DDUCT__CHACHAPOLY_PORTABLE;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & bit_AVX2)) return DDUCT__CHACHAPOLY_PORTABLE;
-  if ((b & bit_AVX512F) && (xcr0 & 0xe0) == 0xe0) return DDUCT__CHACHAPOLY_AVX512;
+  if (!(b & bit_AVX512F) || (xcr0 & 0xe0) != 0xe0) return DDUCT__CHACHAPOLY_AVX2;
+#ifdef HAVE_IFMA
+  if (b & bit_AVX512IFMA) return DDUCT__CHACHAPOLY_AVX512IFMA;
+#endif
+  return DDUCT__CHACHAPOLY_AVX512;
   return DDUCT__CHACHAPOLY_AVX2;
 }
 #else
@@ -576,6 +711,7 @@ const char *dduct__chachapoly_impl_name(enum dduct__chachapoly_impl impl) {
   switch (impl) {
   case DDUCT__CHACHAPOLY_AVX2: return "avx2";
   case DDUCT__CHACHAPOLY_AVX512: return "avx512";
+  case DDUCT__CHACHAPOLY_AVX512IFMA: return "avx512ifma";
   default: return "portable";
   }
 }
@@ -587,7 +723,7 @@ static int current(void) {
 
 static xor_fn *impl_xor(int impl) {
 #ifdef HAVE_X86
-  if (impl == DDUCT__CHACHAPOLY_AVX512) return xor_avx512;
+  if (impl >= DDUCT__CHACHAPOLY_AVX512) return xor_avx512;
   if (impl == DDUCT__CHACHAPOLY_AVX2) return xor_avx2;
 #endif
   return xor_portable;
@@ -597,6 +733,20 @@ static xor_fn *impl_xor(int impl) {
 static void seal_data(int impl, uint32_t s[16], const unsigned char *in, unsigned char *out,
                       size_t len, struct poly *p) {
   size_t off, n;
+#ifdef HAVE_IFMA
+  if (impl == DDUCT__CHACHAPOLY_AVX512IFMA) { /* both vector: one after the other, per slice */
+    struct powers w;
+    poly_powers(p, &w);
+    for (off = 0; off < len; off += n) {
+      n = len - off < SLICE_IFMA ? len - off : SLICE_IFMA;
+      xor_avx512(s, in + off, out + off, n);
+      poly_padded_ifma(p, &w, out + off, n);
+      s[12] += SLICE_IFMA / 64;
+    }
+    wipe(&w, sizeof(w));
+    return;
+  }
+#endif
 #ifdef HAVE_X86
   if (impl == DDUCT__CHACHAPOLY_AVX512) {
     seal_batches(chacha16_avx512, 1024, xor_avx2, s, in, out, len, p);
@@ -613,6 +763,35 @@ static void seal_data(int impl, uint32_t s[16], const unsigned char *in, unsigne
     poly_padded(p, out + off, n); /* only the last slice can be partial */
     s[12] += SLICE / 64;
   }
+}
+
+/* MACs len bytes (padded) into p. */
+static void mac_data(int impl, struct poly *p, const unsigned char *m, size_t len) {
+#ifdef HAVE_IFMA
+  if (impl == DDUCT__CHACHAPOLY_AVX512IFMA && len >= 256) {
+    struct powers w;
+    poly_powers(p, &w);
+    poly_padded_ifma(p, &w, m, len);
+    wipe(&w, sizeof(w));
+    return;
+  }
+#endif
+  poly_padded(p, m, len);
+}
+
+void dduct__poly1305(const unsigned char key[32], const unsigned char *m, size_t len,
+                     unsigned char tag[16]) {
+  struct poly p;
+  size_t whole = len / 16;
+  poly_init(&p, key);
+  if (whole > 0) mac_data(current(), &p, m, whole * 16);
+  if (len % 16 != 0) { /* RFC 8439 2.5: the last block gets a 1 byte, then zeros */
+    unsigned char b[16] = {0};
+    memcpy(b, m + whole * 16, len % 16);
+    b[len % 16] = 1;
+    poly_blocks(&p, b, 1, 0);
+  }
+  poly_finish(&p, tag);
 }
 
 /* ---- The AEAD (RFC 8439 2.8) ---- */
@@ -646,13 +825,14 @@ int dduct__chachapoly_open(const unsigned char key[32], const unsigned char nonc
                            const unsigned char *aad, size_t aad_len,
                            const unsigned char *in, size_t len, const unsigned char tag[16],
                            unsigned char *out) {
-  xor_fn *xor_stream = impl_xor(current());
+  int impl = current();
+  xor_fn *xor_stream = impl_xor(impl);
   struct poly p;
   uint32_t s[16];
   unsigned char want[16], diff = 0;
   int i;
   aead_start(&p, s, key, nonce, aad, aad_len);
-  if (len > 0) poly_padded(&p, in, len);
+  if (len > 0) mac_data(impl, &p, in, len);
   poly_lengths(&p, aad_len, len);
   poly_finish(&p, want);
   for (i = 0; i < 16; i++) diff |= (unsigned char)(want[i] ^ tag[i]);

@@ -11,6 +11,7 @@ enum dduct__chachapoly_impl {
   DDUCT__CHACHAPOLY_PORTABLE, /* plain C, one 64-byte block at a time */
   DDUCT__CHACHAPOLY_AVX2,     /* 8 blocks at a time (x86-64 only) */
   DDUCT__CHACHAPOLY_AVX512,   /* 16 blocks at a time, AVX-512F (x86-64 only) */
+  DDUCT__CHACHAPOLY_AVX512IFMA, /* and Poly1305 8 blocks at a time with AVX-512 IFMA */
 };
 
 /* Encrypts len bytes at in to out (out == in allowed; otherwise no overlap) and writes the tag.
@@ -35,7 +36,7 @@ enum dduct__chachapoly_impl dduct__chachapoly_use(enum dduct__chachapoly_impl im
 /* The raw Poly1305 MAC of len bytes at m under a one-time key (RFC 8439 2.5), for the tests. */
 void dduct__poly1305(const unsigned char key[32], const unsigned char *m, size_t len,
                      unsigned char tag[16]);
-/* "portable", "avx2" or "avx512". */
+/* "portable", "avx2", "avx512" or "avx512ifma". */
 const char *dduct__chachapoly_impl_name(enum dduct__chachapoly_impl impl);
 
 #endif
