@@ -12,8 +12,15 @@
 
 /* ---- head storage ------------------------------------------------------------------------- */
 
+/* Only the scalars: h->h[] (DDUCT_HTTP_HEADERS_MAX slots, ~3 KiB) is read below n only, and
+ * every slot is written before n covers it. A head is made and freed a few times per request. */
 void dduct__http_head_init(struct dduct_http_head *h) {
-  memset(h, 0, sizeof(*h));
+  h->method = h->target = h->reason = 0;
+  h->status = 0;
+  h->major = h->minor = 0;
+  h->n = 0;
+  h->buf = NULL;
+  h->len = h->cap = 0;
 }
 
 void dduct__http_head_reset(struct dduct_http_head *h) {
@@ -30,7 +37,7 @@ void dduct__http_head_reset(struct dduct_http_head *h) {
 
 void dduct__http_head_free(struct dduct_http_head *h) {
   free(h->buf);
-  memset(h, 0, sizeof(*h));
+  dduct__http_head_init(h);
 }
 
 static int reserve(struct dduct_http_head *h, size_t more) {
