@@ -96,23 +96,32 @@ static void chacha_init(uint32_t s[16], const unsigned char key[32], const unsig
     c += d, b ^= c, b = ROTL32(b, 7);                   \
   } while (0)
 
-/* One 64-byte keystream block for state s (s[12] is its counter). */
-static void chacha_block(const uint32_t s[16], unsigned char out[64]) {
-  uint32_t x[16];
+/* One 64-byte keystream block for state s (s[12] is its counter), xored with in into out (in
+ * NULL: the keystream itself). Locals rather than an array, so they can live in registers. */
+static void chacha_block_xor(const uint32_t s[16], const unsigned char *in, unsigned char *out) {
+  uint32_t x0 = s[0], x1 = s[1], x2 = s[2], x3 = s[3], x4 = s[4], x5 = s[5], x6 = s[6];
+  uint32_t x7 = s[7], x8 = s[8], x9 = s[9], x10 = s[10], x11 = s[11], x12 = s[12];
+  uint32_t x13 = s[13], x14 = s[14], x15 = s[15];
   int i;
-  memcpy(x, s, sizeof(x));
   for (i = 0; i < 10; i++) {
-    QR(x[0], x[4], x[8], x[12]);
-    QR(x[1], x[5], x[9], x[13]);
-    QR(x[2], x[6], x[10], x[14]);
-    QR(x[3], x[7], x[11], x[15]);
-    QR(x[0], x[5], x[10], x[15]);
-    QR(x[1], x[6], x[11], x[12]);
-    QR(x[2], x[7], x[8], x[13]);
-    QR(x[3], x[4], x[9], x[14]);
+    QR(x0, x4, x8, x12);
+    QR(x1, x5, x9, x13);
+    QR(x2, x6, x10, x14);
+    QR(x3, x7, x11, x15);
+    QR(x0, x5, x10, x15);
+    QR(x1, x6, x11, x12);
+    QR(x2, x7, x8, x13);
+    QR(x3, x4, x9, x14);
   }
-  for (i = 0; i < 16; i++) put_le32(out + 4 * i, x[i] + s[i]);
-  wipe(x, sizeof(x));
+#define OUT(j, x) put_le32(out + 4 * (j), (in != NULL ? le32(in + 4 * (j)) : 0) ^ (x + s[j]))
+  OUT(0, x0), OUT(1, x1), OUT(2, x2), OUT(3, x3), OUT(4, x4), OUT(5, x5), OUT(6, x6);
+  OUT(7, x7), OUT(8, x8), OUT(9, x9), OUT(10, x10), OUT(11, x11), OUT(12, x12);
+  OUT(13, x13), OUT(14, x14), OUT(15, x15);
+#undef OUT
+}
+
+static void chacha_block(const uint32_t s[16], unsigned char out[64]) {
+  chacha_block_xor(s, NULL, out);
 }
 
 /* out = in ^ keystream from block s[12] on (the counter wraps at 2^32 like mbedTLS's; TLS
@@ -122,16 +131,16 @@ typedef void xor_fn(const uint32_t s[16], const unsigned char *in, unsigned char
 static void xor_portable(const uint32_t s[16], const unsigned char *in, unsigned char *out,
                          size_t len) {
   uint32_t st[16];
-  unsigned char ks[64];
   memcpy(st, s, sizeof(st));
-  while (len > 0) {
-    size_t n = len < 64 ? len : 64, i;
-    chacha_block(st, ks);
-    for (i = 0; i < n; i++) out[i] = in[i] ^ ks[i];
-    st[12]++, in += n, out += n, len -= n;
+  for (; len >= 64; len -= 64, in += 64, out += 64, st[12]++) chacha_block_xor(st, in, out);
+  if (len > 0) { /* the last partial block through a copy */
+    unsigned char b[64] = {0};
+    memcpy(b, in, len);
+    chacha_block_xor(st, b, b);
+    memcpy(out, b, len);
+    wipe(b, sizeof(b));
   }
   wipe(st, sizeof(st));
-  wipe(ks, sizeof(ks));
 }
 
 /* ---- Poly1305 (RFC 8439 2.5) ---- */
