@@ -11,6 +11,7 @@
 #include "config.h"
 #include "dduct.h"
 #include "log.h"
+#include "memory.h"
 #include "run.h"
 
 #define EXIT_CONFIG 2
@@ -115,6 +116,7 @@ int main(int argc, char **argv) {
   char source[PATH_MAX + 32];
   int rc;
 
+  memory_tune(); /* before the first allocation */
   setvbuf(stderr, NULL, _IOLBF, 4096); /* one write per log line */
   parse_args(argc, argv, &a);
   load_config(&a, &cfg, source, sizeof(source));

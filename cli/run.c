@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "memory.h"
 #include "run.h"
 
 struct runner {
@@ -17,6 +18,7 @@ struct runner {
   struct dduct_store *store;
   struct dduct_filter *filter;
   struct dduct_proxy *proxy;
+  struct memory_trim trim;
 };
 
 static void proxy_closed_cb(struct dduct_proxy *p, void *user_data) {
@@ -119,6 +121,8 @@ static int setup(const struct config *cfg, struct dduct_ca *ca, struct runner *r
     log_line(DDUCT_LOG_ERROR, "main", "%s", err[0] ? err : dduct_strerror(rc));
     return 1;
   }
+  if ((rc = memory_trim_start(&r->trim, &r->loop, r->proxy)) != 0)
+    log_line(DDUCT_LOG_WARN, "main", "memory trim: %s", uv_strerror(rc)); /* serve anyway */
   /* Signals first: whoever waits for "Listening on" may signal us right after it. */
   if (start_signals(r) != 0 || listen_one(r, DDUCT_LISTEN_TCP, cfg->tcp_bind) != 0 ||
       listen_one(r, DDUCT_LISTEN_TLS, cfg->tls_bind) != 0)
@@ -129,6 +133,7 @@ static int setup(const struct config *cfg, struct dduct_ca *ca, struct runner *r
 /* Close what setup opened, in reverse order, and drain the loop to zero handles. */
 static int teardown(struct runner *r) {
   int rc;
+  memory_trim_stop(&r->trim);
   if (r->proxy != NULL && !r->stopping) {
     r->stopping = 1;
     dduct_proxy_close(r->proxy, proxy_closed_cb, r);

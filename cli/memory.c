@@ -1,0 +1,66 @@
+/* Why each setting (measured with bench/run, peak RSS per workload, see docs/performance.md):
+ * - One arena. libuv's thread pool runs encryption and disk work; each thread that allocates
+ *   gets an arena of its own by default, and each arena keeps its free memory for itself (the
+ *   workers' record buffers are freed on the loop thread, into the arena they came from). The
+ *   pool allocates a few times per 128 KiB chunk at most, so one lock costs nothing measurable.
+ * - A fixed mmap threshold of 256 KiB. glibc's default starts at 128 KiB and rises to the size
+ *   of the largest mmapped block freed so far (a fill's 1 MiB buffer): after that every buffer,
+ *   the large ones included, comes from the heap and stays there. Fixed, the per-chunk buffers
+ *   (128 KiB reads, queued writes and records) are reused from the heap without a syscall, and
+ *   the large, long-lived ones (fill buffers, TLS input) are mmapped and unmapped when freed.
+ * - A trim threshold of 1 MiB (fixed too; the dynamic one rises with the mmap threshold): free
+ *   memory at the top of the heap beyond it goes back at once, while the churn of one chunk's
+ *   buffers at the top does not pay a brk and page faults every time.
+ * - malloc_trim once the last connection closed: what is free below the top (holes left by a
+ *   stampede's 50 connections under a few small long-lived blocks) goes back too. One call per
+ *   idle moment, never while connections are open. */
+#include "memory.h"
+
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
+#define MMAP_THRESHOLD (256 * 1024)
+#define TRIM_THRESHOLD (1024 * 1024)
+
+void memory_tune(void) {
+#ifdef __GLIBC__
+  (void)mallopt(M_ARENA_MAX, 1);
+  (void)mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+  (void)mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+#endif
+}
+
+/* A prepare handle runs right before the loop blocks: after the closing phase in which the last
+ * connection's memory was freed, so the trim comes before the next wait, not after it. */
+static void prepare_cb(uv_prepare_t *h) {
+  struct memory_trim *m = h->data;
+  struct dduct_proxy_stats st;
+  dduct_proxy_stats(m->proxy, &st);
+  if (st.connections_active == 0 && m->was_active > 0) {
+#ifdef __GLIBC__
+    (void)malloc_trim(0);
+#endif
+    m->trims++;
+  }
+  m->was_active = st.connections_active;
+}
+
+int memory_trim_start(struct memory_trim *m, uv_loop_t *loop, struct dduct_proxy *proxy) {
+  int rc;
+  m->proxy = NULL;
+  m->was_active = 0;
+  m->trims = 0;
+  if ((rc = uv_prepare_init(loop, &m->prepare)) != 0) return rc;
+  m->prepare.data = m;
+  m->proxy = proxy; /* from here on memory_trim_stop closes the handle */
+  if ((rc = uv_prepare_start(&m->prepare, prepare_cb)) != 0) return rc;
+  uv_unref((uv_handle_t *)&m->prepare); /* never what keeps the loop alive */
+  return 0;
+}
+
+void memory_trim_stop(struct memory_trim *m) {
+  if (m->proxy == NULL) return;
+  uv_close((uv_handle_t *)&m->prepare, NULL);
+  m->proxy = NULL;
+}

@@ -1,0 +1,25 @@
+/* glibc malloc tuning for the dduct executable: a long-running proxy whose buffers come and go
+ * with its connections should give memory back when they go. The library never tunes the
+ * allocator (it may live in someone else's process); the executable may. */
+#ifndef DDUCT_CLI_MEMORY_H
+#define DDUCT_CLI_MEMORY_H
+
+#include "dduct.h"
+
+struct memory_trim {
+  uv_prepare_t prepare;
+  struct dduct_proxy *proxy; /* borrowed */
+  uint64_t was_active;       /* connections_active at the last loop turn */
+  uint64_t trims;
+};
+
+/* Set malloc's arena count and thresholds (see memory.c). Call first thing in main. A no-op
+ * without glibc. */
+void memory_tune(void);
+
+/* Give free heap memory back to the kernel (malloc_trim) in the loop turn after the proxy's last
+ * connection closed. m must stay valid until memory_trim_stop's close has run (the loop's end). */
+int memory_trim_start(struct memory_trim *m, uv_loop_t *loop, struct dduct_proxy *proxy);
+void memory_trim_stop(struct memory_trim *m);
+
+#endif
