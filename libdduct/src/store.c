@@ -32,6 +32,9 @@
 /* What another process can do to a data file we hold: replace or remove its name (the link count
  * drops: IN_ATTRIB), cut or write it (IN_MODIFY), move it away. */
 #define WATCH_MASK (IN_ATTRIB | IN_MODIFY | IN_MOVE_SELF | IN_DELETE_SELF)
+/* A fill buffer's size once it stopped doubling: the high-water mark plus what a feeder may
+ * still hand over after fill_full said pause (a TLS read batch, 64 KiB, and parser leftovers). */
+#define FILL_CAP (DDUCT__STORE_FILL_HIGH + 128 * 1024)
 #define DEGRADE_MS_DEFAULT 30000
 #define LOG_MOD "cache"
 
@@ -1012,6 +1015,12 @@ static void finish(struct dduct__store_entry *e) {
     abort_fill(e, DDUCT_ESHORT);
     return;
   }
+  /* Every byte is on disk: the two buffers (up to FILL_CAP each) would otherwise stay with the
+   * entry while it is kept idle for hits (IDLE_MAX entries). */
+  free(f->acc);
+  free(f->out);
+  f->acc = f->out = NULL;
+  f->acc_cap = f->out_cap = 0;
   f->committing = 1;
   if (queue(e, commit_work, commit_done) != 0) abort_fill(e, DDUCT_EINTERNAL);
 }
@@ -1036,11 +1045,16 @@ static void flush(struct dduct__store_entry *e) {
   }
 }
 
+/* acc grows by doubling up to FILL_CAP: the feeder pauses at DDUCT__STORE_FILL_HIGH but may
+ * overshoot it by what it already holds (a read batch), and doubling past the high-water mark
+ * would make both buffers twice that size for good. Only a single write larger than that grows
+ * acc beyond it. */
 static int reserve(struct fill *f, size_t need) {
   size_t cap = f->acc_cap ? f->acc_cap : 64 * 1024;
   char *p;
   if (f->acc_len + need <= f->acc_cap) return 0;
   while (cap < f->acc_len + need) cap *= 2;
+  if (cap > FILL_CAP) cap = DDUCT_MAX((size_t)FILL_CAP, f->acc_len + need);
   if ((p = realloc(f->acc, cap)) == NULL) return DDUCT_ENOMEM;
   f->acc = p;
   f->acc_cap = cap;
