@@ -1,10 +1,10 @@
 /* Cache keys: a request becomes a fixed-shape, hex-only relative path, so no URL can name a file
  * outside file_dir, whatever bytes it holds. */
-#include <mbedtls/sha256.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "sha256.h"
 #include "store.h"
 
 static const char hexdigits[] = "0123456789abcdef";
@@ -52,25 +52,26 @@ static void put_be64(unsigned char *b, uint64_t v) {
 static void url_hash(const char *host, size_t hostlen, unsigned port, const char *path,
                      size_t pathlen, unsigned char out[32]) {
   static const char tag[] = "dduct-key-v1";
-  mbedtls_sha256_context c;
-  unsigned char b[8];
-  mbedtls_sha256_init(&c);
-  mbedtls_sha256_starts_ret(&c, 0);
-  mbedtls_sha256_update_ret(&c, (const unsigned char *)tag, sizeof(tag));
+  struct dduct__sha256 c;
+  unsigned char b[64];
+  dduct__sha256_init(&c);
+  dduct__sha256_update(&c, tag, sizeof(tag));
   put_be64(b, hostlen);
-  mbedtls_sha256_update_ret(&c, b, 8);
-  for (size_t i = 0; i < hostlen; i++) {
-    unsigned char ch = (unsigned char)host[i];
-    if (ch >= 'A' && ch <= 'Z') ch = (unsigned char)(ch - 'A' + 'a');
-    mbedtls_sha256_update_ret(&c, &ch, 1);
+  dduct__sha256_update(&c, b, 8);
+  /* The host lowercased, a block at a time. */
+  for (size_t i = 0; i < hostlen;) {
+    size_t n = 0;
+    for (; n < sizeof(b) && i < hostlen; n++, i++) {
+      unsigned char ch = (unsigned char)host[i];
+      b[n] = ch >= 'A' && ch <= 'Z' ? (unsigned char)(ch - 'A' + 'a') : ch;
+    }
+    dduct__sha256_update(&c, b, n);
   }
   put_be64(b, port);
-  mbedtls_sha256_update_ret(&c, b, 8);
-  put_be64(b, pathlen);
-  mbedtls_sha256_update_ret(&c, b, 8);
-  mbedtls_sha256_update_ret(&c, (const unsigned char *)path, pathlen);
-  mbedtls_sha256_finish_ret(&c, out);
-  mbedtls_sha256_free(&c);
+  put_be64(b + 8, pathlen);
+  dduct__sha256_update(&c, b, 16);
+  dduct__sha256_update(&c, path, pathlen);
+  dduct__sha256_final(&c, out);
 }
 
 /* RFC 3986 remove_dot_segments into out (room for len + 1 bytes): "/debian/./a.deb" and

@@ -269,6 +269,22 @@ static void test_keys(void) {
 }
 
 /* Hostile URLs become real files; realpath proves each stays inside the directory. */
+/* Known answers, computed outside C (Python's hashlib over the documented layout: the tag with
+ * its NUL, be64 host length, the host lowercased, be64 port (0 for the scheme's default), be64
+ * path length, the path): a change of hash code must never move existing cache entries. */
+static void test_key_known_answers(void) {
+  struct dduct__store_key k;
+  static const char deb[] = "/debian/pool/main/c/curl/curl_7.88.1-10_amd64.deb";
+  static const char longhost[] =
+      "a-host-name-longer-than-sixty-four-bytes.registry.example.internal.test";
+  dduct__store_key_make("https", "Deb.Debian.ORG", 14, 443, deb, strlen(deb), &k);
+  CHECK_EQ_STR(k.rel, "u/61/61717de49f892eb740c2a8811caf89aa6dc80134c6bfb73e9a84bef9b6b5d956",
+               "key of a .deb URL (mixed-case host, default port)");
+  dduct__store_key_make("https", longhost, strlen(longhost), 8443, "/x.tgz?sig=1", 12, &k);
+  CHECK_EQ_STR(k.rel, "u/ea/ea3280c6480113d917fa94f5269a2777fb0f04cc8b4541bbc4a1dad3b647f15a",
+               "key of a URL with a 72-byte host, a port and a query");
+}
+
 static void test_keys_on_disk(void) {
   static const char *const paths[] = {
       "/../../../../etc/passwd", "/%2e%2e/%2e%2e/etc/shadow", "/a%2fb%2f..%2f..%2fc.deb",
@@ -1082,6 +1098,7 @@ int main(void) {
   uv_loop_init(&loop);
 
   test_keys();
+  test_key_known_answers();
   test_keys_on_disk();
   snprintf(dir, sizeof(dir), "%s/files", tmpdir);
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, err, sizeof(err)), 0, "the store opens");
