@@ -98,9 +98,19 @@ static void respond_error(struct dduct_conn *c, int status, const char *fmt, ...
 static const char *reason_of(int status) {
   switch (status) {
   case 200: return "OK";
+  case 204: return "No Content";
+  case 206: return "Partial Content";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
   case 400: return "Bad Request";
   case 403: return "Forbidden";
+  case 404: return "Not Found";
   case 408: return "Request Timeout";
+  case 412: return "Precondition Failed";
+  case 416: return "Range Not Satisfiable";
   case 431: return "Request Header Fields Too Large";
   case 500: return "Internal Server Error";
   case 501: return "Not Implemented";

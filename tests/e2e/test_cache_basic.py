@@ -25,6 +25,13 @@ def headers(r):
     return out
 
 
+def status_line(r):
+    """The status line of the last response of a curl run made with -D hdr."""
+    with open(os.path.join(r.cwd, "hdr"), "rb") as f:
+        blocks = f.read().decode("latin-1").split("\r\n\r\n")
+    return [b for b in blocks if b.strip()][-1].split("\r\n")[0]
+
+
 def body(r):
     """The body curl saved (curl writes no file for an empty body)."""
     return r.body() if os.path.exists(r.body_path) else b""
@@ -137,8 +144,10 @@ def test_mid_fill_followers_range_head(rig):
 
         r = get(rig, d, url, "-r", "0-9")
         check_eq((r.status, r.body()), (206, data[:10]), "Range on a hit")
+        check_eq(status_line(r), "HTTP/1.1 206 Partial Content", "206's reason phrase")
         r = get(rig, d, url, "-H", 'If-None-Match: "gate-%d"' % n)
         check_eq((r.status, body(r)), (304, b""), "If-None-Match on a hit")
+        check_eq(status_line(r), "HTTP/1.1 304 Not Modified", "304's reason phrase")
         r = get(rig, d, url, "-I")
         h = headers(r)
         check_eq((r.status, h.get("content-length"), h.get("etag")),
@@ -146,6 +155,7 @@ def test_mid_fill_followers_range_head(rig):
         check_eq(h.get("content-type"), "application/x-gate", "Content-Type from the sidecar")
         r = get(rig, d, url, "-r", "%d-" % (n + 10))
         check_eq(r.status, 416, "a range past the end")
+        check_eq(status_line(r), "HTTP/1.1 416 Range Not Satisfiable", "416's reason phrase")
         check_eq(len(origin_gets(o, path)), 1, "hits never asked the origin")
         check_eq(len([q for q in o.snapshot()["requests"] if q[1] == path]), 1,
                  "not even with HEAD")
