@@ -31,6 +31,24 @@ void memory_tune(void) {
 #endif
 }
 
+#define TRIM_GAP 1000 /* ms between two trims at most */
+
+static void trim_now(struct memory_trim *m) {
+#ifdef __GLIBC__
+  (void)malloc_trim(0);
+#endif
+  m->trims++;
+  m->last_trim = uv_now(m->prepare.loop);
+  if (m->last_trim == 0) m->last_trim = 1;
+}
+
+static void later_cb(uv_timer_t *t) {
+  struct memory_trim *m = t->data;
+  struct dduct_proxy_stats st;
+  dduct_proxy_stats(m->proxy, &st);
+  if (st.connections_active == 0) trim_now(m);
+}
+
 /* A prepare handle runs right before the loop blocks: after the closing phase in which the last
  * connection's memory was freed, so the trim comes before the next wait, not after it. */
 static void prepare_cb(uv_prepare_t *h) {
@@ -38,10 +56,11 @@ static void prepare_cb(uv_prepare_t *h) {
   struct dduct_proxy_stats st;
   dduct_proxy_stats(m->proxy, &st);
   if (st.connections_active == 0 && m->was_active > 0) {
-#ifdef __GLIBC__
-    (void)malloc_trim(0);
-#endif
-    m->trims++;
+    uint64_t now = uv_now(h->loop);
+    if (m->last_trim == 0 || now - m->last_trim >= TRIM_GAP)
+      trim_now(m);
+    else if (!uv_is_active((uv_handle_t *)&m->later))
+      (void)uv_timer_start(&m->later, later_cb, m->last_trim + TRIM_GAP - now, 0);
   }
   m->was_active = st.connections_active;
 }
@@ -50,17 +69,25 @@ int memory_trim_start(struct memory_trim *m, uv_loop_t *loop, struct dduct_proxy
   int rc;
   m->proxy = NULL;
   m->was_active = 0;
+  m->last_trim = 0;
   m->trims = 0;
   if ((rc = uv_prepare_init(loop, &m->prepare)) != 0) return rc;
+  if ((rc = uv_timer_init(loop, &m->later)) != 0) {
+    uv_close((uv_handle_t *)&m->prepare, NULL);
+    return rc;
+  }
   m->prepare.data = m;
-  m->proxy = proxy; /* from here on memory_trim_stop closes the handle */
+  m->later.data = m;
+  m->proxy = proxy; /* from here on memory_trim_stop closes the handles */
+  uv_unref((uv_handle_t *)&m->later); /* neither keeps the loop alive */
   if ((rc = uv_prepare_start(&m->prepare, prepare_cb)) != 0) return rc;
-  uv_unref((uv_handle_t *)&m->prepare); /* never what keeps the loop alive */
+  uv_unref((uv_handle_t *)&m->prepare);
   return 0;
 }
 
 void memory_trim_stop(struct memory_trim *m) {
   if (m->proxy == NULL) return;
   uv_close((uv_handle_t *)&m->prepare, NULL);
+  uv_close((uv_handle_t *)&m->later, NULL);
   m->proxy = NULL;
 }

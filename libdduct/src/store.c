@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -423,16 +424,37 @@ static void ino_close(struct dduct_store *s) {
   s->ino_fd = -1;
 }
 
+/* inotify hears only of changes made through this kernel: on NFS, CIFS, FUSE or 9p another host
+ * (a dduct sharing file_dir, docs/cache.md) may replace an entry without an event. Trust a watch
+ * only on file systems that are local by nature; elsewhere hot hits stat the name every time. */
+static int fs_is_local(int fd) {
+  struct statfs f;
+  if (fstatfs(fd, &f) != 0) return 0;
+  switch ((unsigned long)f.f_type) {
+  case 0xEF53UL:     /* ext2/3/4 */
+  case 0x58465342UL: /* xfs */
+  case 0x9123683EUL: /* btrfs */
+  case 0x01021994UL: /* tmpfs */
+  case 0xF2F52010UL: /* f2fs */
+  case 0x2FC12FC1UL: /* zfs */
+  case 0x794C7630UL: /* overlayfs (containers) */
+    return 1;
+  default:
+    return 0;
+  }
+}
+
 /* A complete entry with its file open: watch that inode through our own fd (never a file that
  * replaced it meanwhile), then check the name once, for whatever happened before the watch.
- * Without a watch (no inotify, no /proc, watch limit) hot hits stat the name every time. */
+ * Without a watch (no inotify, no /proc, watch limit, a network file system) hot hits stat the
+ * name every time. */
 static void watch_start(struct dduct__store_entry *e) {
   struct dduct_store *s = e->s;
   char path[64];
   int wd;
   if (e->wd >= 0 || !e->have_ino || e->fd < 0 || e->state != ST_COMPLETE || s->freeing) return;
   if (s->ino_fd == -1 && ino_open(s) != 0) s->ino_fd = -2;
-  if (s->ino_fd < 0) return;
+  if (s->ino_fd < 0 || !fs_is_local(e->fd)) return;
   snprintf(path, sizeof(path), "/proc/self/fd/%d", e->fd);
   if ((wd = inotify_add_watch(s->ino_fd, path, WATCH_MASK)) < 0) return;
   e->wd = wd;

@@ -19,6 +19,7 @@
  * the turn after, so callbacks that keep writing cannot spin one turn forever. Neither path runs
  * inside write(): uv_write never calls back synchronously and the idle handle runs from the
  * loop. After close no node calls back: the nodes are freed with the stream. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +33,13 @@
  * read_cb copies or consumes what it keeps before it returns. Per stream it cost 64 KiB of RSS
  * per connection (zeroed by calloc, so touched), 3 MiB of a 50-client stampede. */
 static _Thread_local char *read_buf;
+static pthread_key_t read_buf_key; /* frees a thread's buffer when that thread exits */
+static pthread_once_t read_buf_once = PTHREAD_ONCE_INIT;
+static int read_buf_keyed;
+
+static void read_buf_key_init(void) {
+  read_buf_keyed = pthread_key_create(&read_buf_key, free) == 0;
+}
 
 struct tcp_write;
 
@@ -146,12 +154,16 @@ static int tcp_write(struct dduct_stream *s, const char *data, size_t len,
   return 0;
 }
 
-/* Allocated at the thread's first read and kept for its life (released at exit): a NULL base
- * makes libuv report UV_ENOBUFS to read_cb if even that fails. */
+/* Allocated at the thread's first read and kept for its life (an embedder's loop thread that
+ * exits frees it through the key's destructor; the main thread's goes with the process): a NULL
+ * base makes libuv report UV_ENOBUFS to read_cb if even that fails. */
 static void tcp_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   (void)h;
   (void)hint;
-  if (read_buf == NULL) read_buf = malloc(TCP_READ_BUF);
+  if (read_buf == NULL && (read_buf = malloc(TCP_READ_BUF)) != NULL) {
+    (void)pthread_once(&read_buf_once, read_buf_key_init);
+    if (read_buf_keyed) (void)pthread_setspecific(read_buf_key, read_buf);
+  }
   *buf = uv_buf_init(read_buf, read_buf != NULL ? TCP_READ_BUF : 0);
 }
 

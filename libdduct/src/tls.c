@@ -389,6 +389,13 @@ static int records_disabled(void) {
   return v;
 }
 
+static void wipe_keys(struct tls_stream *t) {
+  mbedtls_platform_zeroize(t->enc_key, sizeof(t->enc_key));
+  mbedtls_platform_zeroize(t->dec_key, sizeof(t->dec_key));
+  mbedtls_platform_zeroize(t->enc_iv, sizeof(t->enc_iv));
+  mbedtls_platform_zeroize(t->dec_iv, sizeof(t->dec_iv));
+}
+
 /* After the handshake: take the records over if the suite is ChaCha20-Poly1305 on TLS 1.2. */
 static void own_records_setup(struct tls_stream *t) {
   const mbedtls_ssl_ciphersuite_t *cs =
@@ -398,8 +405,7 @@ static void own_records_setup(struct tls_stream *t) {
            t->ssl.major_ver == 3 && t->ssl.minor_ver == 3 && max > 0 && !records_disabled();
   t->rec_max = max > 0 ? (size_t)max : 0;
   if (!t->own) {
-    mbedtls_platform_zeroize(t->enc_key, sizeof(t->enc_key));
-    mbedtls_platform_zeroize(t->dec_key, sizeof(t->dec_key));
+    wipe_keys(t);
     return;
   }
   LOG_DEBUG("tls", "application records sealed and opened by libdduct (%s)",
@@ -497,6 +503,7 @@ static int record_read(struct tls_stream *t, unsigned char *buf, size_t cap) {
           return MBEDTLS_ERR_SSL_INVALID_MAC;
         }
         if (ctr_next(t->ssl.in_ctr) != 0) return MBEDTLS_ERR_SSL_COUNTER_WRAPPING;
+        t->ssl.nb_zero = 0; /* as mbedTLS does: its limit is on consecutive empty records */
         t->in_off += 5 + clen;
         if (t->in_off == t->in_len) t->in_off = t->in_len = 0;
         return (int)n;
@@ -1129,8 +1136,7 @@ static void tls_free(struct tls_stream *t) {
   if (t->spare != NULL) enc_free(t->spare);
   uv_mutex_destroy(&t->mu);
   mbedtls_ssl_free(&t->ssl);
-  mbedtls_platform_zeroize(t->enc_key, sizeof(t->enc_key));
-  mbedtls_platform_zeroize(t->dec_key, sizeof(t->dec_key));
+  wipe_keys(t);
   free(t->forced_host);
   free(t->in);
   free(t->out);
