@@ -134,13 +134,15 @@ class TamperRelay:
             threading.Thread(target=self._records, args=(u, c, tamper), daemon=True).start()
 
     @staticmethod
-    def _copy(src, dst):
+    def _pump(src, dst, edit):
+        """Copy src to dst until either side ends, passing each chunk through edit (which may
+        hold bytes back), then shut both down."""
         try:
             while True:
                 b = src.recv(65536)
                 if not b:
                     break
-                dst.sendall(b)
+                dst.sendall(edit(b))
         except OSError:
             pass
         for s in (src, dst):
@@ -149,36 +151,30 @@ class TamperRelay:
             except OSError:
                 pass
 
+    def _copy(self, src, dst):
+        self._pump(src, dst, lambda b: b)
+
     def _records(self, src, dst, tamper):
-        buf = b""
-        seen = 0
-        try:
-            while True:
-                b = src.recv(65536)
-                if not b:
+        state = {"buf": b"", "seen": 0}
+
+        def edit(b):
+            buf = state["buf"] + b
+            out = b""
+            while len(buf) >= 5:
+                typ, _, length = struct.unpack("!BHH", buf[:5])
+                if len(buf) < 5 + length:
                     break
-                buf += b
-                out = b""
-                while len(buf) >= 5:
-                    typ, _, length = struct.unpack("!BHH", buf[:5])
-                    if len(buf) < 5 + length:
-                        break
-                    rec = bytearray(buf[:5 + length])
-                    buf = buf[5 + length:]
-                    if typ == 23:
-                        seen += 1
-                        if tamper and seen == 3 and length > 200:
-                            rec[5 + 100] ^= 0x01
-                            self.tampered.set()
-                    out += bytes(rec)
-                dst.sendall(out)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+                rec = bytearray(buf[:5 + length])
+                buf = buf[5 + length:]
+                if typ == 23:
+                    state["seen"] += 1
+                    if tamper and state["seen"] == 3 and length > 200:
+                        rec[5 + 100] ^= 0x01
+                        self.tampered.set()
+                out += bytes(rec)
+            state["buf"] = buf
+            return out
+        self._pump(src, dst, edit)
 
     def close(self):
         self.lsock.close()
