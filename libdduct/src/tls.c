@@ -158,27 +158,40 @@ static void pump(struct tls_stream *t);
 
 /* ---- memory bio ------------------------------------------------------------------------- */
 
-/* Append to a growable buffer (doubling); mbedTLS's send-callback convention for the result. */
-static int append(char **p, size_t *len, size_t *cap, const unsigned char *buf, size_t n) {
-  if (*len + n > *cap) {
-    size_t c = DDUCT_MAX(*cap * 2, *len + n);
-    char *q = realloc(*p, c);
-    if (q == NULL) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
-    *p = q;
-    *cap = c;
-  }
-  memcpy(*p + *len, buf, n);
-  *len += n;
-  return (int)n;
+/* Where ciphertext goes: the worker's own output while it encrypts (sized for the group, so it
+ * does not grow), never out, which the loop reads; out otherwise (wout is NULL whenever the loop
+ * calls mbedTLS or seals records). */
+struct out_buf {
+  char **p;
+  size_t *len, *cap;
+};
+
+static struct out_buf cur_out(struct tls_stream *t) {
+  if (t->wout != NULL) return (struct out_buf){&t->wout->buf, &t->wout->len, &t->wout->cap};
+  return (struct out_buf){&t->out, &t->out_len, &t->out_cap};
 }
 
+/* Room for n more bytes at the end of o (growing by doubling); NULL when it cannot grow. The
+ * caller adds what it wrote to *o.len. */
+static unsigned char *reserve(struct out_buf o, size_t n) {
+  if (*o.len + n > *o.cap) {
+    size_t c = DDUCT_MAX(*o.cap * 2, *o.len + n);
+    char *q = realloc(*o.p, c);
+    if (q == NULL) return NULL;
+    *o.p = q;
+    *o.cap = c;
+  }
+  return (unsigned char *)*o.p + *o.len;
+}
+
+/* mbedTLS's send callback: everything is taken at once. */
 static int bio_send(void *ctx, const unsigned char *buf, size_t len) {
-  struct tls_stream *t = ctx;
-  /* On the worker thread, inside its mbedtls_ssl_write: records go into its own output (sized
-   * for the group, so it does not grow), never into out, which the loop reads. wout is NULL
-   * whenever the loop calls mbedTLS. */
-  if (t->wout != NULL) return append(&t->wout->buf, &t->wout->len, &t->wout->cap, buf, len);
-  return append(&t->out, &t->out_len, &t->out_cap, buf, len);
+  struct out_buf o = cur_out(ctx);
+  unsigned char *d = reserve(o, len);
+  if (d == NULL) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+  memcpy(d, buf, len);
+  *o.len += len;
+  return (int)len;
 }
 
 static int bio_recv(void *ctx, unsigned char *buf, size_t len) {
@@ -432,34 +445,13 @@ static int ctr_next(unsigned char ctr[8]) {
   return 1;
 }
 
-static void aead_seal(const unsigned char key[32], const unsigned char nonce[12],
-                      const unsigned char aad[13], const unsigned char *in, size_t len,
-                      unsigned char *out, unsigned char tag[16]) {
-  dduct__chachapoly_seal(key, nonce, aad, 13, in, len, out, tag);
-}
-
-static int aead_open(const unsigned char key[32], const unsigned char nonce[12],
-                     const unsigned char aad[13], const unsigned char *in, size_t len,
-                     const unsigned char tag[16], unsigned char *out) {
-  return dduct__chachapoly_open(key, nonce, aad, 13, in, len, tag, out);
-}
-
 /* mbedtls_ssl_write's contract: one record of up to rec_max bytes of data[0..len) into the
- * current output (the worker's or the loop's, as bio_send chooses); bytes taken or an error. */
+ * current output (the worker's or the loop's, as cur_out chooses); bytes taken or an error. */
 static int own_write(struct tls_stream *t, const unsigned char *data, size_t len) {
-  char **buf = t->wout != NULL ? &t->wout->buf : &t->out;
-  size_t *blen = t->wout != NULL ? &t->wout->len : &t->out_len;
-  size_t *bcap = t->wout != NULL ? &t->wout->cap : &t->out_cap;
+  struct out_buf o = cur_out(t);
   unsigned char nonce[12], aad[13], *r;
   size_t n = DDUCT_MIN(len, t->rec_max), rec = 5 + n + 16;
-  if (*blen + rec > *bcap) {
-    size_t c = DDUCT_MAX(*bcap * 2, *blen + rec);
-    char *q = realloc(*buf, c);
-    if (q == NULL) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
-    *buf = q;
-    *bcap = c;
-  }
-  r = (unsigned char *)*buf + *blen;
+  if ((r = reserve(o, rec)) == NULL) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
   record_nonce_aad(t->enc_iv, t->ssl.cur_out_ctr, n, nonce, aad);
   if (ctr_next(t->ssl.cur_out_ctr) != 0) return MBEDTLS_ERR_SSL_COUNTER_WRAPPING;
   r[0] = MBEDTLS_SSL_MSG_APPLICATION_DATA;
@@ -467,8 +459,8 @@ static int own_write(struct tls_stream *t, const unsigned char *data, size_t len
   r[2] = 3;
   r[3] = (unsigned char)((n + 16) >> 8);
   r[4] = (unsigned char)(n + 16);
-  aead_seal(t->enc_key, nonce, aad, data, n, r + 5, r + 5 + n);
-  *blen += rec;
+  dduct__chachapoly_seal(t->enc_key, nonce, aad, sizeof(aad), data, n, r + 5, r + 5 + n);
+  *o.len += rec;
   return (int)n;
 }
 
@@ -497,7 +489,8 @@ static int record_read(struct tls_stream *t, unsigned char *buf, size_t cap) {
       if (avail >= 5 + clen) {
         if (n > cap) return REC_FULL;
         record_nonce_aad(t->dec_iv, t->ssl.in_ctr, n, nonce, aad);
-        if (aead_open(t->dec_key, nonce, aad, h + 5, n, h + 5 + n, buf) != 0) {
+        if (dduct__chachapoly_open(t->dec_key, nonce, aad, sizeof(aad), h + 5, n, h + 5 + n,
+                                   buf) != 0) {
           (void)mbedtls_ssl_send_alert_message(&t->ssl, MBEDTLS_SSL_ALERT_LEVEL_FATAL,
                                                MBEDTLS_SSL_ALERT_MSG_BAD_RECORD_MAC);
           return MBEDTLS_ERR_SSL_INVALID_MAC;
