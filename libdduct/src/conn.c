@@ -892,12 +892,16 @@ static void route_connect(struct dduct_conn *c) {
     conn_close(c);
     return;
   }
-  if (!dduct__proxy_port_allowed(c->p, port)) {
-    respond_error(c, 403, "CONNECT to port %u is not allowed", port);
-    return;
-  }
+  /* An intercepted host is served whatever its port (a registry on :5000 listed in the SANs
+   * needs no connect_ports entry): dduct speaks TLS and HTTP to it and verifies its certificate,
+   * so nothing but HTTPS gets through. The port policy guards the blind tunnels below, which
+   * would carry any protocol. */
   if (dduct_ca_covers(c->p->ca, host)) {
     intercept(c, host, port);
+    return;
+  }
+  if (!dduct__proxy_port_allowed(c->p, port)) {
+    respond_error(c, 403, "CONNECT to port %u is not allowed", port);
     return;
   }
   c->state = C_CONNECTING;
