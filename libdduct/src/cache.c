@@ -685,6 +685,16 @@ static void start_job(struct creq *q, struct dduct__store_entry *e) {
 
 /* ---- lookups and the hook ----------------------------------------------------------------- */
 
+/* An ordinary entry answers only requests of the scheme it was fetched with. Keys have held the
+ * scheme since issue 16, but an entry a plain-http request stored before then sits under the
+ * https key (its sidecar's url says http://): never give it to an https request. A blob is
+ * verified against its digest, whatever scheme brought it. */
+static int scheme_matches(const struct dduct__store_entry *e, int https) {
+  const char *u = dduct__store_entry_meta(e)->url;
+  if (dduct__store_entry_addressed(e)) return 1;
+  return https ? strncmp(u, "https://", 8) == 0 : strncmp(u, "http://", 7) == 0;
+}
+
 static void lookup_cb(void *arg, enum dduct__store_role role, struct dduct__store_entry *e,
                       int status) {
   struct creq *q = arg;
@@ -692,6 +702,18 @@ static void lookup_cb(void *arg, enum dduct__store_role role, struct dduct__stor
   switch (role) {
   case DDUCT__STORE_HIT:
   case DDUCT__STORE_FOLLOW:
+    if (!scheme_matches(e, q->https)) {
+      LOG_WARN(LOG_MOD, "Not serving \"%s\" from \"%s\": fetched by another scheme; fetching it "
+               "again", q->url, dduct__store_entry_meta(e)->url);
+      dduct__store_entry_release(e);
+      if (q->refreshed) {
+        decline(q);
+      } else {
+        q->refreshed = 1;
+        start_lookup(q, DDUCT__STORE_REFRESH);
+      }
+      break;
+    }
     q->e = e;
     LOG_INFO(LOG_MOD, "Hit \"%s\" for %s%s", q->url, peer(q),
              role == DDUCT__STORE_FOLLOW ? " (while filling)" : "");
@@ -818,8 +840,10 @@ int dduct__cache_handle(struct dduct_proxy *p, struct dduct_conn *c,
                             req->port, req->path, req->path_len_no_query, &key) != 0)
     return 0;
   if (p->o.revalidate != DDUCT_REVALIDATE_ALWAYS &&
-      dduct__store_lookup_hot(p->store, &key, flags, &e) && serve_hot(p, c, req, &key, e))
-    return 1;
+      dduct__store_lookup_hot(p->store, &key, flags, &e)) {
+    if (!scheme_matches(e, req->https)) dduct__store_entry_release(e); /* the lookup refetches */
+    else if (serve_hot(p, c, req, &key, e)) return 1;
+  }
   if ((q = creq_new(p, c, req, &key)) == NULL) return 0;
   /* Lookups never call back from inside this call, so taking the connection after is safe. */
   rc = dduct__store_lookup(p->store, &q->key, flags, lookup_cb, q, &q->look);

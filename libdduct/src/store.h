@@ -10,7 +10,7 @@
  * misses share one code path and one origin fetch serves any number of concurrent requests.
  *
  * On disk, under file_dir: "c/ab/<sha256 hex>" for content-addressed blobs (the file is named by
- * its digest) and "u/ab/<sha256 hex of host, port and path>" for everything else. Names are pure
+ * its digest) and "u/ab/<sha256 hex of scheme, host, port and path>" for everything else. Names are pure
  * hex, so no input can make a path that leaves file_dir. An entry is the data file plus
  * "<name>.json" (the sidecar); it is complete only when both exist and the sidecar's size is the
  * data file's size. A fill writes "<name>.part" (created exclusively and flock()ed for its whole
@@ -42,11 +42,12 @@ struct dduct__store_key {
 };
 
 /* Derive the key of a request. path may hold a query string (ignored) and any bytes; dot
- * segments are resolved ("/a/./b" and "/a/x/../b" are "/a/b"); host is compared
- * case-insensitively; port is dropped when it is scheme's default (80/443). A path
+ * segments are resolved ("/a/./b" and "/a/x/../b" are "/a/b"); scheme and host are compared
+ * case-insensitively; port is dropped when it is scheme's default (80/443). An https key and an
+ * http key never match (docs/cache.md has the hash layout: https keeps the first one). A path
  * "/v2/<name>/blobs/sha256:<64 lowercase hex>" is content-addressed: the key is the digest
- * alone, shared across hosts and repositories. Never fails on odd input: DDUCT_EINVAL only for
- * NULL pointers, DDUCT_ENOMEM. */
+ * alone, shared across schemes, hosts and repositories. Never fails on odd input: DDUCT_EINVAL
+ * only for NULL pointers, DDUCT_ENOMEM. */
 int dduct__store_key_make(const char *scheme, const char *host, size_t hostlen, unsigned port,
                           const char *path, size_t pathlen, struct dduct__store_key *out);
 

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "sha256.h"
 #include "store.h"
@@ -39,34 +40,52 @@ static int blob_digest(const char *path, size_t len, const char **digest) {
   return 1;
 }
 
+/* 1 for "https" in any case: the scheme whose keys keep the first layout. */
+static int is_https(const char *scheme) {
+  return strcasecmp(scheme, "https") == 0;
+}
+
 static unsigned default_port(const char *scheme) {
-  return scheme != NULL && strcmp(scheme, "http") == 0 ? 80 : 443;
+  if (is_https(scheme)) return 443;
+  return strcasecmp(scheme, "http") == 0 ? 80 : 0;
 }
 
 static void put_be64(unsigned char *b, uint64_t v) {
   for (int i = 7; i >= 0; i--, v >>= 8) b[i] = (unsigned char)v;
 }
 
-/* Length-prefixed fields keep the hash input unambiguous: no host can be crafted to end where a
- * path begins. */
-static void url_hash(const char *host, size_t hostlen, unsigned port, const char *path,
-                     size_t pathlen, unsigned char out[32]) {
-  static const char tag[] = "dduct-key-v1";
-  struct dduct__sha256 c;
+/* A length, then the bytes lowercased, a block at a time. */
+static void hash_lower(struct dduct__sha256 *c, const char *s, size_t len) {
   unsigned char b[64];
-  dduct__sha256_init(&c);
-  dduct__sha256_update(&c, tag, sizeof(tag));
-  put_be64(b, hostlen);
-  dduct__sha256_update(&c, b, 8);
-  /* The host lowercased, a block at a time. */
-  for (size_t i = 0; i < hostlen;) {
+  put_be64(b, len);
+  dduct__sha256_update(c, b, 8);
+  for (size_t i = 0; i < len;) {
     size_t n = 0;
-    for (; n < sizeof(b) && i < hostlen; n++, i++) {
-      unsigned char ch = (unsigned char)host[i];
+    for (; n < sizeof(b) && i < len; n++, i++) {
+      unsigned char ch = (unsigned char)s[i];
       b[n] = ch >= 'A' && ch <= 'Z' ? (unsigned char)(ch - 'A' + 'a') : ch;
     }
-    dduct__sha256_update(&c, b, n);
+    dduct__sha256_update(c, b, n);
   }
+}
+
+/* Length-prefixed fields keep the hash input unambiguous: no host can be crafted to end where a
+ * path begins. https keys are the first layout (tag "dduct-key-v1"), so entries stored before
+ * the scheme was keyed keep their place; every other scheme (plain http) hashes a second tag and
+ * the scheme itself, so its entries can never be found by an https request. */
+static void url_hash(const char *scheme, const char *host, size_t hostlen, unsigned port,
+                     const char *path, size_t pathlen, unsigned char out[32]) {
+  static const char tag1[] = "dduct-key-v1", tag2[] = "dduct-key-v2";
+  struct dduct__sha256 c;
+  unsigned char b[16];
+  dduct__sha256_init(&c);
+  if (is_https(scheme)) {
+    dduct__sha256_update(&c, tag1, sizeof(tag1));
+  } else {
+    dduct__sha256_update(&c, tag2, sizeof(tag2));
+    hash_lower(&c, scheme, strlen(scheme));
+  }
+  hash_lower(&c, host, hostlen);
   put_be64(b, port);
   put_be64(b + 8, pathlen);
   dduct__sha256_update(&c, b, 16);
@@ -109,7 +128,7 @@ int dduct__store_key_make(const char *scheme, const char *host, size_t hostlen, 
                           const char *path, size_t pathlen, struct dduct__store_key *out) {
   const char *digest, *q;
   char name[65], *norm;
-  if (host == NULL || path == NULL || out == NULL) return DDUCT_EINVAL;
+  if (scheme == NULL || host == NULL || path == NULL || out == NULL) return DDUCT_EINVAL;
   memset(out, 0, sizeof(*out));
   q = memchr(path, '?', pathlen);
   if (q != NULL) pathlen = (size_t)(q - path);
@@ -126,7 +145,7 @@ int dduct__store_key_make(const char *scheme, const char *host, size_t hostlen, 
   }
   {
     unsigned char h[32];
-    url_hash(host, hostlen, port == default_port(scheme) ? 0 : port, path, pathlen, h);
+    url_hash(scheme, host, hostlen, port == default_port(scheme) ? 0 : port, path, pathlen, h);
     dduct__store_hex(h, 32, name);
   }
   snprintf(out->rel, sizeof(out->rel), "u/%.2s/%s", name, name);

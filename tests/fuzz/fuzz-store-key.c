@@ -9,11 +9,14 @@
  * digits): never '..', never absolute, no NUL inside, under a fixed length, and joined to a
  * directory it resolves (realpath, on a temp dir with the fan-out directory created) to a file
  * directly in that directory's subtree. A digest is set exactly for "c/" keys, is the file's
- * name and occurs in the path; a blob path's key does not depend on host or port; the key does
- * not depend on the host's case or on a query string; the same input gives the same key. */
+ * name and occurs in the path; a blob path's key does not depend on host, port or scheme; an
+ * ordinary key never is the same for http as for https (a plain-http body must never answer an
+ * https request); the key does not depend on the host's case or on a query string; the same
+ * input gives the same key; a NULL scheme or host is refused. */
 #include <errno.h>
 #include <limits.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -117,6 +120,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   pathlen = size - 4 - hostlen;
   path = memcpy(malloc(pathlen + 1), data + 4 + hostlen, pathlen);
 
+  if (scheme == NULL) {
+    FUZZ_CHECK(dduct__store_key_make(scheme, host, hostlen, port, path, pathlen, &k) ==
+                   DDUCT_EINVAL,
+               "NULL scheme accepted");
+    scheme = "https";
+  }
   FUZZ_CHECK(dduct__store_key_make(scheme, host, hostlen, port, path, pathlen, &k) == 0,
              "key_make failed");
   check_shape(&k);
@@ -130,6 +139,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                    same_key(&k, &k2),
                "blob key depends on the host");
     FUZZ_CHECK(memmem(path, pathlen, k.digest, strlen(k.digest)) != NULL, "digest not in path");
+  } else {
+    /* The other scheme of the pair, on the same port or on its own default. */
+    int https = strcasecmp(scheme, "https") == 0;
+    struct dduct__store_key k3;
+    FUZZ_CHECK(dduct__store_key_make(https ? "http" : "https", host, hostlen, port, path, pathlen,
+                                     &k2) == 0 &&
+                   dduct__store_key_make(https ? "http" : "https", host, hostlen,
+                                         https ? 80 : 443, path, pathlen, &k3) == 0,
+               "key_make failed");
+    FUZZ_CHECK(!same_key(&k, &k2) && !same_key(&k, &k3), "http and https share the key %s",
+               k.rel);
   }
   /* Host case does not matter. */
   buf = malloc(hostlen + 1);

@@ -234,7 +234,18 @@ static void test_keys(void) {
   dduct__store_key_make("https", "deb.example.org", 15, 8443, "/pool/a.deb", 11, &b);
   CHECK(strcmp(a.rel, b.rel) != 0, "a non-default port is a different key");
   dduct__store_key_make("http", "deb.example.org", 15, 80, "/pool/a.deb", 11, &b);
-  CHECK_EQ_STR(a.rel, b.rel, "http on 80 and https on 443 share a key (host and path)");
+  CHECK(strcmp(a.rel, b.rel) != 0, "http on 80 never shares a key with https on 443");
+  dduct__store_key_make("https", "deb.example.org", 15, 8080, "/pool/a.deb", 11, &a);
+  dduct__store_key_make("http", "deb.example.org", 15, 8080, "/pool/a.deb", 11, &b);
+  CHECK(strcmp(a.rel, b.rel) != 0, "nor does http with https on the same port");
+  dduct__store_key_make("HTTP", "deb.example.org", 15, 80, "/pool/a.deb", 11, &a);
+  dduct__store_key_make("http", "deb.example.org", 15, 80, "/pool/a.deb", 11, &b);
+  CHECK_EQ_STR(a.rel, b.rel, "the scheme is compared case-insensitively");
+  CHECK_EQ_INT(dduct__store_key_make(NULL, "h", 1, 80, "/a", 2, &b), DDUCT_EINVAL,
+               "a key needs a scheme");
+  a = url_key("registry-1.docker.io", blob);
+  dduct__store_key_make("http", "registry.local", 14, 5000, blob, strlen(blob), &b);
+  CHECK_EQ_STR(a.rel, b.rel, "a blob (verified against its digest) is one key across schemes");
   a = url_key("a.example", "/v2/x/blobs/sha256:"
                            "C6A83FEDFAE6ED8A4F5F7CBB6A7B6F1C1EC3D86FEA8CB9E5BA2E4F6A1C0D8E9F");
   CHECK(a.digest[0] == '\0' && a.rel[0] == 'u', "an uppercase digest is not trusted as one");
@@ -269,9 +280,11 @@ static void test_keys(void) {
 }
 
 /* Hostile URLs become real files; realpath proves each stays inside the directory. */
-/* Known answers, computed outside C (Python's hashlib over the documented layout: the tag with
- * its NUL, be64 host length, the host lowercased, be64 port (0 for the scheme's default), be64
- * path length, the path): a change of hash code must never move existing cache entries. */
+/* Known answers, computed outside C (Python's hashlib over the layout docs/cache.md documents:
+ * https: the tag "dduct-key-v1" with its NUL; any other scheme: "dduct-key-v2" with its NUL, be64
+ * scheme length, the scheme lowercased; then be64 host length, the host lowercased, be64 port (0
+ * for the scheme's default), be64 path length, the path): a change of hash code must never move
+ * existing cache entries. */
 static void test_key_known_answers(void) {
   struct dduct__store_key k;
   static const char deb[] = "/debian/pool/main/c/curl/curl_7.88.1-10_amd64.deb";
@@ -283,6 +296,12 @@ static void test_key_known_answers(void) {
   dduct__store_key_make("https", longhost, strlen(longhost), 8443, "/x.tgz?sig=1", 12, &k);
   CHECK_EQ_STR(k.rel, "u/ea/ea3280c6480113d917fa94f5269a2777fb0f04cc8b4541bbc4a1dad3b647f15a",
                "key of a URL with a 72-byte host, a port and a query");
+  dduct__store_key_make("http", "Deb.Debian.ORG", 14, 80, deb, strlen(deb), &k);
+  CHECK_EQ_STR(k.rel, "u/41/412b49703c811dbcaa786e3b755e8c7c9a9e615f0ae5586221ae60c9aa6f0e6a",
+               "key of a plain-http .deb URL (its own layout: never an https entry)");
+  dduct__store_key_make("HTTP", "Deb.Debian.ORG", 14, 8080, deb, strlen(deb), &k);
+  CHECK_EQ_STR(k.rel, "u/67/678c5334fabfd48c4226769316cd1f1d4223a5dbc0ca91cc246d20585b577c52",
+               "key of a plain-http URL with a port");
 }
 
 static void test_keys_on_disk(void) {
