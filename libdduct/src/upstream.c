@@ -448,10 +448,23 @@ static int resp_on_head(struct dduct_http_parser *p) {
   if (p->head.status < 200) return 0; /* 1xx: interim, never delivered */
   if (redirectable(f, p->head.status)) {
     const char *loc = dduct__http_get(&p->head, "Location");
-    if (loc != NULL && (loc[0] == '/' || strncasecmp(loc, "http://", 7) == 0 ||
-                        strncasecmp(loc, "https://", 8) == 0)) {
+    if (loc != NULL && f->https && strncasecmp(loc, "http://", 7) == 0) {
+      /* Never downgrade: what came over TLS must not be continued over plain http, where
+       * anyone on the path could answer. The redirect goes to the client as it is (curl, apt
+       * decide for themselves), and the cache stores nothing for a non-200. */
+      LOG_INFO("upstream", "Not following the redirect of https://%s:%u%.*s to plain http: "
+               "passing it on", f->host, f->port, (int)strcspn(f->target, "?"), f->target);
+    } else if (loc != NULL && (loc[0] == '/' || strncasecmp(loc, "http://", 7) == 0 ||
+                               strncasecmp(loc, "https://", 8) == 0)) {
       free(f->location);
-      f->location = dduct__strdup(loc);
+      /* "//host/path" is another host on the same scheme (RFC 3986 4.2), not a path here. */
+      if (loc[0] == '/' && loc[1] == '/') {
+        size_t n = strlen(loc) + 8;
+        if ((f->location = malloc(n)) != NULL)
+          snprintf(f->location, n, "%s:%s", f->https ? "https" : "http", loc);
+      } else {
+        f->location = dduct__strdup(loc);
+      }
       f->redirecting = f->location != NULL;
       f->redirect_status = p->head.status;
       if (f->redirecting) return skip;
@@ -493,8 +506,9 @@ static void follow_redirect(struct dduct_fetch *f) {
       fetch_finish(f, DDUCT_EPROTO, "redirect to an invalid Location");
       return;
     }
-    if (strcasecmp(host, f->host) != 0) {
-      /* Credentials were meant for the first host only. */
+    if (strcasecmp(host, f->host) != 0 || port != f->port || https != f->https) {
+      /* Credentials were meant for the first origin only (scheme, host and port: another port
+       * of a host can be another service, as curl decided for CVE-2022-27776). */
       dduct__http_remove(&f->hdrs, "Authorization");
       dduct__http_remove(&f->hdrs, "Cookie");
     }

@@ -28,7 +28,9 @@
  *
  * Redirects: with req.max_redirects > 0, a GET/HEAD answered by 301/302/303/307/308 with a
  * Location is followed (up to that many hops) instead of being delivered; Authorization and
- * Cookie headers are dropped when the host changes. The final response is delivered as usual.
+ * Cookie headers are dropped when scheme, host or port change. A redirect from https to http://
+ * is never followed: it is delivered as the final response. The final response is delivered as
+ * usual.
  */
 #ifndef DDUCT_UPSTREAM_H
 #define DDUCT_UPSTREAM_H

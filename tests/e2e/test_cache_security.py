@@ -40,6 +40,10 @@ class DualHandler(CacheHandler):
     def _ep_pkg(self, path, query, body):
         self._send_body(GOOD if self.tls else EVIL, "application/gzip")
 
+    def _ep_redir(self, path, query, body):
+        """/redir/<name>?loc=L: 302 to L (as given: absolute, scheme-relative or a path)."""
+        self._send(302, b"moved\n", extra=[("Location", query["loc"])])
+
 
 def dual_origin(rig):
     def make():
@@ -120,5 +124,63 @@ def test_old_plain_entry_not_served_to_https(rig):
               files_in(d.file_dir))
 
 
+def headers_of(r):
+    with open(os.path.join(r.cwd, "hdr"), "rb") as f:
+        blocks = [b for b in f.read().decode("latin-1").split("\r\n\r\n") if b.strip()]
+    out = {}
+    for line in blocks[-1].split("\r\n")[1:]:
+        k, _, v = line.partition(":")
+        out[k.strip().lower()] = v.strip()
+    return out
+
+
+def test_https_redirect_to_http_not_followed(rig):
+    """An https origin answering 302 to an http:// URL on a cacheable path: dduct does not follow
+    it over plain http; the client gets the 302 with its Location as the origin sent it, nothing
+    is stored, and the next request asks the origin again. A scheme-relative Location
+    (//host:port/path) is followed on the same scheme, to that host."""
+    o = dual_origin(rig)
+    with rig.dduct(proxy={"filters": ["^/redir/", "^/pkg/"]}) as d:
+        loc = "http://origin.test:%d/pkg/down.tar.gz?sig=1" % o.port
+        url = "https://origin.test:%d/redir/down?loc=%s" % (o.port, loc.replace("?", "%3F"))
+        for i, kind in enumerate(("http", "https", "http")):
+            r = curl(rig, via(d, kind) + ["-D", "hdr", url])
+            check_eq((r.rc, r.status, headers_of(r).get("location")), (0, 302, loc),
+                     "request %d (%s proxy): the redirect itself" % (i, kind))
+            check(EVIL not in body(r), "no plain-http body", body(r))
+        gets = [q for q in o.snapshot()["requests"] if q[1].startswith("/redir/down")]
+        check_eq(len(gets), 3, "every request asked the origin (nothing stored)")
+        plain = [q for q in o.snapshot()["requests"] if q[1].startswith("/pkg/down")]
+        check_eq(plain, [], "nothing was fetched over plain http")
+        check_eq(entries(d.file_dir), [], "no entry")
+        check("Not following the redirect of https://origin.test:%d/redir/down to plain http"
+              % o.port in d.log(), "the refusal is logged without the query")
+
+        loc = "//x.wild.test:%d/pkg/rel.tar.gz" % o.port
+        url = "https://origin.test:%d/redir/rel?loc=%s" % (o.port, loc)
+        r = get(rig, d, url)
+        check_eq((r.rc, r.status, body(r)), (0, 200, GOOD), "scheme-relative redirect followed")
+        targets = [q[1] for q in o.snapshot()["requests"]
+                   if "rel.tar" in q[1] and not q[1].startswith("/redir/")]
+        check_eq(targets, ["/pkg/rel.tar.gz"], "asked for the path on the named host, over TLS")
+
+
+def test_redirect_to_another_port_drops_credentials(rig):
+    """A redirect to another port of the same host (another service, maybe another owner) does
+    not carry the client's Authorization and Cookie, as a change of host never did."""
+    o = dual_origin(rig)
+    other = rig.origin  # /echo shows what it received
+    with rig.dduct(proxy={"filters": ["^/redir/"]}) as d:
+        url = "https://origin.test:%d/redir/port?loc=https://origin.test:%d/echo" % (o.port,
+                                                                                  other.port)
+        r = get(rig, d, url, "-H", "Authorization: Bearer s3cr3t", "-H", "Cookie: c=1")
+        check_eq((r.rc, r.status), (0, 200), "followed")
+        got = dict((k.lower(), v) for k, v in r.json()["headers"])
+        check("authorization" not in got and "cookie" not in got,
+              "no credentials for another port", got)
+
+
 if __name__ == "__main__":
-    run([test_plain_http_never_answers_https, test_old_plain_entry_not_served_to_https])
+    run([test_plain_http_never_answers_https, test_old_plain_entry_not_served_to_https,
+         test_https_redirect_to_http_not_followed,
+         test_redirect_to_another_port_drops_credentials])
