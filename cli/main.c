@@ -103,6 +103,9 @@ static int open_ca(const struct config *cfg, struct dduct_ca **ca) {
   char err[1024] = "";
   int rc;
   config_ca_options(cfg, &o);
+  /* Tests only (not a config key): a small leaf cache shows eviction with a few hosts. */
+  if (getenv("DDUCT_TEST_MAX_LEAVES") != NULL)
+    o.max_leaves = (size_t)strtoul(getenv("DDUCT_TEST_MAX_LEAVES"), NULL, 10);
   rc = dduct_ca_open(&o, ca, err, sizeof(err));
   if (rc != 0)
     log_line(DDUCT_LOG_ERROR, "ssl_certs", "%s", err[0] ? err : dduct_strerror(rc));

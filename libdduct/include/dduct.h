@@ -130,6 +130,9 @@ struct dduct_ca_options {
   size_t server_ip_sans_count;
   const char *client_cn;         /* default "client.dduct.rs" */
   const char *p12_pass;          /* default "dduct" */
+  /* Minted leaves kept for intercepted hosts; the least recently used is dropped (and minted
+   * again on its next use) when a new host needs room. 0: 4096. */
+  size_t max_leaves;
 };
 
 /* Fill o with the defaults above (pointers to static storage). */

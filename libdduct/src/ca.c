@@ -44,18 +44,26 @@
 #define LEAF_BUCKETS 1024
 #define DAY (24 * 60 * 60)
 #define LEAF_DAYS 365
+#define LEAF_RENEW_DAYS 30
 
 enum { F_CA_KEY, F_CA_CRT, F_SRV_KEY, F_SRV_CRT, F_SRV_P12, F_CLI_KEY, F_CLI_CRT, F_CLI_P12, F_N };
 static const char *const file_names[F_N] = {"ca.key",     "ca.crt",     "server.key",
                                             "server.crt", "server.p12", "client.key",
                                             "client.crt", "client.p12"};
 
-struct leaf {
-  struct leaf *next; /* hash chain */
+/* A minted leaf. Linked leaves sit in a hash chain and in the LRU list (most recent first); an
+ * evicted leaf still held by a handshake (refs > 0) is unlinked and freed by its last put. */
+struct dduct__leaf {
+  struct dduct__leaf *next;           /* hash chain */
+  struct dduct__leaf *newer, *older;  /* LRU list */
   char *host;
   mbedtls_x509_crt chain; /* leaf, then the CA certificate */
   mbedtls_pk_context key;
+  time_t renew_at;        /* minted again by the first use after this */
+  unsigned refs;          /* handshakes using it (dduct__ca_leaf with a ref) */
+  int linked;
 };
+#define leaf dduct__leaf
 
 struct dduct_ca {
   char *dir; /* ends with '/' */
@@ -68,7 +76,8 @@ struct dduct_ca {
   struct dduct__ip *ips;
   size_t nips;
   struct leaf *leaves[LEAF_BUCKETS];
-  size_t nleaves;
+  struct leaf *newest, *oldest; /* LRU list of the linked leaves */
+  size_t nleaves, max_leaves;
   time_t ca_not_after;
 };
 
@@ -621,7 +630,10 @@ int dduct_ca_open(const struct dduct_ca_options *o, struct dduct_ca **out, char 
   op->o = o, op->err = err, op->errlen = errlen;
   op->ca = ca_alloc();
   if (op->ca == NULL) rc = DDUCT_ENOMEM;
-  if (rc == 0) rc = copy_sans(op->ca, o, err, errlen);
+  if (rc == 0) {
+    op->ca->max_leaves = o->max_leaves > 0 ? o->max_leaves : DDUCT__CA_MAX_LEAVES;
+    rc = copy_sans(op->ca, o, err, errlen);
+  }
   if (rc == 0) rc = open_files(op);
   if (rc == 0) *out = op->ca;
   else dduct_ca_free(op->ca);
@@ -694,24 +706,59 @@ static int mint(struct dduct_ca *ca, struct leaf *l) {
   else s.dns = dns, s.ndns = 1;
   if ((rc = dduct__x509_gen_p256(&l->key)) != 0) return rc;
   if ((rc = dduct__x509_issue(&s, &l->chain)) != 0) return rc;
+  /* Renewed a month before it expires (or at two thirds of a short life), so a long-running
+   * process never presents an expired leaf. */
+  l->renew_at = s.not_after - DDUCT_MIN((time_t)LEAF_RENEW_DAYS * DAY, (s.not_after - t) / 3);
   if (mbedtls_x509_crt_parse_der(&l->chain, ca->ca_crt.raw.p, ca->ca_crt.raw.len) != 0)
     return DDUCT_ECRYPTO;
   return 0;
 }
 
-int dduct__ca_leaf(struct dduct_ca *ca, const char *host, mbedtls_x509_crt **chain,
-                   mbedtls_pk_context **key) {
+static void lru_unlink(struct dduct_ca *ca, struct leaf *l) {
+  if (l->newer != NULL) l->newer->older = l->older;
+  else ca->newest = l->older;
+  if (l->older != NULL) l->older->newer = l->newer;
+  else ca->oldest = l->newer;
+  l->newer = l->older = NULL;
+}
+
+static void lru_push(struct dduct_ca *ca, struct leaf *l) {
+  l->older = ca->newest;
+  l->newer = NULL;
+  if (ca->newest != NULL) ca->newest->newer = l;
+  ca->newest = l;
+  if (ca->oldest == NULL) ca->oldest = l;
+}
+
+/* Out of the table; freed now, or by the last dduct__ca_leaf_put of a handshake using it. */
+static void leaf_unlink(struct dduct_ca *ca, struct leaf *l) {
+  struct leaf **pp = &ca->leaves[bucket_of(l->host)];
+  while (*pp != l) pp = &(*pp)->next;
+  *pp = l->next;
+  lru_unlink(ca, l);
+  l->linked = 0;
+  ca->nleaves--;
+  if (l->refs == 0) leaf_free(l);
+}
+
+int dduct__ca_leaf(struct dduct_ca *ca, const char *host, struct dduct__leaf **ref,
+                   mbedtls_x509_crt **chain, mbedtls_pk_context **key) {
   char h[HOST_MAX + 3];
   struct leaf *l;
   size_t b;
   int rc;
 
+  if (ref != NULL) *ref = NULL;
   if (ca == NULL || normalise(host, h, sizeof(h), 0) != 0) return DDUCT_EINVAL;
   b = bucket_of(h);
   for (l = ca->leaves[b]; l != NULL; l = l->next)
     if (strcmp(l->host, h) == 0) break;
+  if (l != NULL && now() >= l->renew_at) {
+    LOG_DEBUG(MOD, "Renewing the certificate for \"%s\"", h);
+    leaf_unlink(ca, l);
+    l = NULL;
+  }
   if (l == NULL) {
-    if (ca->nleaves >= DDUCT__CA_MAX_LEAVES) return DDUCT_ETOOBIG;
     if ((l = calloc(1, sizeof(*l))) == NULL) return DDUCT_ENOMEM;
     mbedtls_x509_crt_init(&l->chain);
     mbedtls_pk_init(&l->key);
@@ -722,13 +769,37 @@ int dduct__ca_leaf(struct dduct_ca *ca, const char *host, mbedtls_x509_crt **cha
       return rc;
     }
     LOG_DEBUG(MOD, "Minted a certificate for \"%s\"", h);
+    /* Full: the least recently used leaf makes room (never a refusal: a client that minted
+     * many names must not stop others from being intercepted). */
+    while (ca->nleaves >= ca->max_leaves && ca->oldest != NULL) {
+      LOG_DEBUG(MOD, "Leaf cache full (%zu): dropping \"%s\"", ca->nleaves, ca->oldest->host);
+      leaf_unlink(ca, ca->oldest);
+    }
     l->next = ca->leaves[b];
     ca->leaves[b] = l;
+    l->linked = 1;
+    lru_push(ca, l);
     ca->nleaves++;
+  } else if (ca->newest != l) {
+    lru_unlink(ca, l);
+    lru_push(ca, l);
+  }
+  if (ref != NULL) {
+    l->refs++;
+    *ref = l;
   }
   *chain = &l->chain;
   *key = &l->key;
   return 0;
+}
+
+void dduct__ca_leaf_put(struct dduct__leaf *l) {
+  if (l == NULL) return;
+  if (--l->refs == 0 && !l->linked) leaf_free(l);
+}
+
+size_t dduct__ca_leaf_count(const struct dduct_ca *ca) {
+  return ca != NULL ? ca->nleaves : 0;
 }
 
 void dduct_ca_free(struct dduct_ca *ca) {

@@ -17,15 +17,25 @@ int dduct__ca_server_identity(struct dduct_ca *ca, mbedtls_x509_crt **chain,
 /* A leaf certificate for exactly host (DNS name -> dNSName SAN, IP literal -> iPAddress SAN,
  * CN = host): ECDSA P-256 key, signed by the CA with SHA-256, extendedKeyUsage serverAuth,
  * subject/authority key identifiers, valid from now - 1 day to now + 365 days (capped at the
- * CA's notAfter), random serial. Minted on first use (a few ms) and cached for the CA's
- * lifetime; later calls for the same normalised host return the same pointers. host may carry
- * upper case or a trailing dot (normalised), must not carry a port; IPv6 without brackets
- * (brackets are accepted and stripped). *chain is leaf then CA cert.
- * Returns 0, DDUCT_EINVAL for an invalid host, DDUCT_ETOOBIG when the cache is full
- * (DDUCT__CA_MAX_LEAVES hosts), DDUCT_ENOMEM or DDUCT_ECRYPTO. */
+ * CA's notAfter), random serial. Minted on first use (a few ms) and cached; later calls for the
+ * same normalised host return the same pointers until the leaf is within 30 days of its end
+ * (then a new one is minted: a long-running process never presents an expired leaf) or was
+ * dropped from the cache. The cache holds max_leaves (dduct_ca_options, default
+ * DDUCT__CA_MAX_LEAVES) leaves and drops the least recently used one to make room: it never
+ * refuses a host. host may carry upper case or a trailing dot (normalised), must not carry a
+ * port; IPv6 without brackets (brackets are accepted and stripped). *chain is leaf then CA cert.
+ * With ref != NULL the leaf is held (*ref) until dduct__ca_leaf_put(*ref): chain and key stay
+ * valid that long even if the cache drops it (a handshake holds its leaf). With ref == NULL
+ * they are valid only until the next dduct__ca_leaf call.
+ * Returns 0, DDUCT_EINVAL for an invalid host, DDUCT_ENOMEM or DDUCT_ECRYPTO. */
 #define DDUCT__CA_MAX_LEAVES 4096
-int dduct__ca_leaf(struct dduct_ca *ca, const char *host, mbedtls_x509_crt **chain,
-                   mbedtls_pk_context **key);
+struct dduct__leaf;
+int dduct__ca_leaf(struct dduct_ca *ca, const char *host, struct dduct__leaf **ref,
+                   mbedtls_x509_crt **chain, mbedtls_pk_context **key);
+/* Release a hold taken by dduct__ca_leaf; NULL is ignored. */
+void dduct__ca_leaf_put(struct dduct__leaf *ref);
+/* Leaves in the cache now (for tests). */
+size_t dduct__ca_leaf_count(const struct dduct_ca *ca);
 
 /* Normalise host into out[outlen]: lower-case, strip one trailing dot, strip [] around an IPv6
  * literal; IP literals come out in canonical text (IPv4-mapped IPv6 as IPv4). Rejects empty or

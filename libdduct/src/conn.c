@@ -1164,8 +1164,20 @@ void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int tls) {
   if (uv_tcp_getpeername(h, (struct sockaddr *)&ss, &len) == 0)
     dduct__addr_str((struct sockaddr *)&ss, c->peer, sizeof(c->peer));
   (void)uv_tcp_nodelay(h, 1);
-  /* Not an open relay: such a client gets a 403 naming the reason for each request. */
+  /* Not an open relay. On tcp_bind such a client gets a 403 naming the reason; on tls_bind it
+   * is closed before any TLS byte: the handshake (RSA signature, perhaps a minted leaf) is not
+   * for it. */
   c->denied = !dduct__acl_match(&p->allow, (struct sockaddr *)&ss);
+  if (c->denied && tls) {
+    uint64_t now = uv_now(p->loop);
+    p->stats.errors++;
+    if (now - p->last_denied_log >= 1000) { /* a flood of them must not flood the log */
+      p->last_denied_log = now;
+      LOG_WARN("tls_mitm", "%s: not allowed to use this proxy (allow_clients): closed", c->peer);
+    }
+    conn_close(c);
+    return;
+  }
   if (tls) {
     struct dduct_stream *t = dduct__tls_server_new(p->tls_server, tcp, NULL, NULL, 0);
     if (t == NULL) {

@@ -44,6 +44,7 @@ struct dduct_proxy {
   size_t nlocal;
   struct dduct_proxy_stats stats;
   uint64_t last_emfile_log;
+  uint64_t last_denied_log; /* a denied tls_bind client closed at accept, logged once a second */
   /* Shutdown. */
   int closing;
   uv_timer_t grace;

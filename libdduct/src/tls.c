@@ -110,6 +110,7 @@ struct tls_stream {
   int lower_eof; /* 0, or the UV_EOF/error the lower layer reported */
   int eof_delivered;
   char *forced_host;
+  struct dduct__leaf *leaf; /* server: the minted leaf held until the handshake is over */
   unsigned char vip[16]; /* client: an IP-literal origin, checked against iPAddress SANs */
   size_t vip_len;        /* 0: a DNS name, checked by mbedTLS */
   char sni[256];
@@ -988,6 +989,8 @@ static int handshake(struct tls_stream *t) {
     return -1;
   }
   t->handshaken = 1;
+  dduct__ca_leaf_put(t->leaf); /* mbedTLS dropped its pointers with the handshake state */
+  t->leaf = NULL;
   t->aead = suite_is_aead(&t->ssl);
   own_records_setup(t);
   if (t->hs_cb != NULL) {
@@ -1129,6 +1132,7 @@ static void tls_free(struct tls_stream *t) {
   if (t->spare != NULL) enc_free(t->spare);
   uv_mutex_destroy(&t->mu);
   mbedtls_ssl_free(&t->ssl);
+  dduct__ca_leaf_put(t->leaf);
   wipe_keys(t);
   free(t->forced_host);
   free(t->in);
@@ -1218,10 +1222,12 @@ static int sni_cb(void *arg, mbedtls_ssl_context *ssl, const unsigned char *name
   t->sni[len] = '\0';
   if (t->forced_host != NULL) return 0; /* the CONNECT line decides, set before the handshake */
   /* Only names we intercept get a minted leaf; any other name gets server.crt. Minting for
-   * every SNI would sign certificates for hosts outside server_dns_sans and let one client fill
-   * the CA's leaf cache (DDUCT__CA_MAX_LEAVES), after which no new host can be intercepted. */
+   * every SNI would sign certificates for hosts outside server_dns_sans (and churn the CA's leaf
+   * cache). The listener checked allow_clients before this handshake began. */
   if (len == 0 || !dduct_ca_covers(c->ca, t->sni)) return 0;
-  if (dduct__ca_leaf(c->ca, t->sni, &chain, &key) != 0) {
+  dduct__ca_leaf_put(t->leaf);
+  t->leaf = NULL;
+  if (dduct__ca_leaf(c->ca, t->sni, &t->leaf, &chain, &key) != 0) {
     LOG_WARN("tls_mitm", "no certificate for SNI \"%s\"", t->sni);
     return -1;
   }
@@ -1288,7 +1294,8 @@ struct dduct_stream *dduct__tls_server_new(struct dduct_tls_server_conf *c,
     mbedtls_x509_crt *chain;
     mbedtls_pk_context *key;
     t->forced_host = dduct__strdup(forced_host);
-    if (t->forced_host == NULL || dduct__ca_leaf(c->ca, forced_host, &chain, &key) != 0 ||
+    if (t->forced_host == NULL ||
+        dduct__ca_leaf(c->ca, forced_host, &t->leaf, &chain, &key) != 0 ||
         mbedtls_ssl_set_hs_own_cert(&t->ssl, chain, key) != 0)
       goto fail;
   }

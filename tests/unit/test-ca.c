@@ -338,7 +338,7 @@ static void test_leaves(struct dduct_ca *ca) {
   int rc;
 
   clock_gettime(CLOCK_MONOTONIC, &a);
-  rc = dduct__ca_leaf(ca, "Registry.Test.", &chain, &key);
+  rc = dduct__ca_leaf(ca, "Registry.Test.", NULL, &chain, &key);
   clock_gettime(CLOCK_MONOTONIC, &b);
   CHECK_EQ_INT(rc, 0, "a leaf is minted for registry.test");
   printf("# leaf minting (P-256 keygen + sign): %.2f ms\n",
@@ -366,25 +366,25 @@ static void test_leaves(struct dduct_ca *ca) {
                 path("leaf1.pem")) != 0,
         "openssl's hostname check passes for registry.test only");
 
-  CHECK(dduct__ca_leaf(ca, "registry.test", &chain2, &key2) == 0 && chain2 == chain &&
+  CHECK(dduct__ca_leaf(ca, "registry.test", NULL, &chain2, &key2) == 0 && chain2 == chain &&
             key2 == key,
         "a second request returns the cached leaf");
 
-  CHECK_EQ_INT(dduct__ca_leaf(ca, "127.0.0.1", &chain, &key), 0, "a leaf is minted for 127.0.0.1");
+  CHECK_EQ_INT(dduct__ca_leaf(ca, "127.0.0.1", NULL, &chain, &key), 0, "a leaf is minted for 127.0.0.1");
   write_leaf_pem(chain, path("leaf2.pem"));
   CHECK(run("openssl verify -CAfile '%s' -verify_ip 127.0.0.1 '%s'", path("ca.crt"),
             path("leaf2.pem")) == 0 &&
             run("openssl x509 -in '%s' -noout -ext subjectAltName", path("leaf2.pem")) == 0 &&
             strstr(out, "IP Address:127.0.0.1") && !strstr(out, "DNS:"),
         "the 127.0.0.1 leaf carries an iPAddress SAN and verifies for that IP");
-  CHECK_EQ_INT(dduct__ca_leaf(ca, "[::1]", &chain, &key), 0, "a leaf is minted for [::1]");
+  CHECK_EQ_INT(dduct__ca_leaf(ca, "[::1]", NULL, &chain, &key), 0, "a leaf is minted for [::1]");
   write_leaf_pem(chain, path("leaf3.pem"));
   CHECK(run("openssl verify -CAfile '%s' -verify_ip ::1 '%s'", path("ca.crt"), path("leaf3.pem")) ==
             0,
         "the ::1 leaf verifies for ::1");
-  CHECK(dduct__ca_leaf(ca, "0:0::1", &chain2, &key2) == 0 && chain2 == chain,
+  CHECK(dduct__ca_leaf(ca, "0:0::1", NULL, &chain2, &key2) == 0 && chain2 == chain,
         "IPv6 spellings share one leaf");
-  CHECK_EQ_INT(dduct__ca_leaf(ca, "bad host", &chain, &key), DDUCT_EINVAL,
+  CHECK_EQ_INT(dduct__ca_leaf(ca, "bad host", NULL, &chain, &key), DDUCT_EINVAL,
                "an invalid host is refused");
   run("rm -f '%s'leaf*.pem", dir);
 
@@ -405,7 +405,7 @@ static int sni_cb(void *ud, mbedtls_ssl_context *ssl, const unsigned char *name,
   mbedtls_pk_context *key;
   if (len >= sizeof(host)) return -1;
   memcpy(host, name, len), host[len] = '\0';
-  if (dduct__ca_leaf(ud, host, &chain, &key) != 0) return -1;
+  if (dduct__ca_leaf(ud, host, NULL, &chain, &key) != 0) return -1;
   return mbedtls_ssl_set_hs_own_cert(ssl, chain, key);
 }
 
@@ -495,6 +495,39 @@ static void test_covers(struct dduct_ca *ca) {
         "others, empty and NULL are not covered");
 }
 
+/* A cache of two: the least recently used leaf is dropped for a new host (never a refusal); a
+ * leaf held by a handshake stays valid after it was dropped, until its hold is released. */
+static void test_leaf_lru(void) {
+  struct dduct_ca_options o;
+  struct dduct_ca *ca = NULL;
+  struct dduct__leaf *held, *ref;
+  mbedtls_x509_crt *a, *b, *x;
+  mbedtls_pk_context *ka, *kx;
+  char err[512] = "";
+  options(&o);
+  o.max_leaves = 2;
+  if (dduct_ca_open(&o, &ca, err, sizeof(err)) != 0) {
+    fprintf(stderr, "# %s\n", err);
+    CHECK(0, "open with max_leaves = 2");
+    return;
+  }
+  CHECK(dduct__ca_leaf(ca, "a.test", &held, &a, &ka) == 0 && held != NULL,
+        "a.test minted and held");
+  CHECK(dduct__ca_leaf(ca, "b.test", NULL, &b, &kx) == 0, "b.test minted");
+  CHECK(dduct__ca_leaf(ca, "b.test", NULL, &x, &kx) == 0 && x == b, "b.test is cached");
+  CHECK(dduct__ca_leaf(ca, "c.test", &ref, &x, &kx) == 0 && dduct__ca_leaf_count(ca) == 2,
+        "c.test minted in a full cache: the oldest (a.test) made room, the count stays 2");
+  dduct__ca_leaf_put(ref);
+  CHECK(mbedtls_pk_check_pair(&a->pk, ka) == 0 && a->next != NULL && a->next->ca_istrue,
+        "the dropped a.test leaf is still whole while its handshake holds it");
+  CHECK(dduct__ca_leaf(ca, "b.test", NULL, &x, &kx) == 0 && x == b,
+        "b.test (used after a.test) was kept");
+  CHECK(dduct__ca_leaf(ca, "a.test", NULL, &x, &kx) == 0 && x != a,
+        "a.test is minted again on its next use");
+  dduct__ca_leaf_put(held); /* frees the dropped leaf: ASan checks it is freed once */
+  dduct_ca_free(ca);
+}
+
 static void test_bad_options(void) {
   struct dduct_ca_options o;
   struct dduct_ca *ca = NULL;
@@ -545,6 +578,7 @@ int main(void) {
     test_handshake(ca);
     test_covers(ca);
     dduct_ca_free(ca);
+    test_leaf_lru();
     test_restart();
     test_refusals();
   }

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Issue 16, the connection side: allow_clients checked at accept before any TLS, the leaf cache
+bounded by eviction, descriptor limits, the per-client connection cap, log escaping and what a
+stalled TLS reader holds."""
+import os
+import socket
+import ssl
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from dductlib import client  # noqa: E402
+from dductlib.harness import DDUCT_CA_CN, check, check_eq, run, s_client_cert  # noqa: E402
+
+
+def test_denied_client_gets_no_handshake(rig):
+    """With allow_clients = ['127.0.0.1/32'], a client from 127.0.0.2 on tls_bind is closed
+    before any TLS byte: its ClientHello (SNI naming an intercepted wildcard host) gets no
+    ServerHello and no leaf is minted for it; 127.0.0.1 still completes its handshake."""
+    with rig.dduct(proxy={"allow_clients": ["127.0.0.1/32"]}) as d:
+        ctx = client.tls_context(d.ca_crt)
+        outcomes = []
+        for i in range(3):
+            t = client.Tcp("127.0.0.1", d.tls_port, source="127.0.0.2", timeout=10)
+            try:
+                s = ctx.wrap_socket(t.sock, server_hostname="n%d.wild.test" % i)
+                outcomes.append("handshake completed with %r" % s.version())
+                s.close()
+            except (ssl.SSLError, ConnectionError, OSError) as e:
+                outcomes.append(type(e).__name__)
+                t.close()
+        check(all(not o.startswith("handshake") for o in outcomes),
+              "no handshake for 127.0.0.2", outcomes)
+        # Allowed client: full handshake with a minted leaf for its SNI.
+        t = client.Tcp("127.0.0.1", d.tls_port, source="127.0.0.1", timeout=10)
+        s = client.SslSock(t, ctx, "ok.wild.test")
+        s.close()
+        log = d.stop()
+        check("not allowed to use this proxy" in log, "the refusal is logged", log[-2000:])
+        check('Minted a certificate for "n0.wild.test"' not in log and
+              'Minted a certificate for "ok.wild.test"' in log,
+              "leaves minted only for the allowed client", log[-3000:])
+
+
+def test_leaf_cache_evicts_instead_of_refusing(rig):
+    """With a leaf cache of 2 (DDUCT_TEST_MAX_LEAVES), four intercepted hosts in turn all get a
+    verified leaf for exactly their name; the first host, dropped as least recently used, gets a
+    newly minted leaf on its next visit instead of a refusal."""
+    o = rig.origin
+    with rig.dduct(env={"DDUCT_TEST_MAX_LEAVES": "2"}) as d:
+        proxy = "127.0.0.1:%d" % d.tcp_port
+        pems = {}
+        for host in ("origin.test", "a.wild.test", "b.wild.test", "c.wild.test", "origin.test"):
+            info = s_client_cert(rig, "%s:%d" % (host, o.port), host, proxy=proxy,
+                                 cafile=d.ca_crt)
+            check_eq((info["issuer_cn"], info["san"], info["verify"]),
+                     (DDUCT_CA_CN, ["DNS:" + host], (0, "ok")), host + ": leaf")
+            pems.setdefault(host, []).append(info["pem"])
+        check(pems["origin.test"][0] != pems["origin.test"][1],
+              "origin.test was evicted and minted again")
+        log = d.stop()
+        check("Leaf cache full" in log, "eviction is logged (debug)", log[-2000:])
+
+
+if __name__ == "__main__":
+    run([test_denied_client_gets_no_handshake, test_leaf_cache_evicts_instead_of_refusing])
