@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef DDUCT_STATIC
+#include <nss.h>
+#endif
 
 #include "config.h"
 #include "dduct.h"
@@ -112,6 +115,19 @@ static int open_ca(const struct config *cfg, struct dduct_ca **ca) {
   return rc;
 }
 
+/* The static executable (-Dstatic=true) resolves names with glibc's built-in /etc/hosts and
+ * DNS (/etc/resolv.conf) code only. Any other NSS module a host's nsswitch.conf names
+ * (myhostname, mdns, resolve, ldap) would be dlopen()ed from the host's shared glibc, which a
+ * static binary must never load (a different glibc version breaks it); in an empty root there
+ * is none to load anyway. See docs/install.md. */
+static void static_lookups(void) {
+#ifdef DDUCT_STATIC
+  (void)__nss_configure_lookup("hosts", "files dns");
+  (void)__nss_configure_lookup("passwd", "files"); /* libuv links getpwuid_r in */
+  (void)__nss_configure_lookup("group", "files");
+#endif
+}
+
 int main(int argc, char **argv) {
   struct args a;
   struct config cfg;
@@ -120,6 +136,7 @@ int main(int argc, char **argv) {
   int rc;
 
   memory_tune(); /* before the first allocation */
+  static_lookups();
   setvbuf(stderr, NULL, _IOLBF, 4096); /* one write per log line */
   parse_args(argc, argv, &a);
   load_config(&a, &cfg, source, sizeof(source));
