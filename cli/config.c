@@ -34,6 +34,7 @@ struct key {
 
 static int check_filter(const char *s, char *why, size_t len);
 static int check_nonempty(const char *s, char *why, size_t len);
+static int check_query_ignore(const char *s, char *why, size_t len);
 
 #define F(field) offsetof(struct config, field)
 static const struct key keys[] = {
@@ -57,6 +58,7 @@ static const struct key keys[] = {
     {"proxy", "upstream_timeout", K_UINT, F(upstream_timeout), 1, 86400, NULL},
     {"proxy", "shutdown_grace", K_UINT, F(shutdown_grace), 1, 86400, NULL},
     {"proxy", "revalidate", K_REVALIDATE, F(revalidate), 0, 0, NULL},
+    {"proxy", "query_ignore", K_STRINGS, F(query_ignore), 0, 0, check_query_ignore},
     {"certs", "rsa_key_bits", K_UINT, F(rsa_key_bits), 2048, 8192, NULL},
     {"certs", "days_from_now", K_UINT, F(days_from_now), 1, 36500, NULL},
     {"certs", "ca_cn", K_STRING, F(ca_cn), 1, 0, NULL},
@@ -130,6 +132,7 @@ int config_init(struct config *c) {
   rc |= strv_set(&c->filters, default_filters, COUNT(default_filters));
   rc |= set_str(&c->upstream_ca_file, "");
   rc |= strv_set(&c->resolve, NULL, 0);
+  rc |= strv_set(&c->query_ignore, NULL, 0);
   rc |= strv_set(&c->allow_clients, default_allow, COUNT(default_allow));
   if ((c->connect_ports = malloc(sizeof(*c->connect_ports))) == NULL) return -1;
   c->connect_ports[0] = 443;
@@ -161,6 +164,7 @@ void config_free(struct config *c) {
   strv_free(&c->filters);
   free(c->upstream_ca_file);
   strv_free(&c->resolve);
+  strv_free(&c->query_ignore);
   strv_free(&c->allow_clients);
   free(c->connect_ports);
   free(c->ca_cn);
@@ -254,6 +258,25 @@ int config_check_cidr(const char *s, char *why, size_t len) {
 static int is_host_char(int c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
          c == '-' || c == '.' || c == '_';
+}
+
+/* "HOSTGLOB:NAME[,NAME...]" or "HOSTGLOB:*" (libdduct's rule syntax, checked here for the
+ * config's positioned errors). */
+static int check_query_ignore(const char *s, char *why, size_t len) {
+  const char *colon = strchr(s, ':'), *p;
+  if (colon == NULL || colon == s) goto bad;
+  p = colon + 1;
+  if (strcmp(p, "*") == 0) return 0;
+  for (;;) {
+    size_t n = strcspn(p, ",");
+    if (n == 0 || strcspn(p, "&=*") < n) goto bad;
+    if (p[n] == '\0') return 0;
+    p += n + 1;
+  }
+bad:
+  return why_f(why, len,
+               "invalid query_ignore rule '%s' (expected 'HOSTGLOB:NAME[,NAME...]' or "
+               "'HOSTGLOB:*', e.g. '*.cdn.example:sig,expires')", s);
 }
 
 /* "host:a.b.c.d" or "host:[v6]", like curl --resolve without the port. */

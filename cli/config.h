@@ -40,6 +40,7 @@ struct config {
   unsigned upstream_timeout;
   unsigned shutdown_grace;
   int revalidate; /* enum dduct_revalidate */
+  struct strv query_ignore; /* "HOSTGLOB:NAME[,NAME...]" */
   /* [certs] */
   unsigned rsa_key_bits;
   unsigned days_from_now;

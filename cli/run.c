@@ -87,6 +87,8 @@ static void proxy_options(const struct config *cfg, struct dduct_proxy_options *
   o->upstream_timeout_ms = cfg->upstream_timeout * 1000u;
   o->shutdown_grace_ms = cfg->shutdown_grace * 1000u;
   o->revalidate = (enum dduct_revalidate)cfg->revalidate;
+  o->query_ignore = (const char *const *)cfg->query_ignore.v;
+  o->query_ignore_count = cfg->query_ignore.n;
 }
 
 static int listen_one(struct runner *r, enum dduct_listen_kind kind, const char *addr) {

@@ -210,6 +210,12 @@ struct dduct_proxy_options {
   unsigned shutdown_grace_ms;       /* in-flight transfers after close; default 10 s */
   /* Cache. */
   enum dduct_revalidate revalidate; /* default NEVER */
+  /* Query parameters left out of cache keys (keys hold the query by default), as rules
+   * "HOSTGLOB:NAME[,NAME...]": for a host matching the glob (fnmatch, case-insensitive), the
+   * named parameters are dropped from the key ('*' as the one NAME: the whole query); for
+   * origins whose URLs carry per-request signatures. NULL: none. */
+  const char *const *query_ignore;
+  size_t query_ignore_count;
   /* Per-request veto over caching (NULL: the filters alone decide). Called on the loop thread for
    * each GET/HEAD whose path matched the filters, with borrowed strings (path as sent, query
    * included); return 1 to cache, 0 to forward the request uncached. For full control, use a

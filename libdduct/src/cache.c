@@ -825,6 +825,21 @@ static int serve_hot(struct dduct_proxy *p, struct dduct_conn *c, const struct d
   return 1;
 }
 
+/* The request's key: its query is part of it, minus the parameters [proxy] query_ignore drops
+ * for its host. */
+static int request_key(const struct dduct_proxy *p, const struct dduct_request *req,
+                       struct dduct__store_key *key) {
+  char small[512], *t = small;
+  size_t len = strlen(req->path);
+  int rc;
+  if (len > sizeof(small) && (t = malloc(len)) == NULL) return DDUCT_ENOMEM;
+  len = dduct__query_rules_apply(p->query_rules, req->host, req->path, len, t);
+  rc = dduct__store_key_make(req->https ? "https" : "http", req->host, strlen(req->host),
+                             req->port, t, len, key);
+  if (t != small) free(t);
+  return rc;
+}
+
 int dduct__cache_handle(struct dduct_proxy *p, struct dduct_conn *c,
                         const struct dduct_request *req) {
   struct dduct__store_key key;
@@ -836,9 +851,7 @@ int dduct__cache_handle(struct dduct_proxy *p, struct dduct_conn *c,
       !p->o.cacheable_cb(p->o.cacheable_data, req->method, req->https, req->host, req->port,
                          req->path))
     return 0;
-  if (dduct__store_key_make(req->https ? "https" : "http", req->host, strlen(req->host),
-                            req->port, req->path, req->path_len_no_query, &key) != 0)
-    return 0;
+  if (request_key(p, req, &key) != 0) return 0;
   if (p->o.revalidate != DDUCT_REVALIDATE_ALWAYS &&
       dduct__store_lookup_hot(p->store, &key, flags, &e)) {
     if (!scheme_matches(e, req->https)) dduct__store_entry_release(e); /* the lookup refetches */

@@ -6,6 +6,7 @@
 #include "conn.h"
 #include "internal.h"
 #include "proxy.h"
+#include "store.h"
 #include "tls.h"
 #include "upstream.h"
 
@@ -62,6 +63,7 @@ static int copy_options(struct dduct_proxy *p, const struct dduct_proxy_options 
    * kept. */
   p->o.resolve = NULL;
   p->o.allow_clients = NULL;
+  p->o.query_ignore = NULL;
   p->ports = calloc(o->connect_ports_count + 1, sizeof(*p->ports));
   if (p->ports == NULL) return DDUCT_ENOMEM;
   if (o->connect_ports_count > 0)
@@ -91,6 +93,7 @@ static void free_parts(struct dduct_proxy *p) {
   free(p->local);
   dduct__acl_free(&p->allow);
   dduct__pins_free(&p->pins);
+  dduct__query_rules_free(p->query_rules);
   dduct__tls_server_conf_free(p->tls_server);
   dduct__tls_client_conf_free(p->tls_client);
   dduct__upstream_free(p->up);
@@ -111,6 +114,9 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
   if (rc != 0) return rc;
   rc = dduct__pins_init(&p->pins, o->resolve, o->resolve != NULL ? o->resolve_count : 0, err,
                         errlen);
+  if (rc != 0) return rc;
+  rc = dduct__query_rules_new(o->query_ignore, o->query_ignore != NULL ? o->query_ignore_count : 0,
+                              &p->query_rules, err, errlen);
   if (rc != 0) return rc;
   rc = dduct__tls_server_conf_new(p->ca, &p->tls_server, err, errlen);
   if (rc != 0) return rc;

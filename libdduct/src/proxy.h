@@ -12,6 +12,7 @@ struct dduct_conn;
 struct dduct_upstream;
 struct dduct_tls_server_conf;
 struct dduct_tls_client_conf;
+struct dduct__query_rules;
 
 struct dduct_listener {
   struct dduct_proxy *p;
@@ -31,6 +32,7 @@ struct dduct_proxy {
   struct dduct_ca *ca;
   struct dduct_store *store;
   struct dduct_filter *filter;
+  struct dduct__query_rules *query_rules; /* query parameters left out of keys; NULL: none */
   struct dduct_acl allow;
   struct dduct_pins pins;
   struct dduct_tls_server_conf *tls_server;

@@ -41,15 +41,32 @@ struct dduct__store_key {
   char digest[72]; /* "sha256:<64 hex>" for content-addressed keys, "" otherwise */
 };
 
-/* Derive the key of a request. path may hold a query string (ignored) and any bytes; dot
- * segments are resolved ("/a/./b" and "/a/x/../b" are "/a/b"); scheme and host are compared
+/* Derive the key of a request. path may hold a query string (part of the key, byte for byte;
+ * an empty one is none; apply the query rules first) and any bytes; dot segments are resolved
+ * in the path ("/a/./b" and "/a/x/../b" are "/a/b"); scheme and host are compared
  * case-insensitively; port is dropped when it is scheme's default (80/443). An https key and an
  * http key never match (docs/cache.md has the hash layout: https keeps the first one). A path
  * "/v2/<name>/blobs/sha256:<64 lowercase hex>" is content-addressed: the key is the digest
- * alone, shared across schemes, hosts and repositories. Never fails on odd input: DDUCT_EINVAL
- * only for NULL pointers, DDUCT_ENOMEM. */
+ * alone (whatever the query), shared across schemes, hosts and repositories. Never fails on
+ * odd input: DDUCT_EINVAL only for NULL pointers, DDUCT_ENOMEM. */
 int dduct__store_key_make(const char *scheme, const char *host, size_t hostlen, unsigned port,
                           const char *path, size_t pathlen, struct dduct__store_key *out);
+
+/* Query parameters left out of keys, per host: rules "HOSTGLOB:NAME[,NAME...]" (the glob is
+ * fnmatch()ed case-insensitively against the request's host; the one NAME "*" drops the whole
+ * query). Every rule whose glob matches applies (at most 64 per host). */
+struct dduct__query_rules;
+/* 0 or -1 with a reason in why: the shape of one rule. */
+int dduct__query_rule_check(const char *spec, char *why, size_t len);
+/* *out is NULL (no rules) when n is 0. DDUCT_ECONFIG with a message for a bad rule. */
+int dduct__query_rules_new(const char *const *specs, size_t n, struct dduct__query_rules **out,
+                           char *err, size_t errlen);
+void dduct__query_rules_free(struct dduct__query_rules *r);
+/* target[0..len) ("/path?query") with the parameters the rules drop for host removed ("name" or
+ * "name=value" between '&'s; empty ones go too once anything is dropped; no '?' when nothing is
+ * left) into out (room for len bytes). Returns the new length. r may be NULL (a copy). */
+size_t dduct__query_rules_apply(const struct dduct__query_rules *r, const char *host,
+                                const char *target, size_t len, char *out);
 
 /* out[2n+1] gets the lowercase hex of in[0..n). */
 void dduct__store_hex(const unsigned char *in, size_t n, char *out);

@@ -15,7 +15,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cache_rig import CacheHandler, entries, files_in  # noqa: E402
+from cache_rig import CacheHandler, cache_origin, entries, files_in, origin_gets  # noqa: E402
 from dductlib.harness import check, check_eq, curl, run, via  # noqa: E402
 from dductlib.origin import Origin  # noqa: E402
 
@@ -180,7 +180,47 @@ def test_redirect_to_another_port_drops_credentials(rig):
               "no credentials for another port", got)
 
 
+def test_query_in_key(rig):
+    """With a broad filter ('^/.*$'), git's /info/refs?service=git-upload-pack and
+    ?service=git-receive-pack are two entries (the second was answered with the first's cached
+    body, which broke git push); each is then a hit for its own query."""
+    o = cache_origin(rig)
+    base = "/any/repo.git/info/refs"
+    with rig.dduct(proxy={"filters": ["^/.*$"]}) as d:
+        for rnd in range(2):
+            for svc in ("git-upload-pack", "git-receive-pack"):
+                target = base + "?service=" + svc
+                r = get(rig, d, o.url("origin.test", target))
+                check_eq((r.rc, r.status, body(r)), (0, 200, target.encode()),
+                         "round %d: %s" % (rnd, svc))
+        check_eq(len(origin_gets(o, base)), 2, "one origin GET per query, then hits")
+        check_eq(len(entries(d.file_dir)), 2, "an entry per query")
+
+
+def test_query_ignore_rules(rig):
+    """[proxy] query_ignore = ['*.wild.test:sig,expires']: for x.wild.test, URLs that differ only
+    in sig and expires are one entry (the first fetch's body answers them all), another value of
+    another parameter is another entry; origin.test, which the glob does not match, keys its
+    whole query."""
+    o = cache_origin(rig)
+    with rig.dduct(proxy={"filters": ["^/any/"],
+                          "query_ignore": ["*.wild.test:sig,expires"]}) as d:
+        first = "/any/f.tgz?sig=AAA&v=1&expires=1"
+        for t in (first, "/any/f.tgz?v=1&sig=BBB", "/any/f.tgz?expires=2&v=1", "/any/f.tgz?v=1"):
+            r = get(rig, d, o.url("x.wild.test", t))
+            check_eq((r.rc, r.status, body(r)), (0, 200, first.encode()), t)
+        t = "/any/f.tgz?v=2&sig=CCC"
+        r = get(rig, d, o.url("x.wild.test", t))
+        check_eq((r.rc, r.status, body(r)), (0, 200, t.encode()), "v=2 is its own entry")
+        check_eq(len(origin_gets(o, "/any/f.tgz")), 2, "two fetches for five requests")
+        for t in ("/any/g.tgz?sig=1", "/any/g.tgz?sig=2"):
+            r = get(rig, d, o.url("origin.test", t))
+            check_eq((r.rc, r.status, body(r)), (0, 200, t.encode()), "origin.test " + t)
+        check_eq(len(origin_gets(o, "/any/g.tgz")), 2, "other hosts key the whole query")
+
+
 if __name__ == "__main__":
     run([test_plain_http_never_answers_https, test_old_plain_entry_not_served_to_https,
          test_https_redirect_to_http_not_followed,
-         test_redirect_to_another_port_drops_credentials])
+         test_redirect_to_another_port_drops_credentials, test_query_in_key,
+         test_query_ignore_rules])

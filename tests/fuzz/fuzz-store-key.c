@@ -11,8 +11,10 @@
  * directly in that directory's subtree. A digest is set exactly for "c/" keys, is the file's
  * name and occurs in the path; a blob path's key does not depend on host, port or scheme; an
  * ordinary key never is the same for http as for https (a plain-http body must never answer an
- * https request); the key does not depend on the host's case or on a query string; the same
- * input gives the same key; a NULL scheme or host is refused. */
+ * https request); the key does not depend on the host's case; a query string is part of an
+ * ordinary key (an empty one is none) and not of a blob's; query rules never lengthen a target
+ * and leave one without a query alone; the same input gives the same key; a NULL scheme or host
+ * is refused. */
 #include <errno.h>
 #include <limits.h>
 #include <string.h>
@@ -159,17 +161,41 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                  same_key(&k, &k2),
              "key depends on the host's case");
   free(buf);
-  /* A query string does not matter: cut at the first '?', then add a different one. */
+  /* A query string is part of an ordinary key (not of a blob's); an empty one is none. */
   {
     const char *q = memchr(path, '?', pathlen);
     size_t base = q != NULL ? (size_t)(q - path) : pathlen;
+    struct dduct__store_key k3;
     buf = malloc(base + 3);
     memcpy(buf, path, base);
+    buf[base] = '?';
+    FUZZ_CHECK(dduct__store_key_make(scheme, host, hostlen, port, buf, base, &k2) == 0 &&
+                   dduct__store_key_make(scheme, host, hostlen, port, buf, base + 1, &k3) == 0 &&
+                   same_key(&k2, &k3),
+               "an empty query changes the key");
     memcpy(buf + base, "?z", 2);
-    FUZZ_CHECK(dduct__store_key_make(scheme, host, hostlen, port, buf, base + 2, &k2) == 0 &&
-                   same_key(&k, &k2),
-               "key depends on the query string");
+    FUZZ_CHECK(dduct__store_key_make(scheme, host, hostlen, port, buf, base + 2, &k3) == 0,
+               "key_make failed");
+    if (k.rel[0] == 'c')
+      FUZZ_CHECK(same_key(&k, &k3) && same_key(&k, &k2), "a blob key depends on the query");
+    else
+      FUZZ_CHECK(!same_key(&k2, &k3), "the query ?z does not change the key %s", k2.rel);
     free(buf);
+  }
+  /* Query rules: what they keep is a query the key takes as it is; with nothing to drop they
+   * copy the target. */
+  {
+    static const char *const specs[] = {"*:z,sig"};
+    static struct dduct__query_rules *rules;
+    char *t = malloc(pathlen + 1);
+    size_t n;
+    if (rules == NULL) FUZZ_CHECK(dduct__query_rules_new(specs, 1, &rules, NULL, 0) == 0, "rules");
+    n = dduct__query_rules_apply(rules, "h.example", path, pathlen, t);
+    FUZZ_CHECK(n <= pathlen, "rules made the target longer (%zu > %zu)", n, pathlen);
+    FUZZ_CHECK(memchr(path, '?', pathlen) != NULL || (n == pathlen && memcmp(t, path, n) == 0),
+               "a target without a query was changed");
+    FUZZ_CHECK(dduct__store_key_make(scheme, host, hostlen, port, t, n, &k2) == 0, "key_make");
+    free(t);
   }
   FUZZ_CHECK(dduct__store_key_make(scheme, NULL, 0, port, path, pathlen, &k2) == DDUCT_EINVAL,
              "NULL host accepted");

@@ -131,6 +131,7 @@ static void test_partial_and_additions(void) {
                     "connect_any_port = true\nmax_connections = 7\nhead_timeout = 1\n"
                     "idle_timeout = 2\ntunnel_idle_timeout = 3\nconnect_timeout = 4\n"
                     "upstream_timeout = 5\nshutdown_grace = 6\nrevalidate = 'always'\n"
+                    "query_ignore = ['*.cdn.test:sig,expires', 'mirror.test:*']\n"
                     "[certs]\nserver_dns_sans = []\nserver_ip_sans = ['::1', '10.1.2.3']\n"
                     "p12_pass = ''\n",
                     err, sizeof(err)),
@@ -151,6 +152,10 @@ static void test_partial_and_additions(void) {
             c.shutdown_grace == 6,
         "limits and timeouts");
   CHECK(c.revalidate == DDUCT_REVALIDATE_ALWAYS, "revalidate always");
+  {
+    static const char *const qi[] = {"*.cdn.test:sig,expires", "mirror.test:*"};
+    CHECK(strv_eq(&c.query_ignore, qi, 2), "query_ignore rules");
+  }
   CHECK(c.server_dns_sans.n == 0 && c.server_ip_sans.n == 2, "SAN lists replace the defaults");
   CHECK_EQ_STR(c.p12_pass, "", "an empty p12 password is allowed");
   {
@@ -235,6 +240,14 @@ static void test_errors(void) {
       "a string for an array");
   bad("[proxy]\nupstream_insecure = 'yes'\n",
       "2:21: upstream_insecure: expected a boolean, found a string", "boolean type");
+  bad("[proxy]\nquery_ignore = ['*.cdn.test:sig', 'h.test']\n",
+      "2:35: query_ignore: invalid query_ignore rule 'h.test' (expected 'HOSTGLOB:NAME[,NAME...]' "
+      "or 'HOSTGLOB:*', e.g. '*.cdn.example:sig,expires')",
+      "a query_ignore rule without names");
+  bad("[proxy]\nquery_ignore = ['h.test:a=b']\n",
+      "2:17: query_ignore: invalid query_ignore rule 'h.test:a=b' (expected "
+      "'HOSTGLOB:NAME[,NAME...]' or 'HOSTGLOB:*', e.g. '*.cdn.example:sig,expires')",
+      "a query_ignore name with '='");
   bad("[proxy]\nresolve = ['registry.test']\n",
       "2:12: resolve: invalid resolve entry 'registry.test' (expected 'host:a.b.c.d' or "
       "'host:[ipv6]')",

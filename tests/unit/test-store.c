@@ -218,8 +218,23 @@ static void test_keys(void) {
   CHECK(strncmp(a.rel, "c/c6/c6a83f", 11) == 0, "a blob is stored under its own digest");
 
   a = url_key("deb.example.org", "/pool/a.deb");
-  b = url_key("DEB.Example.ORG", "/pool/a.deb?foo=bar");
-  CHECK_EQ_STR(a.rel, b.rel, "host case and query strings do not change a key");
+  b = url_key("DEB.Example.ORG", "/pool/a.deb");
+  CHECK_EQ_STR(a.rel, b.rel, "host case does not change a key");
+  b = url_key("deb.example.org", "/pool/a.deb?");
+  CHECK_EQ_STR(a.rel, b.rel, "an empty query is no query");
+  b = url_key("deb.example.org", "/pool/a.deb?foo=bar");
+  CHECK(strcmp(a.rel, b.rel) != 0, "a query string is part of the key");
+  {
+    struct dduct__store_key up = url_key("g.example", "/r.git/info/refs?service=git-upload-pack"),
+                            rp = url_key("g.example", "/r.git/info/refs?service=git-receive-pack");
+    CHECK(strcmp(up.rel, rp.rel) != 0, "git's two services are two keys");
+  }
+  b = url_key("deb.example.org", "/pool/./a.deb?foo=bar");
+  a = url_key("deb.example.org", "/pool/a.deb?foo=bar");
+  CHECK_EQ_STR(a.rel, b.rel, "dot segments are resolved in the path before a query");
+  b = url_key("deb.example.org", "/pool/a.deb?foo=/../bar");
+  CHECK(strcmp(a.rel, b.rel) != 0, "but not inside the query");
+  a = url_key("deb.example.org", "/pool/a.deb");
   CHECK_EQ_STR(a.digest, "", "an ordinary URL has no digest");
   b = url_key("deb.example.org", "/pool/./a.deb");
   CHECK_EQ_STR(a.rel, b.rel, "a ./ segment does not change a key (apt sends them)");
@@ -283,8 +298,8 @@ static void test_keys(void) {
 /* Known answers, computed outside C (Python's hashlib over the layout docs/cache.md documents:
  * https: the tag "dduct-key-v1" with its NUL; any other scheme: "dduct-key-v2" with its NUL, be64
  * scheme length, the scheme lowercased; then be64 host length, the host lowercased, be64 port (0
- * for the scheme's default), be64 path length, the path): a change of hash code must never move
- * existing cache entries. */
+ * for the scheme's default), be64 path length, the path with "?query" when there is one): a
+ * change of hash code must never move existing cache entries. */
 static void test_key_known_answers(void) {
   struct dduct__store_key k;
   static const char deb[] = "/debian/pool/main/c/curl/curl_7.88.1-10_amd64.deb";
@@ -293,15 +308,55 @@ static void test_key_known_answers(void) {
   dduct__store_key_make("https", "Deb.Debian.ORG", 14, 443, deb, strlen(deb), &k);
   CHECK_EQ_STR(k.rel, "u/61/61717de49f892eb740c2a8811caf89aa6dc80134c6bfb73e9a84bef9b6b5d956",
                "key of a .deb URL (mixed-case host, default port)");
-  dduct__store_key_make("https", longhost, strlen(longhost), 8443, "/x.tgz?sig=1", 12, &k);
+  dduct__store_key_make("https", longhost, strlen(longhost), 8443, "/x.tgz", 6, &k);
   CHECK_EQ_STR(k.rel, "u/ea/ea3280c6480113d917fa94f5269a2777fb0f04cc8b4541bbc4a1dad3b647f15a",
-               "key of a URL with a 72-byte host, a port and a query");
+               "key of a URL with a 72-byte host and a port");
+  dduct__store_key_make("https", longhost, strlen(longhost), 8443, "/x.tgz?sig=1", 12, &k);
+  CHECK_EQ_STR(k.rel, "u/9c/9c636a6b6d55f36e195f945f39992e9e51955e787609aff801155a3d8d31eee6",
+               "key of a URL with a query (the path field is path?query)");
   dduct__store_key_make("http", "Deb.Debian.ORG", 14, 80, deb, strlen(deb), &k);
   CHECK_EQ_STR(k.rel, "u/41/412b49703c811dbcaa786e3b755e8c7c9a9e615f0ae5586221ae60c9aa6f0e6a",
                "key of a plain-http .deb URL (its own layout: never an https entry)");
   dduct__store_key_make("HTTP", "Deb.Debian.ORG", 14, 8080, deb, strlen(deb), &k);
   CHECK_EQ_STR(k.rel, "u/67/678c5334fabfd48c4226769316cd1f1d4223a5dbc0ca91cc246d20585b577c52",
                "key of a plain-http URL with a port");
+}
+
+static void test_query_rules(void) {
+  static const char *const specs[] = {"*.cdn.test:sig,expires", "mirror.test:*",
+                                      "*.test:tracking"};
+  static const char *const bad[] = {"nohost", ":sig", "h.test:", "h.test:a,,b", "h.test:a=b",
+                                    "h.test:a&b", "h.test:a*"};
+  struct dduct__query_rules *r = NULL;
+  char out[256], err[256] = "", why[256];
+  size_t n;
+  int ok = 1;
+#define APPLY(host, t) \
+  (n = dduct__query_rules_apply(r, host, t, strlen(t), out), out[n] = '\0', out)
+  CHECK_EQ_INT(dduct__query_rules_new(specs, 3, &r, err, sizeof(err)), 0, "rules parse");
+  CHECK_EQ_STR(APPLY("a.cdn.test", "/f.tgz?sig=abc&v=2&expires=9"), "/f.tgz?v=2",
+               "named parameters are dropped, the others kept in order");
+  CHECK_EQ_STR(APPLY("A.CDN.test", "/f.tgz?sig=abc&expires"), "/f.tgz",
+               "nothing left: no '?' (host glob case-insensitive, a bare name matches)");
+  CHECK_EQ_STR(APPLY("a.cdn.test", "/f.tgz?signature=1&sig"), "/f.tgz?signature=1",
+               "names match whole, not as prefixes");
+  CHECK_EQ_STR(APPLY("a.cdn.test", "/f.tgz?v=1&&tracking=x"), "/f.tgz?v=1",
+               "every matching rule applies; empty parameters go once something is dropped");
+  CHECK_EQ_STR(APPLY("mirror.test", "/f.tgz?a=1&b=2"), "/f.tgz", "'*' drops the whole query");
+  CHECK_EQ_STR(APPLY("other.example", "/f.tgz?sig=1&&x"), "/f.tgz?sig=1&&x",
+               "other hosts keep their query byte for byte");
+  CHECK_EQ_STR(APPLY("a.cdn.test", "/f.tgz"), "/f.tgz", "no query");
+  dduct__query_rules_free(r);
+  r = NULL;
+  CHECK_EQ_STR(APPLY("a.cdn.test", "/f.tgz?sig=1"), "/f.tgz?sig=1", "no rules: a copy");
+#undef APPLY
+  CHECK(dduct__query_rules_new(NULL, 0, &r, err, sizeof(err)) == 0 && r == NULL, "no rules");
+  for (size_t i = 0; i < DDUCT_ARRAY_SIZE(bad); i++) {
+    ok = ok && dduct__query_rule_check(bad[i], why, sizeof(why)) != 0 &&
+         dduct__query_rules_new(&bad[i], 1, &r, err, sizeof(err)) == DDUCT_ECONFIG && r == NULL &&
+         strstr(err, "query_ignore") != NULL;
+  }
+  CHECK(ok, "malformed rules are refused with a message");
 }
 
 static void test_keys_on_disk(void) {
@@ -1118,6 +1173,7 @@ int main(void) {
 
   test_keys();
   test_key_known_answers();
+  test_query_rules();
   test_keys_on_disk();
   snprintf(dir, sizeof(dir), "%s/files", tmpdir);
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, err, sizeof(err)), 0, "the store opens");
