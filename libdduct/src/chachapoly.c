@@ -12,6 +12,7 @@
  * Constant time: no branch or table index depends on the key, the nonce or the data; only on
  * lengths. */
 #include "chachapoly.h"
+#include "diag.h"
 
 #include <stdatomic.h>
 #include <stdint.h>
@@ -712,8 +713,7 @@ enum dduct__chachapoly_impl dduct__chachapoly_best(void) {
   static atomic_int best = -1;
   int v = atomic_load_explicit(&best, memory_order_relaxed);
   if (v < 0) {
-    const char *env = getenv("DDUCT_CHACHAPOLY");
-    v = env != NULL && strcmp(env, "portable") == 0 ? DDUCT__CHACHAPOLY_PORTABLE : cpu_max();
+    v = dduct__diag()->chachapoly_portable ? DDUCT__CHACHAPOLY_PORTABLE : cpu_max();
     atomic_store_explicit(&best, v, memory_order_relaxed);
   }
   return (enum dduct__chachapoly_impl)v;

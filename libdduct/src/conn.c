@@ -745,7 +745,7 @@ static int resolve_target(struct dduct_conn *c) {
     /* Transparent endpoint: the Host header (or SNI) names the origin. */
     {
       const char *hosthdr = dduct__http_get(h, "Host");
-      if (hosthdr == NULL || *hosthdr == '\0') hosthdr = dduct__tls_sni(c->s);
+      if (hosthdr == NULL || *hosthdr == '\0') hosthdr = dduct__stream_query_str(c->s, DDUCT_STREAM_TLS_SNI, NULL);
       if (hosthdr == NULL || *hosthdr == '\0' ||
           dduct__http_parse_authority(hosthdr, host, sizeof(host), &port, 443) != 0)
         return 400;
@@ -871,7 +871,7 @@ static void tunnel_connected(void *arg, struct dduct_stream *up, int status, con
   }
   c->in_len = 0;
   /* The origin's TLS records inside ours: never one of ours across two of theirs (tls.h). */
-  if (c->tls_listener || c->intercepted) dduct__tls_carry_records(c->s);
+  if (c->tls_listener || c->intercepted) (void)dduct__stream_query(c->s, DDUCT_STREAM_CARRY_RECORDS, NULL);
   arm(c, c->p->o.tunnel_idle_timeout_ms);
   (void)dduct__stream_read_start(c->s, tunnel_read_client);
   (void)dduct__stream_read_start(up, tunnel_read_up);
@@ -1097,7 +1097,8 @@ static void client_read_cb(struct dduct_stream *s, ssize_t nread, const char *da
     if (c->state == C_HEAD && c->in_len > 0 && nread == UV_EOF)
       LOG_DEBUG("http_proxy", "%s: closed in the middle of a request head", c->peer);
     else if (nread == DDUCT_ETLS && (c->tls_listener || c->intercepted))
-      LOG_DEBUG("tls_mitm", "%s: %s", c->peer, dduct__tls_error_text(c->s));
+      LOG_DEBUG("tls_mitm", "%s: %s", c->peer,
+                dduct__stream_query_str(c->s, DDUCT_STREAM_TLS_ERROR, "TLS failure"));
     else if (nread != UV_EOF && nread != UV_ECONNRESET)
       LOG_DEBUG("http_proxy", "%s: %s", c->peer, dduct_strerror((int)nread));
     if (c->state == C_BUSY && c->fetch != NULL)

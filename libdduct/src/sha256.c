@@ -6,6 +6,7 @@
  * which capped large misses; SHA-NI does several GB/s. The SHA-NI function alone is compiled
  * for the extension (target attribute), so the library stays baseline x86-64 and the choice is
  * made at run time from CPUID. */
+#include "diag.h"
 #include "sha256.h"
 
 #include <mbedtls/sha256.h>
@@ -152,9 +153,7 @@ enum dduct__sha256_impl dduct__sha256_best(void) {
   static atomic_int best = -1;
   int v = atomic_load_explicit(&best, memory_order_relaxed);
   if (v < 0) {
-    const char *env = getenv("DDUCT_SHA256");
-    int portable = env != NULL && strcmp(env, "portable") == 0;
-    v = !portable && shani_usable() ? DDUCT__SHA256_SHANI : DDUCT__SHA256_PORTABLE;
+    v = !dduct__diag()->sha256_portable && shani_usable() ? DDUCT__SHA256_SHANI : DDUCT__SHA256_PORTABLE;
     atomic_store_explicit(&best, v, memory_order_relaxed);
   }
   return (enum dduct__sha256_impl)v;

@@ -241,7 +241,7 @@ static size_t tcp_queued(const struct dduct_stream *s) {
 }
 
 static const struct dduct_stream_vt tcp_vt = {
-    tcp_write, tcp_read_start, tcp_read_stop, tcp_shutdown, tcp_close, tcp_queued,
+    tcp_write, tcp_read_start, tcp_read_stop, tcp_shutdown, tcp_close, tcp_queued, NULL,
 };
 
 struct dduct_stream *dduct__tcp_stream_new(uv_loop_t *loop) {
@@ -299,4 +299,14 @@ void dduct__stream_close(struct dduct_stream *s, dduct_stream_close_cb cb) {
 
 size_t dduct__stream_queued(const struct dduct_stream *s) {
   return s->vt->queued(s);
+}
+
+int dduct__stream_query(struct dduct_stream *s, enum dduct_stream_query what, void *out) {
+  return s->vt->query != NULL ? s->vt->query(s, what, out) : DDUCT_EINVAL;
+}
+
+const char *dduct__stream_query_str(struct dduct_stream *s, enum dduct_stream_query what,
+                                    const char *fallback) {
+  const char *v = NULL;
+  return dduct__stream_query(s, what, &v) == 0 && v != NULL ? v : fallback;
 }

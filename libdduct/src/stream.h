@@ -16,6 +16,9 @@
  * - After dduct__stream_close() no callback fires except the close callback (pending write
  *   callbacks are dropped): the owner tears its state down in one place.
  * - A layer owns the layer below it: closing the top closes the chain.
+ * - Nobody casts a stream to its layer's type: a property of the chain (a TLS layer's SNI name, its
+ *   error text) is asked through query(), which a layer answers or passes down (as curl's
+ *   connection filters answer queries down the chain).
  */
 #ifndef DDUCT_STREAM_H
 #define DDUCT_STREAM_H
@@ -27,6 +30,13 @@
 #define DDUCT_STREAM_LOW_WATER (64 * 1024)
 
 struct dduct_stream;
+
+/* What query() asks; a layer that does not know passes it to the layer below. */
+enum dduct_stream_query {
+  DDUCT_STREAM_TLS_SNI,       /* out: const char **, the SNI name the client sent ("" if none) */
+  DDUCT_STREAM_TLS_ERROR,     /* out: const char **, why the TLS layer failed (owned by it) */
+  DDUCT_STREAM_CARRY_RECORDS, /* out: NULL; a request: the peer's bytes are TLS records (tls.h) */
+};
 
 typedef void (*dduct_stream_read_cb)(struct dduct_stream *s, ssize_t nread, const char *data);
 typedef void (*dduct_stream_write_cb)(struct dduct_stream *s, int status, void *arg);
@@ -40,6 +50,7 @@ struct dduct_stream_vt {
   int (*shutdown)(struct dduct_stream *s); /* no more writes: FIN / close_notify after queue */
   void (*close)(struct dduct_stream *s);   /* begin closing; ends in s->close_cb then free */
   size_t (*queued)(const struct dduct_stream *s);
+  int (*query)(struct dduct_stream *s, enum dduct_stream_query what, void *out); /* may be NULL */
 };
 
 struct dduct_stream {
@@ -64,5 +75,10 @@ void dduct__stream_read_stop(struct dduct_stream *s);
 int dduct__stream_shutdown(struct dduct_stream *s);
 void dduct__stream_close(struct dduct_stream *s, dduct_stream_close_cb cb);
 size_t dduct__stream_queued(const struct dduct_stream *s);
+/* 0 when a layer of the chain answered, DDUCT_EINVAL when none did (out untouched). */
+int dduct__stream_query(struct dduct_stream *s, enum dduct_stream_query what, void *out);
+/* The chain's answer to a query for a string, or fallback. */
+const char *dduct__stream_query_str(struct dduct_stream *s, enum dduct_stream_query what,
+                                    const char *fallback);
 
 #endif

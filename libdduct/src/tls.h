@@ -21,7 +21,12 @@
  * at most 128 KiB, does not); their callbacks fire when the ciphertext went down, as before. A
  * failed worker is reported as a read error. Plaintext is read in batches
  * of up to 64 KiB (several records per read callback) so forwarded bodies arrive in writes large
- * enough to take that path. See tls.c, "offloaded encryption".
+ * enough to take that path. See tls_offload.c.
+ *
+ * Queries (stream.h) a TLS layer answers: DDUCT_STREAM_TLS_SNI, DDUCT_STREAM_TLS_ERROR, and
+ * DDUCT_STREAM_CARRY_RECORDS (what the peer writes into the layer is itself TLS, a blind tunnel
+ * through a TLS listener: the layer cuts its records where the carried ones end, see tls.c,
+ * stacked_record, until the bytes stop looking like TLS records).
  */
 #ifndef DDUCT_TLS_H
 #define DDUCT_TLS_H
@@ -55,18 +60,10 @@ struct dduct_stream *dduct__tls_client_new(struct dduct_tls_client_conf *c,
                                            struct dduct_stream *lower, const char *host);
 
 /* status 0: handshake done (the peer is verified for a client); else DDUCT_ETLS/DDUCT_EVERIFY or
- * a transport error, with dduct__tls_error_text() saying why. Called once, unless the stream
+ * a transport error, with the stream's DDUCT_STREAM_TLS_ERROR query saying why. Called once, unless the stream
  * is closed first. The handshake runs while the stream is reading. */
 typedef void (*dduct_tls_handshake_cb)(struct dduct_stream *s, int status, void *arg);
+/* s must be a layer dduct__tls_client_new or dduct__tls_server_new made. */
 void dduct__tls_on_handshake(struct dduct_stream *s, dduct_tls_handshake_cb cb, void *arg);
-
-/* What the peer writes into s is itself TLS (a blind tunnel through a TLS listener): s cuts its
- * records where the carried ones end (see tls.c, stacked_record), until the bytes stop looking
- * like TLS records. */
-void dduct__tls_carry_records(struct dduct_stream *s);
-
-/* The SNI name the client sent ("" if none), the last error text. Owned by s. */
-const char *dduct__tls_sni(const struct dduct_stream *s);
-const char *dduct__tls_error_text(const struct dduct_stream *s);
 
 #endif

@@ -255,7 +255,7 @@ static void handshake_cb(struct dduct_stream *s, int status, void *arg) {
   struct uconn *c = arg;
   if (c->state == U_DEAD) return;
   if (status != 0) {
-    uconn_fail(c, status, "TLS to %s:%u: %s", c->host, c->port, dduct__tls_error_text(s));
+    uconn_fail(c, status, "TLS to %s:%u: %s", c->host, c->port, dduct__stream_query_str(s, DDUCT_STREAM_TLS_ERROR, "TLS failure"));
     return;
   }
   dduct__stream_read_stop(s);
@@ -567,7 +567,7 @@ static void busy_read_cb(struct dduct_stream *s, ssize_t nread, const char *data
     }
     if (c->got_bytes && nread == DDUCT_ETLS) /* e.g. a record that failed its MAC check */
       uconn_fail(c, c->f->delivered_head ? DDUCT_ESHORT : DDUCT_EPROTO,
-                 "origin %s:%u mid-response: %s", c->host, c->port, dduct__tls_error_text(c->s));
+                 "origin %s:%u mid-response: %s", c->host, c->port, dduct__stream_query_str(c->s, DDUCT_STREAM_TLS_ERROR, "TLS failure"));
     else if (c->got_bytes)
       uconn_fail(c, c->f->delivered_head ? DDUCT_ESHORT : DDUCT_EPROTO,
                  "origin %s:%u closed the connection mid-response", c->host, c->port);
