@@ -8,6 +8,7 @@
  * opened once on its way from the origin, so these figures cap an intercepted stream.
  *
  * Build: cc -O2 -I../libdduct/src -o aead-speed aead-speed.c ../libdduct/src/chachapoly.c \
+ *          ../libdduct/src/diag.c \
  *          ../libdduct/src/aesgcm.c -lmbedcrypto [-DHAVE_OPENSSL -lcrypto]
  * Run:   ./aead-speed [seconds-per-figure]     (default 0.3; 64 figures at most)
  * Prints one JSON object: {"seconds":..,"best":"avx512ifma","aead":{"mbedtls":{"seal-16k":MB/s,

@@ -4,7 +4,8 @@
  * Every cache fill hashes its whole body on the thread pool, so this speed caps a large miss
  * unless it is well above the cipher's (bench/cipher-speed.c).
  *
- * Build: cc -O2 -I../libdduct/src -o sha-speed sha-speed.c ../libdduct/src/sha256.c -lmbedcrypto
+ * Build: cc -O2 -I../libdduct/src -o sha-speed sha-speed.c ../libdduct/src/sha256.c \
+ *        ../libdduct/src/diag.c -lmbedcrypto
  * Run:   ./sha-speed [seconds-per-figure]     (default 0.5)
  * Prints one JSON object: {"seconds":..,"dduct_impl":"sha-ni","sha256":{"mbedtls-16k":MB/s,..}}
  * with MB = 10^6 bytes. */

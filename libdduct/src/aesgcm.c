@@ -17,6 +17,7 @@
  * the key, the IV or the data, only on lengths. Without AES-NI there is no implementation here
  * (see aesgcm.h). */
 #include "aesgcm.h"
+#include "diag.h"
 
 #include <stdatomic.h>
 #include <stdint.h>
@@ -446,11 +447,10 @@ enum dduct__aesgcm_impl dduct__aesgcm_best(void) {
   static atomic_int best = -1;
   int v = atomic_load_explicit(&best, memory_order_relaxed);
   if (v < 0) {
-    const char *env = getenv("DDUCT_AESGCM");
+    const struct dduct_diag *d = dduct__diag();
     v = cpu_max();
-    if (env != NULL && strcmp(env, "off") == 0) v = DDUCT__AESGCM_NONE;
-    else if (env != NULL && strcmp(env, "aesni") == 0 && v > DDUCT__AESGCM_AESNI)
-      v = DDUCT__AESGCM_AESNI;
+    if (d->aesgcm_off) v = DDUCT__AESGCM_NONE;
+    else if (d->aesgcm_aesni && v > DDUCT__AESGCM_AESNI) v = DDUCT__AESGCM_AESNI;
     atomic_store_explicit(&best, v, memory_order_relaxed);
   }
   return (enum dduct__aesgcm_impl)v;

@@ -18,6 +18,8 @@ static void diag_read(void) {
   diag.tls_offload_off = env_is("DDUCT_TLS_OFFLOAD", "off");
   diag.chachapoly_portable = env_is("DDUCT_CHACHAPOLY", "portable");
   diag.sha256_portable = env_is("DDUCT_SHA256", "portable");
+  diag.aesgcm_off = env_is("DDUCT_AESGCM", "off");
+  diag.aesgcm_aesni = env_is("DDUCT_AESGCM", "aesni");
 }
 
 const struct dduct_diag *dduct__diag(void) {

@@ -8,6 +8,8 @@ struct dduct_diag {
   int tls_offload_off;     /* DDUCT_TLS_OFFLOAD=off: no encryption on worker threads */
   int chachapoly_portable; /* DDUCT_CHACHAPOLY=portable: no SIMD ChaCha20-Poly1305 */
   int sha256_portable;     /* DDUCT_SHA256=portable: no SHA extensions */
+  int aesgcm_off;          /* DDUCT_AESGCM=off: no AES-GCM written here */
+  int aesgcm_aesni;        /* DDUCT_AESGCM=aesni: AES-NI, not VAES */
 };
 
 /* The switches as the environment set them when first asked (thread-safe). */
