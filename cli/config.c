@@ -19,6 +19,7 @@ enum kind {
   K_UINT,       /* integer in [min, max] */
   K_STRINGS,    /* array of strings, each passing check */
   K_PORTS,      /* array of integers in 1..65535 */
+  K_PROXY_URL,  /* '' or http(s)://[user:pass@]host:port; printed without the password */
 };
 
 typedef int (*check_fn)(const char *s, char *why, size_t len);
@@ -35,6 +36,7 @@ struct key {
 static int check_filter(const char *s, char *why, size_t len);
 static int check_nonempty(const char *s, char *why, size_t len);
 static int check_query_ignore(const char *s, char *why, size_t len);
+static int check_parent(const char *s, char *why, size_t len);
 
 #define F(field) offsetof(struct config, field)
 static const struct key keys[] = {
@@ -59,6 +61,11 @@ static const struct key keys[] = {
     {"proxy", "shutdown_grace", K_UINT, F(shutdown_grace), 1, 86400, NULL},
     {"proxy", "revalidate", K_REVALIDATE, F(revalidate), 0, 0, NULL},
     {"proxy", "query_ignore", K_STRINGS, F(query_ignore), 0, 0, check_query_ignore},
+    {"proxy", "upstream_proxy", K_PROXY_URL, F(upstream_proxy), 0, 0, NULL},
+    {"proxy", "no_upstream_proxy", K_STRINGS, F(no_upstream_proxy), 0, 0, check_nonempty},
+    {"proxy", "parents", K_STRINGS, F(parents), 0, 0, check_parent},
+    {"proxy", "parent_ca_file", K_STRING, F(parent_ca_file), 0, 0, NULL},
+    {"proxy", "parent_down_time", K_UINT, F(parent_down_time), 1, 86400, NULL},
     {"certs", "rsa_key_bits", K_UINT, F(rsa_key_bits), 2048, 8192, NULL},
     {"certs", "days_from_now", K_UINT, F(days_from_now), 1, 36500, NULL},
     {"certs", "ca_cn", K_STRING, F(ca_cn), 1, 0, NULL},
@@ -145,6 +152,11 @@ int config_init(struct config *c) {
   c->upstream_timeout = 60;
   c->shutdown_grace = 10;
   c->revalidate = DDUCT_REVALIDATE_NEVER;
+  rc |= set_str(&c->upstream_proxy, "");
+  rc |= strv_set(&c->no_upstream_proxy, NULL, 0);
+  rc |= strv_set(&c->parents, NULL, 0);
+  rc |= set_str(&c->parent_ca_file, "");
+  c->parent_down_time = 30;
   c->rsa_key_bits = 3072;
   c->days_from_now = 3072;
   rc |= set_str(&c->ca_cn, "dduct");
@@ -167,6 +179,11 @@ void config_free(struct config *c) {
   strv_free(&c->query_ignore);
   strv_free(&c->allow_clients);
   free(c->connect_ports);
+  if (c->upstream_proxy != NULL) memset(c->upstream_proxy, 0, strlen(c->upstream_proxy));
+  free(c->upstream_proxy);
+  strv_free(&c->no_upstream_proxy);
+  strv_free(&c->parents);
+  free(c->parent_ca_file);
   free(c->ca_cn);
   free(c->server_cn);
   strv_free(&c->server_dns_sans);
@@ -299,6 +316,31 @@ static int check_nonempty(const char *s, char *why, size_t len) {
   return s[0] != '\0' ? 0 : why_f(why, len, "must not be empty");
 }
 
+/* "http(s)://host[:port]": a parent dduct's listener (no path, no credentials). */
+static int check_parent(const char *s, char *why, size_t len) {
+  const char *p = strncmp(s, "https://", 8) == 0 ? s + 8 : strncmp(s, "http://", 7) == 0 ? s + 7 : NULL;
+  if (p == NULL || *p == '\0' || *p == '/' || strpbrk(p, "@?#") != NULL ||
+      (strchr(p, '/') != NULL && strcmp(strchr(p, '/'), "/") != 0))
+    return why_f(why, len, "invalid parent '%s' (expected 'https://host:port')", s);
+  return 0;
+}
+
+/* '' or "http(s)://[user:pass@]host[:port]"; the message never repeats the URL (a password). */
+static int check_proxy_url(const char *s, char *why, size_t len) {
+  const char *p = strncmp(s, "https://", 8) == 0 ? s + 8 : strncmp(s, "http://", 7) == 0 ? s + 7 : NULL;
+  const char *at, *end;
+  if (s[0] == '\0') return 0;
+  if (p == NULL)
+    return why_f(why, len, "expected 'http://[user:password@]host:port' or 'https://...'");
+  end = p + strcspn(p, "/?#");
+  if (*end != '\0' && strcmp(end, "/") != 0) return why_f(why, len, "no path allowed after host:port");
+  at = NULL;
+  for (const char *q = p; q < end; q++)
+    if (*q == '@') at = q;
+  if ((at != NULL ? at + 1 : p) == end) return why_f(why, len, "missing host");
+  return 0;
+}
+
 static int check_filter(const char *s, char *why, size_t len) {
   struct dduct_filter *f;
   int rc;
@@ -363,6 +405,8 @@ static int load_string(struct loader *l, const struct key *k, const struct toml_
   if (k->kind == K_STRING && k->min > 0 && v->len == 0)
     return lfail(l, v, "%s: must not be empty", k->name);
   if (k->kind == K_BIND && v->len > 0 && config_check_bind(v->str, why, sizeof(why)) != 0)
+    return lfail(l, v, "%s: %s", k->name, why);
+  if (k->kind == K_PROXY_URL && check_proxy_url(v->str, why, sizeof(why)) != 0)
     return lfail(l, v, "%s: %s", k->name, why);
   return set_str(dst, v->str) == 0 ? 0 : lfail(l, v, "out of memory");
 }
@@ -450,7 +494,8 @@ static int load_key(struct loader *l, const struct key *k, const struct toml_nod
                     struct config *c) {
   switch (k->kind) {
     case K_STRING:
-    case K_BIND: return load_string(l, k, v, c);
+    case K_BIND:
+    case K_PROXY_URL: return load_string(l, k, v, c);
     case K_LEVEL:
     case K_REVALIDATE: return load_enum(l, k, v, c);
     case K_BOOL: return load_bool(l, k, v, c);
@@ -554,11 +599,33 @@ static void print_string(FILE *out, const char *s) {
   fputc('"', out);
 }
 
+/* The password never leaves the config: 'http://user:***@host:port'. */
+static void print_proxy_url(FILE *out, const char *s) {
+  const char *p = strstr(s, "://"), *end, *at = NULL, *colon;
+  char buf[1024];
+  if (p == NULL) {
+    print_string(out, s);
+    return;
+  }
+  p += 3;
+  end = p + strcspn(p, "/?#");
+  for (const char *q = p; q < end; q++)
+    if (*q == '@') at = q;
+  colon = at != NULL ? memchr(p, ':', (size_t)(at - p)) : NULL;
+  if (colon == NULL) {
+    print_string(out, s);
+    return;
+  }
+  snprintf(buf, sizeof(buf), "%.*s:***%s", (int)(colon - s), s, at);
+  print_string(out, buf);
+}
+
 static void print_value(FILE *out, const struct key *k, const struct config *c) {
   const void *field = (const char *)c + k->off;
   switch (k->kind) {
     case K_STRING:
     case K_BIND: print_string(out, *(char *const *)field); break;
+    case K_PROXY_URL: print_proxy_url(out, *(char *const *)field); break;
     case K_LEVEL: print_string(out, dduct_log_level_name(*(const int *)field)); break;
     case K_REVALIDATE: print_string(out, *(const int *)field ? "always" : "never"); break;
     case K_BOOL: fputs(*(const int *)field ? "true" : "false", out); break;

@@ -41,6 +41,12 @@ struct config {
   unsigned shutdown_grace;
   int revalidate; /* enum dduct_revalidate */
   struct strv query_ignore; /* "HOSTGLOB:NAME[,NAME...]" */
+  /* beyond one node (docs/cluster.md) */
+  char *upstream_proxy; /* "" for none */
+  struct strv no_upstream_proxy;
+  struct strv parents;
+  char *parent_ca_file; /* "" for upstream_ca_file */
+  unsigned parent_down_time; /* seconds */
   /* [certs] */
   unsigned rsa_key_bits;
   unsigned days_from_now;

@@ -89,6 +89,13 @@ static void proxy_options(const struct config *cfg, struct dduct_proxy_options *
   o->revalidate = (enum dduct_revalidate)cfg->revalidate;
   o->query_ignore = (const char *const *)cfg->query_ignore.v;
   o->query_ignore_count = cfg->query_ignore.n;
+  o->upstream_proxy = cfg->upstream_proxy[0] != '\0' ? cfg->upstream_proxy : NULL;
+  o->no_upstream_proxy = (const char *const *)cfg->no_upstream_proxy.v;
+  o->no_upstream_proxy_count = cfg->no_upstream_proxy.n;
+  o->parents = (const char *const *)cfg->parents.v;
+  o->parents_count = cfg->parents.n;
+  o->parent_ca_file = cfg->parent_ca_file[0] != '\0' ? cfg->parent_ca_file : NULL;
+  o->parent_down_ms = cfg->parent_down_time * 1000u;
 }
 
 static int listen_one(struct runner *r, enum dduct_listen_kind kind, const char *addr) {

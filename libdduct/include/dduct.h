@@ -60,7 +60,8 @@ DDUCT_EXTERN const char *dduct_version(void);
   XX(ELOOP, -30015, "request would loop back into the proxy")              \
   XX(EDENIED, -30016, "not allowed")                                       \
   XX(EAGAIN, -30017, "try again later")                                    \
-  XX(EINTERNAL, -30018, "internal error")
+  XX(EINTERNAL, -30018, "internal error")                                 \
+  XX(EPROXY, -30019, "the upstream proxy refused the request")
 
 enum dduct_errno {
 #define XX(name, code, msg) DDUCT_##name = code,
@@ -223,6 +224,19 @@ struct dduct_proxy_options {
   int (*cacheable_cb)(void *user_data, const char *method, int https, const char *host,
                       uint16_t port, const char *path);
   void *cacheable_data;
+  /* Beyond one node (docs/cluster.md). */
+  const char *upstream_proxy; /* "http://[user:pass@]host:port" or "https://...": every origin
+                                 connection and blind tunnel goes through it (CONNECT for https
+                                 and tunnels, absolute-form for http); NULL: direct */
+  const char *const *no_upstream_proxy; /* host globs ("*.corp.example", ".x", "localhost", "*")
+                                           and CIDRs that bypass upstream_proxy */
+  size_t no_upstream_proxy_count;
+  const char *const *parents; /* "https://host:port" of parent dducts: cacheable misses go to the
+                                 one the cache key's rendezvous hash picks */
+  size_t parents_count;
+  const char *parent_ca_file; /* PEM trusted for the parents' listeners (with the system
+                                 bundle); NULL: upstream_ca_file's */
+  unsigned parent_down_ms;    /* a parent that failed is skipped this long; default 30 s */
 };
 
 /* Fill o with the defaults above (pointers to static storage). */

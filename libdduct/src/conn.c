@@ -851,6 +851,8 @@ static void tunnel_read_up(struct dduct_stream *s, ssize_t nread, const char *da
 static void tunnel_connected(void *arg, struct dduct_stream *up, int status, const char *why) {
   static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
   struct dduct_conn *c = arg;
+  size_t early_len = 0;
+  const char *early = c->cn != NULL ? dduct__connect_leftover(c->cn, &early_len) : NULL;
   c->cn = NULL;
   if (status != 0) {
     c->keep_alive = 0;
@@ -865,6 +867,7 @@ static void tunnel_connected(void *arg, struct dduct_stream *up, int status, con
   c->status = 200;
   LOG_DEBUG("http_proxy", "%s CONNECT %s:%u tunnel", c->peer, c->rhost, c->req.port);
   if (dduct__stream_write(c->s, ok, sizeof(ok) - 1, tunnel_write_cb, c) != 0 ||
+      (early_len > 0 && dduct__stream_write(c->s, early, early_len, tunnel_write_cb, c) != 0) ||
       (c->in_len > 0 && dduct__stream_write(up, c->in, c->in_len, tunnel_write_cb, c) != 0)) {
     conn_close(c);
     return;

@@ -21,6 +21,7 @@ static const uint16_t default_ports[] = {443};
 #define D_CONNECT_MS 10000u
 #define D_UPSTREAM_MS 60000u
 #define D_GRACE_MS 10000u
+#define D_PARENT_DOWN_MS 30000u
 
 void dduct_proxy_options_init(struct dduct_proxy_options *o) {
   memset(o, 0, sizeof(*o));
@@ -37,6 +38,7 @@ void dduct_proxy_options_init(struct dduct_proxy_options *o) {
   o->upstream_timeout_ms = D_UPSTREAM_MS;
   o->shutdown_grace_ms = D_GRACE_MS;
   o->revalidate = DDUCT_REVALIDATE_NEVER;
+  o->parent_down_ms = D_PARENT_DOWN_MS;
 }
 
 /* ---- option copies ----------------------------------------------------------------------- */
@@ -59,11 +61,16 @@ static int copy_options(struct dduct_proxy *p, const struct dduct_proxy_options 
   if (o->upstream_ca_file != NULL &&
       (p->o.upstream_ca_file = keep(p, o->upstream_ca_file)) == NULL)
     return DDUCT_ENOMEM;
-  /* resolve and allow_clients are parsed into their own structures; the raw lists are not
-   * kept. */
+  if (o->parent_ca_file != NULL && (p->o.parent_ca_file = keep(p, o->parent_ca_file)) == NULL)
+    return DDUCT_ENOMEM;
+  /* resolve, allow_clients and the chaining settings are parsed into their own structures; the
+   * raw lists (and upstream_proxy's credentials) are not kept. */
   p->o.resolve = NULL;
   p->o.allow_clients = NULL;
   p->o.query_ignore = NULL;
+  p->o.upstream_proxy = NULL;
+  p->o.no_upstream_proxy = NULL;
+  p->o.parents = NULL;
   p->ports = calloc(o->connect_ports_count + 1, sizeof(*p->ports));
   if (p->ports == NULL) return DDUCT_ENOMEM;
   if (o->connect_ports_count > 0)
@@ -78,6 +85,7 @@ static int copy_options(struct dduct_proxy *p, const struct dduct_proxy_options 
   DEF(upstream_timeout_ms, D_UPSTREAM_MS);
   DEF(shutdown_grace_ms, D_GRACE_MS);
   DEF(max_connections, 1024);
+  DEF(parent_down_ms, D_PARENT_DOWN_MS);
 #undef DEF
   return 0;
 }
@@ -96,6 +104,9 @@ static void free_parts(struct dduct_proxy *p) {
   dduct__query_rules_free(p->query_rules);
   dduct__tls_server_conf_free(p->tls_server);
   dduct__tls_client_conf_free(p->tls_client);
+  dduct__tls_client_conf_free(p->tls_parent);
+  dduct__uproxy_free(&p->uproxy);
+  dduct__parents_free(&p->parents);
   dduct__upstream_free(p->up);
   while (p->listeners != NULL) {
     struct dduct_listener *l = p->listeners;
@@ -123,6 +134,26 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
   rc = dduct__tls_client_conf_new(p->o.system_ca_file, p->o.upstream_ca_file,
                                   p->o.upstream_insecure, &p->tls_client, err, errlen);
   if (rc != 0) return rc;
+  rc = dduct__uproxy_init(&p->uproxy, o->upstream_proxy, o->no_upstream_proxy,
+                          o->no_upstream_proxy != NULL ? o->no_upstream_proxy_count : 0, err, errlen);
+  if (rc != 0) return rc;
+  rc = dduct__parents_init(&p->parents, o->parents, o->parents != NULL ? o->parents_count : 0,
+                           p->o.parent_down_ms, err, errlen);
+  if (rc != 0) return rc;
+  if (p->uproxy.host[0] != '\0')
+    LOG_INFO("http_proxy", "Upstream proxy %s%s for origins%s", p->uproxy.shown,
+             p->uproxy.auth != NULL ? " (Basic credentials)" : "",
+             p->uproxy.nglobs + p->uproxy.cidrs.n > 0 ? " outside no_upstream_proxy" : "");
+  for (size_t i = 0; i < p->parents.n; i++)
+    LOG_INFO("http_proxy", "Parent %s", p->parents.v[i].shown);
+  if (p->parents.n > 0) {
+    /* The parents' listeners are verified like origins are, against parent_ca_file. */
+    rc = dduct__tls_client_conf_new(p->o.system_ca_file,
+                                    p->o.parent_ca_file != NULL ? p->o.parent_ca_file
+                                                                : p->o.upstream_ca_file,
+                                    0, &p->tls_parent, err, errlen);
+    if (rc != 0) return rc;
+  }
   memset(&uc, 0, sizeof(uc));
   uc.loop = p->loop;
   uc.tls = p->tls_client;
@@ -133,6 +164,8 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
   uc.is_self_arg = p;
   uc.stat_connects = &p->stats.upstream_connects;
   uc.stat_reuses = &p->stats.upstream_reuses;
+  uc.proxy = &p->uproxy;
+  uc.parent_tls = p->tls_parent;
   return dduct__upstream_new(&uc, &p->up);
 }
 

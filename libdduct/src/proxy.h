@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 
 #include "acl.h"
+#include "chain.h"
 #include "dduct.h"
 #include "resolve.h"
 
@@ -37,6 +38,9 @@ struct dduct_proxy {
   struct dduct_pins pins;
   struct dduct_tls_server_conf *tls_server;
   struct dduct_tls_client_conf *tls_client;
+  struct dduct_tls_client_conf *tls_parent; /* parents' listeners; NULL without parents */
+  struct dduct_uproxy uproxy;               /* upstream_proxy (empty: none) */
+  struct dduct_parents parents;             /* the parent tier (n == 0: none) */
   struct dduct_upstream *up;
   struct dduct_listener *listeners;
   size_t nlisteners_open;       /* listener handles not yet closed */

@@ -8,6 +8,7 @@
 #include <strings.h>
 
 #include "acl.h"
+#include "chain.h"
 #include "internal.h"
 #include "tls.h"
 #include "upstream.h"
@@ -16,16 +17,34 @@
 #define POOL_IDLE_MS 30000
 #define REQ_HEAD_CAP (DDUCT_HTTP_HEAD_MAX + 1024)
 
-enum ustate { U_RESOLVING, U_CONNECTING, U_TLS, U_BUSY, U_IDLE, U_DEAD };
+#define CONNECT_RESP_CAP (16 * 1024)
+
+enum ustate { U_RESOLVING, U_CONNECTING, U_HOP_TLS, U_CONNECT, U_TLS, U_BUSY, U_IDLE, U_DEAD };
+
+/* How a connection reaches its origin. */
+enum route {
+  R_DIRECT, /* TCP (+ TLS) to the origin */
+  R_PROXY,  /* to the upstream proxy (+ TLS to it): CONNECT (+ TLS to the origin) for https and
+               raw connections, absolute-form requests for http */
+  R_PARENT, /* to a parent dduct (+ TLS to it): absolute-form requests for any origin */
+};
 
 struct uconn {
   struct dduct_upstream *u;
   struct uconn *next, *prev; /* pool links while idle */
   enum ustate state;
   int https;
-  char host[256];
+  char host[256]; /* the origin (the parent itself for R_PARENT) */
   uint16_t port;
-  char key[300];
+  enum route route;
+  const char *hop_host; /* what TCP connects to: the origin, the proxy or the parent */
+  uint16_t hop_port;
+  int hop_tls;          /* TLS to the proxy or the parent */
+  const struct dduct_parent *parent;
+  char label[700];      /* "host:port", "host:port via upstream proxy URL", "parent URL" */
+  char *cresp;          /* the proxy's answer to CONNECT, while it comes */
+  size_t cresp_len;
+  char key[600];
   struct dduct_stream *s; /* top of the chain, NULL once handed to a tunnel or closed */
   uv_timer_t timer;       /* connect, read and pool-idle timeouts */
   uv_getaddrinfo_t gai;
@@ -59,6 +78,8 @@ struct dduct_connect {
   struct uconn *c;
   dduct_connect_cb cb;
   void *arg;
+  char *leftover; /* bytes behind the proxy's CONNECT answer */
+  size_t leftover_len;
 };
 
 struct dduct_fetch {
@@ -69,6 +90,7 @@ struct dduct_fetch {
   int https;
   char host[256];
   uint16_t port;
+  const struct dduct_parent *parent;
   char method[32];
   char *target;
   char url[600];
@@ -98,6 +120,7 @@ static void uconn_unref(struct uconn *c) {
   if (--c->refs > 0) return;
   if (c->ai != NULL) uv_freeaddrinfo(c->ai);
   if (c->parser_live) dduct__http_parser_free(&c->parser);
+  free(c->cresp);
   free(c);
   u->live--;
   if (u->live == 0 && u->closing && u->idle_cb != NULL) u->idle_cb(u->idle_arg);
@@ -138,8 +161,31 @@ static void uconn_close(struct uconn *c) {
   if (c->gai.data == c) uv_cancel((uv_req_t *)&c->gai);
 }
 
+/* The pool key: connections are interchangeable only along the same route. */
+static void route_key(char *out, size_t cap, enum route r, int https, const char *host,
+                      uint16_t port, const struct dduct_parent *parent) {
+  if (r == R_PARENT) snprintf(out, cap, "parent %s", parent->shown);
+  else snprintf(out, cap, "%s://%s:%u%s", https ? "https" : "http", host, port,
+                r == R_PROXY ? " via proxy" : "");
+}
+
+static enum route pick_route(const struct dduct_upstream *u, const char *host,
+                             const struct dduct_parent *parent) {
+  if (parent != NULL) return R_PARENT;
+  return dduct__uproxy_applies(u->cfg.proxy, host) ? R_PROXY : R_DIRECT;
+}
+
+/* What TCP reaches, for messages about connecting: the origin, the proxy or the parent. */
+static const char *hop_label(const struct uconn *c, char *buf, size_t cap) {
+  if (c->route == R_PROXY) snprintf(buf, cap, "upstream proxy %s (for %s:%u)", c->u->cfg.proxy->shown,
+                                    c->host, c->port);
+  else if (c->route == R_PARENT) snprintf(buf, cap, "parent %s", c->parent->shown);
+  else snprintf(buf, cap, "%s:%u", c->host, c->port);
+  return buf;
+}
+
 static struct uconn *uconn_new(struct dduct_upstream *u, int https, const char *host,
-                               uint16_t port) {
+                               uint16_t port, const struct dduct_parent *parent) {
   struct uconn *c = calloc(1, sizeof(*c));
   if (c == NULL) return NULL;
   if (uv_timer_init(u->cfg.loop, &c->timer) != 0) {
@@ -149,9 +195,29 @@ static struct uconn *uconn_new(struct dduct_upstream *u, int https, const char *
   c->u = u;
   c->refs = 1;
   c->https = https;
+  c->route = pick_route(u, host, parent);
+  c->parent = parent;
+  if (c->route == R_PARENT) {
+    host = parent->host;
+    port = parent->port;
+  }
   snprintf(c->host, sizeof(c->host), "%s", host);
   c->port = port;
-  snprintf(c->key, sizeof(c->key), "%s://%s:%u", https ? "https" : "http", host, port);
+  c->hop_host = c->host;
+  c->hop_port = c->port;
+  if (c->route == R_PROXY) {
+    c->hop_host = u->cfg.proxy->host;
+    c->hop_port = u->cfg.proxy->port;
+    c->hop_tls = u->cfg.proxy->https;
+    snprintf(c->label, sizeof(c->label), "origin %s:%u via upstream proxy %s", host, port,
+             u->cfg.proxy->shown);
+  } else if (c->route == R_PARENT) {
+    c->hop_tls = parent->https;
+    snprintf(c->label, sizeof(c->label), "parent %s", parent->shown);
+  } else {
+    snprintf(c->label, sizeof(c->label), "origin %s:%u", host, port);
+  }
+  route_key(c->key, sizeof(c->key), c->route, https, host, port, parent);
   u->live++;
   return c;
 }
@@ -203,6 +269,7 @@ static void uconn_fail(struct uconn *c, int status, const char *fmt, ...) {
     }
     if (raw != NULL) {
       raw->cb(raw->arg, NULL, status, why);
+      free(raw->leftover);
       free(raw);
     }
   }
@@ -216,11 +283,15 @@ static void timer_cb(uv_timer_t *t) {
   case U_RESOLVING:
   case U_CONNECTING:
   case U_TLS:
-    uconn_fail(c, UV_ETIMEDOUT, "connecting to %s:%u timed out after %u s", c->host, c->port,
-               c->u->cfg.connect_timeout_ms / 1000);
+  case U_HOP_TLS:
+  case U_CONNECT: {
+    char hop[700];
+    uconn_fail(c, UV_ETIMEDOUT, "connecting to %s timed out after %u s",
+               hop_label(c, hop, sizeof(hop)), c->u->cfg.connect_timeout_ms / 1000);
     break;
+  }
   case U_BUSY:
-    uconn_fail(c, UV_ETIMEDOUT, "origin %s:%u timed out: nothing received for %u s", c->host, c->port,
+    uconn_fail(c, UV_ETIMEDOUT, "%s timed out: nothing received for %u s", c->label,
                c->u->cfg.upstream_timeout_ms / 1000);
     break;
   default:
@@ -241,6 +312,7 @@ static void ready(struct uconn *c) {
     s->data = NULL;
     uconn_close(c);
     raw->cb(raw->arg, s, 0, NULL);
+    free(raw->leftover);
     free(raw);
     return;
   }
@@ -251,15 +323,167 @@ static void ready(struct uconn *c) {
   send_request(c->f, c);
 }
 
+static void start_tls(struct uconn *c, enum ustate state);
+static void after_hop(struct uconn *c);
+
 static void handshake_cb(struct dduct_stream *s, int status, void *arg) {
   struct uconn *c = arg;
+  char hop[700];
   if (c->state == U_DEAD) return;
   if (status != 0) {
-    uconn_fail(c, status, "TLS to %s:%u: %s", c->host, c->port, dduct__stream_query_str(s, DDUCT_STREAM_TLS_ERROR, "TLS failure"));
+    if (c->state == U_HOP_TLS)
+      uconn_fail(c, status, "TLS to %s: %s", hop_label(c, hop, sizeof(hop)),
+                 dduct__stream_query_str(s, DDUCT_STREAM_TLS_ERROR, "TLS failure"));
+    else
+      uconn_fail(c, status, "TLS to %s:%u: %s", c->host, c->port, dduct__stream_query_str(s, DDUCT_STREAM_TLS_ERROR, "TLS failure"));
     return;
   }
   dduct__stream_read_stop(s);
-  ready(c);
+  if (c->state == U_HOP_TLS) after_hop(c);
+  else ready(c);
+}
+
+/* TLS on top of the chain: to the proxy or the parent (U_HOP_TLS), or to the origin (U_TLS). */
+static void start_tls(struct uconn *c, enum ustate state) {
+  struct dduct_tls_client_conf *conf = c->u->cfg.tls;
+  const char *name = state == U_HOP_TLS ? c->hop_host : c->host;
+  struct dduct_stream *tls;
+  if (state == U_HOP_TLS && c->route == R_PARENT && c->u->cfg.parent_tls != NULL)
+    conf = c->u->cfg.parent_tls;
+  tls = dduct__tls_client_new(conf, c->s, name);
+  if (tls == NULL) {
+    uconn_fail(c, DDUCT_ENOMEM, "TLS to %s:%u: out of memory", name, c->port);
+    return;
+  }
+  c->s = tls;
+  tls->data = c;
+  c->state = state;
+  dduct__tls_on_handshake(tls, handshake_cb, c);
+}
+
+/* A byte stream to the origin (or to a hop that takes absolute-form requests) is open. */
+static void origin_reached(struct uconn *c) {
+  if (c->route != R_PARENT && c->https && c->raw == NULL) start_tls(c, U_TLS);
+  else ready(c);
+}
+
+/* ---- CONNECT through the upstream proxy --------------------------------------------------- */
+
+static void connect_refused(struct uconn *c, int status, const char *reason) {
+  const struct dduct_uproxy *x = c->u->cfg.proxy;
+  if (status == 407 && x->auth == NULL)
+    uconn_fail(c, DDUCT_EPROXY, "upstream proxy %s wants credentials (407 %s) for CONNECT %s:%u "
+               "and upstream_proxy has none (add user:password@)", x->shown, reason, c->host,
+               c->port);
+  else if (status == 407)
+    uconn_fail(c, DDUCT_EPROXY, "upstream proxy %s refused the credentials of user '%s' (407 %s) "
+               "for CONNECT %s:%u", x->shown, x->user, reason, c->host, c->port);
+  else
+    uconn_fail(c, DDUCT_EPROXY, "upstream proxy %s answered %d %s to CONNECT %s:%u", x->shown,
+               status, reason, c->host, c->port);
+}
+
+/* The proxy's answer to CONNECT: a status line and headers, no body. */
+static void connect_answer(struct uconn *c, size_t head_len) {
+  char reason[120] = "";
+  const char *sp, *eol;
+  int status = 0;
+  size_t rest = c->cresp_len - head_len;
+  c->cresp[head_len - 1] = '\0';
+  if (strncmp(c->cresp, "HTTP/1.", 7) != 0 || (sp = strchr(c->cresp, ' ')) == NULL ||
+      sscanf(sp + 1, "%3d", &status) != 1 || status < 100) {
+    uconn_fail(c, DDUCT_EPROXY, "upstream proxy %s sent an invalid answer to CONNECT %s:%u",
+               c->u->cfg.proxy->shown, c->host, c->port);
+    return;
+  }
+  eol = strpbrk(sp + 1, "\r\n");
+  if (strlen(sp + 1) > 4) {
+    size_t n = (size_t)((eol != NULL ? eol : sp + 1 + strlen(sp + 1)) - (sp + 5));
+    if (sp[4] == ' ' && n < sizeof(reason)) {
+      memcpy(reason, sp + 5, n);
+      reason[n] = '\0';
+      for (char *q = reason; *q; q++)
+        if ((unsigned char)*q < 0x20 || *q == 0x7f) *q = '?';
+    }
+  }
+  if (status < 200 || status > 299) {
+    connect_refused(c, status, reason);
+    return;
+  }
+  if (rest > 0) {
+    /* The far end spoke first: a raw tunnel passes that on; TLS to the origin cannot start. */
+    if (c->raw == NULL) {
+      uconn_fail(c, DDUCT_EPROTO, "upstream proxy %s: %zu unexpected bytes after its answer to "
+                 "CONNECT %s:%u", c->u->cfg.proxy->shown, rest, c->host, c->port);
+      return;
+    }
+    if ((c->raw->leftover = malloc(rest)) == NULL) {
+      uconn_fail(c, DDUCT_ENOMEM, "out of memory");
+      return;
+    }
+    memcpy(c->raw->leftover, c->cresp + head_len, rest);
+    c->raw->leftover_len = rest;
+  }
+  free(c->cresp);
+  c->cresp = NULL;
+  c->cresp_len = 0;
+  dduct__stream_read_stop(c->s);
+  origin_reached(c);
+}
+
+static void connect_read_cb(struct dduct_stream *s, ssize_t nread, const char *data) {
+  struct uconn *c = s->data;
+  const char *end;
+  char *grown;
+  if (c->state != U_CONNECT) return;
+  if (nread < 0) {
+    uconn_fail(c, nread == UV_EOF ? UV_ECONNRESET : (int)nread,
+               "upstream proxy %s closed the connection during CONNECT %s:%u (%s)",
+               c->u->cfg.proxy->shown, c->host, c->port,
+               nread == UV_EOF ? "EOF" : dduct_strerror((int)nread));
+    return;
+  }
+  if (c->cresp_len + (size_t)nread > CONNECT_RESP_CAP) {
+    uconn_fail(c, DDUCT_EPROXY, "upstream proxy %s: answer to CONNECT %s:%u too large",
+               c->u->cfg.proxy->shown, c->host, c->port);
+    return;
+  }
+  if ((grown = realloc(c->cresp, c->cresp_len + (size_t)nread + 1)) == NULL) {
+    uconn_fail(c, DDUCT_ENOMEM, "out of memory");
+    return;
+  }
+  c->cresp = grown;
+  memcpy(c->cresp + c->cresp_len, data, (size_t)nread);
+  c->cresp_len += (size_t)nread;
+  c->cresp[c->cresp_len] = '\0';
+  end = strstr(c->cresp, "\r\n\r\n");
+  if (end != NULL) connect_answer(c, (size_t)(end - c->cresp) + 4);
+}
+
+static void send_connect(struct uconn *c) {
+  const struct dduct_uproxy *x = c->u->cfg.proxy;
+  char req[1024];
+  int v6 = strchr(c->host, ':') != NULL, n;
+  n = snprintf(req, sizeof(req),
+               v6 ? "CONNECT [%s]:%u HTTP/1.1\r\nHost: [%s]:%u\r\n%s%s%s\r\n"
+                  : "CONNECT %s:%u HTTP/1.1\r\nHost: %s:%u\r\n%s%s%s\r\n",
+               c->host, c->port, c->host, c->port, x->auth != NULL ? "Proxy-Authorization: " : "",
+               x->auth != NULL ? x->auth : "", x->auth != NULL ? "\r\n" : "");
+  c->state = U_CONNECT;
+  if (n < 0 || (size_t)n >= sizeof(req) || dduct__stream_write(c->s, req, (size_t)n, NULL, NULL) != 0 ||
+      dduct__stream_read_start(c->s, connect_read_cb) != 0) {
+    memset(req, 0, sizeof(req));
+    uconn_fail(c, DDUCT_EPROXY, "cannot send CONNECT %s:%u to upstream proxy %s", c->host, c->port,
+               x->shown);
+    return;
+  }
+  memset(req, 0, sizeof(req));
+}
+
+/* TCP (and TLS) to the first hop is up. */
+static void after_hop(struct uconn *c) {
+  if (c->route == R_PROXY && (c->https || c->raw != NULL)) send_connect(c);
+  else origin_reached(c);
 }
 
 static void try_next(struct uconn *c);
@@ -274,21 +498,8 @@ static void connect_cb(uv_connect_t *req, int status) {
     return;
   }
   (void)uv_tcp_nodelay(dduct__tcp_stream_handle(c->s), 1);
-  if (!c->https) {
-    ready(c);
-    return;
-  }
-  {
-    struct dduct_stream *tls = dduct__tls_client_new(c->u->cfg.tls, c->s, c->host);
-    if (tls == NULL) {
-      uconn_fail(c, DDUCT_ENOMEM, "TLS to %s:%u: out of memory", c->host, c->port);
-      return;
-    }
-    c->s = tls;
-    tls->data = c;
-    c->state = U_TLS;
-    dduct__tls_on_handshake(tls, handshake_cb, c);
-  }
+  if (c->hop_tls) start_tls(c, U_HOP_TLS);
+  else after_hop(c);
 }
 
 static const struct sockaddr *next_addr(struct uconn *c) {
@@ -302,8 +513,8 @@ static const struct sockaddr *next_addr(struct uconn *c) {
     c->ai_cur = a->ai_next;
     if (a->ai_family == AF_INET || a->ai_family == AF_INET6) {
       memcpy(&c->fixed, a->ai_addr, a->ai_addrlen);
-      if (a->ai_family == AF_INET) ((struct sockaddr_in *)&c->fixed)->sin_port = htons(c->port);
-      else ((struct sockaddr_in6 *)&c->fixed)->sin6_port = htons(c->port);
+      if (a->ai_family == AF_INET) ((struct sockaddr_in *)&c->fixed)->sin_port = htons(c->hop_port);
+      else ((struct sockaddr_in6 *)&c->fixed)->sin6_port = htons(c->hop_port);
       return (const struct sockaddr *)&c->fixed;
     }
   }
@@ -313,22 +524,24 @@ static const struct sockaddr *next_addr(struct uconn *c) {
 static void try_next(struct uconn *c) {
   struct dduct_upstream *u = c->u;
   const struct sockaddr *sa = next_addr(c);
+  char hop[700];
   int rc;
   if (sa == NULL) {
     int err = c->last_err != 0 ? c->last_err : UV_EADDRNOTAVAIL;
-    uconn_fail(c, err, "cannot connect to %s:%u: %s", c->host, c->port, uv_strerror(err));
+    uconn_fail(c, err, "cannot connect to %s: %s", hop_label(c, hop, sizeof(hop)),
+               uv_strerror(err));
     return;
   }
   if (u->cfg.is_self != NULL && u->cfg.is_self(u->cfg.is_self_arg, sa)) {
     char a[80];
     dduct__addr_str(sa, a, sizeof(a));
-    uconn_fail(c, DDUCT_ELOOP, "%s:%u is this proxy (%s): request would loop", c->host, c->port,
-               a);
+    uconn_fail(c, DDUCT_ELOOP, "%s is this proxy (%s): request would loop",
+               hop_label(c, hop, sizeof(hop)), a);
     return;
   }
   c->s = dduct__tcp_stream_new(u->cfg.loop);
   if (c->s == NULL) {
-    uconn_fail(c, DDUCT_ENOMEM, "cannot connect to %s:%u: out of memory", c->host, c->port);
+    uconn_fail(c, DDUCT_ENOMEM, "cannot connect to %s: out of memory", hop_label(c, hop, sizeof(hop)));
     return;
   }
   c->s->data = c;
@@ -353,7 +566,7 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   }
   c->refs--; /* cannot reach 0: the timer still holds one */
   if (status < 0) {
-    uconn_fail(c, status, "cannot resolve %s: %s", c->host, uv_strerror(status));
+    uconn_fail(c, status, "cannot resolve %s: %s", c->hop_host, uv_strerror(status));
     return;
   }
   try_next(c);
@@ -361,17 +574,17 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
 
 static void uconn_start(struct uconn *c) {
   struct dduct_upstream *u = c->u;
-  const struct sockaddr *pin = dduct__pins_lookup(u->cfg.pins, c->host);
+  const struct sockaddr *pin = dduct__pins_lookup(u->cfg.pins, c->hop_host);
   struct addrinfo hints;
   int rc;
 
   uv_timer_start(&c->timer, timer_cb, u->cfg.connect_timeout_ms, 0);
   c->state = U_RESOLVING;
-  if (pin != NULL || dduct__ip_literal(c->host, c->port, &c->fixed) == 0) {
+  if (pin != NULL || dduct__ip_literal(c->hop_host, c->hop_port, &c->fixed) == 0) {
     if (pin != NULL) {
       memcpy(&c->fixed, pin, sizeof(c->fixed));
-      if (pin->sa_family == AF_INET) ((struct sockaddr_in *)&c->fixed)->sin_port = htons(c->port);
-      else ((struct sockaddr_in6 *)&c->fixed)->sin6_port = htons(c->port);
+      if (pin->sa_family == AF_INET) ((struct sockaddr_in *)&c->fixed)->sin_port = htons(c->hop_port);
+      else ((struct sockaddr_in6 *)&c->fixed)->sin6_port = htons(c->hop_port);
     }
     c->have_fixed = 1;
     try_next(c);
@@ -382,11 +595,11 @@ static void uconn_start(struct uconn *c) {
   hints.ai_socktype = SOCK_STREAM;
   c->gai.data = c;
   c->refs++;
-  rc = uv_getaddrinfo(u->cfg.loop, &c->gai, gai_cb, c->host, NULL, &hints);
+  rc = uv_getaddrinfo(u->cfg.loop, &c->gai, gai_cb, c->hop_host, NULL, &hints);
   if (rc != 0) {
     c->gai.data = NULL;
     c->refs--;
-    uconn_fail(c, rc, "cannot resolve %s: %s", c->host, uv_strerror(rc));
+    uconn_fail(c, rc, "cannot resolve %s: %s", c->hop_host, uv_strerror(rc));
   }
 }
 
@@ -446,6 +659,17 @@ static int resp_on_head(struct dduct_http_parser *p) {
    * carry the representation's length); llhttp only knows that when told (F_SKIPBODY). */
   skip = strcmp(f->method, "HEAD") == 0 || p->head.status == 204 || p->head.status == 304;
   if (p->head.status < 200) return 0; /* 1xx: interim, never delivered */
+  if (p->head.status == 407 && c->route == R_PROXY) {
+    /* The proxy's own answer, never the origin's: the client did not talk to that proxy. */
+    const struct dduct_uproxy *x = c->u->cfg.proxy;
+    if (x->auth == NULL)
+      uconn_fail(c, DDUCT_EPROXY, "upstream proxy %s wants credentials (407) for %s and "
+                 "upstream_proxy has none (add user:password@)", x->shown, f->url);
+    else
+      uconn_fail(c, DDUCT_EPROXY, "upstream proxy %s refused the credentials of user '%s' (407) "
+                 "for %s", x->shown, x->user, f->url);
+    return 1;
+  }
   if (redirectable(f, p->head.status)) {
     const char *loc = dduct__http_get(&p->head, "Location");
     if (loc != NULL && f->https && strncasecmp(loc, "http://", 7) == 0) {
@@ -567,13 +791,13 @@ static void busy_read_cb(struct dduct_stream *s, ssize_t nread, const char *data
     }
     if (c->got_bytes && nread == DDUCT_ETLS) /* e.g. a record that failed its MAC check */
       uconn_fail(c, c->f->delivered_head ? DDUCT_ESHORT : DDUCT_EPROTO,
-                 "origin %s:%u mid-response: %s", c->host, c->port, dduct__stream_query_str(c->s, DDUCT_STREAM_TLS_ERROR, "TLS failure"));
+                 "%s mid-response: %s", c->label, dduct__stream_query_str(c->s, DDUCT_STREAM_TLS_ERROR, "TLS failure"));
     else if (c->got_bytes)
       uconn_fail(c, c->f->delivered_head ? DDUCT_ESHORT : DDUCT_EPROTO,
-                 "origin %s:%u closed the connection mid-response", c->host, c->port);
+                 "%s closed the connection mid-response", c->label);
     else
       uconn_fail(c, nread == UV_EOF ? UV_ECONNRESET : (int)nread,
-                 "origin %s:%u closed the connection without answering (%s)", c->host, c->port,
+                 "%s closed the connection without answering (%s)", c->label,
                  nread == UV_EOF ? "EOF" : uv_strerror((int)nread));
     return;
   }
@@ -586,15 +810,16 @@ static void busy_read_cb(struct dduct_stream *s, ssize_t nread, const char *data
     return;
   }
   if (rc < 0 || rc == DDUCT_HTTP_UPGRADE)
-    uconn_fail(c, DDUCT_EPROTO, "invalid response from %s:%u: %s", c->host, c->port,
+    uconn_fail(c, DDUCT_EPROTO, "invalid response from %s: %s", c->label,
                rc < 0 && c->parser.err_reason != NULL ? c->parser.err_reason : "unexpected upgrade");
 }
 
 /* ---- request ------------------------------------------------------------------------------ */
 
-static int build_head(struct dduct_fetch *f, char *out, size_t cap) {
+static int build_head(struct dduct_fetch *f, const struct uconn *c, char *out, size_t cap) {
   struct dduct_http_head h;
   char hostport[300], len[32];
+  char *absolute = NULL;
   int n, rc;
   dduct__http_head_init(&h);
   if (dduct__http_head_copy(&h, &f->hdrs) != 0) return DDUCT_ENOMEM;
@@ -610,8 +835,21 @@ static int build_head(struct dduct_fetch *f, char *out, size_t cap) {
     dduct__http_head_init(&o);
     if (dflt) snprintf(hostport, sizeof(hostport), v6 ? "[%s]" : "%s", f->host);
     else snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%u" : "%s:%u", f->host, f->port);
-    rc = dduct__http_set_request_line(&o, f->method, f->target);
+    /* A proxy (plain http through the upstream proxy) or a parent gets the absolute form. */
+    if (c->route == R_PARENT || (c->route == R_PROXY && !f->https)) {
+      size_t alen = strlen(hostport) + strlen(f->target) + 16;
+      if ((absolute = malloc(alen)) == NULL) {
+        dduct__http_head_free(&o);
+        dduct__http_head_free(&h);
+        return DDUCT_ENOMEM;
+      }
+      snprintf(absolute, alen, "%s://%s%s", f->https ? "https" : "http", hostport, f->target);
+    }
+    rc = dduct__http_set_request_line(&o, f->method, absolute != NULL ? absolute : f->target);
+    free(absolute);
     if (rc == 0) rc = dduct__http_add(&o, "Host", hostport);
+    if (rc == 0 && c->route == R_PROXY && !f->https && c->u->cfg.proxy->auth != NULL)
+      rc = dduct__http_add(&o, "Proxy-Authorization", c->u->cfg.proxy->auth);
     for (size_t i = 0; i < h.n && rc == 0; i++)
       rc = dduct__http_addn(&o, dduct__http_hname(&h, i), h.h[i].name_len,
                             dduct__http_hvalue(&h, i), h.h[i].value_len);
@@ -653,20 +891,21 @@ static void send_request(struct dduct_fetch *f, struct uconn *c) {
   if (c->parser_live) dduct__http_parser_free(&c->parser);
   dduct__http_parser_init(&c->parser, 1, &resp_cbs, c);
   c->parser_live = 1;
-  n = buf != NULL ? build_head(f, buf, REQ_HEAD_CAP) : DDUCT_ENOMEM;
+  n = buf != NULL ? build_head(f, c, buf, REQ_HEAD_CAP) : DDUCT_ENOMEM;
   if (n < 0) {
     free(buf);
     uconn_fail(c, DDUCT_ETOOBIG, "request head too large for %s", c->host);
     return;
   }
   rc = dduct__stream_write(c->s, buf, (size_t)n, NULL, NULL);
+  memset(buf, 0, (size_t)n); /* may hold Proxy-Authorization */
   free(buf);
   if (rc == 0 && f->pend_len > 0) {
     rc = dduct__stream_write(c->s, f->pend, f->pend_len, req_write_cb, c);
     f->pend_len = 0;
   }
   if (rc != 0) {
-    uconn_fail(c, rc, "writing to %s:%u: %s", c->host, c->port, dduct_strerror(rc));
+    uconn_fail(c, rc, "writing to %s: %s", c->label, dduct_strerror(rc));
     return;
   }
   free(f->pend);
@@ -683,16 +922,17 @@ static void send_request(struct dduct_fetch *f, struct uconn *c) {
 
 static void fetch_connect(struct dduct_fetch *f) {
   struct dduct_upstream *u = f->u;
-  char key[300];
+  char key[600];
   struct uconn *c;
-  snprintf(key, sizeof(key), "%s://%s:%u", f->https ? "https" : "http", f->host, f->port);
+  route_key(key, sizeof(key), pick_route(u, f->host, f->parent), f->https, f->host, f->port,
+            f->parent);
   c = f->retried ? NULL : pool_get(u, key);
   if (c != NULL) {
     if (u->cfg.stat_reuses != NULL) (*u->cfg.stat_reuses)++;
     send_request(f, c);
     return;
   }
-  c = uconn_new(u, f->https, f->host, f->port);
+  c = uconn_new(u, f->https, f->host, f->port, f->parent);
   if (c == NULL) {
     fetch_finish(f, DDUCT_ENOMEM, "out of memory");
     return;
@@ -715,6 +955,7 @@ int dduct__fetch_start(struct dduct_upstream *u, const struct dduct_fetch_reques
   f->https = req->https;
   snprintf(f->host, sizeof(f->host), "%s", req->host);
   f->port = req->port;
+  f->parent = req->parent;
   snprintf(f->method, sizeof(f->method), "%s", req->method);
   f->target = dduct__strdup(req->target);
   f->body_len = req->body_len;
@@ -827,7 +1068,7 @@ int dduct__upstream_connect(struct dduct_upstream *u, const char *host, uint16_t
   if (u->closing) return DDUCT_ECLOSED;
   cn = calloc(1, sizeof(*cn));
   if (cn == NULL) return DDUCT_ENOMEM;
-  c = uconn_new(u, 0, host, port);
+  c = uconn_new(u, 0, host, port, NULL);
   if (c == NULL) {
     free(cn);
     return DDUCT_ENOMEM;
@@ -845,7 +1086,13 @@ void dduct__connect_cancel(struct dduct_connect *cn) {
   struct uconn *c = cn->c;
   c->raw = NULL;
   uconn_close(c);
+  free(cn->leftover);
   free(cn);
+}
+
+const char *dduct__connect_leftover(const struct dduct_connect *cn, size_t *len) {
+  *len = cn->leftover_len;
+  return cn->leftover;
 }
 
 /* ---- the pool object ---------------------------------------------------------------------- */

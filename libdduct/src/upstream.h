@@ -43,6 +43,8 @@
 
 struct dduct_upstream;
 struct dduct_fetch;
+struct dduct_uproxy;
+struct dduct_parent;
 struct dduct_connect;
 struct dduct_tls_client_conf;
 
@@ -57,6 +59,10 @@ struct dduct_upstream_config {
   void *is_self_arg;
   uint64_t *stat_connects; /* incremented per new origin connection (may be NULL) */
   uint64_t *stat_reuses;   /* incremented per request on a pooled connection (may be NULL) */
+  /* Chaining (chain.h): origin connections and raw ones go through proxy when it applies to
+   * the host (NULL or an empty one: direct); parents are reached with parent_tls. */
+  const struct dduct_uproxy *proxy;
+  struct dduct_tls_client_conf *parent_tls;
 };
 
 int dduct__upstream_new(const struct dduct_upstream_config *cfg, struct dduct_upstream **out);
@@ -80,6 +86,10 @@ struct dduct_fetch_request {
   const struct dduct_http_head *headers;
   int64_t body_len;   /* 0: no body; > 0: exactly that many bytes; -1: streamed, sent chunked */
   unsigned max_redirects;
+  /* Non-NULL: ask this parent dduct instead of the origin (absolute-form "GET https://host/path"
+   * over a keep-alive connection to the parent, pooled per parent). Borrowed: must outlive the
+   * fetch. Failures name the parent. */
+  const struct dduct_parent *parent;
 };
 
 struct dduct_fetch_cbs {
@@ -101,12 +111,16 @@ void dduct__fetch_abort(struct dduct_fetch *f);
 /* The URL finally fetched after redirects ("https://host:port/path"), owned by f. */
 const char *dduct__fetch_url(const struct dduct_fetch *f);
 
-/* A raw connection (blind tunnels): resolve, loop check, connect with the connect timeout.
- * cb gets the connected TCP stream (now the caller's) with status 0, or NULL, an error and a
- * one-line reason. Cancel before cb with dduct__connect_cancel (no callback then). */
+/* A raw connection (blind tunnels): resolve, loop check, connect with the connect timeout
+ * (through the upstream proxy's CONNECT when it applies). cb gets the connected stream (now the
+ * caller's) with status 0, or NULL, an error and a one-line reason. Cancel before cb with
+ * dduct__connect_cancel (no callback then). During a successful cb,
+ * dduct__connect_leftover() gives bytes the far end already sent (they came behind the upstream
+ * proxy's answer): the caller passes them on before anything it reads from the stream. */
 typedef void (*dduct_connect_cb)(void *arg, struct dduct_stream *s, int status, const char *why);
 int dduct__upstream_connect(struct dduct_upstream *u, const char *host, uint16_t port,
                             dduct_connect_cb cb, void *arg, struct dduct_connect **out);
 void dduct__connect_cancel(struct dduct_connect *cn);
+const char *dduct__connect_leftover(const struct dduct_connect *cn, size_t *len);
 
 #endif

@@ -296,8 +296,35 @@ static void test_errors(void) {
   bad("[certs]\nserver_dns_sans = ['a', '']\n", "2:25: server_dns_sans: must not be empty",
       "an empty DNS SAN");
   bad("[certs]\nca_cn = ''\n", "2:9: ca_cn: must not be empty", "an empty CN");
+  bad("[proxy]\nupstream_proxy = 'socks5://u:pw@h:1'\n",
+      "2:18: upstream_proxy: expected 'http://[user:password@]host:port' or 'https://...'",
+      "an upstream proxy of another scheme (the message does not repeat the password)");
+  bad("[proxy]\nparents = ['p1:4430']\n",
+      "2:12: parents: invalid parent 'p1:4430' (expected 'https://host:port')", "a parent URL");
   bad("[certs]\nca_cn = 'x'\n[misc]\n[certs]\n", "4:2: duplicate table [certs]",
       "TOML errors come through");
+}
+
+static void test_chain_keys(void) {
+  struct config c;
+  char err[512] = "", *p;
+  config_init(&c);
+  CHECK_EQ_STR(c.upstream_proxy, "", "upstream_proxy defaults to none");
+  CHECK(c.parents.n == 0 && c.no_upstream_proxy.n == 0 && c.parent_down_time == 30,
+        "no parents, nothing bypassed, 30 s down time");
+  CHECK_EQ_INT(load(&c,
+                    "[proxy]\nupstream_proxy = 'http://bob:hunter2@proxy.corp:3128'\n"
+                    "no_upstream_proxy = ['*.corp', '10.0.0.0/8']\n"
+                    "parents = ['https://p1:4430', 'https://p2:4430']\n"
+                    "parent_ca_file = '/etc/dduct/parents.pem'\nparent_down_time = 5\n",
+                    err, sizeof(err)),
+               0, "the chaining keys load");
+  CHECK(c.parents.n == 2 && c.no_upstream_proxy.n == 2 && c.parent_down_time == 5, "values");
+  p = print(&c);
+  CHECK(strstr(p, "hunter2") == NULL, "--check never prints the password");
+  CHECK(strstr(p, "'http://bob:***@proxy.corp:3128'") != NULL, "it masks it");
+  free(p);
+  config_free(&c);
 }
 
 static void test_files(void) {
@@ -363,5 +390,6 @@ int main(void) {
   test_errors();
   test_files();
   test_checks();
+  test_chain_keys();
   return tap_done();
 }

@@ -136,8 +136,9 @@ class Dduct:
     """One dduct process. Use as a context manager: stop() asserts a clean exit on the way out."""
 
     def __init__(self, rig, proxy=None, misc=None, tcp=True, tls=True, env=None,
-                 nofile=None, name="dduct", cert_dir=None, tls_port=None):
+                 nofile=None, name="dduct", cert_dir=None, tls_port=None, host="127.0.0.1"):
         self.rig = rig
+        self.host = host  # the listeners' address (a cluster uses 127.0.0.x)
         self.dir = tempfile.mkdtemp(prefix=name + "-", dir=rig.tmp)
         self.file_dir = os.path.join(self.dir, "files")
         if cert_dir is None:  # a copy of the cached one
@@ -158,8 +159,8 @@ class Dduct:
 
     def config(self):
         proxy = {
-            "tcp_bind": "127.0.0.1:%d" % self.tcp_port if self.want_tcp else "",
-            "tls_bind": "127.0.0.1:%d" % self.tls_port if self.want_tls else "",
+            "tcp_bind": "%s:%d" % (self.host, self.tcp_port) if self.want_tcp else "",
+            "tls_bind": "%s:%d" % (self.host, self.tls_port) if self.want_tls else "",
             "upstream_ca_file": self.rig.pki.ca_crt,
             "resolve": ["%s:127.0.0.1" % n for n in PIN_NAMES],
             "connect_any_port": True,
@@ -174,8 +175,8 @@ class Dduct:
         return toml({"misc": misc, "proxy": proxy, "certs": certs_section()})
 
     def _spawn(self):
-        self.tcp_port = free_port()
-        self.tls_port = self.fixed_tls_port or free_port()
+        self.tcp_port = free_port(self.host)
+        self.tls_port = self.fixed_tls_port or free_port(self.host)
         self.cfg_path = os.path.join(self.dir, "dduct.toml")
         with open(self.cfg_path, "w") as f:
             f.write(self.config())
@@ -304,11 +305,11 @@ class Dduct:
 
     @property
     def http_proxy(self):
-        return "http://127.0.0.1:%d" % self.tcp_port
+        return "http://%s:%d" % (self.host, self.tcp_port)
 
     @property
     def https_proxy(self):
-        return "https://127.0.0.1:%d" % self.tls_port
+        return "https://%s:%d" % (self.host, self.tls_port)
 
 
 def via(d, kind):
