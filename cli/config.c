@@ -43,8 +43,10 @@ static const struct key keys[] = {
     {"misc", "log_level", K_LEVEL, F(log_level), 0, 0, NULL},
     {"misc", "cert_dir", K_STRING, F(cert_dir), 1, 0, NULL},
     {"misc", "file_dir", K_STRING, F(file_dir), 1, 0, NULL},
+    {"misc", "access_log", K_STRING, F(access_log), 0, 0, NULL},
     {"proxy", "tcp_bind", K_BIND, F(tcp_bind), 0, 0, NULL},
     {"proxy", "tls_bind", K_BIND, F(tls_bind), 0, 0, NULL},
+    {"proxy", "admin_bind", K_BIND, F(admin_bind), 0, 0, NULL},
     {"proxy", "filters", K_STRINGS, F(filters), 0, 0, check_filter},
     {"proxy", "upstream_ca_file", K_STRING, F(upstream_ca_file), 0, 0, NULL},
     {"proxy", "upstream_insecure", K_BOOL, F(upstream_insecure), 0, 0, NULL},
@@ -136,6 +138,8 @@ int config_init(struct config *c) {
   rc |= set_str(&c->file_dir, "/var/tmp/dduct/files/");
   rc |= set_str(&c->tcp_bind, "127.0.0.1:8000");
   rc |= set_str(&c->tls_bind, "0.0.0.0:4430");
+  rc |= set_str(&c->admin_bind, "127.0.0.1:8001");
+  rc |= set_str(&c->access_log, "");
   rc |= strv_set(&c->filters, default_filters, COUNT(default_filters));
   rc |= set_str(&c->upstream_ca_file, "");
   rc |= strv_set(&c->resolve, NULL, 0);
@@ -173,6 +177,8 @@ void config_free(struct config *c) {
   free(c->file_dir);
   free(c->tcp_bind);
   free(c->tls_bind);
+  free(c->admin_bind);
+  free(c->access_log);
   strv_free(&c->filters);
   free(c->upstream_ca_file);
   strv_free(&c->resolve);

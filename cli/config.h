@@ -21,9 +21,11 @@ struct config {
   int log_level; /* enum dduct_log_level */
   char *cert_dir;
   char *file_dir;
+  char *access_log; /* "" off, "-" stderr, else a file appended to (reopened on SIGHUP) */
   /* [proxy] */
   char *tcp_bind; /* "" disables the listener */
   char *tls_bind;
+  char *admin_bind; /* admin listener (metrics, stats, health, CA, status page); "" disables */
   struct strv filters;
   char *upstream_ca_file; /* "" for none */
   int upstream_insecure;

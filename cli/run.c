@@ -1,4 +1,5 @@
-/* Serving: store, filter set, proxy and listeners on one loop, stopped by SIGINT/SIGTERM.
+/* Serving: store, filter set, proxy and listeners on one loop, stopped by SIGINT/SIGTERM
+ * (SIGHUP reopens the access log).
  * The first signal closes the proxy gracefully; the close callback then closes the signal
  * handles so uv_run returns with nothing left on the loop. A second signal exits at once. */
 #include <signal.h>
@@ -6,19 +7,22 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "access_log.h"
 #include "log.h"
 #include "memory.h"
 #include "run.h"
 
 struct runner {
   uv_loop_t loop;
-  uv_signal_t sigint, sigterm;
+  uv_signal_t sigint, sigterm, sighup;
   int signals_started;
   int stopping;
   struct dduct_store *store;
   struct dduct_filter *filter;
   struct dduct_proxy *proxy;
   struct memory_trim trim;
+  struct access_log alog;
+  int alog_open;
 };
 
 static void proxy_closed_cb(struct dduct_proxy *p, void *user_data) {
@@ -27,6 +31,7 @@ static void proxy_closed_cb(struct dduct_proxy *p, void *user_data) {
   if (r->signals_started) {
     uv_close((uv_handle_t *)&r->sigint, NULL);
     uv_close((uv_handle_t *)&r->sigterm, NULL);
+    uv_close((uv_handle_t *)&r->sighup, NULL);
     r->signals_started = 0;
   }
 }
@@ -42,14 +47,23 @@ static void signal_cb(uv_signal_t *h, int signum) {
   dduct_proxy_close(r->proxy, proxy_closed_cb, r);
 }
 
+static void sighup_cb(uv_signal_t *h, int signum) {
+  struct runner *r = h->data;
+  (void)signum;
+  if (r->alog_open) access_log_reopen(&r->alog);
+}
+
 static int start_signals(struct runner *r) {
   int rc;
   uv_signal_init(&r->loop, &r->sigint);
   uv_signal_init(&r->loop, &r->sigterm);
-  r->sigint.data = r->sigterm.data = r;
+  uv_signal_init(&r->loop, &r->sighup);
+  r->sigint.data = r->sigterm.data = r->sighup.data = r;
   r->signals_started = 1;
   if ((rc = uv_signal_start(&r->sigint, signal_cb, SIGINT)) == 0)
     rc = uv_signal_start(&r->sigterm, signal_cb, SIGTERM);
+  if (rc == 0 && (rc = uv_signal_start(&r->sighup, sighup_cb, SIGHUP)) == 0)
+    uv_unref((uv_handle_t *)&r->sighup);
   if (rc != 0) log_line(DDUCT_LOG_ERROR, "main", "signals: %s", uv_strerror(rc));
   return rc;
 }
@@ -98,6 +112,32 @@ static void proxy_options(const struct config *cfg, struct dduct_proxy_options *
   o->parent_down_ms = cfg->parent_down_time * 1000u;
 }
 
+/* The admin listener is a convenience: when its address is taken dduct still proxies (the
+ * error says so); a malformed address was already refused by the config check. */
+static void listen_admin(struct runner *r, const char *addr) {
+  char err[512] = "";
+  int rc;
+  if (addr[0] == '\0') return;
+  rc = dduct_proxy_listen(r->proxy, DDUCT_LISTEN_ADMIN, addr, err, sizeof(err));
+  if (rc != 0)
+    log_line(DDUCT_LOG_ERROR, "admin", "Admin listening on %s: %s; serving without it", addr,
+             err[0] ? err : dduct_strerror(rc));
+}
+
+static int open_access_log(const struct config *cfg, struct runner *r,
+                           struct dduct_proxy_options *o) {
+  char err[600] = "";
+  if (cfg->access_log[0] == '\0') return 0;
+  if (access_log_open(&r->alog, &r->loop, cfg->access_log, err, sizeof(err)) != 0) {
+    log_line(DDUCT_LOG_ERROR, "main", "%s", err);
+    return 1;
+  }
+  r->alog_open = 1;
+  o->access_cb = access_log_record;
+  o->access_data = &r->alog;
+  return 0;
+}
+
 static int listen_one(struct runner *r, enum dduct_listen_kind kind, const char *addr) {
   char err[512] = "";
   int rc;
@@ -125,6 +165,7 @@ static int setup(const struct config *cfg, struct dduct_ca *ca, struct runner *r
   if ((rc = open_store(cfg, r)) != 0) return rc;
   if (build_filter(cfg, r) != 0) return 2;
   proxy_options(cfg, &o);
+  if (open_access_log(cfg, r, &o) != 0) return 1;
   rc = dduct_proxy_new(&r->loop, &o, ca, r->store, r->filter, &r->proxy, err, sizeof(err));
   if (rc != 0) {
     log_line(DDUCT_LOG_ERROR, "main", "%s", err[0] ? err : dduct_strerror(rc));
@@ -136,6 +177,7 @@ static int setup(const struct config *cfg, struct dduct_ca *ca, struct runner *r
   if (start_signals(r) != 0 || listen_one(r, DDUCT_LISTEN_TCP, cfg->tcp_bind) != 0 ||
       listen_one(r, DDUCT_LISTEN_TLS, cfg->tls_bind) != 0)
     return 1;
+  listen_admin(r, cfg->admin_bind);
   return 0;
 }
 
@@ -150,6 +192,7 @@ static int teardown(struct runner *r) {
     proxy_closed_cb(NULL, r);
   }
   uv_run(&r->loop, UV_RUN_DEFAULT);
+  if (r->alog_open) access_log_close(&r->alog); /* the proxy's last records are in */
   dduct_proxy_free(r->proxy);
   dduct_store_free(r->store);
   dduct_filter_free(r->filter);

@@ -167,6 +167,8 @@ struct dduct_store_stats {
   uint64_t bytes_served;     /* body bytes sent to clients from the store */
   uint64_t bytes_fetched;    /* body bytes received from origins into the store */
   uint64_t entries;          /* complete entries known since open */
+  uint64_t size_bytes;       /* data bytes of the complete entries (as far as known) */
+  uint64_t evictions;        /* entries removed to keep within the budget */
 };
 
 /* Create dir (0700) if missing, remove "*.part" leftovers of a previous run, log
@@ -182,6 +184,7 @@ DDUCT_EXTERN void dduct_store_free(struct dduct_store *s);
 /* ---- proxy -------------------------------------------------------------------------------- */
 
 struct dduct_proxy;
+struct dduct_access_record;
 
 enum dduct_revalidate {
   DDUCT_REVALIDATE_NEVER = 0,  /* hits never contact the origin */
@@ -237,6 +240,10 @@ struct dduct_proxy_options {
   const char *parent_ca_file; /* PEM trusted for the parents' listeners (with the system
                                  bundle); NULL: upstream_ca_file's */
   unsigned parent_down_ms;    /* a parent that failed is skipped this long; default 30 s */
+  /* Observability. Called on the loop thread once per finished request (tunnels and intercepted
+   * CONNECTs included) with a record borrowed for the call; NULL: no records are made. */
+  void (*access_cb)(void *user_data, const struct dduct_access_record *r);
+  void *access_data;
 };
 
 /* Fill o with the defaults above (pointers to static storage). */
@@ -253,6 +260,9 @@ DDUCT_EXTERN int dduct_proxy_new(uv_loop_t *loop, const struct dduct_proxy_optio
 enum dduct_listen_kind {
   DDUCT_LISTEN_TCP = 0, /* plain HTTP proxy: logs `Listening on addr` as "http_proxy" */
   DDUCT_LISTEN_TLS = 1, /* TLS first (server.crt), then the same protocol; "tls_mitm" */
+  DDUCT_LISTEN_ADMIN = 2, /* plain HTTP/1.1 admin surface, never a proxy: GET /metrics, /stats,
+                           * /healthz, /ca.crt and / (status page); allow_clients applies;
+                           * logs `Admin listening on addr` as "admin" */
 };
 
 /* Bind and listen on "a.b.c.d:port" or "[v6]:port". May be called several times. */
@@ -277,6 +287,101 @@ struct dduct_proxy_stats {
   uint64_t upstream_reuses; /* requests sent on a pooled keep-alive origin connection */
 };
 DDUCT_EXTERN void dduct_proxy_stats(const struct dduct_proxy *p, struct dduct_proxy_stats *out);
+
+/* ---- metrics ------------------------------------------------------------------------------ */
+
+/* Every figure the admin listener serves is also a library call: read them from the proxy's
+ * loop thread (plain counters, nothing is locked; a full read costs microseconds). */
+
+enum dduct_route {
+  DDUCT_ROUTE_CACHE = 0,     /* GET/HEAD matched by the filters */
+  DDUCT_ROUTE_FORWARD = 1,   /* forwarded uncached */
+  DDUCT_ROUTE_TUNNEL = 2,    /* blind CONNECT tunnel */
+  DDUCT_ROUTE_INTERCEPT = 3, /* CONNECT answered by dduct's TLS (the requests inside count apart) */
+  DDUCT_ROUTE_LOCAL = 4,     /* answered by dduct itself: admin pages, /ca.crt, refusals */
+  DDUCT_ROUTE_COUNT = 5,
+};
+/* "cache", "forward", "tunnel", "intercept", "local". */
+DDUCT_EXTERN const char *dduct_route_name(enum dduct_route r);
+
+enum dduct_cache_status {
+  DDUCT_CACHE_NONE = 0,        /* local answers, intercepted CONNECTs */
+  DDUCT_CACHE_HIT = 1,         /* served from a complete entry */
+  DDUCT_CACHE_MISS = 2,        /* started a fill */
+  DDUCT_CACHE_COLLAPSED = 3,   /* joined a fill in flight */
+  DDUCT_CACHE_REVALIDATED = 4, /* served from the cache after the origin confirmed it */
+  DDUCT_CACHE_STALE = 5,       /* served from the cache because the origin failed */
+  DDUCT_CACHE_BYPASS = 6,      /* not cacheable, or the cache handed it on: forwarded */
+  DDUCT_CACHE_TUNNEL = 7,      /* blind tunnel */
+  DDUCT_CACHE_STATUS_COUNT = 8,
+};
+/* "-", "HIT", "MISS", "COLLAPSED", "REVALIDATED", "STALE", "BYPASS", "TUNNEL". */
+DDUCT_EXTERN const char *dduct_cache_status_name(enum dduct_cache_status s);
+
+/* One finished request, for access logs. Strings are borrowed for the callback. */
+struct dduct_access_record {
+  int64_t time_us;          /* wall clock (unix microseconds) when the request head was routed */
+  const char *client;       /* "address:port" */
+  const char *method;
+  const char *url;          /* scheme://host[:port]/path?query (never credentials); for CONNECT
+                             * "host:port"; the target as sent when it could not be parsed */
+  int status;               /* status sent to the client (0: none, the connection was cut) */
+  uint64_t bytes;           /* body bytes sent to the client (both directions for tunnels) */
+  uint64_t duration_us;     /* routed .. response complete */
+  enum dduct_route route;
+  enum dduct_cache_status cache;
+  int origin_status;        /* the origin's status for this request, 0 when none was asked */
+  int64_t origin_us;        /* request start .. origin's response head; -1 when none */
+};
+
+/* r as one JSON object plus '\n' into buf[len] (NUL-terminated). Returns the line's length,
+ * or the length it needs (>= len: nothing usable was written), like snprintf. */
+DDUCT_EXTERN size_t dduct_access_record_json(const struct dduct_access_record *r, char *buf,
+                                             size_t len);
+
+enum dduct_metric_type {
+  DDUCT_METRIC_COUNTER = 0,
+  DDUCT_METRIC_GAUGE = 1,
+  DDUCT_METRIC_HISTOGRAM = 2,
+};
+
+struct dduct_histogram {
+  size_t nbounds;        /* upper bounds, increasing; a +Inf bucket follows them */
+  const double *bounds;
+  const uint64_t *counts; /* nbounds + 1 counts, per bucket (not cumulative) */
+  uint64_t count;
+  double sum;
+};
+
+/* One sample: samples of a family come one after another. Everything is borrowed for the
+ * callback. */
+struct dduct_metric {
+  const char *name; /* family, Prometheus style: "dduct_requests_total" */
+  const char *help;
+  enum dduct_metric_type type;
+  size_t nlabels;
+  const char *const *label_names;
+  const char *const *label_values;
+  double value;                        /* counters and gauges */
+  const struct dduct_histogram *hist;  /* histograms */
+};
+
+/* Also walk the process_* figures (CPU, RSS, open fds, start time: Linux /proc). */
+#define DDUCT_METRICS_PROCESS 1u
+
+/* Call cb for every sample of p (and its store); a non-zero return from cb stops the walk and
+ * is returned. Counters with labels appear once they are non-zero. */
+typedef int (*dduct_metric_cb)(void *user_data, const struct dduct_metric *m);
+DDUCT_EXTERN int dduct_proxy_metrics_each(const struct dduct_proxy *p, unsigned flags,
+                                          dduct_metric_cb cb, void *user_data);
+
+/* The same as Prometheus text exposition 0.0.4, or as a JSON document (the /stats body: the
+ * metrics plus fills in flight, recent errors, the last hour per minute and the top entries).
+ * *out is malloc'd and NUL-terminated (free() it), *len its length. 0 or DDUCT_ENOMEM. */
+DDUCT_EXTERN int dduct_proxy_metrics_prometheus(const struct dduct_proxy *p, unsigned flags,
+                                                char **out, size_t *len);
+DDUCT_EXTERN int dduct_proxy_stats_json(const struct dduct_proxy *p, unsigned flags, char **out,
+                                        size_t *len);
 
 #ifdef __cplusplus
 }

@@ -53,6 +53,7 @@ struct job {
   struct creq *first; /* the client that caused the fill, while it waits for the answer */
   char *url;
   int began, pass, paused, starting, finished;
+  uint64_t t0; /* uv_hrtime when started */
 };
 
 static void finish(struct creq *q);
@@ -88,6 +89,7 @@ static void job_free(struct job *j) {
   else if (jobs == j) jobs = j->next;
   if (j->next != NULL) j->next->prev = j->prev;
   uv_mutex_unlock(&jobs_lock);
+  j->p->metrics.fills_in_flight--;
   if (j->first != NULL) j->first->job = NULL;
   free(j->url);
   free(j);
@@ -119,6 +121,23 @@ void dduct__cache_shutdown(struct dduct_proxy *p) {
     }
     job_free(j);
   }
+}
+
+void dduct__cache_each_fill(const struct dduct_proxy *p,
+                            void (*cb)(void *arg, const struct dduct__fill_info *fi), void *arg) {
+  uv_once(&jobs_once, jobs_init);
+  uv_mutex_lock(&jobs_lock);
+  for (struct job *j = jobs; j != NULL; j = j->next) {
+    struct dduct__fill_info fi = {j->url, 0, UINT64_MAX, 0, j->t0};
+    if (j->p != p || j->pass) continue;
+    if (j->e != NULL && j->began) {
+      dduct__store_entry_progress(j->e, &fi.received, &fi.expected, &fi.readers);
+      fi.readers--; /* the filler's own reference */
+      if (fi.expected == DDUCT__STORE_SIZE_UNKNOWN) fi.expected = UINT64_MAX;
+    }
+    cb(arg, &fi);
+  }
+  uv_mutex_unlock(&jobs_lock);
 }
 
 /* ---- helpers ------------------------------------------------------------------------------ */
@@ -159,6 +178,7 @@ static const char *peer(const struct creq *q) {
 /* Hand the request back to the engine, which forwards it uncached. */
 static void decline(struct creq *q) {
   struct dduct_conn *c = q->c;
+  if (c != NULL) dduct__conn_txn(c)->cache = DDUCT_CACHE_BYPASS;
   q->c = NULL;
   finish(q);
   if (c != NULL) dduct__conn_decline(c);
@@ -366,6 +386,7 @@ static int prepare(struct creq *q, struct answer *a) {
   char etag[80 + 8], crange[96] = "";
   const char *inm = hget(q->rh, "If-None-Match");
   int rc;
+  dduct__stats_entry_served(&q->p->metrics, m->url, m->size);
   if (m->etag[0]) snprintf(etag, sizeof(etag), "%s", m->etag);
   else if (m->digest[0]) snprintf(etag, sizeof(etag), "\"%s\"", m->digest);
   else etag[0] = '\0';
@@ -460,6 +481,7 @@ static int origin_agrees(struct creq *q, const struct dduct_http_head *h) {
 static void reval_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, int64_t cl) {
   struct creq *q = dduct__fetch_data(f);
   q->reval_status = h->status;
+  if (q->c != NULL) dduct__txn_origin(dduct__conn_txn(q->c), h->status, dduct__conn_txn(q->c)->t0);
   q->reval_agrees = h->status >= 200 && h->status < 300 && origin_agrees(q, h);
 }
 
@@ -475,6 +497,7 @@ static void reval_on_done(struct dduct_fetch *f, int status, const char *why) {
              why != NULL ? why : dduct_strerror(status));
     decline(q);
   } else if (st >= 200 && st < 300 && agrees) {
+    if (q->c != NULL) dduct__conn_txn(q->c)->cache = DDUCT_CACHE_REVALIDATED;
     serve(q);
   } else if (st >= 200 && st < 300 && !q->refreshed) {
     LOG_INFO(LOG_MOD, "Changed at origin \"%s\": fetching it again", q->url);
@@ -579,6 +602,8 @@ static void job_pass(struct job *j, const struct dduct_http_head *h, int64_t cl)
 static void job_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, int64_t cl) {
   struct job *j = dduct__fetch_data(f);
   const char *ce = hget(h, "Content-Encoding");
+  if (j->first != NULL && j->first->c != NULL)
+    dduct__txn_origin(dduct__conn_txn(j->first->c), h->status, dduct__conn_txn(j->first->c)->t0);
   if (h->status == 200 && (ce == NULL || strcasecmp(ce, "identity") == 0))
     job_begin(j, h, cl);
   else
@@ -661,8 +686,11 @@ static void start_job(struct creq *q, struct dduct__store_entry *e) {
   j->p = q->p;
   j->e = e;
   j->first = q;
+  j->t0 = uv_hrtime();
   q->job = j;
   job_link(j);
+  j->p->metrics.fills_started++;
+  j->p->metrics.fills_in_flight++;
   origin_request(q, "GET", &h, &fr);
   j->starting = 1;
   rc = dduct__fetch_start(q->p->up, &fr, &job_cbs, j, &j->f);
@@ -715,12 +743,15 @@ static void lookup_cb(void *arg, enum dduct__store_role role, struct dduct__stor
       break;
     }
     q->e = e;
+    if (q->c != NULL)
+      dduct__conn_txn(q->c)->cache = role == DDUCT__STORE_HIT ? DDUCT_CACHE_HIT : DDUCT_CACHE_COLLAPSED;
     LOG_INFO(LOG_MOD, "Hit \"%s\" for %s%s", q->url, peer(q),
              role == DDUCT__STORE_FOLLOW ? " (while filling)" : "");
     if (q->p->o.revalidate == DDUCT_REVALIDATE_ALWAYS && !q->refreshed) revalidate(q);
     else serve(q);
     break;
   case DDUCT__STORE_FILL:
+    if (q->c != NULL) dduct__conn_txn(q->c)->cache = DDUCT_CACHE_MISS;
     LOG_INFO(LOG_MOD, "Miss \"%s\" for %s", q->url, peer(q));
     start_job(q, e);
     break;
@@ -791,6 +822,7 @@ static int serve_hot(struct dduct_proxy *p, struct dduct_conn *c, const struct d
   tmp.e = e;
   tmp.is_head = req->is_head;
   tmp.rh = req->head;
+  dduct__conn_txn(c)->cache = DDUCT_CACHE_HIT;
   if (prepare(&tmp, &a) != 0) {
     dduct__store_entry_release(e);
     return 0;

@@ -25,4 +25,8 @@ int dduct__cache_handle(struct dduct_proxy *p, struct dduct_conn *c,
  * entries are discarded, never half-stored. */
 void dduct__cache_shutdown(struct dduct_proxy *p);
 
+/* Call cb for each of p's fills in flight (for /stats). */
+void dduct__cache_each_fill(const struct dduct_proxy *p,
+                            void (*cb)(void *arg, const struct dduct__fill_info *fi), void *arg);
+
 #endif

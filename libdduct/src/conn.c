@@ -19,6 +19,7 @@
 #include "cache.h"
 #include "conn.h"
 #include "internal.h"
+#include "admin.h"
 #include "proxy.h"
 #include "tls.h"
 #include "upstream.h"
@@ -54,6 +55,8 @@ struct dduct_conn {
   int tls_listener;
   int draining;
   int denied; /* outside allow_clients: every request gets 403 */
+  int admin;  /* from the admin listener: local pages only, never proxied */
+  struct dduct__txn txn; /* the current request's facts (metrics, access log) */
   char peer[64];
   /* Input. */
   char *in;
@@ -92,6 +95,7 @@ struct dduct_conn {
 static void process(struct dduct_conn *c);
 static void update_reading(struct dduct_conn *c);
 static void conn_close(struct dduct_conn *c);
+static void book(struct dduct_conn *c);
 static void respond_error(struct dduct_conn *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -164,6 +168,7 @@ static void stream_close_cb(struct dduct_stream *s) {
 static void conn_close(struct dduct_conn *c) {
   const struct dduct_conn_handler *h = c->h;
   if (c->state == C_CLOSED) return;
+  if (c->state == C_BUSY || c->state == C_CONNECTING || c->state == C_TUNNEL) book(c);
   c->state = C_CLOSED;
   c->h = NULL;
   if (h != NULL && h->on_abort != NULL) h->on_abort(c->harg);
@@ -335,8 +340,36 @@ static void reset_request(struct dduct_conn *c) {
   c->head_started = c->in_len > 0;
 }
 
+/* The URL for the access record: never credentials (it is rebuilt from the parts). */
+static const char *record_url(struct dduct_conn *c, char *buf, size_t len) {
+  const struct dduct_request *r = &c->req;
+  int v6;
+  if (r->host == NULL) return dduct__http_target(&c->parser.head);
+  v6 = strchr(r->host, ':') != NULL;
+  if (c->txn.route == DDUCT_ROUTE_TUNNEL || c->txn.route == DDUCT_ROUTE_INTERCEPT)
+    snprintf(buf, len, "%s%s%s:%u", v6 ? "[" : "", r->host, v6 ? "]" : "", r->port);
+  else
+    snprintf(buf, len, "%s://%s%s%s:%u%s", r->https ? "https" : "http", v6 ? "[" : "", r->host,
+             v6 ? "]" : "", r->port, r->path != NULL ? r->path : "");
+  return buf;
+}
+
+/* The request ended (answered, cut, or its client left): metrics and the access record. */
+static void book(struct dduct_conn *c) {
+  struct dduct__txn_end e;
+  char url[4096];
+  if (c->txn.booked || c->txn.t0 == 0) return;
+  e.client = c->peer;
+  e.method = c->req.method != NULL ? c->req.method : dduct__http_method(&c->parser.head);
+  e.url = c->p->o.access_cb != NULL ? record_url(c, url, sizeof(url)) : NULL;
+  e.status = c->status;
+  e.bytes = c->resp_bytes;
+  dduct__stats_txn_done(c->p, &c->txn, &e);
+}
+
 static void log_request(struct dduct_conn *c) {
   const struct dduct_http_head *h = &c->parser.head;
+  book(c);
   if (!dduct__enabled(DDUCT_LOG_DEBUG)) return;
   if (c->req.host == NULL) {
     dduct__log(DDUCT_LOG_DEBUG, "http_proxy", "%s %s %.200s -> %d", c->peer,
@@ -586,6 +619,10 @@ const char *dduct__conn_peer(const struct dduct_conn *c) {
   return c->peer;
 }
 
+struct dduct__txn *dduct__conn_txn(struct dduct_conn *c) {
+  return &c->txn;
+}
+
 struct dduct_conn *dduct__conn_next(struct dduct_conn *c) {
   return c->next;
 }
@@ -606,6 +643,7 @@ static void respond_error(struct dduct_conn *c, int status, const char *fmt, ...
   body[n++] = '\n';
   body[n] = '\0';
   c->p->stats.errors++;
+  dduct__stats_error(&c->p->metrics, status, c->peer, body);
   if (c->resp_started || c->state == C_CLOSED) {
     conn_close(c);
     return;
@@ -632,6 +670,7 @@ static void fwd_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, 
    * of the body has nowhere to go (that origin connection is not reused), and the upload may
    * be blocked by our backpressure, so close after this answer instead of waiting for it. */
   if (c->req_body_wanted) c->keep_alive = 0;
+  dduct__txn_origin(&c->txn, h->status, c->txn.t0);
   if (dduct__conn_send_head(c, h->status, dduct__http_reason(h), h, cl) != 0) conn_close(c);
 }
 
@@ -780,6 +819,9 @@ static void intercept(struct dduct_conn *c, const char *host, uint16_t port) {
   snprintf(c->ihost, sizeof(c->ihost), "%s", host);
   c->iport = port;
   c->p->stats.intercepts++;
+  c->txn.route = DDUCT_ROUTE_INTERCEPT;
+  c->status = 200;
+  book(c);
   LOG_DEBUG("tls_mitm", "%s CONNECT %s:%u intercepted", c->peer, host, port);
   /* A fresh parser for the requests inside the tunnel. */
   dduct__http_parser_free(&c->parser);
@@ -831,6 +873,7 @@ static void tunnel_pipe(struct dduct_conn *c, struct dduct_stream *from, struct 
     return;
   }
   uv_timer_again(&c->timer);
+  c->resp_bytes += (uint64_t)nread;
   if (dduct__stream_write(to, data, (size_t)nread, tunnel_write_cb, c) != 0) {
     conn_close(c);
     return;
@@ -863,6 +906,7 @@ static void tunnel_connected(void *arg, struct dduct_stream *up, int status, con
   up->data = c;
   c->handles++; /* closed with the connection */
   c->state = C_TUNNEL;
+  c->txn.cache = DDUCT_CACHE_TUNNEL;
   c->p->stats.tunnels++;
   c->status = 200;
   LOG_DEBUG("http_proxy", "%s CONNECT %s:%u tunnel", c->peer, c->rhost, c->req.port);
@@ -907,6 +951,8 @@ static void route_connect(struct dduct_conn *c) {
     respond_error(c, 403, "CONNECT to port %u is not allowed", port);
     return;
   }
+  c->txn.route = DDUCT_ROUTE_TUNNEL;
+  c->txn.cache = DDUCT_CACHE_TUNNEL;
   c->state = C_CONNECTING;
   rc = dduct__upstream_connect(c->p->up, host, port, tunnel_connected, c, &c->cn);
   if (rc != 0) respond_error(c, 503, "CONNECT %s:%u: %s", host, port, dduct_strerror(rc));
@@ -936,6 +982,7 @@ static void route(struct dduct_conn *c) {
 
   c->state = C_BUSY;
   c->t0 = uv_now(c->p->loop);
+  dduct__txn_begin(&c->txn, DDUCT_ROUTE_LOCAL);
   c->p->stats.requests++;
   c->keep_alive = dduct__http_parser_keep_alive(&c->parser) && !c->draining;
   c->req.head = h;
@@ -956,8 +1003,16 @@ static void route(struct dduct_conn *c) {
                   dduct__http_get(h, "Transfer-Encoding"));
     return;
   }
+  if (c->admin) {
+    dduct__admin_handle(c, dduct__http_target(h), 1);
+    return;
+  }
   if (strcmp(c->req.method, "CONNECT") == 0) {
     route_connect(c);
+    return;
+  }
+  if (!c->tls_listener && !c->intercepted && dduct__admin_is_local(c->p, dduct__http_target(h))) {
+    dduct__admin_handle(c, dduct__http_target(h), 0); /* e.g. curl http://dduct:8000/ca.crt */
     return;
   }
   status = resolve_target(c);
@@ -973,9 +1028,14 @@ static void route(struct dduct_conn *c) {
     dduct__http_remove(h, "Upgrade");
     c->keep_alive = 0;
   }
+  c->txn.route = DDUCT_ROUTE_FORWARD;
+  c->txn.cache = DDUCT_CACHE_BYPASS;
   /* ---- cache hook (issue 4): see cache.h ---- */
 #if DDUCT_CACHE_HOOK
-  if (cacheable(c) && dduct__cache_handle(c->p, c, &c->req)) return;
+  if (cacheable(c)) {
+    c->txn.route = DDUCT_ROUTE_CACHE;
+    if (dduct__cache_handle(c->p, c, &c->req)) return;
+  }
 #else
   (void)cacheable;
 #endif
@@ -1022,6 +1082,7 @@ static void parse_error(struct dduct_conn *c, int rc) {
   if (c->state == C_HEAD) {
     c->state = C_BUSY;
     c->t0 = uv_now(c->p->loop);
+    dduct__txn_begin(&c->txn, DDUCT_ROUTE_LOCAL);
     if (rc == DDUCT_ETOOBIG)
       respond_error(c, 431, "request head larger than %u bytes", DDUCT_HTTP_HEAD_MAX);
     else
@@ -1131,7 +1192,8 @@ static void client_read_cb(struct dduct_stream *s, ssize_t nread, const char *da
 
 /* ---- accept ------------------------------------------------------------------------------- */
 
-void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int tls) {
+void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int kind) {
+  int tls = kind == DDUCT_LISTEN_TLS;
   struct sockaddr_storage ss;
   int len = sizeof(ss);
   struct dduct_conn *c = calloc(1, sizeof(*c));
@@ -1158,6 +1220,7 @@ void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int tls) {
   dduct__http_parser_init(&c->parser, 0, &req_cbs, c);
   c->state = C_HEAD;
   c->tls_listener = tls;
+  c->admin = kind == DDUCT_LISTEN_ADMIN;
   if (uv_accept(server, (uv_stream_t *)h) != 0) {
     conn_close(c);
     return;

@@ -52,8 +52,8 @@ struct dduct_conn_handler {
 
 typedef void (*dduct_conn_write_cb)(void *arg, int status);
 
-/* Accept a connection from a listener (called by proxy). */
-void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int tls);
+/* Accept a connection from a listener of kind (enum dduct_listen_kind; called by proxy). */
+void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int kind);
 /* Shutdown: idle connections close now, busy ones after their current response. */
 void dduct__conn_drain(struct dduct_conn *c);
 /* Force-close (end of the grace period). */
@@ -83,5 +83,8 @@ const struct dduct_request *dduct__conn_request(const struct dduct_conn *c);
 struct dduct_proxy *dduct__conn_proxy(const struct dduct_conn *c);
 /* A short description of the client ("127.0.0.1:5555") for logs. */
 const char *dduct__conn_peer(const struct dduct_conn *c);
+/* The current request's facts for metrics and the access log (stats.h): handlers set the cache
+ * status and the origin's answer there. */
+struct dduct__txn *dduct__conn_txn(struct dduct_conn *c);
 
 #endif

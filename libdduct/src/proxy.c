@@ -166,6 +166,7 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
   uc.stat_reuses = &p->stats.upstream_reuses;
   uc.proxy = &p->uproxy;
   uc.parent_tls = p->tls_parent;
+  uc.stats = &p->metrics;
   return dduct__upstream_new(&uc, &p->up);
 }
 
@@ -188,6 +189,7 @@ int dduct_proxy_new(uv_loop_t *loop, const struct dduct_proxy_options *o, struct
   p->ca = ca;
   p->store = store;
   p->filter = filter;
+  dduct__stats_init(&p->metrics);
   rc = build(p, o, err, errlen);
   if (rc != 0) {
     if (err != NULL && errlen > 0 && err[0] == '\0') dduct__errf(rc, err, errlen, "%s", dduct_strerror(rc));
@@ -264,7 +266,7 @@ static void connection_cb(uv_stream_t *server, int status) {
     l->waiting = 1;
     return;
   }
-  dduct__conn_accept(p, server, l->kind == DDUCT_LISTEN_TLS);
+  dduct__conn_accept(p, server, l->kind);
 }
 
 static int parse_listen_addr(const char *addr, struct sockaddr_storage *ss) {
@@ -316,7 +318,8 @@ int dduct_proxy_listen(struct dduct_proxy *p, enum dduct_listen_kind kind, const
     return dduct__errf(rc, err, errlen, "listen %s: %s", addr, uv_strerror(rc));
   }
   load_local_addresses(p);
-  LOG_INFO(kind == DDUCT_LISTEN_TLS ? "tls_mitm" : "http_proxy", "Listening on %s", addr);
+  if (kind == DDUCT_LISTEN_ADMIN) LOG_INFO("admin", "Admin listening on %s", addr);
+  else LOG_INFO(kind == DDUCT_LISTEN_TLS ? "tls_mitm" : "http_proxy", "Listening on %s", addr);
   return 0;
 }
 
@@ -329,7 +332,7 @@ void dduct__proxy_conn_gone(struct dduct_proxy *p, struct dduct_conn *c) {
     for (struct dduct_listener *l = p->listeners; l != NULL; l = l->next) {
       if (l->waiting == 1 && p->nconns < p->o.max_connections) {
         l->waiting = 0;
-        dduct__conn_accept(p, (uv_stream_t *)&l->tcp, l->kind == DDUCT_LISTEN_TLS);
+        dduct__conn_accept(p, (uv_stream_t *)&l->tcp, l->kind);
       }
     }
   }

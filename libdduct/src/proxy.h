@@ -8,6 +8,7 @@
 #include "chain.h"
 #include "dduct.h"
 #include "resolve.h"
+#include "stats.h"
 
 struct dduct_conn;
 struct dduct_upstream;
@@ -49,6 +50,7 @@ struct dduct_proxy {
   struct sockaddr_storage *local; /* this host's interface addresses (loop detection) */
   size_t nlocal;
   struct dduct_proxy_stats stats;
+  struct dduct__stats metrics;  /* issue 13: stats.h */
   uint64_t last_emfile_log;
   uint64_t last_denied_log; /* a denied tls_bind client closed at accept, logged once a second */
   /* Shutdown. */

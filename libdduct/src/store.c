@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "sha256.h"
+#include "stats.h"
 #include "store.h"
 
 #define NBUCKETS 256
@@ -170,6 +171,7 @@ struct dduct_store {
   struct list watched;  /* entries with a watch */
   size_t body_bytes;    /* bodies held in memory */
   uint64_t name_checks; /* stats of an entry's name by hot lookups */
+  uint64_t fill_failures[DDUCT__FF_COUNT]; /* by dduct__fill_fail_reason */
 };
 
 static void entry_ref(struct dduct__store_entry *e) {
@@ -885,6 +887,7 @@ int dduct__store_fill_begin(struct dduct__store_entry *e, const struct dduct__st
 
 void dduct__store_fill_cancel(struct dduct__store_entry *e, int why) {
   if (e == NULL) return;
+  if (e->state == ST_PENDING && why != 0) e->s->fill_failures[dduct__fill_fail_reason(why)]++;
   if (e->state == ST_PENDING) entry_kill(e, why);
   dduct__store_entry_release(e);
 }
@@ -897,6 +900,7 @@ static void log_discard(struct dduct__store_entry *e, int why) {
 static void abort_fill(struct dduct__store_entry *e, int why) {
   if (e->state != ST_FILLING) return;
   e->s->stats.fills_discarded++;
+  e->s->fill_failures[dduct__fill_fail_reason(why)]++;
   log_discard(e, why);
   degrade(e->s, why);
   entry_kill(e, why);
@@ -1449,6 +1453,17 @@ int dduct_store_open(uv_loop_t *loop, const char *dir, struct dduct_store **out,
 void dduct_store_stats(const struct dduct_store *s, struct dduct_store_stats *out) {
   if (s == NULL || out == NULL) return;
   *out = s->stats;
+}
+
+void dduct__store_fill_failures(const struct dduct_store *s, uint64_t *out) {
+  memcpy(out, s->fill_failures, sizeof(s->fill_failures));
+}
+
+void dduct__store_entry_progress(const struct dduct__store_entry *e, uint64_t *received,
+                                 uint64_t *expected, int *users) {
+  *received = e->fill != NULL ? e->fill->received : e->avail;
+  *expected = e->state == ST_PENDING ? DDUCT__STORE_SIZE_UNKNOWN : e->meta.size;
+  *users = e->refs;
 }
 
 const char *dduct_store_dir(const struct dduct_store *s) {

@@ -199,6 +199,12 @@ int dduct__store_degraded(struct dduct_store *s);
 /* How long a disk error keeps the store degraded (default 30 s); for tests and options. */
 void dduct__store_set_degrade_ms(struct dduct_store *s, uint64_t ms);
 uv_loop_t *dduct__store_loop(struct dduct_store *s);
+/* Fills not stored, counted by enum dduct__fill_fail (stats.h): out has DDUCT__FF_COUNT slots. */
+void dduct__store_fill_failures(const struct dduct_store *s, uint64_t *out);
+/* A fill's progress for /stats: bytes received so far, the announced size
+ * (DDUCT__STORE_SIZE_UNKNOWN: none yet) and the references held (filler, lookups, readers). */
+void dduct__store_entry_progress(const struct dduct__store_entry *e, uint64_t *received,
+                                 uint64_t *expected, int *users);
 
 /* ---- disk operations (store_disk.c; blocking, run on the thread pool) --------------------- */
 

@@ -54,12 +54,14 @@ struct dduct_tls_server_conf {
   mbedtls_ssl_config conf;
   mbedtls_ssl_ticket_context ticket;
   struct dduct_ca *ca;
+  uint64_t handshakes[2]; /* failed, ok */
 };
 
 struct dduct_tls_client_conf {
   mbedtls_ssl_config conf;
   mbedtls_x509_crt roots;
   int insecure;
+  uint64_t handshakes[2];
 };
 
 /* ---- memory bio ------------------------------------------------------------------------- */
@@ -393,6 +395,7 @@ void dduct__tls_describe(struct tls_stream *t, int rc) {
 
 void dduct__tls_fail(struct tls_stream *t, int code) {
   dduct_tls_handshake_cb cb = t->hs_cb;
+  if (!t->handshaken && !t->failed) t->handshakes[0]++;
   t->failed = 1;
   (void)flush(t, NULL, NULL); /* the alert, if any */
   if (!t->handshaken && cb != NULL) {
@@ -452,6 +455,7 @@ static int handshake(struct tls_stream *t) {
   dduct__ca_leaf_put(t->leaf); /* mbedTLS dropped its pointers with the handshake state */
   t->leaf = NULL;
   dduct__tls_offload_ready(t);
+  t->handshakes[1]++;
   own_records_setup(t);
   if (t->hs_cb != NULL) {
     dduct_tls_handshake_cb cb = t->hs_cb;
@@ -739,6 +743,7 @@ struct dduct_stream *dduct__tls_server_new(struct dduct_tls_server_conf *c,
   struct tls_stream *t = tls_new(&c->conf, lower);
   if (t == NULL) return NULL;
   t->server = 1;
+  t->handshakes = c->handshakes;
   if (forced_host != NULL) {
     mbedtls_x509_crt *chain;
     mbedtls_pk_context *key;
@@ -832,6 +837,7 @@ struct dduct_stream *dduct__tls_client_new(struct dduct_tls_client_conf *c,
   struct tls_stream *t = tls_new(&c->conf, lower);
   struct in6_addr a6;
   if (t == NULL) return NULL;
+  t->handshakes = c->handshakes;
   if (inet_pton(AF_INET, host, t->vip) == 1) {
     t->vip_len = 4;
   } else if (inet_pton(AF_INET6, host, &a6) == 1) {
@@ -863,4 +869,12 @@ void dduct__tls_on_handshake(struct dduct_stream *s, dduct_tls_handshake_cb cb, 
     (void)handshake(t);
     if (!t->failed) (void)dduct__stream_read_start(t->lower, lower_read_cb);
   }
+}
+
+void dduct__tls_server_handshakes(const struct dduct_tls_server_conf *c, uint64_t out[2]) {
+  if (c != NULL) memcpy(out, c->handshakes, sizeof(c->handshakes));
+}
+
+void dduct__tls_client_handshakes(const struct dduct_tls_client_conf *c, uint64_t out[2]) {
+  if (c != NULL) memcpy(out, c->handshakes, sizeof(c->handshakes));
 }

@@ -46,6 +46,9 @@ void dduct__tls_server_conf_free(struct dduct_tls_server_conf *c);
 int dduct__tls_client_conf_new(const char *system_ca_file, const char *extra_ca_file, int insecure,
                                struct dduct_tls_client_conf **out, char *err, size_t errlen);
 void dduct__tls_client_conf_free(struct dduct_tls_client_conf *c);
+/* Handshakes of the layers made from a conf: out[0] failed, out[1] completed (metrics). */
+void dduct__tls_server_handshakes(const struct dduct_tls_server_conf *c, uint64_t out[2]);
+void dduct__tls_client_handshakes(const struct dduct_tls_client_conf *c, uint64_t out[2]);
 
 /* Put a TLS server layer on top of lower (which it then owns). pre[0..prelen) are bytes already
  * read from lower (a ClientHello that arrived right behind the CONNECT head); they are copied.

@@ -56,6 +56,7 @@ struct tls_stream {
   int server;
   int handshaken;
   int failed;
+  uint64_t *handshakes; /* the conf's counters: [0] failed, [1] ok */
   int lower_eof; /* 0, or the UV_EOF/error the lower layer reported */
   int eof_delivered;
   char *forced_host;

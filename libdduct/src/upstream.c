@@ -61,6 +61,7 @@ struct uconn {
   int got_bytes;                 /* response bytes seen for the current request */
   int reused;
   int done_msg;                  /* the response message completed */
+  uint64_t t0;                   /* uv_hrtime at creation: connect time (metrics) */
   char why[300];
 };
 
@@ -187,6 +188,7 @@ static const char *hop_label(const struct uconn *c, char *buf, size_t cap) {
 static struct uconn *uconn_new(struct dduct_upstream *u, int https, const char *host,
                                uint16_t port, const struct dduct_parent *parent) {
   struct uconn *c = calloc(1, sizeof(*c));
+  if (c != NULL) c->t0 = uv_hrtime();
   if (c == NULL) return NULL;
   if (uv_timer_init(u->cfg.loop, &c->timer) != 0) {
     free(c);
@@ -303,6 +305,7 @@ static void ready(struct uconn *c) {
   struct dduct_upstream *u = c->u;
   uv_timer_stop(&c->timer);
   if (u->cfg.stat_connects != NULL) (*u->cfg.stat_connects)++;
+  if (u->cfg.stats != NULL) dduct__stats_connect_time(u->cfg.stats, c->t0);
   if (c->raw != NULL) {
     struct dduct_connect *raw = c->raw;
     struct dduct_stream *s = c->s;
@@ -670,6 +673,7 @@ static int resp_on_head(struct dduct_http_parser *p) {
                  "for %s", x->shown, x->user, f->url);
     return 1;
   }
+  if (f->u->cfg.stats != NULL) dduct__stats_upstream(f->u->cfg.stats, p->head.status);
   if (redirectable(f, p->head.status)) {
     const char *loc = dduct__http_get(&p->head, "Location");
     if (loc != NULL && f->https && strncasecmp(loc, "http://", 7) == 0) {

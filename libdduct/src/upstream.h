@@ -39,6 +39,7 @@
 
 #include "http.h"
 #include "resolve.h"
+#include "stats.h"
 #include "stream.h"
 
 struct dduct_upstream;
@@ -63,6 +64,7 @@ struct dduct_upstream_config {
    * the host (NULL or an empty one: direct); parents are reached with parent_tls. */
   const struct dduct_uproxy *proxy;
   struct dduct_tls_client_conf *parent_tls;
+  struct dduct__stats *stats; /* responses by code, connect times (may be NULL) */
 };
 
 int dduct__upstream_new(const struct dduct_upstream_config *cfg, struct dduct_upstream **out);

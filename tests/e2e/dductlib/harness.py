@@ -34,6 +34,7 @@ DDUCT_CA_CN = "dduct e2e CA"
 # "ERROR ... Listening on ADDR: listen ADDR: address already in use" and dduct exits: that line
 # must not count (it did, and a port taken between probe and bind became a flaky test).
 LISTENING = re.compile(r"^\[[^]]* INFO +dduct::[a-z_]+\] Listening on \S+$", re.M)
+ADMIN_LISTENING = re.compile(r"^\[[^]]* INFO +dduct::admin\] Admin listening on \S+$", re.M)
 
 
 class TestFailure(AssertionError):
@@ -136,7 +137,8 @@ class Dduct:
     """One dduct process. Use as a context manager: stop() asserts a clean exit on the way out."""
 
     def __init__(self, rig, proxy=None, misc=None, tcp=True, tls=True, env=None,
-                 nofile=None, name="dduct", cert_dir=None, tls_port=None, host="127.0.0.1"):
+                 nofile=None, name="dduct", cert_dir=None, tls_port=None, host="127.0.0.1",
+                 admin=False):
         self.rig = rig
         self.host = host  # the listeners' address (a cluster uses 127.0.0.x)
         self.dir = tempfile.mkdtemp(prefix=name + "-", dir=rig.tmp)
@@ -148,6 +150,8 @@ class Dduct:
         self.ca_crt = os.path.join(self.cert_dir, "ca.crt")
         self.want_tcp = tcp
         self.want_tls = tls
+        self.want_admin = admin  # the admin listener (off unless asked: the default port is fixed)
+        self.admin_port = None
         self.proxy_overrides = proxy or {}
         self.misc_overrides = misc or {}
         self.extra_env = env or {}
@@ -161,6 +165,7 @@ class Dduct:
         proxy = {
             "tcp_bind": "%s:%d" % (self.host, self.tcp_port) if self.want_tcp else "",
             "tls_bind": "%s:%d" % (self.host, self.tls_port) if self.want_tls else "",
+            "admin_bind": "127.0.0.1:%d" % self.admin_port if self.want_admin else "",
             "upstream_ca_file": self.rig.pki.ca_crt,
             "resolve": ["%s:127.0.0.1" % n for n in PIN_NAMES],
             "connect_any_port": True,
@@ -177,6 +182,7 @@ class Dduct:
     def _spawn(self):
         self.tcp_port = free_port(self.host)
         self.tls_port = self.fixed_tls_port or free_port(self.host)
+        self.admin_port = free_port() if self.want_admin else None
         self.cfg_path = os.path.join(self.dir, "dduct.toml")
         with open(self.cfg_path, "w") as f:
             f.write(self.config())
@@ -208,7 +214,8 @@ class Dduct:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 text = self.log()
-                if len(LISTENING.findall(text)) >= want:
+                if len(LISTENING.findall(text)) >= want and (
+                        not self.want_admin or ADMIN_LISTENING.search(text)):
                     return self
                 if self.proc.poll() is not None:
                     break
@@ -310,6 +317,10 @@ class Dduct:
     @property
     def https_proxy(self):
         return "https://%s:%d" % (self.host, self.tls_port)
+
+    @property
+    def admin_url(self):
+        return "http://127.0.0.1:%d" % self.admin_port
 
 
 def via(d, kind):
