@@ -132,7 +132,6 @@ void dduct__cache_each_fill(const struct dduct_proxy *p,
     if (j->p != p || j->pass) continue;
     if (j->e != NULL && j->began) {
       dduct__store_entry_progress(j->e, &fi.received, &fi.expected, &fi.readers);
-      fi.readers--; /* the filler's own reference */
       if (fi.expected == DDUCT__STORE_SIZE_UNKNOWN) fi.expected = UINT64_MAX;
     }
     cb(arg, &fi);
@@ -386,7 +385,6 @@ static int prepare(struct creq *q, struct answer *a) {
   char etag[80 + 8], crange[96] = "";
   const char *inm = hget(q->rh, "If-None-Match");
   int rc;
-  dduct__stats_entry_served(&q->p->metrics, m->url, m->size);
   if (m->etag[0]) snprintf(etag, sizeof(etag), "%s", m->etag);
   else if (m->digest[0]) snprintf(etag, sizeof(etag), "\"%s\"", m->digest);
   else etag[0] = '\0';
@@ -435,6 +433,8 @@ static void serve(struct creq *q) {
     finish(q);
     return;
   }
+  dduct__stats_entry_served(&q->p->metrics, dduct__store_entry_meta(q->e)->url,
+                            dduct__store_entry_meta(q->e)->size);
   if (prepare(q, &a) != 0) {
     cut(q, "cannot send the response head");
     return;
@@ -831,6 +831,8 @@ static int serve_hot(struct dduct_proxy *p, struct dduct_conn *c, const struct d
     /* The URL is made first: a whole answer may end the request (and clear req) inside
      * send_whole, which made the log line of a Connection: close hit flaky. */
     char *url = dduct__enabled(DDUCT_LOG_INFO) ? make_url(req) : NULL;
+    dduct__stats_entry_served(&p->metrics, dduct__store_entry_meta(e)->url,
+                              dduct__store_entry_meta(e)->size);
     rc = send_whole(&tmp, &a);
     dduct__http_head_free(&a.h);
     dduct__store_entry_release(e);

@@ -110,6 +110,7 @@ struct dduct__store_entry {
   struct fill *fill;
   struct list waiters; /* lookups waiting for the probe or the fill to begin */
   struct list readers; /* readers waiting for bytes */
+  int nreaders;        /* readers open on it (for /stats) */
   uv_work_t probe;
   int probe_may_fill, probe_flags, probe_rc;
   enum probe_result probe_result;
@@ -1160,12 +1161,14 @@ int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint6
   r->cb = cb;
   r->ud = user_data;
   entry_ref(e);
+  e->nreaders++;
   *out = r;
   return 0;
 }
 
 static void reader_destroy(struct dduct__store_reader *r) {
   struct dduct__store_entry *e = r->e;
+  e->nreaders--;
   free(r->ahead);
   free(r->buf);
   free(r);
@@ -1460,10 +1463,10 @@ void dduct__store_fill_failures(const struct dduct_store *s, uint64_t *out) {
 }
 
 void dduct__store_entry_progress(const struct dduct__store_entry *e, uint64_t *received,
-                                 uint64_t *expected, int *users) {
+                                 uint64_t *expected, int *readers) {
   *received = e->fill != NULL ? e->fill->received : e->avail;
   *expected = e->state == ST_PENDING ? DDUCT__STORE_SIZE_UNKNOWN : e->meta.size;
-  *users = e->refs;
+  *readers = e->nreaders;
 }
 
 const char *dduct_store_dir(const struct dduct_store *s) {

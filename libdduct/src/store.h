@@ -202,9 +202,9 @@ uv_loop_t *dduct__store_loop(struct dduct_store *s);
 /* Fills not stored, counted by enum dduct__fill_fail (stats.h): out has DDUCT__FF_COUNT slots. */
 void dduct__store_fill_failures(const struct dduct_store *s, uint64_t *out);
 /* A fill's progress for /stats: bytes received so far, the announced size
- * (DDUCT__STORE_SIZE_UNKNOWN: none yet) and the references held (filler, lookups, readers). */
+ * (DDUCT__STORE_SIZE_UNKNOWN: none yet) and the readers open on it. */
 void dduct__store_entry_progress(const struct dduct__store_entry *e, uint64_t *received,
-                                 uint64_t *expected, int *users);
+                                 uint64_t *expected, int *readers);
 
 /* ---- disk operations (store_disk.c; blocking, run on the thread pool) --------------------- */
 

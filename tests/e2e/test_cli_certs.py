@@ -357,7 +357,7 @@ class TestCli(CliBase):
             self.assertEqual(r.stdout.splitlines()[0],
                              "# dduct %s: effective configuration (from %s)"
                              % (self.dduct("--version").stdout.split()[1], cfg))
-        self.assertIn("cert_dir  = '%s'\n" % certs, r.stdout)
+        self.assertIn("cert_dir   = '%s'\n" % certs, r.stdout)
         self.assertIn("rsa_key_bits    = 4096\n", r.stdout)
         self.assertIn("tls_bind            = ''\n", r.stdout)
         self.assertIn("tcp_bind            = '127.0.0.1:8000'\n", r.stdout, "defaults fill in")
