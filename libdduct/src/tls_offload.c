@@ -25,10 +25,12 @@
 #include "internal.h"
 #include "tls_internal.h"
 
-/* Not with records written here: libdduct's ChaCha20-Poly1305 (~2 GB/s per core) costs less
- * than the copy into wq, the hand-off and the worker's buffers (measured, 512 MiB hits and a
- * 50-client stampede: as fast or faster on the loop, 0.68 vs 0.94 CPU-s per GiB, half the peak
- * RSS). The workers stay for mbedTLS's suites (AES-GCM ~250 MB/s). */
+/* Not with records written here: libdduct's ChaCha20-Poly1305 (~3-4 GB/s per core) and AES-GCM
+ * (~2.5-7 GB/s) cost less than the copy into wq, the hand-off and the worker's buffers (measured
+ * with ChaCha20, 512 MiB hits and a 50-client stampede: as fast or faster on the loop, 0.68 vs
+ * 0.94 CPU-s per GiB, half the peak RSS). The workers stay for the AEAD suites mbedTLS keeps:
+ * AES-GCM on a CPU without AES-NI (arm64 builds, DDUCT_AESGCM=off), AES-CCM, ARIA-GCM and
+ * Camellia-GCM an origin may choose, and everything under DDUCT_TLS_RECORDS=mbedtls. */
 int dduct__tls_offloadable(const struct tls_stream *t) {
   return t->aead && !t->own && t->below == NULL && !t->carry && !dduct__diag()->tls_offload_off;
 }

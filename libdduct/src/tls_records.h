@@ -42,6 +42,7 @@ struct dduct_record_cipher {
 };
 
 extern const struct dduct_record_cipher dduct__record_chacha20_poly1305;
+extern const struct dduct_record_cipher dduct__record_aes128gcm, dduct__record_aes256gcm;
 
 /* One TLS layer's record state. Zeroed memory is the initial state. */
 struct dduct_records {

@@ -1,11 +1,14 @@
-"""ChaCha20-Poly1305 records sealed and opened by libdduct itself (tls.c, "records written here"):
-with that suite negotiated, dduct encrypts and decrypts application-data records with its own
-AEAD instead of mbedTLS's, on both sides (to curl, from the origin). These tests check that real
-OpenSSL peers accept what dduct writes and that dduct reads what they write, byte for byte, in
-both directions, on misses, hits and keep-alive; that other suites and the opt-out stay with
-mbedTLS; and that a record altered on the wire is rejected (the connection fails, nothing
-altered reaches the client, nothing is cached) while the next connection works."""
+"""ChaCha20-Poly1305 and AES-GCM records sealed and opened by libdduct itself (tls.c, "AEAD records
+written here"): with one of those suites negotiated, dduct encrypts and decrypts application-data
+records with its own AEADs (chachapoly.c, aesgcm.c) instead of mbedTLS's, on both sides (to curl,
+from the origin). These tests check that real OpenSSL peers accept what dduct writes and that
+dduct reads what they write, byte for byte, in both directions, on misses, hits, keep-alive and
+TLS inside TLS, for ChaCha20-Poly1305, AES-128-GCM and AES-256-GCM; that the opt-outs leave the
+records to mbedTLS (its AES-GCM then on the encryption workers); and that a record altered on the
+wire is rejected (the connection fails, nothing altered reaches the client, nothing is cached)
+while the next connection works."""
 import hashlib
+import json
 import os
 import socket
 import struct
@@ -20,6 +23,7 @@ from dductlib.origin import Origin, pattern_bytes, pattern_sha256  # noqa: E402
 OWN = "application records sealed and opened by libdduct"
 CHACHA = "ECDHE-ECDSA-CHACHA20-POLY1305"
 AES = "ECDHE-ECDSA-AES128-GCM-SHA256"
+AES256 = "ECDHE-ECDSA-AES256-GCM-SHA384"
 CACHED = ["^/bytes/"]
 
 
@@ -27,85 +31,111 @@ def origin_with(rig, ciphers):
     return Origin(tls=(rig.pki.origin_crt, rig.pki.origin_key), ciphers=ciphers)
 
 
-def test_chacha_both_sides(rig):
-    """Origin and client both on ChaCha20-Poly1305: a 24 MiB miss (opened from the origin, sealed
-    to curl), the hit, a 3,000-byte hit and an upload on one keep-alive connection all arrive
-    intact; dduct logs that it handled the records on both sides, on the loop (no worker: the
-    copy and hand-off cost more than this cipher)."""
-    o = origin_with(rig, CHACHA)
+def both_sides(rig, suite, seed):
+    """Origin, client and the HTTPS proxy's own TLS all on one suite: a 24 MiB miss (opened from
+    the origin, sealed to curl inside the proxy's TLS), the hit, then on one keep-alive connection
+    a 3,000-byte hit twice and a 200 kB upload echoed back and checked by hash; dduct logs that it
+    handled the records itself on every side, on the loop (no worker: the copy and hand-off cost
+    more than these ciphers)."""
+    o = origin_with(rig, suite)
     try:
         n = 24 << 20
-        url = o.url("origin.test", "/bytes/%d?seed=cc" % n)
-        small = o.url("origin.test", "/bytes/3000?seed=cs")
+        url = o.url("origin.test", "/bytes/%d?seed=%s" % (n, seed))
+        small = o.url("origin.test", "/bytes/3000?seed=%ss" % seed)
         with rig.dduct(proxy={"filters": CACHED}) as d:
             for what in ("miss", "hit"):
-                r = curl(rig, via(d, "https") + ["--ciphers", CHACHA, url])
-                check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n, "cc")),
-                         "24 MiB " + what)
+                # the proxy's own certificate (server.crt) is RSA; the intercepted leaves ECDSA
+                r = curl(rig, via(d, "https") + ["--proxy-ciphers", suite.replace("ECDSA", "RSA"),
+                                                 "--ciphers", suite, url])
+                check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n, seed)),
+                         "24 MiB %s through the HTTPS proxy (%s)" % (what, suite))
             check_eq(len(origin_gets(o, "/bytes/%d" % n)), 1, "origin GETs for the big file")
-            # keep-alive: three requests on one connection, the last an upload echoed back
             body = os.urandom(200000)
             bf = os.path.join(rig.tmp, "upload.bin")
             with open(bf, "wb") as f:
                 f.write(body)
-            r = curl(rig, via(d, "http") + ["--ciphers", CHACHA, small, small, "--next"]
-                     + via(d, "http") + ["--ciphers", CHACHA, "--data-binary", "@" + bf,
-                                         o.url("origin.test", "/echo")])
+            echo = os.path.join(rig.tmp, "echo-%s.json" % seed)
+            r = curl(rig, via(d, "http") + ["--ciphers", suite, small, small, "--next"]
+                     + via(d, "http") + ["--ciphers", suite, "--data-binary", "@" + bf,
+                                         "-o", echo, o.url("origin.test", "/echo")])
             check_eq(r.rc, 0, "keep-alive run")
+            with open(echo) as f:
+                doc = json.load(f)
+            check_eq((doc["body_len"], doc["body_sha256"]),
+                     (len(body), hashlib.sha256(body).hexdigest()), "the upload as the origin got it")
             log = d.log()
-        check(log.count(OWN) >= 2, "dduct handled ChaCha20 records itself on both sides",
+        # the proxy's TLS, the intercepted client side, the origin: three layers (the origin
+        # connection is reused by the keep-alive run, or a second one is made)
+        check(log.count(OWN) >= 3, "dduct handled %s records itself on every side" % suite,
               "%d log lines" % log.count(OWN))
         check("on the thread pool" not in log, "records written here stay on the loop")
     finally:
         o.close()
 
 
+def test_chacha_both_sides(rig):
+    """ChaCha20-Poly1305 on every side (see both_sides)."""
+    both_sides(rig, CHACHA, "cc")
+
+
+def test_aes128gcm_both_sides(rig):
+    """AES-128-GCM on every side (see both_sides): RFC 5288 records, explicit nonce and all,
+    sealed and opened by aesgcm.c."""
+    both_sides(rig, AES, "g1")
+
+
+def test_aes256gcm_both_sides(rig):
+    """AES-256-GCM on every side (see both_sides)."""
+    both_sides(rig, AES256, "g2")
+
+
 def test_upload_intact(rig):
-    """An upload of 3 MiB through an intercepted ChaCha20 connection reaches a ChaCha20 origin
-    byte for byte (client records opened by dduct, origin records sealed by it)."""
-    o = origin_with(rig, CHACHA)
-    try:
-        with rig.dduct() as d:
-            body = os.urandom(3 << 20)
-            bf = os.path.join(rig.tmp, "up3.bin")
-            with open(bf, "wb") as f:
-                f.write(body)
-            r = curl(rig, via(d, "http") + ["--ciphers", CHACHA, "--data-binary", "@" + bf,
-                                            o.url("origin.test", "/echo")])
-            check_eq((r.rc, r.status), (0, 200), "upload")
-            doc = r.json()
-            check_eq((doc["body_len"], doc["body_sha256"]),
-                     (len(body), hashlib.sha256(body).hexdigest()), "what the origin received")
-            check(OWN in d.log(), "own records in use")
-    finally:
-        o.close()
+    """An upload of 3 MiB through an intercepted connection reaches the origin byte for byte
+    (client records opened by dduct, origin records sealed by it), with ChaCha20-Poly1305 and
+    with AES-128-GCM."""
+    for suite in (CHACHA, AES):
+        o = origin_with(rig, suite)
+        try:
+            with rig.dduct() as d:
+                body = os.urandom(3 << 20)
+                bf = os.path.join(rig.tmp, "up3.bin")
+                with open(bf, "wb") as f:
+                    f.write(body)
+                r = curl(rig, via(d, "http") + ["--ciphers", suite, "--data-binary", "@" + bf,
+                                                o.url("origin.test", "/echo")])
+                check_eq((r.rc, r.status), (0, 200), "upload (%s)" % suite)
+                doc = r.json()
+                check_eq((doc["body_len"], doc["body_sha256"]),
+                         (len(body), hashlib.sha256(body).hexdigest()),
+                         "what the origin received (%s)" % suite)
+                check(OWN in d.log(), "own records in use (%s)" % suite)
+        finally:
+            o.close()
 
 
-def test_other_suites_stay_with_mbedtls(rig):
-    """AES-GCM on both sides, and ChaCha20 with DDUCT_TLS_RECORDS=mbedtls: downloads are intact
-    and dduct does not take the records over."""
-    o = origin_with(rig, AES)
-    try:
-        n = 5 << 20
-        url = o.url("origin.test", "/bytes/%d?seed=aes" % n)
-        with rig.dduct(proxy={"filters": CACHED}) as d:
-            for what in ("miss", "hit"):
-                r = curl(rig, via(d, "http") + ["--ciphers", AES, url])
-                check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n, "aes")),
-                         "AES-GCM " + what)
-            check(OWN not in d.log(), "AES-GCM records are mbedTLS's")
-    finally:
-        o.close()
-    o = origin_with(rig, CHACHA)
-    try:
-        url = o.url("origin.test", "/bytes/%d?seed=opt" % n)
-        with rig.dduct(proxy={"filters": CACHED}, env={"DDUCT_TLS_RECORDS": "mbedtls"}) as d:
-            r = curl(rig, via(d, "http") + ["--ciphers", CHACHA, url])
-            check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n, "opt")),
-                     "ChaCha20 through mbedTLS")
-            check(OWN not in d.log(), "the opt-out leaves ChaCha20 records to mbedTLS")
-    finally:
-        o.close()
+def test_opt_outs_stay_with_mbedtls(rig):
+    """DDUCT_AESGCM=off (what a CPU without AES-NI gets): AES-GCM records are mbedTLS's again, and
+    large writes go to the encryption workers, which stay for the suites dduct does not own;
+    DDUCT_TLS_RECORDS=mbedtls leaves ChaCha20 and AES-GCM records to mbedTLS. Downloads intact."""
+    n = 5 << 20
+    for suite, env in ((AES, {"DDUCT_AESGCM": "off"}), (AES, {"DDUCT_TLS_RECORDS": "mbedtls"}),
+                       (CHACHA, {"DDUCT_TLS_RECORDS": "mbedtls"})):
+        o = origin_with(rig, suite)
+        try:
+            seed = "o%d" % len(env["DDUCT_AESGCM" if "DDUCT_AESGCM" in env else "DDUCT_TLS_RECORDS"])
+            url = o.url("origin.test", "/bytes/%d?seed=%s" % (n, seed))
+            with rig.dduct(proxy={"filters": CACHED}, env=env) as d:
+                for what in ("miss", "hit"):
+                    r = curl(rig, via(d, "http") + ["--ciphers", suite, url])
+                    check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n, seed)),
+                             "%s %s with %s" % (suite, what, env))
+                log = d.log()
+                check(OWN not in log, "%s leaves %s records to mbedTLS" % (env, suite))
+                if "DDUCT_AESGCM" in env:
+                    check("on the thread pool" in log,
+                          "mbedTLS's AES-GCM still gets the encryption workers", log[-1500:])
+        finally:
+            o.close()
 
 
 class TamperRelay:
@@ -180,19 +210,19 @@ class TamperRelay:
         self.lsock.close()
 
 
-def test_altered_record_rejected(rig):
-    """One bit flipped inside a ChaCha20 record from the origin: dduct rejects the record (the
-    client's download fails and what it got is an untouched prefix), logs the MAC failure and
-    caches nothing; the next request fetches again, intact, and the one after is a hit."""
-    o = origin_with(rig, CHACHA)
+def altered_record(rig, suite, seed):
+    """One bit flipped inside a record from the origin: dduct rejects the record (the client's
+    download fails and what it got is an untouched prefix), logs the MAC failure and caches
+    nothing; the next request fetches again, intact, and the one after is a hit."""
+    o = origin_with(rig, suite)
     relay = TamperRelay(o.port)
     try:
         n = 4 << 20
         path = "/bytes/%d" % n
-        url = "https://origin.test:%d%s?seed=tm" % (relay.port, path)
-        want = pattern_bytes(n, "tm")
+        url = "https://origin.test:%d%s?seed=%s" % (relay.port, path, seed)
+        want = pattern_bytes(n, seed)
         with rig.dduct(proxy={"filters": CACHED}) as d:
-            r = curl(rig, via(d, "http") + ["--ciphers", CHACHA, url])
+            r = curl(rig, via(d, "http") + ["--ciphers", suite, url])
             check(relay.tampered.is_set(), "the relay altered a record")
             check(r.rc != 0 or r.status != 200, "the altered download does not succeed",
                   "rc %d status %s" % (r.rc, r.status))
@@ -200,9 +230,10 @@ def test_altered_record_rejected(rig):
             check(want.startswith(got), "the client got only an untouched prefix",
                   "%d bytes" % len(got))
             check("MAC" in d.log(), "dduct logs the MAC failure", d.log()[-1500:])
+            check(OWN in d.log(), "the records were dduct's (%s)" % suite)
             for what in ("refetch", "hit"):
-                r = curl(rig, via(d, "http") + ["--ciphers", CHACHA, url])
-                check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n, "tm")),
+                r = curl(rig, via(d, "http") + ["--ciphers", suite, url])
+                check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n, seed)),
                          what + " after the altered record")
             check_eq(len(origin_gets(o, path)), 2, "origin GETs (the altered fill, the refetch)")
     finally:
@@ -210,6 +241,17 @@ def test_altered_record_rejected(rig):
         o.close()
 
 
+def test_altered_record_rejected(rig):
+    """A ChaCha20-Poly1305 record altered on the wire (see altered_record)."""
+    altered_record(rig, CHACHA, "tm")
+
+
+def test_altered_gcm_record_rejected(rig):
+    """An AES-128-GCM record altered on the wire (see altered_record): bad_record_mac."""
+    altered_record(rig, AES, "tg")
+
+
 if __name__ == "__main__":
-    run([test_chacha_both_sides, test_upload_intact, test_other_suites_stay_with_mbedtls,
-         test_altered_record_rejected])
+    run([test_chacha_both_sides, test_aes128gcm_both_sides, test_aes256gcm_both_sides,
+         test_upload_intact, test_opt_outs_stay_with_mbedtls, test_altered_record_rejected,
+         test_altered_gcm_record_rejected])
