@@ -37,6 +37,7 @@ struct creq {
   uint16_t port;
   char *target; /* origin-form with query: what the origin is asked for */
   int is_head, refreshed, wait_drain, in_cb, dead;
+  int only_if_cached; /* Cache-Control: only-if-cached: never contact the origin */
   int reval_status, reval_agrees;
   struct dduct__store_lookup *look;
   struct dduct__store_entry *e; /* our own reference */
@@ -174,13 +175,29 @@ static const char *peer(const struct creq *q) {
   return q->c != NULL ? dduct__conn_peer(q->c) : "(gone)";
 }
 
-/* Hand the request back to the engine, which forwards it uncached. */
+/* RFC 9111 5.2.1.7: no stored response for an only-if-cached request, and no origin contact. */
+static void answer_504(struct dduct_conn *c) {
+  static const char body[] = "not in the cache (only-if-cached)\n";
+  struct dduct_http_head h;
+  dduct__http_head_init(&h);
+  if (dduct__http_add(&h, "Content-Type", "text/plain; charset=utf-8") != 0 ||
+      dduct__conn_send_whole(c, 504, NULL, &h, (int64_t)sizeof(body) - 1, body,
+                             sizeof(body) - 1) != 0)
+    dduct__conn_abort(c);
+  dduct__http_head_free(&h);
+}
+
+/* Hand the request back to the engine, which forwards it uncached; an only-if-cached request
+ * gets 504 instead. */
 static void decline(struct creq *q) {
   struct dduct_conn *c = q->c;
+  int oic = q->only_if_cached;
   if (c != NULL) dduct__conn_txn(c)->cache = DDUCT_CACHE_BYPASS;
+  if (oic) LOG_INFO(LOG_MOD, "Not in the cache \"%s\" for %s: 504 (only-if-cached)", q->url, peer(q));
   q->c = NULL;
   finish(q);
-  if (c != NULL) dduct__conn_decline(c);
+  if (c != NULL && oic) answer_504(c);
+  else if (c != NULL) dduct__conn_decline(c);
 }
 
 /* ---- the client side ---------------------------------------------------------------------- */
@@ -747,7 +764,8 @@ static void lookup_cb(void *arg, enum dduct__store_role role, struct dduct__stor
       dduct__conn_txn(q->c)->cache = role == DDUCT__STORE_HIT ? DDUCT_CACHE_HIT : DDUCT_CACHE_COLLAPSED;
     LOG_INFO(LOG_MOD, "Hit \"%s\" for %s%s", q->url, peer(q),
              role == DDUCT__STORE_FOLLOW ? " (while filling)" : "");
-    if (q->p->o.revalidate == DDUCT_REVALIDATE_ALWAYS && !q->refreshed) revalidate(q);
+    if (q->p->o.revalidate == DDUCT_REVALIDATE_ALWAYS && !q->refreshed && !q->only_if_cached)
+      revalidate(q);
     else serve(q);
     break;
   case DDUCT__STORE_FILL:
@@ -765,8 +783,9 @@ static void lookup_cb(void *arg, enum dduct__store_role role, struct dduct__stor
 }
 
 static void start_lookup(struct creq *q, int flags) {
-  int rc = dduct__store_lookup(q->p->store, &q->key, flags | (q->is_head ? DDUCT__STORE_NO_FILL : 0),
-                               lookup_cb, q, &q->look);
+  int rc;
+  if (q->is_head || q->only_if_cached) flags |= DDUCT__STORE_NO_FILL;
+  rc = dduct__store_lookup(q->p->store, &q->key, flags, lookup_cb, q, &q->look);
   if (rc != 0) {
     q->look = NULL;
     decline(q);
@@ -782,6 +801,7 @@ static struct creq *creq_new(struct dduct_proxy *p, struct dduct_conn *c,
   q->https = req->https;
   q->port = req->port;
   q->is_head = req->is_head;
+  q->only_if_cached = dduct__http_has_token(req->head, "Cache-Control", "only-if-cached");
   q->key = *key;
   dduct__http_head_init(&q->head);
   q->rh = &q->head;
@@ -892,6 +912,7 @@ int dduct__cache_handle(struct dduct_proxy *p, struct dduct_conn *c,
     else if (serve_hot(p, c, req, &key, e)) return 1;
   }
   if ((q = creq_new(p, c, req, &key)) == NULL) return 0;
+  if (q->only_if_cached) flags |= DDUCT__STORE_NO_FILL;
   /* Lookups never call back from inside this call, so taking the connection after is safe. */
   rc = dduct__store_lookup(p->store, &q->key, flags, lookup_cb, q, &q->look);
   if (rc != 0) {
@@ -902,4 +923,54 @@ int dduct__cache_handle(struct dduct_proxy *p, struct dduct_conn *c,
   }
   dduct__conn_take(c, &client_handler, q);
   return 1;
+}
+
+/* ---- invalidation (RFC 9111 4.4) ---------------------------------------------------------- */
+
+static int safe_method(const char *m) {
+  return strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 || strcmp(m, "OPTIONS") == 0 ||
+         strcmp(m, "TRACE") == 0;
+}
+
+/* The entry of target on req's origin (scheme, host, port), if a URL of it is given. */
+static void invalidate_target(struct dduct_proxy *p, const struct dduct_request *req,
+                              const char *target) {
+  struct dduct_request r = *req;
+  struct dduct__store_key key;
+  r.path = target;
+  r.path_len_no_query = strcspn(target, "?");
+  /* Only what the filters let in can be stored (and a blob is its digest, not this URL). */
+  if (dduct_filter_match(p->filter, r.path, r.path_len_no_query) != 1) return;
+  if (request_key(p, &r, &key) != 0 || key.digest[0] != '\0') return;
+  dduct__store_invalidate(p->store, &key);
+}
+
+/* A Location or Content-Location naming req's own origin (a path, or an absolute URL of the
+ * same scheme, host and port): its target, else NULL (RFC 9111 4.4: never another origin). */
+static const char *same_origin_target(const struct dduct_request *req, const char *v,
+                                      char *host, size_t cap) {
+  int https;
+  uint16_t port;
+  const char *path;
+  if (v == NULL) return NULL;
+  if (v[0] == '/') return v[1] == '/' ? NULL : v;
+  if (dduct__http_parse_url(v, &https, host, cap, &port, &path) != 0) return NULL;
+  if (https != req->https || port != req->port || strcasecmp(host, req->host) != 0) return NULL;
+  return path;
+}
+
+void dduct__cache_unsafe_done(struct dduct_proxy *p, const struct dduct_request *req,
+                              const struct dduct_http_head *resp) {
+  static const char *const also[] = {"Location", "Content-Location"};
+  if (p->store == NULL || p->filter == NULL || req->host == NULL || req->path == NULL ||
+      safe_method(req->method) ||
+      resp->status < 200 || resp->status >= 400)
+    return;
+  LOG_DEBUG(LOG_MOD, "%s answered %d: invalidating its cached URL", req->method, resp->status);
+  invalidate_target(p, req, req->path);
+  for (size_t i = 0; i < DDUCT_ARRAY_SIZE(also); i++) {
+    char host[256];
+    const char *t = same_origin_target(req, hget(resp, also[i]), host, sizeof(host));
+    if (t != NULL) invalidate_target(p, req, t);
+  }
 }

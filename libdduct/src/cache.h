@@ -20,6 +20,12 @@
 int dduct__cache_handle(struct dduct_proxy *p, struct dduct_conn *c,
                         const struct dduct_request *req);
 
+/* The origin answered resp to req, forwarded uncached: after a successful (2xx/3xx) unsafe
+ * request (any method but GET, HEAD, OPTIONS, TRACE), the entry of its URL is removed, and those
+ * of a Location and Content-Location on the same origin (RFC 9111 4.4). No-op otherwise. */
+void dduct__cache_unsafe_done(struct dduct_proxy *p, const struct dduct_request *req,
+                              const struct dduct_http_head *resp);
+
 /* Abort p's running fills (origin downloads that outlive their first client): call when the
  * shutdown grace period ends, before waiting for the upstream connections to close. Their
  * entries are discarded, never half-stored. */

@@ -671,6 +671,9 @@ static void fwd_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, 
    * be blocked by our backpressure, so close after this answer instead of waiting for it. */
   if (c->req_body_wanted) c->keep_alive = 0;
   dduct__txn_origin(&c->txn, h->status, c->txn.t0);
+#if DDUCT_CACHE_HOOK
+  dduct__cache_unsafe_done(c->p, &c->req, h);
+#endif
   if (dduct__conn_send_head(c, h->status, dduct__http_reason(h), h, cl) != 0) conn_close(c);
 }
 
@@ -1039,6 +1042,11 @@ static void route(struct dduct_conn *c) {
 #else
   (void)cacheable;
 #endif
+  if (dduct__http_has_token(h, "Cache-Control", "only-if-cached")) {
+    /* Nothing stored answers it, and the client wants no origin contact (RFC 9111 5.2.1.7). */
+    respond_error(c, 504, "\"%.200s\" is not in the cache (only-if-cached)", dduct__http_target(h));
+    return;
+  }
   start_forward(c);
 }
 

@@ -100,6 +100,7 @@ struct dduct__store_entry {
   int holds; /* the store's own: work in flight */
   enum state state;
   int in_table, fd, error, addressed, part_ours;
+  int invalidated; /* dduct__store_invalidate met it while filling: remove once committed */
   struct dduct__store_meta meta;
   char *strs[5]; /* owned strings behind meta */
   uint64_t avail; /* bytes readers may read now */
@@ -570,6 +571,39 @@ static void degrade(struct dduct_store *s, int rc) {
   s->degraded_until = uv_now(s->loop) + s->degrade_ms;
 }
 
+/* Remove key's files now, on the loop thread (two unlinks, as cheap as the stat of a hot hit):
+ * done before the unsafe request's answer goes out, so no lookup that follows can load them. */
+static void remove_files(struct dduct_store *s, const struct dduct__store_key *key) {
+  char base[PATH_MAX];
+  if ((size_t)snprintf(base, sizeof(base), "%s/%s", s->root, key->rel) < sizeof(base))
+    dduct__store_disk_remove(base);
+}
+
+/* e became complete after an invalidation met it: out of the table (not kept idle), files
+ * removed. The caller's entry_maybe_free frees it once unused. */
+static void drop_invalidated(struct dduct__store_entry *e) {
+  table_remove(e);
+  idle_del(e);
+  remove_files(e->s, &e->key);
+}
+
+void dduct__store_invalidate(struct dduct_store *s, const struct dduct__store_key *key) {
+  struct dduct__store_entry *e = table_find(s, key);
+  if (e != NULL && e->state != ST_COMPLETE && e->state != ST_DEAD) {
+    /* A probe or fill in flight: probe_done or commit_done drops the entry once it is
+     * complete. A fill's part is its own; a probe may be reading the old files: remove them. */
+    e->invalidated = 1;
+    if (e->state == ST_LOOKUP) remove_files(s, key);
+    return;
+  }
+  if (e != NULL) {
+    table_remove(e);
+    idle_del(e);
+    entry_maybe_free(e);
+  }
+  remove_files(s, key);
+}
+
 int dduct__store_degraded(struct dduct_store *s) {
   return s->degraded_until != 0 && uv_now(s->loop) < s->degraded_until;
 }
@@ -673,6 +707,8 @@ static void probe_done(uv_work_t *w, int status) {
     e->state = ST_COMPLETE;
     watch_start(e);
     wake_waiters(e, DDUCT__STORE_HIT, 0);
+    /* Invalidated while probing: the lookups that were waiting asked before; nobody else. */
+    if (e->invalidated) drop_invalidated(e);
     break;
   case PR_RESERVED:
     e->fd = e->loaded.fd;
@@ -1023,6 +1059,7 @@ static void commit_done(uv_work_t *w, int status) {
       watch_start(e);
       log_commit(e);
       wake_readers(e);
+      if (e->invalidated) drop_invalidated(e);
     }
   }
   entry_maybe_free(e);

@@ -194,6 +194,12 @@ void dduct__store_reader_free(struct dduct__store_reader *r);
 
 /* ---- store-wide --------------------------------------------------------------------------- */
 
+/* Forget key's entry (RFC 9111 4.4: an unsafe request changed the resource): a complete entry
+ * leaves the table (its readers finish with their open file) and its files are removed before
+ * this returns (on the loop thread: two unlinks); a fill running for it completes for its
+ * readers and is removed once committed. Nothing is called back. */
+void dduct__store_invalidate(struct dduct_store *s, const struct dduct__store_key *key);
+
 /* 1 while misses bypass the store after a disk error. */
 int dduct__store_degraded(struct dduct_store *s);
 /* How long a disk error keeps the store degraded (default 30 s); for tests and options. */
@@ -229,6 +235,8 @@ int dduct__store_disk_pwrite(int fd, const char *buf, size_t len, uint64_t off);
 int dduct__store_disk_commit(const char *base, const char *json, size_t jsonlen, int *created);
 /* Remove our own "<base>.part". */
 void dduct__store_disk_discard(const char *base);
+/* Remove the entry at base (sidecar first, then the data file); absent files are fine. */
+void dduct__store_disk_remove(const char *base);
 /* At open: remove unlocked "*.part" / "*.tmp" leftovers and count complete entries. */
 int dduct__store_disk_scan(const char *dir, uint64_t *entries, uint64_t *removed);
 

@@ -276,6 +276,13 @@ void dduct__store_disk_discard(const char *base) {
   if (join(part, sizeof(part), base, ".part") == 0) unlink(part);
 }
 
+void dduct__store_disk_remove(const char *base) {
+  char side[PATH_MAX];
+  /* The sidecar first: without it the data file is no entry, whatever happens next. */
+  if (join(side, sizeof(side), base, ".json") == 0) (void)unlink(side);
+  (void)unlink(base);
+}
+
 /* ---- scan --------------------------------------------------------------------------------- */
 
 static int ends_with(const char *s, const char *suffix) {

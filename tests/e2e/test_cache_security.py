@@ -40,6 +40,23 @@ class DualHandler(CacheHandler):
     def _ep_pkg(self, path, query, body):
         self._send_body(GOOD if self.tls else EVIL, "application/gzip")
 
+    def _ep_res(self, path, query, body):
+        """/res/<name>: GET/HEAD answer "<name> v<N>"; any other method makes it N+1 and answers
+        200, or the status in X-Want-Status (then nothing changes), with X-Location as
+        Location and X-Content-Location as Content-Location."""
+        o = self.server.origin
+        with o._lock:
+            if self.command not in ("GET", "HEAD") and not self.headers.get("X-Want-Status"):
+                o.versions[path] = o.versions.get(path, 1) + 1
+            v = o.versions.get(path, 1)
+        want = self.headers.get("X-Want-Status")
+        extra = [(k, self.headers[h]) for k, h in (("Location", "X-Location"),
+                                                   ("Content-Location", "X-Content-Location"))
+                 if self.headers.get(h)]
+        if self.command in ("GET", "HEAD"):
+            return self._send_body(("%s v%d\n" % (path, v)).encode(), "text/plain")
+        self._send(int(want or 200), b"done\n", extra=extra)
+
     def _ep_redir(self, path, query, body):
         """/redir/<name>?loc=L: 302 to L (as given: absolute, scheme-relative or a path)."""
         self._send(302, b"moved\n", extra=[("Location", query["loc"])])
@@ -49,6 +66,7 @@ def dual_origin(rig):
     def make():
         o = Origin(tls=(rig.pki.origin_crt, rig.pki.origin_key))
         o.server.RequestHandlerClass = DualHandler
+        o.versions = {}
         return o
     return rig._get("dual", make)
 
@@ -219,8 +237,85 @@ def test_query_ignore_rules(rig):
         check_eq(len(origin_gets(o, "/any/g.tgz")), 2, "other hosts key the whole query")
 
 
+def test_unsafe_methods_invalidate(rig):
+    """RFC 9111 4.4: after a successful PUT, POST, DELETE or PATCH through dduct, the entry for
+    that URL is gone (file and sidecar) and the next GET fetches the new version; a failed one
+    (403) leaves the entry; a Location or Content-Location on the same origin is invalidated
+    too, one naming another origin is not."""
+    o = dual_origin(rig)
+    base = "https://origin.test:%d" % o.port
+
+    def fetch(d, path, want):
+        r = get(rig, d, base + path)
+        check_eq((r.rc, r.status, body(r)), (0, 200, ("%s v%d\n" % (path, want)).encode()),
+                 "GET " + path)
+
+    def origin_count(path):
+        return len([q for q in o.snapshot()["requests"] if q[0] == "GET" and q[1] == path])
+
+    with rig.dduct(proxy={"filters": ["^/res/"]}) as d:
+        for i, m in enumerate(("PUT", "POST", "DELETE", "PATCH")):
+            path = "/res/%s" % m.lower()
+            fetch(d, path, 1)
+            fetch(d, path, 1)
+            check_eq(origin_count(path), 1, m + ": cached")
+            n = len(entries(d.file_dir))
+            r = get(rig, d, base + path, "-X", m, "-H", "X-Want-Status: 403", "-d", "x")
+            check_eq(r.status, 403, m + " refused by the origin")
+            fetch(d, path, 1)
+            check_eq(origin_count(path), 1, m + " that failed: the entry stays")
+            r = get(rig, d, base + path, "-X", m, "-d", "x")
+            check_eq((r.rc, r.status), (0, 200), m + " through dduct")
+            check_eq(len(entries(d.file_dir)), n - 1, m + ": the entry's files are removed")
+            fetch(d, path, 2)
+            check_eq(origin_count(path), 2, m + ": the next GET goes to the origin")
+            fetch(d, path, 2)
+            check_eq(origin_count(path), 2, m + ": and is cached again")
+
+        fetch(d, "/res/target", 1)
+        fetch(d, "/res/other", 1)
+        other = "https://x.wild.test:%d/res/foreign" % o.port
+        r = get(rig, d, other)
+        check_eq(r.status, 200, "a foreign-origin entry")
+        r = get(rig, d, base + "/res/coll", "-X", "POST", "-d", "x",
+                "-H", "X-Location: /res/target", "-H", "X-Content-Location: %s" % other)
+        check_eq(r.status, 200, "POST with Location")
+        for path in ("/res/target", "/res/other"):
+            get(rig, d, base + path)
+        check_eq(origin_count("/res/target"), 2, "the Location's entry was invalidated")
+        check_eq(origin_count("/res/other"), 1, "another URL was not")
+        get(rig, d, other)
+        check_eq(origin_count("/res/foreign"), 1, "a Content-Location on another origin was not")
+
+
+def test_only_if_cached(rig):
+    """Cache-Control: only-if-cached on a miss gets 504 without contacting the origin (GET, HEAD,
+    a path the filters leave uncached, and with revalidate = 'always'); once cached, it is served
+    from the cache."""
+    o = dual_origin(rig)
+    base = "https://origin.test:%d" % o.port
+    oic = ["-H", "Cache-Control: only-if-cached"]
+    for reval in ("never", "always"):
+        with rig.dduct(proxy={"filters": ["^/res/"], "revalidate": reval}) as d:
+            before = len(o.snapshot()["requests"])
+            path = "/res/oic-" + reval
+            for extra in ([], ["-I"]):
+                r = get(rig, d, base + path, *(oic + extra))
+                check_eq((r.rc, r.status), (0, 504), "%s miss %s" % (reval, extra))
+            r = get(rig, d, base + "/pkg/uncached.tgz", *oic)
+            check_eq((r.rc, r.status), (0, 504), reval + ": an uncacheable path")
+            check_eq(len(o.snapshot()["requests"]), before, reval + ": the origin was not asked")
+            r = get(rig, d, base + path)
+            check_eq((r.status, body(r)), (200, ("%s v1\n" % path).encode()), "now cached")
+            n = len(o.snapshot()["requests"])
+            r = get(rig, d, base + path, *oic)
+            check_eq((r.status, body(r)), (200, ("%s v1\n" % path).encode()),
+                     reval + ": only-if-cached hit")
+            check_eq(len(o.snapshot()["requests"]), n, reval + ": a hit without the origin")
+
+
 if __name__ == "__main__":
     run([test_plain_http_never_answers_https, test_old_plain_entry_not_served_to_https,
          test_https_redirect_to_http_not_followed,
          test_redirect_to_another_port_drops_credentials, test_query_in_key,
-         test_query_ignore_rules])
+         test_query_ignore_rules, test_unsafe_methods_invalidate, test_only_if_cached])
