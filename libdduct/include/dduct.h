@@ -86,7 +86,8 @@ enum dduct_log_level {
 };
 
 /* module is the seed's module name ("ssl_certs", "serve", "http_proxy", "tls_mitm", ...);
- * message is one line without a trailing newline. Both are borrowed for the call. */
+ * message is one line without a trailing newline, printable ASCII only: any other byte (peers'
+ * bytes quoted in a message included) comes escaped as \xNN. Both are borrowed for the call. */
 typedef void (*dduct_log_cb)(void *user_data, enum dduct_log_level level, const char *module,
                              const char *message);
 

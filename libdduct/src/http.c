@@ -62,12 +62,16 @@ static int reserve(struct dduct_http_head *h, size_t more) {
   return 0;
 }
 
-/* Append bytes (no NUL); returns 0 or an error. */
+/* Append bytes; returns 0 or an error. A NUL follows them (not counted in len, overwritten by
+ * the next append): a string still open when the parser fails mid-head (a target cut by a bad
+ * byte) reads as what was parsed, not as what an earlier request left in the buffer (which the
+ * log line for the 400 printed, other clients' bytes included). */
 static int append(struct dduct_http_head *h, const char *s, size_t n) {
   int rc = reserve(h, n + 1);
   if (rc != 0) return rc;
   memcpy(h->buf + h->len, s, n);
   h->len += n;
+  h->buf[h->len] = '\0';
   return 0;
 }
 

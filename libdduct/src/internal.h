@@ -15,6 +15,9 @@
 /* Log one line through the embedder's hook (cheap when the level is filtered out). */
 void dduct__log(enum dduct_log_level level, const char *module, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* in escaped into out[outlen]: bytes outside 0x20..0x7e as \xNN (every log line goes through
+ * it); NUL-terminated, cut to fit; returns the length written. */
+size_t dduct__log_escape(const char *in, char *out, size_t outlen);
 #define dduct__enabled(level) ((int)(level) <= (int)dduct_log_level())
 #define DDUCT_LOG(level, module, ...)                                          \
   do {                                                                         \

@@ -32,12 +32,34 @@ const char *dduct_log_level_name(enum dduct_log_level level) {
   return level_names[level];
 }
 
+/* Bytes outside printable ASCII become \xNN: messages carry peers' bytes (request targets,
+ * hosts, origin headers), and a raw ESC, CR, LF or C1 byte in a log line forges lines or drives
+ * the terminal of whoever reads it. Writes out (always NUL-terminated, cut to fit); returns its length. */
+size_t dduct__log_escape(const char *in, char *out, size_t outlen) {
+  static const char hex[] = "0123456789abcdef";
+  size_t o = 0;
+  if (outlen == 0) return 0;
+  for (; *in != '\0'; in++) {
+    unsigned char c = (unsigned char)*in;
+    if (c >= 0x20 && c < 0x7f) {
+      if (o + 1 >= outlen) break;
+      out[o++] = (char)c;
+    } else {
+      if (o + 4 >= outlen) break;
+      out[o++] = '\\', out[o++] = 'x', out[o++] = hex[c >> 4], out[o++] = hex[c & 15];
+    }
+  }
+  out[o] = '\0';
+  return o;
+}
+
 void dduct__log(enum dduct_log_level level, const char *module, const char *fmt, ...) {
-  char line[1024];
+  char line[1024], safe[1024];
   va_list ap;
   if (log_cb == NULL || (int)level > (int)log_max) return;
   va_start(ap, fmt);
   vsnprintf(line, sizeof(line), fmt, ap);
   va_end(ap);
-  log_cb(log_ud, level, module, line);
+  dduct__log_escape(line, safe, sizeof(safe));
+  log_cb(log_ud, level, module, safe);
 }

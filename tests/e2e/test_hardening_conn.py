@@ -63,5 +63,43 @@ def test_leaf_cache_evicts_instead_of_refusing(rig):
         check("Leaf cache full" in log, "eviction is logged (debug)", log[-2000:])
 
 
+def test_log_lines_are_printable(rig):
+    """Requests cut by a bad byte right after a long one on the same connection and others with
+    every control and non-ASCII byte in the CONNECT target, the path, the query and a header:
+    every byte dduct writes to its log is printable ASCII (or the newline ending a line), and the
+    400's log line shows what was parsed ("or"), not bytes an earlier request left behind."""
+    with rig.dduct() as d:
+        port = rig.plain.port
+        s = socket.create_connection(("127.0.0.1", d.tcp_port), timeout=10)
+        s.sendall(b"GET http://origin.test:%d/%s HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"CONNECT or\rigin.test:443 HTTP/1.1\r\n\r\n" % (port, b"A" * 300))
+        while s.recv(65536):
+            pass
+        s.close()
+        shapes = [b"CONNECT or%sigin.test:%d HTTP/1.1\r\n\r\n",
+                  b"GET http://origin.test:1/a%sb?%d HTTP/1.1\r\nHost: x\r\n\r\n",
+                  b"GET http://origin.test:1/a?%s=%d HTTP/1.1\r\nHost: x\r\n\r\n",
+                  b"GET http://origin.test:1/a HTTP/1.1\r\nHost: x\r\nX: %s%d\r\n\r\n"]
+        for shape in shapes:
+            for b in list(range(0, 0x20)) + list(range(0x7f, 0x100, 7)):
+                s = socket.create_connection(("127.0.0.1", d.tcp_port), timeout=10)
+                s.sendall(shape % (bytes([b]), port))
+                s.shutdown(socket.SHUT_WR)  # answered, then closed (no keep-alive wait)
+                try:
+                    while s.recv(65536):
+                        pass
+                except OSError:
+                    pass
+                s.close()
+        d.stop()
+        with open(d.stderr_path, "rb") as f:
+            raw = f.read()
+        bad = [line for line in raw.split(b"\n")
+               if any(c < 0x20 or c >= 0x7f for c in line)]
+        check_eq(bad[:5], [], "log lines with bytes outside printable ASCII")
+        check(b" or -> 400" in raw, "the cut CONNECT target is logged as parsed", raw[-2000:])
+
+
 if __name__ == "__main__":
-    run([test_denied_client_gets_no_handshake, test_leaf_cache_evicts_instead_of_refusing])
+    run([test_denied_client_gets_no_handshake, test_leaf_cache_evicts_instead_of_refusing,
+         test_log_lines_are_printable])

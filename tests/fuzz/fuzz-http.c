@@ -18,6 +18,8 @@
  *   the next hop as dduct read it;
  * - after strip_hop_by_hop no hop-by-hop header remains, Content-Length survives, and nothing
  *   else is dropped unless a Connection value names it; remove() counts what it removes;
+ * - after a parse error, the method, target and reason parsed so far end within the head's
+ *   bytes (conn.c logs them for the 400);
  * - parse_url / parse_authority on the target either fail or give a NUL-terminated host that
  *   fits, occurs in the target, and a path inside the target (or "/"). */
 #include <string.h>
@@ -311,7 +313,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     c.piece_len = n;
     rc = dduct__http_parser_execute(&p, c.piece, n, &used);
     FUZZ_CHECK(++steps <= 4 * c.in_len + 16, "parser makes no progress");
-    if (rc < 0) break; /* EPROTO / ETOOBIG: the connection closes */
+    if (rc < 0) {
+      /* EPROTO / ETOOBIG: the connection closes, and conn.c logs the method and target parsed
+       * so far: they end inside what this head wrote (not in bytes an earlier head left). */
+      const struct dduct_http_head *h = &p.head;
+      uint32_t offs[3] = {h->method, h->target, h->reason};
+      for (int i = 0; i < 3; i++)
+        FUZZ_CHECK(offs[i] == 0 || (offs[i] <= h->len && h->len < h->cap &&
+                                    memchr(h->buf + offs[i], '\0', h->len - offs[i] + 1)),
+                   "string %d of a failed head runs past what was parsed", i);
+      break;
+    }
     FUZZ_CHECK(used <= n, "consumed %zu of %zu", used, n);
     if (rc == DDUCT_HTTP_UPGRADE && !c.response &&
         strcmp(dduct__http_method(&p.head), "CONNECT") == 0)

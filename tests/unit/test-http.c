@@ -261,6 +261,34 @@ static void test_urls(void) {
                "spaces in a host are refused");
 }
 
+/* A head cut by a bad byte: the strings parsed so far end where the parse stopped, not in what
+ * an earlier request left in the buffer (the 400's log line printed those bytes). And every log
+ * line is printable ASCII. */
+static void test_cut_head_and_log_escape(void) {
+  struct dduct_http_parser p;
+  struct seen s;
+  const char *req = "GET http://x.test/0123456789abcdefghijklmnopqrstuvwxyz HTTP/1.1\r\n"
+                    "Host: x.test\r\n\r\nCONNECT or\rigin.test:443 HTTP/1.1\r\n\r\n";
+  char out[64];
+  size_t used = 0;
+  memset(&s, 0, sizeof(s));
+  dduct__http_parser_init(&p, 0, &cbs, &s);
+  CHECK(dduct__http_parser_execute(&p, req, strlen(req), &used) == DDUCT_HTTP_PAUSED &&
+            s.dones == 1,
+        "the first request parses (paused after it)");
+  dduct__http_parser_resume(&p);
+  CHECK_EQ_INT(dduct__http_parser_execute(&p, req + used, strlen(req) - used, &used),
+               DDUCT_EPROTO, "a CR inside the CONNECT target is refused");
+  CHECK_EQ_STR(dduct__http_target(&p.head), "or",
+               "the target of a head cut at a bad byte is what was parsed of it");
+  dduct__http_parser_free(&p);
+  CHECK(dduct__log_escape("a\x1b[31m\r\n\xff\\z", out, sizeof(out)) == 23 &&
+            strcmp(out, "a\\x1b[31m\\x0d\\x0a\\xff\\z") == 0,
+        "log text: control and non-ASCII bytes become \\xNN");
+  CHECK(dduct__log_escape("\x01\x02\x03", out, 9) == 8 && strcmp(out, "\\x01\\x02") == 0,
+        "escaping cuts at a whole escape");
+}
+
 int main(void) {
   test_head_fields();
   test_pause_after_head_then_body();
@@ -271,5 +299,6 @@ int main(void) {
   test_hop_by_hop();
   test_serialize();
   test_urls();
+  test_cut_head_and_log_escape();
   return tap_done();
 }
