@@ -10,6 +10,7 @@
  *                                                     --else--> that answer passes through
  *          --BYPASS-----> the engine forwards the request uncached
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,17 @@ struct job {
   char *url;
   int began, pass, paused, starting, finished;
   uint64_t t0; /* uv_hrtime when started */
+  /* The request, kept to ask again: parents in rendezvous order, then the origin. */
+  int https;
+  char *host, *target;
+  uint16_t port;
+  struct dduct_http_head h;
+  size_t order[DDUCT__PARENTS_MAX];
+  size_t norder, tried;
+  int parent; /* the parent asked now (index into p->parents), -1: the origin */
+  uint64_t got;  /* body bytes stored so far */
+  uint64_t skip; /* a resumed fetch answered 200: bytes to drop before storing again */
+  int resumed;   /* the fetch running asks for the rest after a parent died mid-body */
 };
 
 static void finish(struct creq *q);
@@ -81,7 +93,7 @@ static void job_link(struct job *j) {
 }
 
 static void job_free(struct job *j) {
-  if (j->starting) {
+  if (j->starting > 0) {
     j->finished = 1; /* fetch_start failed synchronously: start_job frees it */
     return;
   }
@@ -93,6 +105,9 @@ static void job_free(struct job *j) {
   j->p->metrics.fills_in_flight--;
   if (j->first != NULL) j->first->job = NULL;
   free(j->url);
+  free(j->host);
+  free(j->target);
+  dduct__http_head_free(&j->h);
   free(j);
 }
 
@@ -616,11 +631,67 @@ static void job_pass(struct job *j, const struct dduct_http_head *h, int64_t cl)
   }
 }
 
+static void job_next(struct job *j);
+static void parent_failed(struct job *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The answer to the rest of a body after a parent died mid-way: 206 from where we are, or a 200
+ * of the same representation whose first bytes are dropped. Anything else ends the fill as
+ * broken (its readers are cut: a short body is never served as whole). */
+static void job_resumed(struct job *j, struct dduct_fetch *f, const struct dduct_http_head *h) {
+  const struct dduct__store_meta *m = dduct__store_entry_meta(j->e);
+  const char *et = hget(h, "ETag"), *cr = hget(h, "Content-Range"), *ce = hget(h, "Content-Encoding");
+  int same = (et == NULL || m->etag[0] == '\0' || strcmp(et, m->etag) == 0) &&
+             (ce == NULL || strcasecmp(ce, "identity") == 0);
+  unsigned long long from = 0;
+  if (same && h->status == 206 && cr != NULL && sscanf(cr, "bytes %llu-", &from) == 1 &&
+      from == j->got) {
+    j->skip = 0;
+  } else if (same && h->status == 200) {
+    j->skip = j->got;
+  } else {
+    LOG_WARN(LOG_MOD, "Fetching the rest of \"%s\": answered %d%s; giving up", j->url, h->status,
+             same ? "" : " for another version");
+    dduct__fetch_abort(f);
+    j->f = NULL;
+    dduct__store_fill_end(j->e, DDUCT_ESHORT);
+    j->e = NULL;
+    job_free(j);
+    return;
+  }
+  LOG_INFO(LOG_MOD, "Resuming \"%s\" at byte %llu (%d)", j->url, (unsigned long long)j->got,
+           h->status);
+}
+
 static void job_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, int64_t cl) {
   struct job *j = dduct__fetch_data(f);
   const char *ce = hget(h, "Content-Encoding");
   if (j->first != NULL && j->first->c != NULL)
     dduct__txn_origin(dduct__conn_txn(j->first->c), h->status, dduct__conn_txn(j->first->c)->t0);
+  if (j->parent >= 0 && (h->status == 502 || h->status == 504)) {
+    /* The parent works but could not get it from the origin (its answer names why): asking the
+     * other parents would fail the same way and put them down for one bad URL. The origin is
+     * asked from here, so the client gets its real answer or our own error. */
+    LOG_INFO(LOG_MOD, "Parent %s answered %d for \"%s\": asking the origin",
+             j->p->parents.v[j->parent].shown, h->status, j->url);
+    dduct__fetch_abort(f);
+    j->f = NULL;
+    j->tried = j->norder;
+    job_next(j);
+    return;
+  }
+  if (j->parent >= 0 && h->status >= 500) {
+    /* The parent cannot serve (overloaded, shutting down, broken): the next parent or the
+     * origin is asked instead, and this one rests for a while. */
+    dduct__fetch_abort(f);
+    j->f = NULL;
+    parent_failed(j, "answered %d %s", h->status, dduct__http_reason(h));
+    job_next(j);
+    return;
+  }
+  if (j->resumed) {
+    job_resumed(j, f, h);
+    return;
+  }
   if (h->status == 200 && (ce == NULL || strcasecmp(ce, "identity") == 0))
     job_begin(j, h, cl);
   else
@@ -642,6 +713,14 @@ static void job_on_body(struct dduct_fetch *f, const char *data, size_t len) {
     }
     return;
   }
+  if (j->skip > 0) {
+    size_t n = (size_t)DDUCT_MIN((uint64_t)len, j->skip);
+    j->skip -= n;
+    data += n;
+    len -= n;
+    if (len == 0) return;
+  }
+  j->got += len;
   if (dduct__store_fill_write(j->e, data, len) != 0) {
     int why = dduct__store_entry_error(j->e);
     dduct__fetch_abort(f);
@@ -661,6 +740,25 @@ static void job_on_done(struct dduct_fetch *f, int status, const char *why) {
   struct job *j = dduct__fetch_data(f);
   struct creq *q = j->first;
   j->f = NULL;
+  if (status != 0 && j->parent >= 0) {
+    parent_failed(j, "%s", why != NULL ? why : dduct_strerror(status));
+    if (!j->pass && j->began && dduct__store_entry_error(j->e) == 0 &&
+        (dduct__http_remove(&j->h, "Range"), 1)) {
+      /* Mid-body: the readers wait on the growing file; the rest comes from the next parent or
+       * the origin, and the stored bytes are verified as usual (length, digest). */
+      char range[48];
+      snprintf(range, sizeof(range), "bytes=%llu-", (unsigned long long)j->got);
+      if (dduct__http_add(&j->h, "Range", range) == 0) {
+        j->resumed = 1;
+        job_next(j);
+        return;
+      }
+    }
+    if (!j->began && !j->pass) {
+      job_next(j); /* nothing reached a client yet: ask the next one */
+      return;
+    }
+  }
   if (status != 0)
     LOG_WARN(LOG_MOD, "Fetching \"%s\": %s", j->url, why != NULL ? why : dduct_strerror(status));
   if (j->pass) {
@@ -688,13 +786,90 @@ static void job_on_done(struct dduct_fetch *f, int status, const char *why) {
 
 static const struct dduct_fetch_cbs job_cbs = {job_on_head, job_on_body, job_on_done, NULL};
 
-static void start_job(struct creq *q, struct dduct__store_entry *e) {
+/* ---- parents: the fill asked of the tier first (docs/cluster.md) ---------------------- */
+
+static void parent_failed(struct job *j, const char *fmt, ...) {
+  struct dduct_parents *ps = &j->p->parents;
+  char why[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof(why), fmt, ap);
+  va_end(ap);
+  if (dduct__parents_mark_down(ps, (size_t)j->parent, uv_now(j->p->loop)))
+    LOG_WARN(LOG_MOD, "Parent %s down for %u s: %s (fetching \"%s\")", ps->v[j->parent].shown,
+             ps->down_ms / 1000, why, j->url);
+  else
+    LOG_INFO(LOG_MOD, "Parent %s failed again: %s (fetching \"%s\")", ps->v[j->parent].shown, why,
+             j->url);
+}
+
+/* A request another dduct sent us as its parent is never passed to our own parents: a tier
+ * configured in a ring must not loop. */
+static int from_a_dduct(const struct dduct_http_head *h) {
+  const char *via = hget(h, "Via");
+  return via != NULL && strstr(via, "dduct") != NULL;
+}
+
+/* Ask the next up parent in hash order, else the origin. On a failure to start, the job ends
+ * as an origin failure would. */
+static void job_next(struct job *j) {
   struct dduct_fetch_request fr;
-  struct dduct_http_head h;
-  struct job *j = calloc(1, sizeof(*j));
+  struct dduct_parents *ps = &j->p->parents;
+  uint64_t now = uv_now(j->p->loop);
   int rc;
-  if (j == NULL || (j->url = dduct__strdup(q->url)) == NULL || origin_headers(q, &h) != 0) {
-    if (j != NULL) free(j->url);
+  j->parent = -1;
+  while (j->tried < j->norder) {
+    size_t i = j->order[j->tried++];
+    if (ps->v[i].down_until <= now) {
+      j->parent = (int)i;
+      break;
+    }
+  }
+  memset(&fr, 0, sizeof(fr));
+  fr.https = j->https;
+  fr.host = j->host;
+  fr.port = j->port;
+  fr.method = "GET";
+  fr.target = j->target;
+  fr.headers = &j->h;
+  fr.max_redirects = MAX_REDIRECTS;
+  fr.parent = j->parent >= 0 ? &ps->v[j->parent] : NULL;
+  if (fr.parent != NULL)
+    LOG_DEBUG(LOG_MOD, "Asking parent %s for \"%s\"", fr.parent->shown, j->url);
+  j->starting++;
+  rc = dduct__fetch_start(j->p->up, &fr, &job_cbs, j, &j->f);
+  j->starting--;
+  if (rc != 0) {
+    struct creq *q = j->first;
+    j->f = NULL;
+    if (j->began) dduct__store_fill_end(j->e, rc);
+    else if (j->e != NULL) dduct__store_fill_cancel(j->e, rc);
+    j->e = NULL;
+    if (q != NULL) {
+      j->first = NULL;
+      q->job = NULL;
+      decline(q);
+    }
+    job_free(j);
+    return;
+  }
+  if (j->finished && j->starting == 0) job_free(j); /* on_done ran inside fetch_start */
+}
+
+static void start_job(struct creq *q, struct dduct__store_entry *e) {
+  struct job *j = calloc(1, sizeof(*j));
+  const struct dduct_parents *ps = &q->p->parents;
+  if (j != NULL) dduct__http_head_init(&j->h);
+  if (j == NULL || (j->url = dduct__strdup(q->url)) == NULL ||
+      (j->host = dduct__strdup(q->host)) == NULL || (j->target = dduct__strdup(q->target)) == NULL ||
+      origin_headers(q, &j->h) != 0 ||
+      (ps->n > 0 && dduct__http_add(&j->h, "Via", "1.1 dduct") != 0)) {
+    if (j != NULL) {
+      free(j->url);
+      free(j->host);
+      free(j->target);
+      dduct__http_head_free(&j->h);
+    }
     free(j);
     dduct__store_fill_cancel(e, DDUCT_ENOMEM);
     decline(q);
@@ -704,28 +879,16 @@ static void start_job(struct creq *q, struct dduct__store_entry *e) {
   j->e = e;
   j->first = q;
   j->t0 = uv_hrtime();
+  j->https = q->https;
+  j->port = q->port;
+  j->parent = -1;
   q->job = j;
   job_link(j);
   j->p->metrics.fills_started++;
   j->p->metrics.fills_in_flight++;
-  origin_request(q, "GET", &h, &fr);
-  j->starting = 1;
-  rc = dduct__fetch_start(q->p->up, &fr, &job_cbs, j, &j->f);
-  j->starting = 0;
-  dduct__http_head_free(&h);
-  if (rc != 0) {
-    j->f = NULL;
-    dduct__store_fill_cancel(j->e, rc);
-    j->e = NULL;
-    if (j->first != NULL) {
-      j->first = NULL;
-      q->job = NULL;
-      decline(q);
-    }
-    job_free(j);
-    return;
-  }
-  if (j->finished) job_free(j); /* on_done ran inside fetch_start and did the rest */
+  if (ps->n > 0 && !from_a_dduct(&q->head))
+    j->norder = dduct__parents_order(ps, q->key.rel, uv_now(q->p->loop), j->order);
+  job_next(j);
 }
 
 /* ---- lookups and the hook ----------------------------------------------------------------- */

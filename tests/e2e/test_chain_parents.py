@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""The parent tier: 2 parents and 4 edges on 127.0.0.x. Every edge pulls the same blobs and
+packages concurrently from cold: the origin sees each file once, the parents split the keys by
+rendezvous hash, the edges store what they get. A parent killed mid-run: every client still gets
+complete, correct bodies (the edges resume from the next parent or the origin). dduct as a parent
+serves absolute-form https:// requests under the key an intercepted request gets; uncacheable
+requests never go through parents."""
+import hashlib
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cluster_rig  # noqa: E402
+from cache_rig import add_blob, cache_origin  # noqa: E402
+from dductlib.harness import check, check_eq, curl, run, via  # noqa: E402
+from dductlib.origin import pattern_bytes, pattern_sha256  # noqa: E402
+
+
+def _files(o, tag, nblobs, npkgs):
+    """(url, sha256) for nblobs registry blobs and npkgs package-like /bytes files."""
+    out = []
+    for i in range(nblobs):
+        data = hashlib.sha256(("%s-%d" % (tag, i)).encode()).digest() * (2048 + 97 * i)
+        d = add_blob(o, data)
+        out.append((o.url("origin.test", "/v2/lib/%s/blobs/%s" % (tag, d)),
+                    hashlib.sha256(data).hexdigest()))
+    for i in range(npkgs):
+        n = 200000 + 7919 * i + (hash(tag) & 0xfff)
+        out.append((o.url("origin.test", "/bytes/%d" % n), pattern_sha256(n)))
+    return out
+
+
+def _pull_all(rig, edges, files, tag):
+    urls = [u for u, _ in files]
+    runs = [cluster_rig.pull(rig, e, urls, os.path.join(rig.tmp, "%s-%d" % (tag, k)))
+            for k, e in enumerate(edges)]
+    for k, (proc, outs) in enumerate(runs):
+        out, err = proc.communicate(timeout=300)
+        check_eq(proc.returncode, 0, "curl through edge %d (%s)" % (k + 1, err.decode()[-500:]))
+        for (u, sha), p in zip(files, outs):
+            with open(p, "rb") as f:
+                got = hashlib.sha256(f.read()).hexdigest()
+            check_eq(got, sha, "edge %d body of %s" % (k + 1, u))
+        codes = out.decode().split()
+        check(codes.count("200") == len(files), "every answer 200", out.decode()[-500:])
+
+
+def test_cluster_cold_pull(rig):
+    """4 edges pull the same 30 files (20 blobs, 10 packages) concurrently from cold through 2
+    parents: every body is correct, the origin sees each file exactly once, both parents hold a
+    share of the keys (and together exactly the 30), every edge stores all 30; a second pull is
+    all edge hits (the parents see nothing)."""
+    o = cache_origin(rig)
+    files = _files(o, "cold", 20, 10)
+    parents, edges = cluster_rig.start_cluster(rig, 2, 4)
+    try:
+        _pull_all(rig, edges, files, "cold")
+        for u, _ in files:
+            path = u.split(str(o.port), 1)[1]
+            check_eq(o.count(path), 1, "the origin saw %s once" % path)
+        shares = [cluster_rig.entries_count(p.file_dir) for p in parents]
+        check_eq(sum(shares), len(files), "the parents together hold each key once %r" % shares)
+        check(min(shares) >= 5, "both parents hold a share of the keys %r" % shares)
+        for k, e in enumerate(edges):
+            check_eq(cluster_rig.entries_count(e.file_dir), len(files), "edge %d stored all" % k)
+        before = [len(p.log()) for p in parents]
+        _pull_all(rig, edges, files, "warm")
+        for p, b in zip(parents, before):
+            check("Hit \"" not in p.log()[b:] and "Miss \"" not in p.log()[b:],
+                  "a warm pull never reaches a parent", p.log()[b:][-1500:])
+        logs = cluster_rig.stop_all(edges + parents)
+        check(any("Parent https://p1.wild.test" in l for l in logs), "edges log their parents")
+    finally:
+        cluster_rig.kill_all(edges + parents)
+
+
+def test_parent_killed_mid_run(rig):
+    """The origin sends half of each of 12 files and waits; once bytes flow, parent 1 is killed
+    (SIGKILL). The edges log it as down, resume the keys it carried from the other parent (or
+    the origin) with a Range request, and after the origin finishes every client of every edge
+    has complete, correct bodies; nothing short was stored."""
+    o = cache_origin(rig)
+    o.gate.clear()
+    o.half_sent.clear()
+    sizes = [300000 + 1013 * i for i in range(12)]
+    files = [(o.url("origin.test", "/gate/%d" % n), hashlib.sha256(pattern_bytes(n, "gate")).hexdigest())
+             for n in sizes]
+    parents, edges = cluster_rig.start_cluster(rig, 2, 4, edge_overrides={"parent_down_time": 60})
+    try:
+        urls = [u for u, _ in files]
+        runs = [cluster_rig.pull(rig, e, urls, os.path.join(rig.tmp, "kill-%d" % k))
+                for k, e in enumerate(edges)]
+        check(o.half_sent.wait(60), "the origin started sending")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and \
+                sum(p.log().count("Miss \"") for p in parents) < len(files):
+            time.sleep(0.1)
+        time.sleep(0.5)  # let the halves reach the edges
+        victim = parents[0]
+        carried = victim.log().count("Miss \"")
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        victim.stopped = True
+        time.sleep(0.5)
+        o.gate.set()
+        for k, (proc, outs) in enumerate(runs):
+            out, err = proc.communicate(timeout=300)
+            check_eq(proc.returncode, 0, "curl through edge %d (%s)" % (k + 1, err.decode()[-500:]))
+            for (u, sha), p in zip(files, outs):
+                with open(p, "rb") as f:
+                    got = hashlib.sha256(f.read()).hexdigest()
+                check_eq(got, sha, "edge %d: complete, correct body of %s" % (k + 1, u))
+        logs = cluster_rig.stop_all(edges + [parents[1]])
+        if carried > 0:
+            check(any("Parent https://p1.wild.test" in l and "down for" in l for l in logs[:4]),
+                  "an edge logged parent 1 down", logs[0][-2000:])
+            check(any("Resuming \"" in l for l in logs[:4]), "an edge resumed a body mid-way")
+        print("# parent 1 carried %d keys when killed" % carried)
+    finally:
+        o.gate.set()
+        cluster_rig.kill_all(edges + parents)
+
+
+def test_dduct_as_parent(rig):
+    """A dduct answers absolute-form https:// requests on its TLS listener through its cache
+    under the key an intercepted request gets: fetched once from the origin by an absolute-form
+    request, then a hit for an intercepted client; an uncacheable one is forwarded (origin's
+    certificate verified) and not stored; an untrusted origin is refused."""
+    o = cache_origin(rig)
+    n = 123457
+    with rig.dduct(proxy={"filters": cluster_rig.FILTERS}) as p:
+        url = o.url("origin.test", "/bytes/%d" % n)
+        # curl's --request-target sends the absolute form over TLS straight to the listener.
+        r = curl(rig, ["--cacert", p.ca_crt, "--request-target", url, "-H",
+                       "Host: origin.test:%d" % o.port,
+                       "https://127.0.0.1:%d/" % p.tls_port])
+        check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)),
+                 "absolute-form https:// on the TLS listener (%s)" % r.stderr)
+        r = curl(rig, via(p, "http") + [url])
+        check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)), "intercepted")
+        check_eq(o.count("/bytes/%d" % n), 1, "one origin fetch: the same key")
+        r = curl(rig, ["--cacert", p.ca_crt, "--request-target", o.url("origin.test", "/echo/x"),
+                       "https://127.0.0.1:%d/" % p.tls_port])
+        check_eq((r.rc, r.status), (0, 200), "an uncacheable absolute-form request is forwarded")
+        r = curl(rig, ["--cacert", p.ca_crt, "--request-target", rig.bad.url("bad.test", "/bytes/9"),
+                       "https://127.0.0.1:%d/" % p.tls_port])
+        check_eq(r.status, 502, "an untrusted origin is refused")
+        log = p.stop()
+        check("Hit \"https://origin.test:%d/bytes/%d\"" % (o.port, n) in log, "the second was a hit")
+
+
+def test_uncacheable_never_via_parents(rig):
+    """Non-cacheable traffic (an /echo path, a POST, a HEAD miss) goes from the edge straight to
+    the origin: the parent sees no request at all."""
+    o = cache_origin(rig)
+    parents, edges = cluster_rig.start_cluster(rig, 1, 1)
+    try:
+        e = edges[0]
+        r = curl(rig, via(e, "http") + [o.url("origin.test", "/echo/direct")])
+        check_eq((r.rc, r.status), (0, 200), "uncacheable GET")
+        r = curl(rig, via(e, "http") + ["-d", "x=1", o.url("origin.test", "/echo/post")])
+        check_eq((r.rc, r.status), (0, 200), "POST")
+        r = curl(rig, via(e, "http") + ["-I", o.url("origin.test", "/bytes/4242")])
+        check_eq((r.rc, r.status), (0, 200), "HEAD miss")
+        plog = parents[0].log()
+        check("/echo/" not in plog and "/bytes/4242" not in plog, "the parent saw none of them",
+              plog[-1500:])
+        cluster_rig.stop_all(edges + parents)
+    finally:
+        cluster_rig.kill_all(edges + parents)
+
+
+def test_parent_refused_then_direct(rig):
+    """A parent that refuses connections is logged down and skipped: the miss goes to the
+    origin directly and the client gets its body; the next miss does not try the dead parent."""
+    from dductlib.origin import closed_port
+    o = cache_origin(rig)
+    pins = ["%s:127.0.0.1" % n for n in cluster_rig.PIN_NAMES] + ["p1.wild.test:127.0.0.2"]
+    with rig.dduct(proxy={"filters": cluster_rig.FILTERS, "resolve": pins,
+                          "parents": ["https://p1.wild.test:%d" % closed_port("127.0.0.2")]}) as e:
+        for n in (5001, 5002):
+            r = curl(rig, via(e, "http") + [o.url("origin.test", "/bytes/%d" % n)])
+            check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)),
+                     "a miss with the only parent dead (%s)" % r.stderr)
+        log = e.stop()
+        check(log.count("down for 30 s") == 1, "the parent logged down once", log[-2000:])
+        check(log.count("Asking parent") == 1, "the second miss skipped it", log[-2000:])
+
+
+if __name__ == "__main__":
+    run([test_dduct_as_parent, test_uncacheable_never_via_parents, test_parent_refused_then_direct,
+         test_cluster_cold_pull, test_parent_killed_mid_run])
