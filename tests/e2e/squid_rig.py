@@ -49,6 +49,8 @@ class Squid:
                     "http_access allow authed\n") % (NCSA, self.path("passwd"))
         else:
             auth = "http_access allow localhost\n"
+        # A corporate policy: this name is refused (403) whoever asks.
+        auth = "acl denied dstdomain deny.wild.test\nhttp_access deny denied\n" + auth
         conf = ("http_port 127.0.0.1:%d\n" % self.port +
                 "pid_filename %s\n" % self.path("squid.pid") +
                 "cache_log %s\n" % self.path("cache.log") +

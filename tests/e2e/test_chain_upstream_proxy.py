@@ -20,7 +20,7 @@ PASSWORD_URL = "s3cr%25t-pw"  # percent-encoded in the URL
 
 
 def _squid(rig, auth):
-    return squid_rig.Squid(ORIGIN_NAMES + BAD_NAMES, users={USER: PASSWORD} if auth else None)
+    return squid_rig.Squid(ORIGIN_NAMES + BAD_NAMES + ["deny.wild.test"], users={USER: PASSWORD} if auth else None)
 
 
 def _three(rig, d):
@@ -44,7 +44,8 @@ def test_squid_no_auth(rig):
     """Through squid without auth: an intercepted https origin (CONNECT origin.test, TLS to the
     origin verified inside, body byte-exact), a blind tunnel (CONNECT blind.example, the client's
     own TLS) and plain http (absolute-form GET to squid) all work, and squid's access log shows
-    each of them: nothing went around it."""
+    each of them: nothing went around it. A host squid refuses (403 to CONNECT) and an origin
+    with an untrusted certificate behind squid both get 502 naming the cause."""
     o, p = rig.origin, rig.plain
     with _squid(rig, False) as sq, rig.dduct(proxy={"upstream_proxy": sq.url}) as d:
         n, r1, r2, r3 = _three(rig, d)
@@ -55,6 +56,11 @@ def test_squid_no_auth(rig):
         check_eq((r3.rc, r3.status), (0, 200), "plain http through squid (%s)" % r3.stderr)
         via_hdr = dict((k.lower(), v) for k, v in r3.json()["headers"]).get("via", "")
         check("squid" in via_hdr, "the plain request passed squid (Via)", via_hdr)
+        r = curl(rig, via(d, "http") + [o.url("deny.wild.test", "/echo/denied")])
+        check_eq((r.rc, r.status), (0, 502), "squid's 403 to CONNECT is a 502 (%s)" % r.stderr)
+        check("403" in r.body().decode() and "upstream proxy" in r.body().decode(),
+              "the 502 names the proxy's 403", r.body())
+        check_eq(o.count("/echo/denied"), 0, "nothing reached the origin")
         r = curl(rig, via(d, "http") + [rig.bad.url("bad.test", "/echo/bad")])
         check_eq((r.rc, r.status), (0, 502), "an untrusted origin inside the tunnel is refused")
         check("certificate" in r.body().decode() or "verif" in r.body().decode(),
