@@ -772,13 +772,17 @@ static void job_on_done(struct dduct_fetch *f, int status, const char *why) {
     dduct__store_fill_end(j->e, status);
     j->e = NULL;
   } else {
-    /* No answer at all: the engine retries on the client's behalf and reports the error. */
+    /* No usable answer: the client gets the error, as a forwarded request would. Never sent
+     * again (a response head too large, or a broken one, would only come back the same). */
     dduct__store_fill_cancel(j->e, status != 0 ? status : DDUCT_EPROTO);
     j->e = NULL;
     j->first = NULL;
     if (q != NULL) {
+      struct dduct_conn *c = q->c;
       q->job = NULL;
-      decline(q);
+      q->c = NULL;
+      finish(q);
+      if (c != NULL) dduct__conn_fail(c, status != 0 ? status : DDUCT_EPROTO, why);
     }
   }
   job_free(j);

@@ -114,6 +114,7 @@ static const char *reason_of(int status) {
   case 404: return "Not Found";
   case 408: return "Request Timeout";
   case 412: return "Precondition Failed";
+  case 414: return "URI Too Long";
   case 416: return "Range Not Satisfiable";
   case 431: return "Request Header Fields Too Large";
   case 500: return "Internal Server Error";
@@ -662,6 +663,11 @@ static int http_status_for(int err) {
   return 502;
 }
 
+void dduct__conn_fail(struct dduct_conn *c, int err, const char *why) {
+  c->h = NULL;
+  respond_error(c, http_status_for(err), "%s", why != NULL ? why : dduct_strerror(err));
+}
+
 /* ---- forwarding --------------------------------------------------------------------------- */
 
 static void fwd_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, int64_t cl) {
@@ -1091,7 +1097,9 @@ static void parse_error(struct dduct_conn *c, int rc) {
     c->state = C_BUSY;
     c->t0 = uv_now(c->p->loop);
     dduct__txn_begin(&c->txn, DDUCT_ROUTE_LOCAL);
-    if (rc == DDUCT_ETOOBIG)
+    if (rc == DDUCT_ETOOBIG && c->parser.target_too_big)
+      respond_error(c, 414, "request target longer than %u bytes", DDUCT_HTTP_HEAD_MAX);
+    else if (rc == DDUCT_ETOOBIG)
       respond_error(c, 431, "request head larger than %u bytes", DDUCT_HTTP_HEAD_MAX);
     else
       respond_error(c, 400, "malformed request: %s", c->parser.err_reason);

@@ -62,6 +62,9 @@ struct dduct_conn *dduct__conn_next(struct dduct_conn *c);
 
 void dduct__conn_take(struct dduct_conn *c, const struct dduct_conn_handler *h, void *arg);
 void dduct__conn_decline(struct dduct_conn *c);
+/* Give the connection back with an origin failure err (a negative error of a fetch) to answer as
+ * the forward route would: 502, 504 for a timeout, 508 for a loop, why in the body. */
+void dduct__conn_fail(struct dduct_conn *c, int err, const char *why);
 /* headers: end-to-end headers (hop-by-hop and framing headers are replaced); content_length
  * -1 means unknown (sent chunked, or close-delimited to an HTTP/1.0 client). For HEAD requests
  * and 204/304 no body follows whatever content_length says; send_end right away. */

@@ -380,7 +380,10 @@ static int close_piece(struct dduct_http_parser *p, uint32_t *off, uint32_t *len
 }
 
 static int on_url(llhttp_t *ll, const char *at, size_t len) {
-  return piece(P(ll), at, len, &P(ll)->head.target);
+  struct dduct_http_parser *p = P(ll);
+  int rc = piece(p, at, len, &p->head.target);
+  if (rc != 0 && p->too_big) p->target_too_big = 1; /* 414, not 431 (RFC 9110 15.5.15) */
+  return rc;
 }
 
 static int on_url_complete(llhttp_t *ll) {
@@ -495,6 +498,7 @@ void dduct__http_parser_init(struct dduct_http_parser *p, int response,
   p->settings.on_body = on_body;
   p->settings.on_message_complete = on_message_complete;
   llhttp_init(&p->ll, response ? HTTP_RESPONSE : HTTP_REQUEST, &p->settings);
+  p->response = response;
   p->cbs = cbs;
   p->data = data;
   dduct__http_head_init(&p->head);
@@ -520,7 +524,9 @@ int dduct__http_parser_execute(struct dduct_http_parser *p, const char *data, si
   default:
     *consumed = 0;
     if (p->too_big) {
-      p->err_reason = "request head too large";
+      p->err_reason = p->response         ? "response head too large"
+                      : p->target_too_big ? "request target too long"
+                                          : "request head too large";
       return DDUCT_ETOOBIG;
     }
     p->err_reason = p->bad_reason != NULL ? p->bad_reason : llhttp_get_error_reason(&p->ll);

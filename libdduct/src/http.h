@@ -102,7 +102,9 @@ struct dduct_http_parser {
   void *data;
   struct dduct_http_head head;
   int in_head;         /* still collecting the head */
-  int too_big;         /* 431 */
+  int too_big;         /* 431 (a request), 502 (a response) */
+  int target_too_big;  /* the request target alone went past the limit: 414 */
+  int response;        /* parsing responses */
   int hdr_open;        /* a string (url, reason, field or value) is being collected */
   size_t head_bytes;
   const char *err_reason;
@@ -113,7 +115,9 @@ void dduct__http_parser_init(struct dduct_http_parser *p, int response,
                              const struct dduct_http_parser_cbs *cbs, void *data);
 void dduct__http_parser_free(struct dduct_http_parser *p);
 /* Feed data. Returns 0 (all consumed), DDUCT_HTTP_PAUSED or DDUCT_HTTP_UPGRADE with *consumed
- * telling how much was used, or DDUCT_EPROTO (malformed: p->err_reason) / DDUCT_ETOOBIG (431). */
+ * telling how much was used, or DDUCT_EPROTO (malformed: p->err_reason) / DDUCT_ETOOBIG (the head
+ * is over DDUCT_HTTP_HEAD_MAX: 431, or 414 when p->target_too_big; err_reason says "request
+ * head too large", "request target too long" or, for a response, "response head too large"). */
 int dduct__http_parser_execute(struct dduct_http_parser *p, const char *data, size_t len,
                                size_t *consumed);
 /* Continue after a pause (or an upgrade, for a CONNECT handled by the caller). */

@@ -813,7 +813,10 @@ static void busy_read_cb(struct dduct_stream *s, ssize_t nread, const char *data
     response_done(c, used == (size_t)nread);
     return;
   }
-  if (rc < 0 || rc == DDUCT_HTTP_UPGRADE)
+  if (rc == DDUCT_ETOOBIG)
+    uconn_fail(c, DDUCT_ETOOBIG, "response head from %s larger than %u bytes", c->label,
+               DDUCT_HTTP_HEAD_MAX);
+  else if (rc < 0 || rc == DDUCT_HTTP_UPGRADE)
     uconn_fail(c, DDUCT_EPROTO, "invalid response from %s: %s", c->label,
                rc < 0 && c->parser.err_reason != NULL ? c->parser.err_reason : "unexpected upgrade");
 }

@@ -16,6 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import CacheHandler, cache_origin, entries, files_in, origin_gets  # noqa: E402
+from dductlib.client import Reader, Tcp, request_bytes  # noqa: E402
 from dductlib.harness import check, check_eq, curl, run, via  # noqa: E402
 from dductlib.origin import Origin  # noqa: E402
 
@@ -314,8 +315,79 @@ def test_only_if_cached(rig):
             check_eq(len(o.snapshot()["requests"]), n, reval + ": a hit without the origin")
 
 
+class BigHeadOrigin:
+    """Plain HTTP: answers every request with a 200 whose head is over 64 KiB (one 70,000-byte
+    header), and counts the requests it read."""
+
+    def __init__(self):
+        self.requests = 0
+        self.srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler())
+        self.srv.daemon_threads = True
+        self.port = self.srv.server_address[1]
+        import threading
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def _handler(self):
+        outer = self
+
+        class H(socketserver.StreamRequestHandler):
+            def handle(self):
+                while True:
+                    line = self.rfile.readline(65537)
+                    if not line:
+                        return
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    outer.requests += 1
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 70000 +
+                                     b"\r\nContent-Length: 2\r\n\r\nok")
+        return H
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def raw_status(d, head):
+    t = Tcp("127.0.0.1", d.tcp_port)
+    try:
+        t.sendall(head)
+        return Reader(t).read_response()
+    finally:
+        t.close()
+
+
+def test_long_target_414_big_response_head_502(rig):
+    """A 70,000-byte request target gets 414 (a 70,000-byte header still 431); an origin whose
+    response head is over the 64 KiB limit is reported as "response head ... larger than", gets
+    502, and is asked once, on a cached path (which used to send the request a second time,
+    uncached) and on a forwarded one."""
+    o = cache_origin(rig)
+    big = BigHeadOrigin()
+    try:
+        with rig.dduct(proxy={"filters": ["^/pkg/"]}) as d:
+            url = "http://origin.test:%d/any/%s" % (o.port, "a" * 70000)
+            r = raw_status(d, request_bytes("GET", url, "origin.test:%d" % o.port))
+            check_eq(r.status, 414, "a 70,000-byte target")
+            r = raw_status(d, request_bytes("GET", "http://origin.test:%d/any/x" % o.port,
+                                            "origin.test:%d" % o.port,
+                                            headers=[("X-Long", "h" * 70000)]))
+            check_eq(r.status, 431, "a 70,000-byte header")
+            for n, path in enumerate(("/pkg/big.tgz", "/other")):
+                r = get(rig, d, "http://origin.test:%d%s" % (big.port, path))
+                check_eq(r.status, 502, path + ": a response head over the limit")
+                check("response head" in body(r).decode(), "the answer says why", body(r))
+                check_eq(big.requests, n + 1, path + ": the origin was asked once")
+            log = d.log()
+            check("response head from" in log and "request head too large" not in log,
+                  "logged as a response head too large", log[-2000:])
+    finally:
+        big.close()
+
+
 if __name__ == "__main__":
     run([test_plain_http_never_answers_https, test_old_plain_entry_not_served_to_https,
          test_https_redirect_to_http_not_followed,
          test_redirect_to_another_port_drops_credentials, test_query_in_key,
-         test_query_ignore_rules, test_unsafe_methods_invalidate, test_only_if_cached])
+         test_query_ignore_rules, test_unsafe_methods_invalidate, test_only_if_cached,
+         test_long_target_414_big_response_head_502])
