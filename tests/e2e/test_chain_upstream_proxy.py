@@ -173,9 +173,67 @@ def test_https_upstream_proxy(rig):
               log[-2000:])
 
 
+def _banner_proxy():
+    """A one-connection fake proxy whose far end speaks first: its answer to CONNECT and the
+    far end's banner leave in one write, then it echoes. Returns (port, thread, seen)."""
+    import socket
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    seen = []
+
+    def run():
+        c, _ = srv.accept()
+        c.settimeout(30)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += c.recv(4096)
+        seen.append(head.split(b"\r\n")[0].decode())
+        c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\nBANNER from the far end\n")
+        while True:
+            d = c.recv(4096)
+            if not d:
+                break
+            c.sendall(d)
+        c.close()
+        srv.close()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return srv.getsockname()[1], t, seen
+
+
+def test_far_end_speaks_first(rig):
+    """A blind tunnel through the upstream proxy to a server that speaks first: the bytes that
+    came in the same read as the proxy's 200 reach the client right after dduct's own 200, before
+    anything else, and the tunnel then carries both ways."""
+    import socket
+    port, t, seen = _banner_proxy()
+    with rig.dduct(proxy={"upstream_proxy": "http://127.0.0.1:%d" % port}) as d:
+        s = socket.create_connection(("127.0.0.1", d.tcp_port), timeout=30)
+        s.sendall(b"CONNECT blind.example:2222 HTTP/1.1\r\nHost: blind.example:2222\r\n\r\n")
+        got = b""
+        while b"far end\n" not in got:
+            k = s.recv(4096)
+            check(k, "dduct closed the tunnel early", got)
+            got += k
+        head, rest = got.split(b"\r\n\r\n", 1)
+        check(head.startswith(b"HTTP/1.1 200"), "dduct's 200", head)
+        check_eq(rest, b"BANNER from the far end\n", "the banner, first and whole")
+        s.sendall(b"ping\n")
+        echo = b""
+        while echo != b"ping\n":
+            k = s.recv(4096)
+            check(k, "echo", echo)
+            echo += k
+        s.close()
+        t.join(30)
+    check_eq(seen, ["CONNECT blind.example:2222 HTTP/1.1"], "the proxy got dduct's CONNECT")
+
+
 if __name__ == "__main__":
     if not squid_rig.available():
         print("1..0 # SKIP squid is not installed")
         sys.exit(0)
     run([test_squid_no_auth, test_squid_basic_auth, test_squid_407_is_502,
-         test_proxy_refused_and_bypass, test_https_upstream_proxy])
+         test_proxy_refused_and_bypass, test_https_upstream_proxy, test_far_end_speaks_first])
