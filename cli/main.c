@@ -3,6 +3,7 @@
  * Exit status: 0 done, 1 runtime failure, 2 usage or configuration error. */
 #include <limits.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +102,35 @@ static void load_config(const struct args *a, struct config *cfg, char *source, 
   }
 }
 
+/* The soft open-files limit up to the hard one, as nginx (worker_rlimit_nofile) and Go do:
+ * Debian's soft default of 1024 is below max_connections' default, and dduct uses epoll, so
+ * nothing here needs descriptors below 1024. The proxy keeps max_connections within what is
+ * then allowed (and says so when it has to lower it). */
+static void raise_nofile(void) {
+  struct rlimit rl;
+  rlim_t was;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  was = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    /* An unlimited hard limit is capped by fs.nr_open: try that. */
+    FILE *f = fopen("/proc/sys/fs/nr_open", "r");
+    unsigned long long n = 0;
+    if (f != NULL) {
+      if (fscanf(f, "%llu", &n) != 1) n = 0;
+      fclose(f);
+    }
+    rl.rlim_cur = (rlim_t)n;
+    if (n <= was || setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+      log_line(DDUCT_LOG_WARN, "main", "cannot raise the open files limit from %llu",
+               (unsigned long long)was);
+      return;
+    }
+  }
+  log_line(DDUCT_LOG_INFO, "main", "Open files limit raised from %llu to %llu",
+           (unsigned long long)was, (unsigned long long)rl.rlim_cur);
+}
+
 static int open_ca(const struct config *cfg, struct dduct_ca **ca) {
   struct dduct_ca_options o;
   char err[1024] = "";
@@ -148,6 +178,7 @@ int main(int argc, char **argv) {
   }
   log_setup((enum dduct_log_level)cfg.log_level);
   signal(SIGPIPE, SIG_IGN); /* a peer closing mid-write is an error code, not a death */
+  raise_nofile();
   if (open_ca(&cfg, &ca) != 0) {
     config_free(&cfg);
     return 1;

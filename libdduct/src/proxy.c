@@ -1,6 +1,7 @@
 /* The proxy context: options, listeners, connection slots, shutdown. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "cache.h"
 #include "conn.h"
@@ -54,6 +55,29 @@ static const char *keep(struct dduct_proxy *p, const char *s) {
   return v[p->nstrings++];
 }
 
+/* Each connection may hold three descriptors at once (client, origin, cache file); a share of
+ * the limit is kept for what does not scale with connections (listeners, the store's idle
+ * entries, pooled origin connections, the loop's own). Past that, accept() or an entry's open()
+ * fails with EMFILE, and a cache hit became a 502 when its file could not be opened. */
+#define FDS_PER_CONN 3
+#define FDS_RESERVED 192
+
+static void fit_descriptors(struct dduct_proxy *p) {
+  struct rlimit rl;
+  rlim_t reserve, fit;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return;
+  reserve = DDUCT_MIN((rlim_t)FDS_RESERVED, rl.rlim_cur / 4);
+  fit = rl.rlim_cur > reserve ? (rl.rlim_cur - reserve) / FDS_PER_CONN : 0;
+  if (fit < 1) fit = 1;
+  if ((rlim_t)p->o.max_connections <= fit) return;
+  LOG_WARN("http_proxy",
+           "max_connections %u lowered to %llu: the open files limit (RLIMIT_NOFILE) is %llu "
+           "and a connection may need %d descriptors",
+           p->o.max_connections, (unsigned long long)fit, (unsigned long long)rl.rlim_cur,
+           FDS_PER_CONN);
+  p->o.max_connections = (unsigned)fit;
+}
+
 static int copy_options(struct dduct_proxy *p, const struct dduct_proxy_options *o) {
   p->o = *o;
   if (o->system_ca_file != NULL && (p->o.system_ca_file = keep(p, o->system_ca_file)) == NULL)
@@ -87,6 +111,7 @@ static int copy_options(struct dduct_proxy *p, const struct dduct_proxy_options 
   DEF(max_connections, 1024);
   DEF(parent_down_ms, D_PARENT_DOWN_MS);
 #undef DEF
+  fit_descriptors(p);
   return 0;
 }
 

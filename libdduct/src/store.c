@@ -114,6 +114,7 @@ struct dduct__store_entry {
   int nreaders;        /* readers open on it (for /stats) */
   uv_work_t probe;
   int probe_may_fill, probe_flags, probe_rc;
+  int probe_retried; /* the probe ran again after EMFILE/ENFILE freed idle descriptors */
   enum probe_result probe_result;
   struct dduct__store_loaded loaded;
   /* A complete entry's data file is watched (inotify, on our open fd's inode) so a hot hit needs
@@ -506,6 +507,18 @@ static int idle_park(struct dduct__store_entry *e) {
   return 1;
 }
 
+/* Free every idle entry but keep (its fd is in use). */
+static void idle_shed(struct dduct_store *s, struct dduct__store_entry *keep) {
+  struct list *n = s->idle.next;
+  while (n != &s->idle) {
+    struct dduct__store_entry *old = DDUCT_CONTAINER_OF(n, struct dduct__store_entry, idle);
+    n = n->next;
+    if (old == keep) continue;
+    idle_del(old);
+    entry_free(old);
+  }
+}
+
 static void entry_maybe_free(struct dduct__store_entry *e) {
   struct dduct_store *s = e->s;
   if (e->refs > 0 || e->holds > 0) return;
@@ -640,6 +653,8 @@ static void entry_kill(struct dduct__store_entry *e, int why) {
 
 /* ---- lookups ------------------------------------------------------------------------------ */
 
+static int probe_start(struct dduct__store_entry *e, int flags);
+
 static void probe_work(uv_work_t *w) {
   struct dduct__store_entry *e = w->data;
   int rc, fd;
@@ -721,6 +736,16 @@ static void probe_done(uv_work_t *w, int status) {
     entry_kill(e, dduct__store_degraded(e->s) ? UV_ENOSPC : 0);
     break;
   case PR_FAIL:
+    /* Out of descriptors: the idle entries' files are only a shortcut for later hits, this
+     * lookup is a request now. Close them and try once more before giving up. */
+    if ((e->probe_rc == UV_EMFILE || e->probe_rc == UV_ENFILE) && !e->probe_retried &&
+        e->s->idle_count > 0) {
+      LOG_WARN(LOG_MOD, "Cache entry \"%s\": %s; closing %zu idle entries' files", e->base,
+               dduct_strerror(e->probe_rc), (size_t)e->s->idle_count);
+      e->probe_retried = 1;
+      idle_shed(e->s, e);
+      if (probe_start(e, e->probe_flags) == 0) break;
+    }
     if (e->probe_rc != DDUCT_EAGAIN)
       LOG_WARN(LOG_MOD, "Cache entry \"%s\": %s", e->base, dduct_strerror(e->probe_rc));
     degrade(e->s, e->probe_rc);

@@ -100,6 +100,68 @@ def test_log_lines_are_printable(rig):
         check(b" or -> 400" in raw, "the cut CONNECT target is logged as parsed", raw[-2000:])
 
 
+def _get_all(port, request, n, hold=0.0):
+    """n connections opened at once (kept idle for hold seconds first), each then sending request
+    (Connection: close); their statuses in order (None: closed without an answer)."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(n)]
+    time.sleep(hold)
+    for s in socks:
+        try:
+            s.sendall(request)
+        except OSError:
+            pass
+    out = []
+    for s in socks:
+        data = b""
+        try:
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                data += b
+        except OSError:
+            pass
+        s.close()
+        out.append(int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None)
+    return out
+
+
+def test_hits_survive_a_short_descriptor_limit(rig):
+    """A file cached by one dduct; a second one on the same file_dir with RLIMIT_NOFILE 256
+    (soft = hard, nothing to raise) and the default max_connections (1024). 300 clients connect
+    and idle, then all ask for the cached file: dduct has lowered max_connections to fit the
+    limit (and logged it), the clients past it wait in the backlog, and every one gets its 200
+    from the cache (before: accept() hit EMFILE and dropped clients, and the entry's open()
+    failed, so the hit went to the origin and became a 502 'too many open files')."""
+    path = "/bytes/65536"
+    req = (b"GET %s HTTP/1.1\r\nHost: origin.test:%d\r\nConnection: close\r\n\r\n"
+           % (rig.plain.url("origin.test", path).encode(), rig.plain.port))
+    with rig.dduct(proxy={"filters": ["^/bytes/"]}) as d:
+        check_eq(_get_all(d.tcp_port, req, 1), [200], "the file is fetched and cached")
+        files = d.file_dir
+    before = rig.plain.count(path)
+    with rig.dduct(nofile=256, proxy={"filters": ["^/bytes/"]},
+                   misc={"file_dir": files + "/"}) as d:
+        got = _get_all(d.tcp_port, req, 300, hold=1.0)
+        check_eq(sorted(set(map(str, got))), ["200"], "statuses of the 300 clients")
+        check_eq(rig.plain.count(path), before, "every answer was a hit")
+        log = d.stop()
+        check("max_connections 1024 lowered to" in log, "the cap is logged", log[-3000:])
+
+
+def test_soft_descriptor_limit_raised(rig):
+    """Started with a soft RLIMIT_NOFILE of 256 under a hard one of 4096, dduct raises the soft
+    limit to the hard one (logged; /proc shows it) and keeps max_connections at 1024."""
+    with rig.dduct(nofile=(256, 4096)) as d:
+        with open("/proc/%d/limits" % d.pid) as f:
+            line = [x for x in f if x.startswith("Max open files")][0].split()
+        check_eq(line[3:5], ["4096", "4096"], "soft and hard open files limits of dduct")
+        log = d.stop()
+        check("Open files limit raised from 256 to 4096" in log and "lowered" not in log,
+              "raised and logged, max_connections kept", log[-3000:])
+
+
 if __name__ == "__main__":
     run([test_denied_client_gets_no_handshake, test_leaf_cache_evicts_instead_of_refusing,
-         test_log_lines_are_printable])
+         test_log_lines_are_printable, test_hits_survive_a_short_descriptor_limit,
+         test_soft_descriptor_limit_raised])

@@ -197,7 +197,8 @@ class Dduct:
         def limits():
             if nofile:
                 import resource
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+                resource.setrlimit(resource.RLIMIT_NOFILE,
+                                   nofile if isinstance(nofile, tuple) else (nofile, nofile))
         self.stderr_file = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen([dduct_bin(), "--cfg", self.cfg_path], cwd=self.dir,
                                      stdin=subprocess.DEVNULL, stdout=self.stderr_file,
