@@ -749,6 +749,7 @@ static void job_on_done(struct dduct_fetch *f, int status, const char *why) {
       char range[48];
       snprintf(range, sizeof(range), "bytes=%llu-", (unsigned long long)j->got);
       if (dduct__http_add(&j->h, "Range", range) == 0) {
+        j->p->parents.v[j->parent].resumed++;
         j->resumed = 1;
         job_next(j);
         return;
@@ -799,6 +800,7 @@ static void parent_failed(struct job *j, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(why, sizeof(why), fmt, ap);
   va_end(ap);
+  ps->v[j->parent].failed++;
   if (dduct__parents_mark_down(ps, (size_t)j->parent, uv_now(j->p->loop)))
     LOG_WARN(LOG_MOD, "Parent %s down for %u s: %s (fetching \"%s\")", ps->v[j->parent].shown,
              ps->down_ms / 1000, why, j->url);
@@ -838,8 +840,10 @@ static void job_next(struct job *j) {
   fr.headers = &j->h;
   fr.max_redirects = MAX_REDIRECTS;
   fr.parent = j->parent >= 0 ? &ps->v[j->parent] : NULL;
-  if (fr.parent != NULL)
+  if (fr.parent != NULL) {
+    ps->v[j->parent].asked++;
     LOG_DEBUG(LOG_MOD, "Asking parent %s for \"%s\"", fr.parent->shown, j->url);
+  }
   j->starting++;
   rc = dduct__fetch_start(j->p->up, &fr, &job_cbs, j, &j->f);
   j->starting--;

@@ -48,6 +48,9 @@ struct dduct_parent {
   char shown[300];     /* "https://host:port" */
   uint64_t id_hash;    /* H(shown): the parent's share of the hash */
   uint64_t down_until; /* uv_now() milliseconds; 0: up */
+  uint64_t asked;      /* fills asked of this parent (metrics) */
+  uint64_t failed;     /* ... that it refused, dropped or answered 5xx */
+  uint64_t resumed;    /* bodies it died in the middle of, resumed elsewhere */
 };
 
 struct dduct_parents {

@@ -419,6 +419,33 @@ static int walk_cache(struct walk *w, const struct dduct_proxy *p) {
   return w->rc;
 }
 
+/* The parent tier (docs/cluster.md): one family at a time, a sample per parent. */
+static int walk_parents(struct walk *w, const struct dduct_proxy *p) {
+  static const char *const pl[] = {"parent"};
+  static const struct {
+    const char *name, *help;
+    enum dduct_metric_type type;
+  } fam[] = {
+      {"dduct_parent_up", "1 unless the parent failed within parent_down_time", DDUCT_METRIC_GAUGE},
+      {"dduct_parent_requests_total", "Cache fills asked of the parent", DDUCT_METRIC_COUNTER},
+      {"dduct_parent_failures_total", "Fills the parent refused, timed out, dropped or answered 5xx",
+       DDUCT_METRIC_COUNTER},
+      {"dduct_parent_resumed_total", "Bodies the parent dropped mid-way, resumed from the next one",
+       DDUCT_METRIC_COUNTER},
+  };
+  for (size_t f = 0; f < DDUCT_ARRAY_SIZE(fam); f++)
+    for (size_t i = 0; i < p->parents.n; i++) {
+      const struct dduct_parent *pa = &p->parents.v[i];
+      const char *lv[1] = {pa->shown};
+      double v = f == 0   ? (pa->down_until <= uv_now(p->loop) ? 1.0 : 0.0)
+                 : f == 1 ? (double)pa->asked
+                 : f == 2 ? (double)pa->failed
+                          : (double)pa->resumed;
+      emit(w, fam[f].name, i == 0 ? fam[f].help : NULL, fam[f].type, 1, pl, lv, v, NULL);
+    }
+  return w->rc;
+}
+
 static int walk_upstream(struct walk *w, const struct dduct_proxy *p) {
   const struct dduct__stats *st = &p->metrics;
   static const char *const ln[] = {"code"};
@@ -436,6 +463,7 @@ static int walk_upstream(struct walk *w, const struct dduct_proxy *p) {
          DDUCT_METRIC_COUNTER, (double)p->stats.upstream_reuses);
   hist(w, "dduct_upstream_connect_seconds", "Origin connection set-up: DNS, TCP and TLS",
        &st->connect, connect_bounds, DDUCT_ARRAY_SIZE(connect_bounds));
+  walk_parents(w, p);
   return w->rc;
 }
 

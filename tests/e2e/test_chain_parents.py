@@ -175,16 +175,23 @@ def test_uncacheable_never_via_parents(rig):
 
 def test_parent_refused_then_direct(rig):
     """A parent that refuses connections is logged down and skipped: the miss goes to the
-    origin directly and the client gets its body; the next miss does not try the dead parent."""
+    origin directly and the client gets its body; the next miss does not try the dead parent;
+    /metrics shows the parent down, asked once, failed once."""
     from dductlib.origin import closed_port
     o = cache_origin(rig)
     pins = ["%s:127.0.0.1" % n for n in cluster_rig.PIN_NAMES] + ["p1.wild.test:127.0.0.2"]
-    with rig.dduct(proxy={"filters": cluster_rig.FILTERS, "resolve": pins,
-                          "parents": ["https://p1.wild.test:%d" % closed_port("127.0.0.2")]}) as e:
+    dead = "https://p1.wild.test:%d" % closed_port("127.0.0.2")
+    with rig.dduct(proxy={"filters": cluster_rig.FILTERS, "resolve": pins, "parents": [dead]},
+                   admin=True) as e:
         for n in (5001, 5002):
             r = curl(rig, via(e, "http") + [o.url("origin.test", "/bytes/%d" % n)])
             check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)),
                      "a miss with the only parent dead (%s)" % r.stderr)
+        m = curl(rig, [e.admin_url + "/metrics"]).body().decode()
+        for line in ('dduct_parent_up{parent="%s"} 0' % dead,
+                     'dduct_parent_requests_total{parent="%s"} 1' % dead,
+                     'dduct_parent_failures_total{parent="%s"} 1' % dead):
+            check(line in m, "/metrics has " + line, m[-1500:])
         log = e.stop()
         check(log.count("down for 30 s") == 1, "the parent logged down once", log[-2000:])
         check(log.count("Asking parent") == 1, "the second miss skipped it", log[-2000:])
