@@ -824,6 +824,7 @@ static void job_next(struct job *j) {
   uint64_t now = uv_now(j->p->loop);
   int rc;
   j->parent = -1;
+  j->paused = 0; /* the new fetch runs; a full fill pauses it again */
   while (j->tried < j->norder) {
     size_t i = j->order[j->tried++];
     if (ps->v[i].down_until <= now) {
