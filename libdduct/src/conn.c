@@ -344,15 +344,9 @@ static void reset_request(struct dduct_conn *c) {
 /* The URL for the access record: never credentials (it is rebuilt from the parts). */
 static const char *record_url(struct dduct_conn *c, char *buf, size_t len) {
   const struct dduct_request *r = &c->req;
-  int v6;
+  int connect = c->txn.route == DDUCT_ROUTE_TUNNEL || c->txn.route == DDUCT_ROUTE_INTERCEPT;
   if (r->host == NULL) return dduct__http_target(&c->parser.head);
-  v6 = strchr(r->host, ':') != NULL;
-  if (c->txn.route == DDUCT_ROUTE_TUNNEL || c->txn.route == DDUCT_ROUTE_INTERCEPT)
-    snprintf(buf, len, "%s%s%s:%u", v6 ? "[" : "", r->host, v6 ? "]" : "", r->port);
-  else
-    snprintf(buf, len, "%s://%s%s%s:%u%s", r->https ? "https" : "http", v6 ? "[" : "", r->host,
-             v6 ? "]" : "", r->port, r->path != NULL ? r->path : "");
-  return buf;
+  return dduct__stats_url(buf, len, connect ? -1 : r->https, r->host, r->port, r->path);
 }
 
 /* The request ended (answered, cut, or its client left): metrics and the access record. */

@@ -1,7 +1,6 @@
 /* The proxy's figures: booking (one call per finished request), the sample walk that every
  * export goes through, and the two renderers (Prometheus text 0.0.4, JSON). See stats.h. */
 #include <dirent.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -243,12 +242,16 @@ struct sbuf {
   size_t need;
 };
 
+/* Appends what fits (one byte stays for the NUL); once something did not fit, len is cap and
+ * nothing more is written, but need keeps counting. */
 static void sb_putn(struct sbuf *s, const char *p, size_t n) {
-  if (s->len + n < s->cap) {
-    memcpy(s->b + s->len, p, n);
-    s->len += n;
-  } else if (s->len < s->cap) {
-    s->len = s->cap; /* truncated: stop writing */
+  if (s->len + 1 < s->cap) {
+    size_t k = DDUCT_MIN(n, s->cap - 1 - s->len);
+    memcpy(s->b + s->len, p, k);
+    s->len += k;
+    if (k < n) s->len = s->cap;
+  } else if (n > 0) {
+    s->len = s->cap;
   }
   s->need += n;
 }
@@ -278,39 +281,94 @@ static void sb_json_str(struct sbuf *s, const char *p) {
   sb_putn(s, "\"", 1);
 }
 
-static void sb_fmt(struct sbuf *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_fmt(struct sbuf *s, const char *fmt, ...) {
-  char tmp[96];
-  va_list ap;
-  int n;
-  va_start(ap, fmt);
-  n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-  va_end(ap);
-  if (n > 0) sb_putn(s, tmp, DDUCT_MIN((size_t)n, sizeof(tmp) - 1));
+static void sb_u64(struct sbuf *s, uint64_t v) {
+  char tmp[20];
+  size_t n = 0;
+  do tmp[n++] = (char)('0' + v % 10);
+  while ((v /= 10) != 0);
+  for (size_t i = 0; i < n / 2; i++) {
+    char c = tmp[i];
+    tmp[i] = tmp[n - 1 - i];
+    tmp[n - 1 - i] = c;
+  }
+  sb_putn(s, tmp, n);
 }
 
+const char *dduct__stats_url(char *buf, size_t len, int https, const char *host, unsigned port,
+                             const char *path) {
+  struct sbuf s = {buf, 0, len, 0};
+  int v6 = strchr(host, ':') != NULL;
+  if (https >= 0) sb_puts(&s, https ? "https://" : "http://");
+  if (v6) sb_putn(&s, "[", 1);
+  sb_puts(&s, host);
+  sb_puts(&s, v6 ? "]:" : ":");
+  sb_u64(&s, port);
+  if (https >= 0 && path != NULL) sb_puts(&s, path);
+  if (len > 0) buf[s.len < len ? s.len : len - 1] = '\0';
+  return buf;
+}
+
+/* Microseconds as milliseconds with three decimals ("12.345"). */
+static void sb_ms(struct sbuf *s, uint64_t us) {
+  char frac[4] = {(char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10), (char)('0' + us % 10),
+                  '\0'};
+  sb_u64(s, us / 1000);
+  sb_putn(s, ".", 1);
+  sb_putn(s, frac, 3);
+}
+
+/* "2024-01-02T03:04:05" of a unix second; the last one is kept (per thread), as consecutive
+ * records mostly share their second. */
+static const char *utc_second(int64_t secs) {
+  static _Thread_local int64_t last = -1;
+  static _Thread_local char text[32];
+  if (secs != last) {
+    time_t t = (time_t)secs;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &tm);
+    last = secs;
+  }
+  return text;
+}
+
+/* Written by hand (no printf, no gmtime per line): this runs once per request when an access log
+ * is on. */
 size_t dduct_access_record_json(const struct dduct_access_record *r, char *buf, size_t len) {
   struct sbuf s = {buf, 0, len, 0};
-  time_t secs = (time_t)(r->time_us / 1000000);
-  struct tm tm;
-  char when[40];
-  gmtime_r(&secs, &tm);
-  strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
-  sb_fmt(&s, "{\"time\":\"%s.%06lldZ\",\"client\":", when,
-         (long long)(r->time_us % 1000000));
+  uint64_t us = (uint64_t)(r->time_us % 1000000);
+  char frac[7];
+  for (int i = 5; i >= 0; i--, us /= 10) frac[i] = (char)('0' + us % 10);
+  frac[6] = '\0';
+  sb_puts(&s, "{\"time\":\"");
+  sb_puts(&s, utc_second(r->time_us / 1000000));
+  sb_putn(&s, ".", 1);
+  sb_putn(&s, frac, 6);
+  sb_puts(&s, "Z\",\"client\":");
   sb_json_str(&s, r->client);
   sb_puts(&s, ",\"method\":");
   sb_json_str(&s, r->method);
   sb_puts(&s, ",\"url\":");
   sb_json_str(&s, r->url);
-  sb_fmt(&s, ",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%.3f,\"route\":\"%s\",\"cache\":\"%s\"",
-         r->status, (unsigned long long)r->bytes, r->duration_us / 1000.0,
-         dduct_route_name(r->route), dduct_cache_status_name(r->cache));
-  if (r->origin_status > 0)
-    sb_fmt(&s, ",\"origin_status\":%d,\"origin_ms\":%.3f}\n", r->origin_status,
-           r->origin_us / 1000.0);
-  else
-    sb_puts(&s, ",\"origin_status\":null,\"origin_ms\":null}\n");
+  sb_puts(&s, ",\"status\":");
+  sb_u64(&s, (uint64_t)(r->status > 0 ? r->status : 0));
+  sb_puts(&s, ",\"bytes\":");
+  sb_u64(&s, r->bytes);
+  sb_puts(&s, ",\"duration_ms\":");
+  sb_ms(&s, r->duration_us);
+  sb_puts(&s, ",\"route\":\"");
+  sb_puts(&s, dduct_route_name(r->route));
+  sb_puts(&s, "\",\"cache\":\"");
+  sb_puts(&s, dduct_cache_status_name(r->cache));
+  if (r->origin_status > 0) {
+    sb_puts(&s, "\",\"origin_status\":");
+    sb_u64(&s, (uint64_t)r->origin_status);
+    sb_puts(&s, ",\"origin_ms\":");
+    sb_ms(&s, r->origin_us > 0 ? (uint64_t)r->origin_us : 0);
+    sb_puts(&s, "}\n");
+  } else {
+    sb_puts(&s, "\",\"origin_status\":null,\"origin_ms\":null}\n");
+  }
   if (len > 0) buf[s.len < len ? s.len : len - 1] = '\0';
   return s.need;
 }

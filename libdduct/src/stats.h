@@ -103,6 +103,11 @@ struct dduct_proxy;
 void dduct__stats_txn_done(struct dduct_proxy *p, struct dduct__txn *t,
                            const struct dduct__txn_end *end);
 
+/* "scheme://host:port/path" into buf[len] (truncated, NUL-terminated), or "host:port" when
+ * https is -1 (CONNECT); IPv6 hosts in brackets. Returns buf. */
+const char *dduct__stats_url(char *buf, size_t len, int https, const char *host, unsigned port,
+                             const char *path);
+
 void dduct__stats_upstream(struct dduct__stats *st, int status);
 void dduct__stats_connect_time(struct dduct__stats *st, uint64_t started);
 void dduct__stats_error(struct dduct__stats *st, int status, const char *client, const char *text);
