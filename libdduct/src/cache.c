@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "cache.h"
 #include "internal.h"
@@ -360,16 +361,84 @@ static int parse_range(const char *v, uint64_t size, uint64_t *off, uint64_t *le
   return 1;
 }
 
-static int add_headers(struct creq *q, struct dduct_http_head *h, const char *etag) {
+/* Origin headers never stored nor replayed: framing and ranges (dduct computes them for each
+ * answer), hop-by-hop ones (upstream already strips those it is told of), Age (computed on each
+ * hit), and Set-Cookie (one client's cookie must not go to every client of the entry). */
+static int not_replayed(const char *name) {
+  static const char *const names[] = {
+      "Content-Length", "Transfer-Encoding", "Content-Range", "Accept-Ranges", "Connection",
+      "Keep-Alive",     "Proxy-Connection",  "TE",            "Trailer",       "Upgrade",
+      "Proxy-Authenticate", "Set-Cookie",   "Set-Cookie2",   "Age"};
+  for (size_t i = 0; i < DDUCT_ARRAY_SIZE(names); i++)
+    if (strcasecmp(name, names[i]) == 0) return 1;
+  return 0;
+}
+
+/* What a 304 carries of the stored headers (RFC 9110 15.4.5). */
+static int for_304(const char *name) {
+  static const char *const names[] = {"Cache-Control", "Content-Location", "Date", "ETag",
+                                      "Expires",       "Vary",             "Last-Modified"};
+  for (size_t i = 0; i < DDUCT_ARRAY_SIZE(names); i++)
+    if (strcasecmp(name, names[i]) == 0) return 1;
+  return 0;
+}
+
+/* The origin's end-to-end headers of h as a store headers block ("name\0value\0..."); *len 0
+ * and NULL when it has none worth keeping (or out of memory: the entry then has the basic
+ * fields only). An addressed entry's Docker-Content-Digest is dduct's own, from the digest it
+ * verified. */
+static char *headers_block(const struct dduct_http_head *h, int addressed, size_t *len) {
+  size_t n = 0, o = 0;
+  char *b;
+  for (size_t i = 0; i < h->n; i++) n += h->h[i].name_len + h->h[i].value_len + 2;
+  *len = 0;
+  if (n == 0 || (b = malloc(n)) == NULL) return NULL;
+  for (size_t i = 0; i < h->n; i++) {
+    const char *name = h->buf + h->h[i].name;
+    if (not_replayed(name) || (addressed && strcasecmp(name, "Docker-Content-Digest") == 0))
+      continue;
+    memcpy(b + o, name, h->h[i].name_len + 1);
+    o += h->h[i].name_len + 1;
+    memcpy(b + o, h->buf + h->h[i].value, h->h[i].value_len + 1);
+    o += h->h[i].value_len + 1;
+  }
+  *len = o;
+  return b;
+}
+
+/* The answer's headers: the origin's (from the sidecar, or from its answer mid-fill) as it sent
+ * them, minus what dduct computes (a 304 gets the validators and caching ones only, a 416 none),
+ * then ETag when the origin sent none (a blob's digest), Accept-Ranges, Docker-Content-Digest
+ * for a blob, and Age for a stored entry. An entry stored before origin headers were kept has
+ * its Content-Type, ETag and Last-Modified. A Content-Type is never made up. */
+static int add_headers(struct creq *q, struct dduct_http_head *h, const char *etag, int status) {
   const struct dduct__store_meta *m = dduct__store_entry_meta(q->e);
-  int rc = dduct__http_add(h, "Content-Type",
-                           m->content_type[0] ? m->content_type : "application/octet-stream");
-  if (rc == 0 && etag[0]) rc = dduct__http_add(h, "ETag", etag);
-  if (rc == 0 && m->last_modified[0]) rc = dduct__http_add(h, "Last-Modified", m->last_modified);
-  if (rc == 0 && m->size != DDUCT__STORE_SIZE_UNKNOWN)
+  int rc = 0, has_etag = 0;
+  if (m->headers != NULL) {
+    const char *name, *value;
+    size_t off = 0;
+    while (rc == 0 && status != 416 &&
+           dduct__store_header_next(m->headers, m->headers_len, &off, &name, &value)) {
+      if (not_replayed(name) || (status == 304 && !for_304(name))) continue;
+      if (strcasecmp(name, "ETag") == 0) has_etag = 1;
+      rc = dduct__http_add(h, name, value);
+    }
+  } else if (status != 416) {
+    if (m->content_type[0] && status != 304)
+      rc = dduct__http_add(h, "Content-Type", m->content_type);
+    if (rc == 0 && m->last_modified[0]) rc = dduct__http_add(h, "Last-Modified", m->last_modified);
+  }
+  if (rc == 0 && !has_etag && etag[0] && status != 416) rc = dduct__http_add(h, "ETag", etag);
+  if (rc == 0 && m->size != DDUCT__STORE_SIZE_UNKNOWN && status != 304)
     rc = dduct__http_add(h, "Accept-Ranges", "bytes");
   if (rc == 0 && dduct__store_entry_addressed(q->e))
     rc = dduct__http_add(h, "Docker-Content-Digest", m->digest);
+  if (rc == 0 && m->stored_at > 0 && status != 416) {
+    char age[24];
+    int64_t a = (int64_t)time(NULL) - m->stored_at;
+    snprintf(age, sizeof(age), "%lld", (long long)(a > 0 ? a : 0));
+    rc = dduct__http_add(h, "Age", age);
+  }
   return rc;
 }
 
@@ -433,7 +502,7 @@ static int prepare(struct creq *q, struct answer *a) {
   a->whole = a->nobody || (dduct__store_entry_complete(q->e) && a->len <= WHOLE_MAX &&
                            dduct__conn_queued(q->c) + a->len <= DDUCT_STREAM_HIGH_WATER);
   dduct__http_head_init(&a->h);
-  rc = add_headers(q, &a->h, etag);
+  rc = add_headers(q, &a->h, etag, a->status);
   if (rc == 0 && crange[0] && a->status != 304)
     rc = dduct__http_add(&a->h, "Content-Range", crange);
   if (rc != 0) dduct__http_head_free(&a->h);
@@ -596,6 +665,7 @@ static void job_drain_cb(void *arg) {
 /* The origin's 200 is stored: the first client becomes a reader like everyone else. */
 static void job_begin(struct job *j, const struct dduct_http_head *h, int64_t cl) {
   struct dduct__store_meta m;
+  char *block;
   struct creq *q = j->first;
   memset(&m, 0, sizeof(m));
   m.url = j->url;
@@ -603,7 +673,10 @@ static void job_begin(struct job *j, const struct dduct_http_head *h, int64_t cl
   m.etag = hget(h, "ETag");
   m.last_modified = hget(h, "Last-Modified");
   m.size = cl >= 0 ? (uint64_t)cl : DDUCT__STORE_SIZE_UNKNOWN;
+  block = headers_block(h, dduct__store_entry_addressed(j->e), &m.headers_len);
+  m.headers = block;
   (void)dduct__store_fill_begin(j->e, &m);
+  free(block);
   dduct__store_fill_on_drain(j->e, job_drain_cb, j);
   j->began = 1;
   if (q != NULL) {

@@ -103,6 +103,7 @@ struct dduct__store_entry {
   int invalidated; /* dduct__store_invalidate met it while filling: remove once committed */
   struct dduct__store_meta meta;
   char *strs[5]; /* owned strings behind meta */
+  char *headers; /* owned block behind meta.headers */
   uint64_t avail; /* bytes readers may read now */
   struct list idle; /* in s->idle while complete, unused and kept (IDLE_MAX) */
   int idle_in, have_ino;
@@ -537,6 +538,7 @@ static void entry_free(struct dduct__store_entry *e) {
   if (e->fd >= 0) close_async(s->loop, e->fd);
   fill_free(e->fill);
   for (size_t i = 0; i < DDUCT_ARRAY_SIZE(e->strs); i++) free(e->strs[i]);
+  free(e->headers);
   dduct__store_loaded_free(&e->loaded);
   free(e->base);
   free(e);
@@ -696,6 +698,12 @@ static void take_loaded(struct dduct__store_entry *e) {
   set_meta_str(e, 3, l->last_modified, &e->meta.last_modified);
   set_meta_str(e, 4, l->digest, &e->meta.digest);
   l->url = l->content_type = l->etag = l->last_modified = l->digest = NULL;
+  free(e->headers);
+  e->headers = l->headers;
+  e->meta.headers = l->headers;
+  e->meta.headers_len = l->headers != NULL ? l->headers_len : 0;
+  l->headers = NULL;
+  l->headers_len = 0;
   e->meta.size = l->size;
   e->meta.stored_at = l->stored_at;
   e->avail = l->size;
@@ -941,6 +949,15 @@ int dduct__store_fill_begin(struct dduct__store_entry *e, const struct dduct__st
   set_meta_str(e, 1, strdup_or_empty(m->content_type), &e->meta.content_type);
   set_meta_str(e, 2, strdup_or_empty(m->etag), &e->meta.etag);
   set_meta_str(e, 3, strdup_or_empty(m->last_modified), &e->meta.last_modified);
+  free(e->headers);
+  e->headers = NULL;
+  e->meta.headers = NULL;
+  e->meta.headers_len = 0;
+  if (m->headers != NULL && m->headers_len > 0 && (e->headers = malloc(m->headers_len)) != NULL) {
+    memcpy(e->headers, m->headers, m->headers_len);
+    e->meta.headers = e->headers;
+    e->meta.headers_len = m->headers_len;
+  }
   e->meta.size = m->size;
   e->state = ST_FILLING;
   wake_waiters(e, DDUCT__STORE_FOLLOW, 0);
@@ -1020,6 +1037,23 @@ static char *sidecar_json(const struct dduct__store_entry *e, uint64_t size, con
   json_add_str(o, "digest", digest);
   cJSON_AddNumberToObject(o, "stored_at", (double)stored_at);
   cJSON_AddNumberToObject(o, "fetch_seconds", fetch_s);
+  if (e->meta.headers != NULL) {
+    /* [[name, value], ...]: an array keeps the origin's order and repeated names. */
+    cJSON *arr = cJSON_AddArrayToObject(o, "headers");
+    const char *name, *value;
+    size_t off = 0;
+    while (arr != NULL &&
+           dduct__store_header_next(e->meta.headers, e->meta.headers_len, &off, &name, &value)) {
+      cJSON *pair = cJSON_CreateArray();
+      if (pair == NULL || !cJSON_AddItemToArray(arr, pair)) {
+        cJSON_Delete(pair);
+        cJSON_Delete(o);
+        return NULL;
+      }
+      cJSON_AddItemToArray(pair, cJSON_CreateString(name));
+      cJSON_AddItemToArray(pair, cJSON_CreateString(value));
+    }
+  }
   text = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);
   return text;

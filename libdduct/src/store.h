@@ -84,7 +84,18 @@ struct dduct__store_meta {
   const char *digest;        /* "sha256:<hex>" of the body; "" while an ordinary fill runs */
   uint64_t size;             /* DDUCT__STORE_SIZE_UNKNOWN while a fill of unknown length runs */
   int64_t stored_at;         /* unix seconds of the commit; 0 while filling */
+  /* The origin's end-to-end headers, in its order, as "name\0value\0name\0value\0..."
+   * (headers_len bytes); NULL and 0 when unknown: an entry whose sidecar was written before
+   * dduct kept them (the fields above are then all there is). Iterate with
+   * dduct__store_header_next. */
+  const char *headers;
+  size_t headers_len;
 };
+
+/* Step through a headers block: from *off, the next name and value (NUL-terminated, inside the
+ * block); 0 at the end. */
+int dduct__store_header_next(const char *block, size_t len, size_t *off, const char **name,
+                             const char **value);
 
 struct dduct__store_entry;
 struct dduct__store_lookup;
@@ -154,8 +165,9 @@ ssize_t dduct__store_entry_pread(struct dduct__store_entry *e, char *buf, size_t
  * fill_cancel or fill_end (never entry_release). To read its own response the filler opens a
  * reader like everybody else (readers hold their own reference). */
 
-/* The origin answered 200: record its metadata (strings copied; digest ignored, the store
- * computes it; size may be DDUCT__STORE_SIZE_UNKNOWN) and wake the waiting lookups as FOLLOW. */
+/* The origin answered 200: record its metadata (strings and the headers block copied; digest
+ * ignored, the store computes it; size may be DDUCT__STORE_SIZE_UNKNOWN) and wake the waiting
+ * lookups as FOLLOW. */
 int dduct__store_fill_begin(struct dduct__store_entry *e, const struct dduct__store_meta *m);
 /* Instead of fill_begin: nothing will be stored (non-200 answer, origin error). Waiting lookups
  * get BYPASS with status why; the next lookup starts afresh. Releases the filler's reference. */
@@ -219,6 +231,8 @@ struct dduct__store_loaded {
   int fd;
   uint64_t size;
   char *url, *content_type, *etag, *last_modified, *digest; /* malloc'd, never NULL */
+  char *headers; /* malloc'd block (see dduct__store_meta), NULL when the sidecar has none */
+  size_t headers_len;
   int64_t stored_at;
 };
 /* Open a complete entry: UV_ENOENT when absent or incomplete, DDUCT_ECORRUPT for a bad sidecar. */

@@ -95,6 +95,64 @@ static char *json_str(const cJSON *o, const char *name) {
   return strdup(cJSON_IsString(v) && v->valuestring != NULL ? v->valuestring : "");
 }
 
+int dduct__store_header_next(const char *block, size_t len, size_t *off, const char **name,
+                             const char **value) {
+  const char *n, *v, *end;
+  if (block == NULL || *off >= len) return 0;
+  n = block + *off;
+  end = memchr(n, '\0', len - *off);
+  if (end == NULL || end + 1 >= block + len) return 0;
+  v = end + 1;
+  end = memchr(v, '\0', (size_t)(block + len - v));
+  if (end == NULL) return 0;
+  *name = n;
+  *value = v;
+  *off = (size_t)(end + 1 - block);
+  return 1;
+}
+
+/* "headers": [[name, value], ...] into a block; pairs that are not two strings, or whose name
+ * is empty or holds what no header name can, are skipped (a sidecar is data, not trusted
+ * code: nothing in it may split a response head). */
+static int parse_headers(const cJSON *arr, struct dduct__store_loaded *l) {
+  size_t cap = 0, len = 0;
+  char *b = NULL;
+  int n = cJSON_GetArraySize(arr);
+  for (int i = 0; i < n; i++) {
+    const cJSON *pair = cJSON_GetArrayItem(arr, i), *k, *v;
+    size_t kl, vl;
+    if (!cJSON_IsArray(pair) || cJSON_GetArraySize(pair) != 2) continue;
+    k = cJSON_GetArrayItem(pair, 0);
+    v = cJSON_GetArrayItem(pair, 1);
+    if (!cJSON_IsString(k) || !cJSON_IsString(v) || k->valuestring == NULL ||
+        v->valuestring == NULL)
+      continue;
+    kl = strlen(k->valuestring);
+    vl = strlen(v->valuestring);
+    if (kl == 0 || strpbrk(k->valuestring, " \t\r\n:") != NULL ||
+        strpbrk(v->valuestring, "\r\n") != NULL)
+      continue;
+    if (len + kl + vl + 2 > cap) {
+      size_t nc = (len + kl + vl + 2) * 2;
+      char *nb = realloc(b, nc);
+      if (nb == NULL) {
+        free(b);
+        return DDUCT_ENOMEM;
+      }
+      b = nb;
+      cap = nc;
+    }
+    memcpy(b + len, k->valuestring, kl + 1);
+    len += kl + 1;
+    memcpy(b + len, v->valuestring, vl + 1);
+    len += vl + 1;
+  }
+  if (b == NULL && (b = malloc(1)) == NULL) return DDUCT_ENOMEM; /* an empty list: known, none */
+  l->headers = b;
+  l->headers_len = len;
+  return 0;
+}
+
 static int parse_sidecar(const char *text, size_t len, struct dduct__store_loaded *l) {
   cJSON *o = cJSON_ParseWithLength(text, len);
   const cJSON *size, *at;
@@ -111,6 +169,10 @@ static int parse_sidecar(const char *text, size_t len, struct dduct__store_loade
     l->last_modified = json_str(o, "last_modified");
     l->digest = json_str(o, "digest");
     rc = l->url && l->content_type && l->etag && l->last_modified && l->digest ? 0 : DDUCT_ENOMEM;
+    {
+      const cJSON *hs = cJSON_GetObjectItemCaseSensitive(o, "headers");
+      if (rc == 0 && cJSON_IsArray(hs)) rc = parse_headers(hs, l);
+    }
   }
   cJSON_Delete(o);
   return rc;
@@ -123,6 +185,9 @@ void dduct__store_loaded_free(struct dduct__store_loaded *l) {
   free(l->last_modified);
   free(l->digest);
   l->url = l->content_type = l->etag = l->last_modified = l->digest = NULL;
+  free(l->headers);
+  l->headers = NULL;
+  l->headers_len = 0;
 }
 
 int dduct__store_disk_load(const char *base, struct dduct__store_loaded *out) {

@@ -12,7 +12,10 @@ import os
 import socket
 import socketserver
 import struct
+import shutil
 import sys
+import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import CacheHandler, cache_origin, entries, files_in, origin_gets  # noqa: E402
@@ -21,6 +24,12 @@ from dductlib.harness import check, check_eq, curl, run, via  # noqa: E402
 from dductlib.origin import Origin  # noqa: E402
 
 GOOD = b"GOOD: the https origin's file\n"
+# What /hdrs/ answers with (besides Content-Length): end-to-end headers, a repeated one, and a
+# Set-Cookie that must not be replayed to other clients.
+HDRS = [("Cache-Control", "private, no-store"), ("Date", "Sun, 06 Dec 2026 01:00:00 GMT"),
+        ("Expires", "Sun, 06 Dec 2026 02:00:00 GMT"), ("Server", "origin/1.0"),
+        ("ETag", '"hdrs-v1"'), ("X-Multi", "one"), ("X-Multi", "two"),
+        ("Set-Cookie", "session=secret"), ("Link", "<https://example.test/>; rel=preload")]
 EVIL = b"EVIL: planted over plain http\n"
 
 
@@ -58,6 +67,25 @@ class DualHandler(CacheHandler):
             return self._send_body(("%s v%d\n" % (path, v)).encode(), "text/plain")
         self._send(int(want or 200), b"done\n", extra=extra)
 
+    def _ep_hdrs(self, path, query, body):
+        """/hdrs/<name>: 100,000 bytes with end-to-end headers a proxy must pass on (no
+        Content-Type); with ?gate=1 the second half waits for origin.gate."""
+        o = self.server.origin
+        data = b"h" * 100000
+        self.send_response_only(200)
+        for k, v in HDRS:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        self.wfile.write(data[:50000])
+        self.wfile.flush()
+        if query.get("gate"):
+            o.half_sent.set()
+            o.gate.wait(60)
+        self.wfile.write(data[50000:])
+
     def _ep_redir(self, path, query, body):
         """/redir/<name>?loc=L: 302 to L (as given: absolute, scheme-relative or a path)."""
         self._send(302, b"moved\n", extra=[("Location", query["loc"])])
@@ -68,6 +96,8 @@ def dual_origin(rig):
         o = Origin(tls=(rig.pki.origin_crt, rig.pki.origin_key))
         o.server.RequestHandlerClass = DualHandler
         o.versions = {}
+        o.gate = threading.Event()
+        o.half_sent = threading.Event()
         return o
     return rig._get("dual", make)
 
@@ -385,9 +415,117 @@ def test_long_target_414_big_response_head_502(rig):
         big.close()
 
 
+def header_pairs(r):
+    """Every header line of the last response (curl -D hdr), in order, names lowercased."""
+    with open(os.path.join(r.cwd, "hdr"), "rb") as f:
+        blocks = [b for b in f.read().decode("latin-1").split("\r\n\r\n") if b.strip()]
+    out = []
+    for line in blocks[-1].split("\r\n")[1:]:
+        k, _, v = line.partition(":")
+        out.append((k.strip().lower(), v.strip()))
+    return out
+
+
+def check_origin_headers(r, what, status=200, n=100000):
+    pairs = header_pairs(r)
+    names = [k for k, _ in pairs]
+    for k, v in HDRS:
+        if k == "Set-Cookie":
+            continue
+        if status == 304 and k not in ("Cache-Control", "Date", "Expires", "ETag"):
+            check(k.lower() not in names, "%s: 304 without %s" % (what, k), pairs)
+            continue
+        check((k.lower(), v) in pairs, "%s: %s: %s passed on" % (what, k, v), pairs)
+    if status != 304:
+        check_eq([v for k, v in pairs if k == "x-multi"], ["one", "two"],
+                 what + ": a repeated header keeps both values, in order")
+    check("set-cookie" not in names, what + ": no Set-Cookie replayed", pairs)
+    check("content-type" not in names, what + ": no Content-Type made up", pairs)
+    check_eq(names.count("etag"), 1, what + ": one ETag")
+    if status == 200:
+        check_eq(dict(pairs).get("content-length"), str(n), what + ": dduct's Content-Length")
+
+
+def test_origin_headers_replayed(rig):
+    """The origin's end-to-end headers (Cache-Control: private, no-store, Date, Expires, Server,
+    ETag, Link, a repeated X-Multi) reach the first client, a client following the fill, hits
+    (also after a restart, from the sidecar), HEAD and 206; a 304 carries the validator and
+    caching ones only; Set-Cookie is never replayed and no Content-Type is invented. An entry
+    whose sidecar has no headers (written before they were kept) is still served."""
+    o = dual_origin(rig)
+    base = "https://origin.test:%d" % o.port
+    url = base + "/hdrs/a?gate=1"
+    with rig.dduct(proxy={"filters": ["^/hdrs/", "^/pkg/"]}) as d:
+        results = {}
+
+        def first():
+            results["first"] = curl(rig, via(d, "http") + ["-D", "hdr", url])
+        t = threading.Thread(target=first)
+        t.start()
+        check(o.half_sent.wait(30), "the fill is half way")
+        # The follower reads while the origin holds the second half back.
+        ft = threading.Thread(target=lambda: results.update(
+            follower=curl(rig, via(d, "https") + ["-D", "hdr", url])))
+        ft.start()
+        deadline = time.monotonic() + 60
+        while "(while filling)" not in d.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        o.gate.set()
+        t.join(60)
+        ft.join(60)
+        for name in ("first", "follower"):
+            r = results[name]
+            check_eq((r.rc, r.status, len(body(r))), (0, 200, 100000), name)
+            check_origin_headers(r, name)
+        r = curl(rig, via(d, "http") + ["-D", "hdr", url])
+        check_origin_headers(r, "hit")
+        check(dict(header_pairs(r)).get("age", "").isdigit(), "a hit carries Age", header_pairs(r))
+    with rig.dduct(proxy={"filters": ["^/hdrs/", "^/pkg/"]}) as d2:
+        shutil.rmtree(d2.file_dir, ignore_errors=True)
+        shutil.copytree(d.file_dir, d2.file_dir)
+        r = curl(rig, via(d2, "http") + ["-D", "hdr", url])
+        check_origin_headers(r, "hit after a restart")
+        r = curl(rig, via(d2, "http") + ["-D", "hdr", "-I", url])
+        check_origin_headers(r, "HEAD")
+        r = curl(rig, via(d2, "http") + ["-D", "hdr", "-r", "10-19", url])
+        check_eq((r.status, body(r)), (206, b"h" * 10), "range")
+        check_origin_headers(r, "206", status=206)
+        check_eq(dict(header_pairs(r)).get("content-range"), "bytes 10-19/100000", "Content-Range")
+        r = curl(rig, via(d2, "http") + ["-D", "hdr", "-H", 'If-None-Match: "hdrs-v1"', url])
+        check_eq(r.status, 304, "If-None-Match")
+        check_origin_headers(r, "304", status=304)
+        gets = [q for q in o.snapshot()["requests"] if q[1].startswith("/hdrs/a")]
+        check_eq(len(gets), 1, "one origin GET for all of them")
+
+        # An old sidecar: no "headers" key.
+        path = "/pkg/old-sidecar.tgz"
+        r = get(rig, d2, base + path)
+        check_eq(r.status, 200, "stored")
+        side = [f for f in files_in(d2.file_dir) if f.endswith(".json")]
+        for f in side:
+            p = os.path.join(d2.file_dir, f)
+            with open(p) as fh:
+                doc = json.load(fh)
+            if doc["url"].endswith(path):
+                check("headers" in doc, "a new sidecar keeps the headers", doc)
+                del doc["headers"]
+                doc["content_type"] = "application/x-old"
+                with open(p, "w") as fh:
+                    json.dump(doc, fh)
+    with rig.dduct(proxy={"filters": ["^/hdrs/", "^/pkg/"]}) as d3:
+        shutil.rmtree(d3.file_dir, ignore_errors=True)
+        shutil.copytree(d2.file_dir, d3.file_dir)
+        r = curl(rig, via(d3, "http") + ["-D", "hdr", base + path])
+        check_eq((r.status, body(r)), (200, GOOD), "an old sidecar is still served")
+        check_eq(dict(header_pairs(r)).get("content-type"), "application/x-old",
+                 "with its stored Content-Type")
+        check_eq(len([q for q in o.snapshot()["requests"] if q[1] == path]), 1,
+                 "from the cache")
+
+
 if __name__ == "__main__":
     run([test_plain_http_never_answers_https, test_old_plain_entry_not_served_to_https,
          test_https_redirect_to_http_not_followed,
          test_redirect_to_another_port_drops_credentials, test_query_in_key,
          test_query_ignore_rules, test_unsafe_methods_invalidate, test_only_if_cached,
-         test_long_target_414_big_response_head_502])
+         test_long_target_414_big_response_head_502, test_origin_headers_replayed])

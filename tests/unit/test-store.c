@@ -1161,6 +1161,51 @@ static void rm_rf(const char *path) {
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", path);
 }
 
+/* A sidecar is data: headers that could split a response head, or that are not name/value
+ * string pairs, are dropped at load; the rest keep their order; none at all is "unknown". */
+static void test_sidecar_headers(void) {
+  static const char json_with[] =
+      "{\"url\":\"https://h/x\",\"size\":3,\"content_type\":\"\",\"etag\":\"\","
+      "\"last_modified\":\"\",\"digest\":\"\",\"stored_at\":1,\"headers\":["
+      "[\"X-A\",\"1\"],[\"X-Evil\",\"a\\r\\nSet-Cookie: s=1\"],[\"Bad Name\",\"v\"],"
+      "[\"X-N\",2],[\"X-Only\"],\"x\",[\"\",\"v\"],[\"X-A\",\"2\"]]}";
+  static const char json_without[] =
+      "{\"url\":\"https://h/x\",\"size\":3,\"content_type\":\"text/plain\",\"etag\":\"\","
+      "\"last_modified\":\"\",\"digest\":\"\",\"stored_at\":1}";
+  char base[600], p[700];
+  struct dduct__store_loaded l;
+  const char *name, *value;
+  size_t off = 0;
+  FILE *f;
+  snprintf(base, sizeof(base), "%s/sidecar-headers", tmpdir);
+  f = fopen(base, "w");
+  fputs("abc", f);
+  fclose(f);
+  snprintf(p, sizeof(p), "%s.json", base);
+  f = fopen(p, "w");
+  fputs(json_with, f);
+  fclose(f);
+  CHECK_EQ_INT(dduct__store_disk_load(base, &l), 0, "a sidecar with headers loads");
+  CHECK(dduct__store_header_next(l.headers, l.headers_len, &off, &name, &value) &&
+            strcmp(name, "X-A") == 0 && strcmp(value, "1") == 0 &&
+            dduct__store_header_next(l.headers, l.headers_len, &off, &name, &value) &&
+            strcmp(name, "X-A") == 0 && strcmp(value, "2") == 0 &&
+            !dduct__store_header_next(l.headers, l.headers_len, &off, &name, &value),
+        "only well-formed pairs are kept, in order (CR/LF, bad names, non-strings dropped)");
+  close(l.fd);
+  dduct__store_loaded_free(&l);
+  f = fopen(p, "w");
+  fputs(json_without, f);
+  fclose(f);
+  CHECK_EQ_INT(dduct__store_disk_load(base, &l), 0, "a sidecar without headers loads");
+  CHECK(l.headers == NULL && l.headers_len == 0 && strcmp(l.content_type, "text/plain") == 0,
+        "its headers are unknown, its fields are there");
+  close(l.fd);
+  dduct__store_loaded_free(&l);
+  unlink(p);
+  unlink(base);
+}
+
 int main(void) {
   char dir[512];
   struct dduct_store *s;
@@ -1175,6 +1220,7 @@ int main(void) {
   test_key_known_answers();
   test_query_rules();
   test_keys_on_disk();
+  test_sidecar_headers();
   snprintf(dir, sizeof(dir), "%s/files", tmpdir);
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, err, sizeof(err)), 0, "the store opens");
   test_fill_and_hit(s, dir);
