@@ -197,6 +197,41 @@ def test_parent_refused_then_direct(rig):
         check(log.count("Asking parent") == 1, "the second miss skipped it", log[-2000:])
 
 
+def test_tier_behind_squid(rig):
+    """The corporate layout: the parent reaches origins only through squid (upstream_proxy),
+    the edge only through its parent, falling back to squid itself: a blob pulled through the
+    edge crosses squid once (CONNECT from the parent); with the parent gone, the next miss goes
+    from the edge through squid (never around it), and the edge marks the parent down."""
+    import squid_rig
+    from dductlib.certs import ORIGIN_NAMES
+    if not squid_rig.available():
+        return
+    o = cache_origin(rig)
+    with squid_rig.Squid(ORIGIN_NAMES) as sq:
+        parents, edges = cluster_rig.start_cluster(
+            rig, 1, 1, parent_overrides={"upstream_proxy": sq.url},
+            edge_overrides={"upstream_proxy": sq.url})  # parents are never reached through it
+        try:
+            e = edges[0]
+            n = 777777
+            r = curl(rig, via(e, "http") + [o.url("origin.test", "/bytes/%d" % n)])
+            check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)), "via the tier")
+            check("Miss \"https://origin.test" in parents[0].log(), "the parent fetched it")
+            parents[0].stop()
+            r = curl(rig, via(e, "http") + [o.url("origin.test", "/bytes/%d" % (n + 1))])
+            check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n + 1)),
+                     "parent gone: through squid from the edge")
+            elog = cluster_rig.stop_all(edges)[0]
+            check("down for" in elog, "the edge marked the parent down", elog[-2000:])
+            conns = sq.wait_access(lambda a: a[1] == "CONNECT" and a[2].startswith("origin.test:"),
+                                   "CONNECTs to origin.test")
+            check_eq(len(conns), 2, "squid carried both fetches (parent's, then edge's)")
+            check_eq(o.count("/bytes/%d" % n) + o.count("/bytes/%d" % (n + 1)), 2,
+                     "each file reached the origin once")
+        finally:
+            cluster_rig.kill_all(edges + parents)
+
+
 if __name__ == "__main__":
     run([test_dduct_as_parent, test_uncacheable_never_via_parents, test_parent_refused_then_direct,
-         test_cluster_cold_pull, test_parent_killed_mid_run])
+         test_tier_behind_squid, test_cluster_cold_pull, test_parent_killed_mid_run])
