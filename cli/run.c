@@ -10,6 +10,7 @@
 #include "access_log.h"
 #include "log.h"
 #include "memory.h"
+#include "notify.h"
 #include "run.h"
 
 struct runner {
@@ -44,6 +45,7 @@ static void signal_cb(uv_signal_t *h, int signum) {
   }
   r->stopping = 1;
   log_line(DDUCT_LOG_INFO, "main", "Signal %d: shutting down", signum);
+  (void)notify_systemd("STOPPING=1");
   dduct_proxy_close(r->proxy, proxy_closed_cb, r);
 }
 
@@ -213,7 +215,12 @@ int run_proxy(const struct config *cfg, struct dduct_ca *ca) {
     log_line(DDUCT_LOG_ERROR, "main", "event loop: %s", uv_strerror(rc));
     return 1;
   }
-  if ((rc = setup(cfg, ca, &r)) == 0) uv_run(&r.loop, UV_RUN_DEFAULT);
+  if ((rc = setup(cfg, ca, &r)) == 0) {
+    /* Every listener is bound: a unit with Type=notify may now start its dependents. */
+    if (notify_systemd("READY=1") < 0)
+      log_line(DDUCT_LOG_WARN, "main", "NOTIFY_SOCKET: could not tell the service manager");
+    uv_run(&r.loop, UV_RUN_DEFAULT);
+  }
   rc2 = teardown(&r);
   return rc != 0 ? rc : rc2;
 }
