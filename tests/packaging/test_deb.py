@@ -92,9 +92,10 @@ def check_installed(how):
         st = os.stat(d)
         check_eq((st.st_uid, st.st_mode & 0o777), (u.pw_uid, mode), d + " owner and mode")
     p = sh(["dduct", "--check", "--cfg", "/etc/dduct/dduct.toml"])
-    check("cert_dir  = '/var/lib/dduct/certs/'" in p.stdout, "--check shows the package's "
-          "cert_dir", p.stdout)
-    check("file_dir  = '/var/cache/dduct/files/'" in p.stdout, "and its file_dir", p.stdout)
+    for key, val in (("cert_dir", "/var/lib/dduct/certs/"), ("file_dir", "/var/cache/dduct/files/"),
+                     ("access_log", "/var/log/dduct/access.log")):
+        check(re.search(r"^%s\s*= '%s'$" % (key, re.escape(val)), p.stdout, re.M) is not None,
+              "--check shows the package's %s" % key, p.stdout)
     for page in ("dduct", "dduct.toml"):
         sh(["man", "-w", page])
 
@@ -201,11 +202,49 @@ def run_service(argv):
                     "import socket; socket.create_connection(('127.0.0.1', %d), 5).close()"
                     % port], ok=False)
             check_eq(p.returncode, 0, "listener %d accepts (%s)" % (port, p.stderr[-500:]))
+        # The access log is written as dduct; logrotate moves it and creates the next one,
+        # SIGHUP (what its postrotate sends through systemd) makes dduct write to that.
+        alog = "/var/log/dduct/access.log"
+        request(proc.pid, "/first")
+        wait_for(lambda: "/first" in read(alog), "the first request in the access log")
+        check_eq(os.stat(alog).st_uid, uid, "access.log owned by dduct")
+        sh(["logrotate", "--force", "--state", "/tmp/dduct-deb-logrotate.state",
+            "/etc/logrotate.d/dduct"])
+        check("/first" in read(alog + ".1"), "rotated to access.log.1")
+        check_eq((read(alog), os.stat(alog).st_uid), ("", uid), "a new empty access.log")
+        proc.send_signal(1)
+        request(proc.pid, "/second")
+        wait_for(lambda: "/second" in read(alog), "after SIGHUP the next request in the new file")
+        check("/second" not in read(alog + ".1"), "not in the rotated file")
     finally:
         proc.terminate()
         rc = proc.wait(timeout=60)
     check_eq(rc, 0, "clean exit on SIGTERM (%s)" % open(log_path).read()[-2000:])
     os.unlink(log_path)
+    if os.path.exists("/tmp/dduct-deb-logrotate.state"):
+        os.unlink("/tmp/dduct-deb-logrotate.state")
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def wait_for(cond, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        check(time.monotonic() < deadline, what)
+        time.sleep(0.2)
+
+
+def request(pid, path):
+    """A plain-http request through the service's proxy listener, from inside its netns (the
+    origin port is closed: dduct answers 502, which is logged like any request)."""
+    sh(["nsenter", "-t", str(pid), "-n", "curl", "-s", "-o", "/dev/null", "-x",
+        "http://127.0.0.1:8000", "http://127.0.0.1:9" + path], ok=False)
 
 
 def consumer(rig):
