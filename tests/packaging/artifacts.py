@@ -60,15 +60,19 @@ def _cached(name, build):
     return d
 
 
-def static_binary():
-    """The static executable, built exactly as docs/install.md says (plus buildtype=release)."""
+def static_binary(name="static"):
+    """The static executable, built as docs/install.md says (meson -Dstatic=true
+    -Dbuildtype=release). Another name builds it again in another directory (the OCI test
+    compares the two)."""
+    sub = "build" if name == "static" else os.path.join("elsewhere", "build")
+
     def build(d):
-        b = os.path.join(d, "build")
+        b = os.path.join(d, sub)
         log("building the static executable in " + b)
         _run(["meson", "setup", b, SRC, "-Dstatic=true", "-Dbuildtype=release",
               "-Dtests=false", "-Dexamples=false"], os.path.join(d, "setup.log"))
         _run(["ninja", "-C", b, "cli/dduct"], os.path.join(d, "build.log"))
-    return os.path.join(_cached("static", build), "build", "cli", "dduct")
+    return os.path.join(_cached(name, build), sub, "cli", "dduct")
 
 
 def debs():
