@@ -833,8 +833,12 @@ static void job_on_done(struct dduct_fetch *f, int status, const char *why) {
       return;
     }
   }
-  if (status != 0)
+  if (status != 0) {
+    char text[sizeof(((struct dduct__err *)0)->text)];
     LOG_WARN(LOG_MOD, "Fetching \"%s\": %s", j->url, why != NULL ? why : dduct_strerror(status));
+    snprintf(text, sizeof(text), "fill of %s: %s", j->url, why != NULL ? why : dduct_strerror(status));
+    dduct__stats_error(&j->p->metrics, 0, q != NULL ? peer(q) : "", text); /* for /stats */
+  }
   if (j->pass) {
     j->first = NULL;
     if (q != NULL) {

@@ -194,6 +194,25 @@ def test_counters_move_exactly(rig):
               "the error is first in /stats' recent errors", errs[:2])
 
 
+def test_fill_failure_counted(rig):
+    """A fill whose origin closes halfway through the body is counted once as a fill failure
+    with reason "short", stores nothing, and is listed in /stats' recent errors."""
+    with rig.dduct(admin=True, proxy={"filters": ["^/closemid/"]}) as d:
+        before = scrape(d)
+        r = curl(rig, via(d, "http") + [rig.plain.url("origin.test", "/closemid/200000")])
+        check(r.rc != 0, "the client sees a cut body, not a whole one", r)
+        settled(d)
+        after = scrape(d)
+        got = delta(before, after)
+        check_eq(got.get(("dduct_cache_fill_failures_total", "reason=short")), 1, "one short fill")
+        check_eq(got.get(("dduct_cache_misses_total",)), 1, "it was a miss")
+        check_eq(got.get(("dduct_cache_entries",)), None, "nothing stored")
+        check_eq(after.get(("dduct_cache_fills_completed_total", ())), 0, "no fill completed")
+        _, _, body = admin_get(d, "/stats")
+        errs = json.loads(body)["errors"]
+        check(any("/closemid/200000" in e["text"] for e in errs), "listed in recent errors", errs)
+
+
 def test_promtool_and_stats_agree(rig):
     """After traffic of every kind, promtool check metrics accepts /metrics; /stats is JSON
     whose metrics equal /metrics' (the same counters, read on one keep-alive connection) and
@@ -363,5 +382,5 @@ def test_access_log_statuses_and_sighup(rig):
 
 
 if __name__ == "__main__":
-    run([test_counters_move_exactly, test_promtool_and_stats_agree, test_healthz_read_only,
+    run([test_counters_move_exactly, test_fill_failure_counted, test_promtool_and_stats_agree, test_healthz_read_only,
          test_ca_crt_on_both_listeners, test_access_log_statuses_and_sighup])
