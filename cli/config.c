@@ -55,6 +55,8 @@ static const struct key keys[] = {
     {"proxy", "connect_ports", K_PORTS, F(connect_ports), 1, 65535, NULL},
     {"proxy", "connect_any_port", K_BOOL, F(connect_any_port), 0, 0, NULL},
     {"proxy", "max_connections", K_UINT, F(max_connections), 1, 1000000, NULL},
+    {"proxy", "max_connections_per_client", K_UINT, F(max_connections_per_client), 1, 1000000,
+     NULL},
     {"proxy", "head_timeout", K_UINT, F(head_timeout), 1, 86400, NULL},
     {"proxy", "idle_timeout", K_UINT, F(idle_timeout), 1, 86400, NULL},
     {"proxy", "tunnel_idle_timeout", K_UINT, F(tunnel_idle_timeout), 1, 86400, NULL},
@@ -149,6 +151,7 @@ int config_init(struct config *c) {
   c->connect_ports[0] = 443;
   c->connect_ports_count = 1;
   c->max_connections = 1024;
+  c->max_connections_per_client = 256;
   c->head_timeout = 30;
   c->idle_timeout = 60;
   c->tunnel_idle_timeout = 600;

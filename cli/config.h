@@ -35,6 +35,7 @@ struct config {
   size_t connect_ports_count;
   int connect_any_port;
   unsigned max_connections;
+  unsigned max_connections_per_client;
   unsigned head_timeout; /* seconds */
   unsigned idle_timeout;
   unsigned tunnel_idle_timeout;

@@ -96,6 +96,7 @@ static void proxy_options(const struct config *cfg, struct dduct_proxy_options *
   o->connect_ports_count = cfg->connect_ports_count;
   o->connect_any_port = cfg->connect_any_port;
   o->max_connections = cfg->max_connections;
+  o->max_connections_per_client = cfg->max_connections_per_client;
   o->head_timeout_ms = cfg->head_timeout * 1000u;
   o->idle_timeout_ms = cfg->idle_timeout * 1000u;
   o->tunnel_idle_timeout_ms = cfg->tunnel_idle_timeout * 1000u;

@@ -206,8 +206,13 @@ struct dduct_proxy_options {
   size_t connect_ports_count;
   int connect_any_port;             /* 1: CONNECT to any port */
   unsigned max_connections;         /* default 1024; beyond it new connections wait */
+  /* Connections one client address may hold at once; past it new ones from that address are
+   * closed at accept (so idle sockets from one host cannot lock everyone out). Default 256. */
+  unsigned max_connections_per_client;
   /* Timeouts in milliseconds (0 keeps the default). */
-  unsigned head_timeout_ms;         /* reading a request head; default 30 s */
+  unsigned head_timeout_ms;         /* reading a request head; default 30 s (a sixth of it, 1 s
+                                     * at least, for connections accepted while 3/4 of
+                                     * max_connections are in use) */
   unsigned idle_timeout_ms;         /* idle keep-alive client connection; default 60 s */
   unsigned tunnel_idle_timeout_ms;  /* blind tunnel with no traffic either way; default 600 s */
   unsigned connect_timeout_ms;      /* DNS + TCP + TLS to an origin; default 10 s */

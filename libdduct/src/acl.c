@@ -135,3 +135,79 @@ uint16_t dduct__addr_port(const struct sockaddr *sa) {
   if (sa->sa_family == AF_INET6) return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
   return 0;
 }
+
+/* ---- connections per client address ------------------------------------------------------- */
+
+#define CLIENT_BUCKETS 1024
+
+struct dduct_client_count {
+  struct dduct_client_count *next;
+  int family;
+  unsigned char a[16];
+  unsigned n;
+};
+
+static size_t client_bucket(const unsigned char *a, int fam) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (int i = 0; i < (fam == AF_INET ? 4 : 16); i++) h = (h ^ a[i]) * 16777619u;
+  return h % CLIENT_BUCKETS;
+}
+
+static struct dduct_client_count **client_find(struct dduct_clients *t, const unsigned char *a,
+                                               int fam) {
+  struct dduct_client_count **pp = &t->b[client_bucket(a, fam)];
+  while (*pp != NULL && !((*pp)->family == fam && memcmp((*pp)->a, a, 16) == 0))
+    pp = &(*pp)->next;
+  return pp;
+}
+
+int dduct__clients_take(struct dduct_clients *t, const struct sockaddr *sa, unsigned max) {
+  unsigned char a[16] = {0};
+  int fam = addr_bytes(sa, a);
+  struct dduct_client_count **pp, *e;
+  if (fam == 0) return 0; /* no address (peer gone): nothing to count */
+  if (t->b == NULL) {
+    if ((t->b = calloc(CLIENT_BUCKETS, sizeof(*t->b))) == NULL) return DDUCT_ENOMEM;
+    t->nb = CLIENT_BUCKETS;
+  }
+  if (fam == AF_INET) memset(a + 4, 0, 12);
+  pp = client_find(t, a, fam);
+  if (*pp != NULL) {
+    if ((*pp)->n >= max) return DDUCT_EAGAIN;
+    (*pp)->n++;
+    return 0;
+  }
+  if ((e = calloc(1, sizeof(*e))) == NULL) return DDUCT_ENOMEM;
+  e->family = fam;
+  memcpy(e->a, a, 16);
+  e->n = 1;
+  *pp = e;
+  return 0;
+}
+
+void dduct__clients_release(struct dduct_clients *t, const struct sockaddr *sa) {
+  unsigned char a[16] = {0};
+  int fam = addr_bytes(sa, a);
+  struct dduct_client_count **pp, *e;
+  if (fam == 0 || t->b == NULL) return;
+  if (fam == AF_INET) memset(a + 4, 0, 12);
+  pp = client_find(t, a, fam);
+  if ((e = *pp) == NULL) return;
+  if (--e->n == 0) {
+    *pp = e->next;
+    free(e);
+  }
+}
+
+void dduct__clients_free(struct dduct_clients *t) {
+  for (size_t i = 0; i < t->nb; i++) {
+    while (t->b[i] != NULL) {
+      struct dduct_client_count *e = t->b[i];
+      t->b[i] = e->next;
+      free(e);
+    }
+  }
+  free(t->b);
+  t->b = NULL;
+  t->nb = 0;
+}

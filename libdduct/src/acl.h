@@ -34,4 +34,18 @@ int dduct__addr_is_any(const struct sockaddr *sa);
 int dduct__addr_is_loopback(const struct sockaddr *sa);
 uint16_t dduct__addr_port(const struct sockaddr *sa);
 
+/* Connections per client address (max_connections_per_client): a small hash table of counts,
+ * an entry per address with connections open (v4-mapped v6 counts as v4; the port is
+ * ignored). Loop thread only. */
+struct dduct_client_count;
+struct dduct_clients {
+  struct dduct_client_count **b;
+  size_t nb;
+};
+/* One more connection from sa: 0, DDUCT_EAGAIN when sa already has max, DDUCT_ENOMEM. */
+int dduct__clients_take(struct dduct_clients *t, const struct sockaddr *sa, unsigned max);
+/* The connection taken for sa closed. */
+void dduct__clients_release(struct dduct_clients *t, const struct sockaddr *sa);
+void dduct__clients_free(struct dduct_clients *t);
+
 #endif

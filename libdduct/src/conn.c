@@ -55,6 +55,9 @@ struct dduct_conn {
   int tls_listener;
   int draining;
   int denied; /* outside allow_clients: every request gets 403 */
+  int counted; /* addr holds one of its max_connections_per_client */
+  unsigned head_ms; /* this connection's head timeout (shorter when accepted near the limit) */
+  struct sockaddr_storage addr;
   int admin;  /* from the admin listener: local pages only, never proxied */
   struct dduct__txn txn; /* the current request's facts (metrics, access log) */
   char peer[64];
@@ -142,6 +145,7 @@ static void conn_free(struct dduct_conn *c) {
   dduct__http_parser_free(&c->parser);
   free(c->rpath);
   free(c->in);
+  if (c->counted) dduct__clients_release(&p->clients, (struct sockaddr *)&c->addr);
   free(c);
   dduct__proxy_conn_gone(p, NULL);
 }
@@ -205,6 +209,9 @@ static void timer_cb(uv_timer_t *t) {
     if (c->head_started)
       LOG_DEBUG("http_proxy", "%s: no complete request head within %u s", c->peer,
                 c->p->o.head_timeout_ms / 1000);
+    else if (c->head_ms < c->p->o.head_timeout_ms)
+      LOG_DEBUG("http_proxy", "%s: no request within %u s (short head timeout: near "
+                "max_connections)", c->peer, c->head_ms / 1000);
     conn_close(c);
     break;
   case C_BUSY:
@@ -1192,7 +1199,7 @@ static void client_read_cb(struct dduct_stream *s, ssize_t nread, const char *da
   c->in_len += (size_t)nread;
   if (c->state == C_HEAD && !c->head_started) {
     c->head_started = 1;
-    arm(c, c->p->o.head_timeout_ms);
+    arm(c, c->head_ms); /* short for a connection accepted near max_connections */
   } else if (c->state == C_BUSY) {
     uv_timer_again(&c->timer);
   }
@@ -1241,6 +1248,23 @@ void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int kind) {
   if (uv_tcp_getpeername(h, (struct sockaddr *)&ss, &len) == 0)
     dduct__addr_str((struct sockaddr *)&ss, c->peer, sizeof(c->peer));
   (void)uv_tcp_nodelay(h, 1);
+  /* One address cannot take every slot (idle sockets locked everyone else out until
+   * head_timeout). Closed at once: a slot held for an answer is what it must not get. */
+  if (dduct__clients_take(&p->clients, (struct sockaddr *)&ss,
+                          p->o.max_connections_per_client) == DDUCT_EAGAIN) {
+    uint64_t now = uv_now(p->loop);
+    p->stats.errors++;
+    if (now - p->last_percap_log >= 1000) {
+      p->last_percap_log = now;
+      LOG_WARN("http_proxy", "%s: already %u connections from this address "
+               "(max_connections_per_client): closed", c->peer,
+               p->o.max_connections_per_client);
+    }
+    conn_close(c);
+    return;
+  }
+  c->counted = 1;
+  memcpy(&c->addr, &ss, sizeof(ss));
   /* Not an open relay. On tcp_bind such a client gets a 403 naming the reason; on tls_bind it
    * is closed before any TLS byte: the handshake (RSA signature, perhaps a minted leaf) is not
    * for it. */
@@ -1264,7 +1288,8 @@ void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int kind) {
     c->s = t;
     t->data = c;
   }
-  arm(c, p->o.head_timeout_ms);
+  c->head_ms = dduct__proxy_head_timeout(p);
+  arm(c, c->head_ms);
   (void)dduct__stream_read_start(c->s, client_read_cb);
 }
 

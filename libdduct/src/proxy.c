@@ -22,6 +22,7 @@ static const uint16_t default_ports[] = {443};
 #define D_CONNECT_MS 10000u
 #define D_UPSTREAM_MS 60000u
 #define D_GRACE_MS 10000u
+#define D_PER_CLIENT 256u
 #define D_PARENT_DOWN_MS 30000u
 
 void dduct_proxy_options_init(struct dduct_proxy_options *o) {
@@ -32,6 +33,7 @@ void dduct_proxy_options_init(struct dduct_proxy_options *o) {
   o->connect_ports = default_ports;
   o->connect_ports_count = DDUCT_ARRAY_SIZE(default_ports);
   o->max_connections = 1024;
+  o->max_connections_per_client = D_PER_CLIENT;
   o->head_timeout_ms = D_HEAD_MS;
   o->idle_timeout_ms = D_IDLE_MS;
   o->tunnel_idle_timeout_ms = D_TUNNEL_MS;
@@ -109,6 +111,7 @@ static int copy_options(struct dduct_proxy *p, const struct dduct_proxy_options 
   DEF(upstream_timeout_ms, D_UPSTREAM_MS);
   DEF(shutdown_grace_ms, D_GRACE_MS);
   DEF(max_connections, 1024);
+  DEF(max_connections_per_client, D_PER_CLIENT);
   DEF(parent_down_ms, D_PARENT_DOWN_MS);
 #undef DEF
   fit_descriptors(p);
@@ -125,6 +128,7 @@ static void free_parts(struct dduct_proxy *p) {
   free(p->ports);
   free(p->local);
   dduct__acl_free(&p->allow);
+  dduct__clients_free(&p->clients);
   dduct__pins_free(&p->pins);
   dduct__query_rules_free(p->query_rules);
   dduct__tls_server_conf_free(p->tls_server);
@@ -262,6 +266,12 @@ int dduct__proxy_is_self(const struct dduct_proxy *p, const struct sockaddr *sa)
       if (dduct__addr_same_ip((const struct sockaddr *)&p->local[i], sa)) return 1;
   }
   return 0;
+}
+
+unsigned dduct__proxy_head_timeout(const struct dduct_proxy *p) {
+  unsigned ms = p->o.head_timeout_ms;
+  if ((uint64_t)p->nconns * 4 < (uint64_t)p->o.max_connections * 3) return ms;
+  return DDUCT_MAX(ms / 6, DDUCT_MIN(ms, 1000u));
 }
 
 int dduct__proxy_port_allowed(const struct dduct_proxy *p, uint16_t port) {

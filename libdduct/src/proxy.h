@@ -36,6 +36,7 @@ struct dduct_proxy {
   struct dduct_filter *filter;
   struct dduct__query_rules *query_rules; /* query parameters left out of keys; NULL: none */
   struct dduct_acl allow;
+  struct dduct_clients clients; /* connections per client address */
   struct dduct_pins pins;
   struct dduct_tls_server_conf *tls_server;
   struct dduct_tls_client_conf *tls_client;
@@ -52,7 +53,8 @@ struct dduct_proxy {
   struct dduct_proxy_stats stats;
   struct dduct__stats metrics;  /* issue 13: stats.h */
   uint64_t last_emfile_log;
-  uint64_t last_denied_log; /* a denied tls_bind client closed at accept, logged once a second */
+  uint64_t last_denied_log;
+  uint64_t last_percap_log; /* a client over max_connections_per_client, logged once a second */ /* a denied tls_bind client closed at accept, logged once a second */
   /* Shutdown. */
   int closing;
   uv_timer_t grace;
@@ -65,6 +67,10 @@ struct dduct_proxy {
  * every local address). */
 int dduct__proxy_is_self(const struct dduct_proxy *p, const struct sockaddr *sa);
 /* 1 if a CONNECT may reach port. */
+/* The head timeout for a connection accepted now: head_timeout_ms, or a sixth of it (1 s at
+ * least) while 3/4 of max_connections are in use, so idle sockets cannot hold the last slots for
+ * long. */
+unsigned dduct__proxy_head_timeout(const struct dduct_proxy *p);
 int dduct__proxy_port_allowed(const struct dduct_proxy *p, uint16_t port);
 /* Called by conn when a connection is gone (its handles closed): frees a slot. */
 void dduct__proxy_conn_gone(struct dduct_proxy *p, struct dduct_conn *c);

@@ -161,7 +161,68 @@ def test_soft_descriptor_limit_raised(rig):
               "raised and logged, max_connections kept", log[-3000:])
 
 
+def _closed_by_peer(sock, timeout):
+    """True if the peer closes (EOF or reset) within timeout seconds without sending a byte."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_per_client_connection_cap(rig):
+    """With max_connections_per_client = 4, four idle connections from 127.0.0.1 hold their
+    slots, a fifth from 127.0.0.1 is closed at once (logged), 127.0.0.2 is still served, and once
+    one of the four closes 127.0.0.1 is served again."""
+    with rig.dduct(proxy={"max_connections_per_client": 4}) as d:
+        held = [client.Tcp("127.0.0.1", d.tcp_port, source="127.0.0.1") for _ in range(4)]
+        time.sleep(0.3)
+        fifth = client.Tcp("127.0.0.1", d.tcp_port, source="127.0.0.1")
+        check(_closed_by_peer(fifth.sock, 10), "the fifth connection from 127.0.0.1 is closed")
+        fifth.close()
+        req = b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % \
+            rig.plain.url("origin.test", "/echo/cap").encode()
+        other = client.Tcp("127.0.0.1", d.tcp_port, source="127.0.0.2")
+        other.sendall(req)
+        resp = client.Reader(other).read_response()
+        check_eq(resp.status if resp else None, 200, "127.0.0.2 is served meanwhile")
+        other.close()
+        held.pop().close()
+        time.sleep(0.3)
+        again = client.Tcp("127.0.0.1", d.tcp_port, source="127.0.0.1")
+        again.sendall(req)
+        resp = client.Reader(again).read_response()
+        check_eq(resp.status if resp else None, 200, "127.0.0.1 is served once a slot is free")
+        again.close()
+        for t in held:
+            t.close()
+        log = d.stop()
+        check("(max_connections_per_client): closed" in log, "the refusal is logged", log[-2000:])
+
+
+def test_short_head_timeout_near_the_limit(rig):
+    """max_connections = 8, head_timeout = 12 s: six idle connections (3/4 of the slots) are
+    open; a seventh that sends nothing is closed after a sixth of head_timeout (2 s) and the log
+    says why, while one of the first six (accepted below 3/4) is still open then."""
+    with rig.dduct(proxy={"max_connections": 8, "head_timeout": 12}) as d:
+        held = [client.Tcp("127.0.0.1", d.tcp_port) for _ in range(6)]
+        time.sleep(0.3)
+        late = client.Tcp("127.0.0.1", d.tcp_port)
+        check(_closed_by_peer(late.sock, 9), "the connection accepted near the limit is closed "
+              "well before head_timeout")
+        late.close()
+        check(not _closed_by_peer(held[0].sock, 0.2), "an earlier idle connection is still open")
+        for t in held:
+            t.close()
+        log = d.stop()
+        check("no request within 2 s (short head timeout: near max_connections)" in log,
+              "the short timeout is logged", log[-2000:])
+
+
 if __name__ == "__main__":
     run([test_denied_client_gets_no_handshake, test_leaf_cache_evicts_instead_of_refusing,
          test_log_lines_are_printable, test_hits_survive_a_short_descriptor_limit,
-         test_soft_descriptor_limit_raised])
+         test_soft_descriptor_limit_raised, test_per_client_connection_cap,
+         test_short_head_timeout_near_the_limit])

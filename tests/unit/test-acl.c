@@ -85,8 +85,26 @@ static void test_addr_helpers(void) {
   CHECK_EQ_INT(dduct__addr_port(SA(a)), 1234, "port read back");
 }
 
+static void test_client_counts(void) {
+  struct dduct_clients t = {0};
+  struct sockaddr_storage a = ip("192.0.2.1"), b = ip("::ffff:192.0.2.1"), c = ip("2001:db8::1");
+  CHECK(dduct__clients_take(&t, SA(a), 2) == 0 && dduct__clients_take(&t, SA(b), 2) == 0,
+        "two connections from 192.0.2.1 (one as a v4-mapped v6 address)");
+  CHECK_EQ_INT(dduct__clients_take(&t, SA(a), 2), DDUCT_EAGAIN, "a third is refused");
+  CHECK(dduct__clients_take(&t, SA(c), 2) == 0, "another address has its own count");
+  dduct__clients_release(&t, SA(b));
+  CHECK(dduct__clients_take(&t, SA(a), 2) == 0, "a released slot can be taken again");
+  dduct__clients_release(&t, SA(a));
+  dduct__clients_release(&t, SA(a));
+  dduct__clients_release(&t, SA(c));
+  CHECK(dduct__clients_take(&t, SA(a), 1) == 0, "all released: the entry starts over");
+  dduct__clients_release(&t, SA(a));
+  dduct__clients_free(&t);
+}
+
 int main(void) {
   test_cidrs();
+  test_client_counts();
   test_bad_cidrs();
   test_pins();
   test_addr_helpers();

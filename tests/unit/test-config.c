@@ -62,6 +62,7 @@ static void check_proxy_defaults(const struct config *c) {
   CHECK(c->connect_ports_count == 1 && c->connect_ports[0] == 443, "CONNECT to 443 only");
   CHECK(c->connect_any_port == 0, "connect_any_port off");
   CHECK_EQ_INT(c->max_connections, 1024, "max_connections");
+  CHECK_EQ_INT(c->max_connections_per_client, 256, "max_connections_per_client");
   CHECK_EQ_INT(c->head_timeout, 30, "head_timeout");
   CHECK_EQ_INT(c->idle_timeout, 60, "idle_timeout");
   CHECK_EQ_INT(c->tunnel_idle_timeout, 600, "tunnel_idle_timeout");
