@@ -165,6 +165,7 @@ file_dir  = '%s'
 [proxy]
 tcp_bind = '%s'
 tls_bind = '%s'
+admin_bind = ''
 shutdown_grace = 1
 
 [certs]
