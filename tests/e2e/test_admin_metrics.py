@@ -311,6 +311,23 @@ def test_ca_crt_on_both_listeners(rig):
         check_eq(st, 404, "unknown admin page")
 
 
+def test_admin_applies_allow_clients(rig):
+    """The admin listener applies allow_clients like the proxy listeners: a client outside it
+    gets 403 for /metrics and /ca.crt; the admin listener never proxies (an absolute URL to an
+    origin names a local page, here one that does not exist)."""
+    with rig.dduct(admin=True, proxy={"allow_clients": ["10.0.0.0/8"]}) as d:
+        for path in ("/metrics", "/ca.crt"):
+            st, _, body = admin_get(d, path)
+            check_eq(st, 403, path + " from 127.0.0.1 outside allow_clients")
+            check(b"allow_clients" in body, "the reason", body)
+    asked = lambda: len([q for q in rig.plain.snapshot()["requests"] if q[1] == "/echo"])
+    with rig.dduct(admin=True) as d:
+        before = asked()
+        r = curl(rig, ["-x", d.admin_url, rig.plain.url("origin.test", "/echo")])
+        check_eq(r.status, 404, "no proxying through the admin listener")
+        check_eq(asked(), before, "the origin was not asked")
+
+
 def read_lines(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -383,4 +400,4 @@ def test_access_log_statuses_and_sighup(rig):
 
 if __name__ == "__main__":
     run([test_counters_move_exactly, test_fill_failure_counted, test_promtool_and_stats_agree, test_healthz_read_only,
-         test_ca_crt_on_both_listeners, test_access_log_statuses_and_sighup])
+         test_ca_crt_on_both_listeners, test_admin_applies_allow_clients, test_access_log_statuses_and_sighup])
