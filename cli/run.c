@@ -115,15 +115,16 @@ static void proxy_options(const struct config *cfg, struct dduct_proxy_options *
   o->parent_down_ms = cfg->parent_down_time * 1000u;
 }
 
-/* The admin listener is a convenience: when its address is taken dduct still proxies (the
- * error says so); a malformed address was already refused by the config check. */
+/* The admin listener is a convenience: when its address is taken (by default a fixed loopback
+ * port another dduct on the host may hold) dduct still proxies, with a warning; a malformed
+ * address was already refused by the config check. */
 static void listen_admin(struct runner *r, const char *addr) {
   char err[512] = "";
   int rc;
   if (addr[0] == '\0') return;
   rc = dduct_proxy_listen(r->proxy, DDUCT_LISTEN_ADMIN, addr, err, sizeof(err));
   if (rc != 0)
-    log_line(DDUCT_LOG_ERROR, "admin", "Admin listening on %s: %s; serving without it", addr,
+    log_line(DDUCT_LOG_WARN, "admin", "Admin listening on %s: %s; serving without it", addr,
              err[0] ? err : dduct_strerror(rc));
 }
 
