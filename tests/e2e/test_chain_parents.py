@@ -98,9 +98,16 @@ def test_parent_killed_mid_run(rig):
         while time.monotonic() < deadline and \
                 sum(p.log().count("Miss \"") for p in parents) < len(files):
             time.sleep(0.1)
-        time.sleep(0.5)  # let the halves reach the edges
         victim = parents[0]
         carried = victim.log().count("Miss \"")
+        # Wait until bytes of every file the victim carries reached every client (so each edge
+        # is mid-body on it, not still waiting for a head; curl's stdio holds the last few KiB).
+        mine = [i for i, (u, _) in enumerate(files) if "Miss \"%s\"" % u in victim.log()]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+                os.path.exists(outs[i]) and os.path.getsize(outs[i]) >= 65536
+                for _, outs in runs for i in mine):
+            time.sleep(0.1)
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait()
         victim.stopped = True
