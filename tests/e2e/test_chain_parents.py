@@ -204,6 +204,37 @@ def test_parent_refused_then_direct(rig):
         check(log.count("Asking parent") == 1, "the second miss skipped it", log[-2000:])
 
 
+def test_lying_parent_is_caught_at_the_edge(rig):
+    """A parent that answers a blob with wrong bytes (a stand-in serving a corrupted copy under
+    the right digest): the edge's digest check catches it, the client's transfer is cut short
+    (never a complete wrong body), nothing is stored at the edge and the log says why."""
+    from dductlib.origin import Origin
+    from cache_rig import CacheHandler
+    o = cache_origin(rig)
+    right = pattern_bytes(1 << 20, "liar")
+    digest = add_blob(o, right)
+    liar = Origin(tls=(rig.pki.origin_crt, rig.pki.origin_key))
+    liar.server.RequestHandlerClass = CacheHandler
+    wrong = bytearray(right)
+    wrong[1000] ^= 0xff
+    liar.blobs = {digest: bytes(wrong)}
+    try:
+        # The stand-in's certificate is for origin.test, from the test origin CA.
+        with rig.dduct(proxy={"filters": cluster_rig.FILTERS,
+                              "parents": ["https://origin.test:%d" % liar.port],
+                              "parent_ca_file": rig.pki.ca_crt}) as e:
+            path = "/v2/lib/liar/blobs/" + digest
+            r = curl(rig, via(e, "http") + [o.url("origin.test", path)])
+            check_eq(r.rc, 18, "the client's transfer is cut short (%s)" % r.stderr)
+            check(os.path.getsize(r.body_path) < len(right), "never the whole body")
+            check_eq(liar.count(path), 1, "the edge asked the parent")
+            check_eq(cluster_rig.entries_count(e.file_dir), 0, "nothing stored at the edge")
+            log = e.stop()
+            check("digest" in log, "the edge's log says why", log[-2000:])
+    finally:
+        liar.close()
+
+
 def test_tier_behind_squid(rig):
     """The corporate layout: the parent reaches origins only through squid (upstream_proxy),
     the edge only through its parent, falling back to squid itself: a blob pulled through the
@@ -241,4 +272,5 @@ def test_tier_behind_squid(rig):
 
 if __name__ == "__main__":
     run([test_dduct_as_parent, test_uncacheable_never_via_parents, test_parent_refused_then_direct,
-         test_tier_behind_squid, test_cluster_cold_pull, test_parent_killed_mid_run])
+         test_lying_parent_is_caught_at_the_edge, test_tier_behind_squid, test_cluster_cold_pull,
+         test_parent_killed_mid_run])
