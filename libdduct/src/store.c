@@ -101,6 +101,11 @@ struct dduct__store_entry {
   enum state state;
   int in_table, fd, error, addressed, part_ours;
   int invalidated; /* dduct__store_invalidate met it while filling: remove once committed */
+  /* A content-addressed entry's bytes were hashed to its digest since this process last had
+   * reason to doubt them: its own fill, or a full read (verify_hits); cleared by any change
+   * to the file (watch, or a new mtime under the same name). */
+  int verified;
+  struct timespec mtime; /* the data file's, when it was opened */
   struct dduct__store_meta meta;
   char *strs[5]; /* owned strings behind meta */
   char *headers; /* owned block behind meta.headers */
@@ -155,6 +160,8 @@ struct dduct__store_reader {
   ssize_t pres;
   int want; /* the consumer asked while preq was in flight */
   int slow; /* the last read needed the thread pool (not in the page cache): read ahead */
+  int verify; /* hashing the whole body as it is read, checked before its last byte goes */
+  struct dduct__sha256 sha;
 };
 
 struct dduct_store {
@@ -174,7 +181,9 @@ struct dduct_store {
   uv_poll_t *ino_poll;  /* its readiness on the loop; freed in its close callback */
   struct list watched;  /* entries with a watch */
   size_t body_bytes;    /* bodies held in memory */
+  int verify_hits;      /* DDUCT__VERIFY_*: when hits of blobs are checked against the digest */
   uint64_t name_checks; /* stats of an entry's name by hot lookups */
+  uint64_t verifications, verify_failures; /* verify_hits: bodies hashed, mismatches */
   uint64_t fill_failures[DDUCT__FF_COUNT]; /* by dduct__fill_fail_reason */
 };
 
@@ -349,10 +358,22 @@ static void fill_free(struct fill *f) {
  * device, inode and size mean the same, unchanged entry (entries are never written in place). An
  * entry whose sidecar alone was removed is still served: its data file is the one that was
  * complete. */
-static int name_matches(const struct dduct__store_entry *e) {
+static int same_time(const struct timespec *a, const struct timespec *b) {
+  return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
+}
+
+/* The name still leads to the file we hold, at its size. The same file written in place (a new
+ * mtime) stays, but its bytes are in doubt again (verify_hits). */
+static int name_matches(struct dduct__store_entry *e) {
   struct stat st;
-  return stat(e->base, &st) == 0 && st.st_dev == e->dev && st.st_ino == e->ino &&
-         (uint64_t)st.st_size == e->meta.size;
+  if (stat(e->base, &st) != 0 || st.st_dev != e->dev || st.st_ino != e->ino ||
+      (uint64_t)st.st_size != e->meta.size)
+    return 0;
+  if (!same_time(&st.st_mtim, &e->mtime)) {
+    e->mtime = st.st_mtim;
+    e->verified = 0;
+  }
+  return 1;
 }
 
 static void drop_body(struct dduct__store_entry *e) {
@@ -371,6 +392,7 @@ static void watch_changed(struct dduct_store *s, int wd) {
     struct dduct__store_entry *e = DDUCT_CONTAINER_OF(n, struct dduct__store_entry, watch);
     if (wd != -1 && e->wd != wd) continue;
     e->changed = 1;
+    e->verified = 0;
     drop_body(e);
   }
 }
@@ -623,6 +645,16 @@ int dduct__store_degraded(struct dduct_store *s) {
   return s->degraded_until != 0 && uv_now(s->loop) < s->degraded_until;
 }
 
+void dduct__store_set_verify_hits(struct dduct_store *s, int mode) {
+  s->verify_hits = mode;
+}
+
+void dduct__store_verify_counts(const struct dduct_store *s, uint64_t *verified,
+                                uint64_t *failed) {
+  *verified = s->verifications;
+  *failed = s->verify_failures;
+}
+
 void dduct__store_set_degrade_ms(struct dduct_store *s, uint64_t ms) {
   s->degrade_ms = ms;
   if (s->degraded_until > uv_now(s->loop) + ms) s->degraded_until = uv_now(s->loop) + ms;
@@ -668,6 +700,7 @@ static void probe_work(uv_work_t *w) {
       if (fstat(e->loaded.fd, &st) == 0) {
         e->dev = st.st_dev;
         e->ino = st.st_ino;
+        e->mtime = st.st_mtim;
         e->have_ino = 1;
       }
       return;
@@ -819,6 +852,38 @@ int dduct__store_lookup_hot(struct dduct_store *s, const struct dduct__store_key
   return 1;
 }
 
+/* 1 when a read of e's whole body must be checked against its digest now. */
+static int must_verify(const struct dduct__store_entry *e) {
+  int mode = e->s->verify_hits;
+  return e->addressed && e->state == ST_COMPLETE && mode != DDUCT__VERIFY_NEVER &&
+         (mode == DDUCT__VERIFY_ALWAYS || !e->verified);
+}
+
+/* The body's hash is final: 0 when it is the digest (the entry is verified), else the entry is
+ * dropped (out of the table, files removed: the next request fetches it again) and
+ * DDUCT_EDIGEST. */
+static int verify_end(struct dduct__store_entry *e, struct dduct__sha256 *sha) {
+  unsigned char h[32];
+  char hex[65];
+  dduct__sha256_final(sha, h);
+  dduct__store_hex(h, 32, hex);
+  e->s->verifications++;
+  if (strcmp(hex, e->key.digest + 7) == 0) {
+    e->verified = 1;
+    return 0;
+  }
+  e->s->verify_failures++;
+  LOG_WARN(LOG_MOD, "Cache entry \"%s\" (%s) does not match its digest: removed, fetched again "
+           "next time", e->meta.url, e->key.rel);
+  if (e->in_table) {
+    table_remove(e);
+    idle_del(e);
+    remove_files(e->s, &e->key);
+  }
+  drop_body(e);
+  return DDUCT_EDIGEST;
+}
+
 static ssize_t pread_exact(int fd, char *buf, size_t len, uint64_t off) {
   size_t got = 0;
   while (got < len) {
@@ -861,6 +926,13 @@ ssize_t dduct__store_entry_pread(struct dduct__store_entry *e, char *buf, size_t
     got = (ssize_t)len;
   } else if ((got = pread_exact(e->fd, buf, len, off)) < 0) {
     return got;
+  }
+  if (off == 0 && len == e->meta.size && must_verify(e)) {
+    struct dduct__sha256 sha;
+    int rc;
+    dduct__sha256_init(&sha);
+    dduct__sha256_update(&sha, buf, len);
+    if ((rc = verify_end(e, &sha)) != 0) return rc;
   }
   e->s->stats.bytes_served += (uint64_t)got;
   return got;
@@ -1086,6 +1158,7 @@ static void commit_work(uv_work_t *w) {
     if (fstat(e->fd, &st) == 0) {
       e->dev = st.st_dev;
       e->ino = st.st_ino;
+      e->mtime = st.st_mtim;
       e->have_ino = 1;
     }
   }
@@ -1113,6 +1186,7 @@ static void commit_done(uv_work_t *w, int status) {
       e->meta.stored_at = f->stored_at;
       set_meta_str(e, 4, strdup(f->digest), &e->meta.digest);
       e->avail = f->written;
+      e->verified = 1; /* hashed as it was written (a blob's fill checks its digest) */
       e->s->stats.fills_completed++;
       e->s->stats.entries += (uint64_t)f->created;
       watch_start(e);
@@ -1233,6 +1307,27 @@ void dduct__store_fill_end(struct dduct__store_entry *e, int status) {
 
 /* ---- readers ------------------------------------------------------------------------------ */
 
+/* ---- verifying hits (verify_hits) --------------------------------------------------------- */
+
+/* n bytes at buf were read for r at r->off: advance, count and, for a verifying reader, hash
+ * them; the chunk that holds the last byte is handed out only once the whole body matched its
+ * digest (DDUCT_EDIGEST instead). */
+static ssize_t got_bytes(struct dduct__store_reader *r, const char *buf, ssize_t n) {
+  struct dduct__store_entry *e = r->e;
+  if (n <= 0) return n;
+  if (r->verify) {
+    dduct__sha256_update(&r->sha, buf, (size_t)n);
+    if (r->off + (uint64_t)n >= e->meta.size) {
+      int rc = verify_end(e, &r->sha);
+      r->verify = 0;
+      if (rc != 0) return rc;
+    }
+  }
+  r->off += (uint64_t)n;
+  e->s->stats.bytes_served += (uint64_t)n;
+  return n;
+}
+
 int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint64_t len,
                             dduct__store_read_cb cb, void *user_data,
                             struct dduct__store_reader **out) {
@@ -1256,6 +1351,12 @@ int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint6
   r->end = len == DDUCT__STORE_SIZE_UNKNOWN ? len : offset + len;
   r->cb = cb;
   r->ud = user_data;
+  /* Only a read of the whole body can be checked (a range is served as stored). */
+  if (offset == 0 && (len == DDUCT__STORE_SIZE_UNKNOWN || len >= e->meta.size) &&
+      must_verify(e) && e->meta.size > 0) {
+    r->verify = 1;
+    dduct__sha256_init(&r->sha);
+  }
   entry_ref(e);
   e->nreaders++;
   *out = r;
@@ -1328,11 +1429,7 @@ static ssize_t take_ahead(struct dduct__store_reader *r) {
   r->ahead = t;
   r->pstate = P_NONE;
   if (n == 0) n = DDUCT_ESHORT; /* the file is shorter than the store believed */
-  if (n > 0) {
-    r->off += (uint64_t)n;
-    r->e->s->stats.bytes_served += (uint64_t)n;
-  }
-  return n;
+  return got_bytes(r, r->buf, n);
 }
 
 static void prefetch_cb(uv_fs_t *req) {
@@ -1365,11 +1462,8 @@ static void read_cb(uv_fs_t *req) {
   }
   if (e->state == ST_DEAD) n = e->error != 0 ? e->error : DDUCT_ECLOSED;
   else if (n == 0) n = DDUCT_ESHORT; /* the file is shorter than the store believed */
-  if (n > 0) {
-    r->off += (uint64_t)n;
-    e->s->stats.bytes_served += (uint64_t)n;
-    prefetch(r);
-  }
+  n = got_bytes(r, r->buf, n);
+  if (n > 0) prefetch(r);
   r->cb(r->ud, n, n > 0 ? r->buf : NULL);
 }
 
@@ -1382,11 +1476,7 @@ static void read_now(struct dduct__store_reader *r, size_t n) {
   while (got < 0 && errno == EINTR);
   if (got < 0) got = -errno;
   else if (got == 0) got = DDUCT_ESHORT; /* the file is shorter than the store believed */
-  if (got > 0) {
-    r->off += (uint64_t)got;
-    e->s->stats.bytes_served += (uint64_t)got;
-  }
-  ready_reader(r, (int)got);
+  ready_reader(r, (int)got_bytes(r, r->buf, got));
 }
 
 static void start_read(struct dduct__store_reader *r, uint64_t end) {
@@ -1401,9 +1491,7 @@ static void start_read(struct dduct__store_reader *r, uint64_t end) {
   }
   r->slow = (got = pread_cached(e->fd, b.base, b.len, r->off)) <= 0;
   if (got > 0) {
-    r->off += (uint64_t)got;
-    e->s->stats.bytes_served += (uint64_t)got;
-    ready_reader(r, (int)got);
+    ready_reader(r, (int)got_bytes(r, r->buf, got));
     return;
   }
   r->state = R_READING;
@@ -1523,6 +1611,7 @@ int dduct_store_open(uv_loop_t *loop, const char *dir, struct dduct_store **out,
   }
   s->loop = loop;
   s->degrade_ms = DEGRADE_MS_DEFAULT;
+  s->verify_hits = DDUCT__VERIFY_FIRST;
   s->dir = strdup(dir);
   s->timer = malloc(sizeof(*s->timer));
   if (s->dir == NULL || s->timer == NULL) {

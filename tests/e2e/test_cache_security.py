@@ -18,7 +18,9 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cache_rig import CacheHandler, cache_origin, entries, files_in, origin_gets  # noqa: E402
+from cache_rig import (CacheHandler, add_blob, cache_origin, entries, files_in,  # noqa: E402
+                       origin_gets)
+from dductlib.origin import pattern_bytes  # noqa: E402
 from dductlib.client import Reader, Tcp, request_bytes  # noqa: E402
 from dductlib.harness import check, check_eq, curl, run, via  # noqa: E402
 from dductlib.origin import Origin  # noqa: E402
@@ -523,9 +525,69 @@ def test_origin_headers_replayed(rig):
                  "from the cache")
 
 
+def corrupt(file_dir, digest, at=None):
+    """Flip one byte of the stored blob in place (same size, same inode)."""
+    hexd = digest.split(":")[1]
+    p = os.path.join(file_dir, "c", hexd[:2], hexd)
+    size = os.path.getsize(p)
+    fd = os.open(p, os.O_RDWR)
+    try:
+        off = size // 2 if at is None else at
+        b = os.pread(fd, 1, off)
+        os.pwrite(fd, bytes([b[0] ^ 0xFF]), off)
+    finally:
+        os.close(fd)
+    return p
+
+
+def test_corrupt_blob_verified_on_first_hit(rig):
+    """A same-size corruption of a stored blob is never served as a complete body: after a restart
+    the first hit hashes it (verify_hits = 'first'), the client's transfer is cut before its end
+    (curl exit 18), the entry is removed and the next request fetches it again; the same after
+    the file is written in place while dduct runs (a hit it had already verified); a small blob
+    (answered in one write) goes to the origin instead of out corrupt."""
+    o = cache_origin(rig)
+    big = pattern_bytes(3 << 20, "verify-big")
+    small = pattern_bytes(4000, "verify-small")
+    dbig, dsmall = add_blob(o, big), add_blob(o, small)
+    pbig = "/v2/library/v/blobs/" + dbig
+    psmall = "/v2/library/v/blobs/" + dsmall
+    filters = ["^/v2/.*/blobs/sha256:\\w+$"]
+    with rig.dduct(proxy={"filters": filters}) as d:
+        for p, data in ((pbig, big), (psmall, small)):
+            r = get(rig, d, o.url("origin.test", p))
+            check_eq((r.rc, r.status, r.body() == data), (0, 200, True), "stored " + p)
+        file_dir = d.file_dir
+    corrupt(file_dir, dbig)
+    corrupt(file_dir, dsmall, at=10)
+    with rig.dduct(proxy={"filters": filters}, misc={"file_dir": file_dir + "/"}) as d:
+        r = get(rig, d, o.url("origin.test", pbig))
+        check_eq(r.rc, 18, "after a restart: the corrupt blob's transfer is cut")
+        check(os.path.getsize(r.body_path) < len(big), "never the whole corrupt body")
+        check("does not match its digest" in d.log(), "logged", d.log()[-2000:])
+        hexd = dbig.split(":")[1]
+        check("c/%s/%s" % (hexd[:2], hexd) not in entries(file_dir), "the entry is removed")
+        r = get(rig, d, o.url("origin.test", pbig))
+        check_eq((r.rc, r.status, r.body() == big), (0, 200, True), "fetched again, whole")
+        check_eq(len(origin_gets(o, pbig)), 2, "from the origin")
+        r = get(rig, d, o.url("origin.test", psmall))
+        check_eq((r.rc, r.status, r.body() == small), (0, 200, True),
+                 "a corrupt small blob: the right bytes, from the origin")
+        check_eq(len(origin_gets(o, psmall)), 2, "the small blob was asked again")
+        r = get(rig, d, o.url("origin.test", pbig))
+        check_eq((r.rc, r.body() == big), (0, True), "a verified hit")
+        corrupt(file_dir, dbig, at=len(big) - 1)
+        r = get(rig, d, o.url("origin.test", pbig))
+        check_eq(r.rc, 18, "written in place while running: cut again (the last byte too)")
+        r = get(rig, d, o.url("origin.test", pbig))
+        check_eq((r.rc, r.body() == big), (0, True), "and fetched again")
+        check_eq(len(origin_gets(o, pbig)), 3, "three origin GETs in all")
+
+
 if __name__ == "__main__":
     run([test_plain_http_never_answers_https, test_old_plain_entry_not_served_to_https,
          test_https_redirect_to_http_not_followed,
          test_redirect_to_another_port_drops_credentials, test_query_in_key,
          test_query_ignore_rules, test_unsafe_methods_invalidate, test_only_if_cached,
-         test_long_target_414_big_response_head_502, test_origin_headers_replayed])
+         test_long_target_414_big_response_head_502, test_origin_headers_replayed,
+         test_corrupt_blob_verified_on_first_hit])
