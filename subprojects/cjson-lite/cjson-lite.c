@@ -109,8 +109,7 @@ static char *parse_string_raw(struct in *p) {
   o = out;
   for (size_t i = start; i < end; i++) {
     char c = p->s[i];
-    if ((unsigned char)c < 0x20) goto fail;
-    if (c != '\\') { o[n++] = c; continue; }
+    if (c != '\\') { o[n++] = c; continue; } /* raw control bytes pass, as in cJSON */
     c = p->s[++i];
     switch (c) {
     case '"': case '\\': case '/': o[n++] = c; break;
