@@ -691,12 +691,21 @@ static void job_begin(struct job *j, const struct dduct_http_head *h, int64_t cl
 /* Anything but a plain 200 is not stored: it goes to the first client as the origin sent it. */
 static void job_pass(struct job *j, const struct dduct_http_head *h, int64_t cl) {
   struct creq *q = j->first;
+  struct dduct_http_head relayed;
+  int rc;
   LOG_INFO(LOG_MOD, "Not cached \"%s\": origin answered %d", j->url, h->status);
   dduct__store_fill_cancel(j->e, 0);
   j->e = NULL;
   j->pass = 1;
-  if (q == NULL || q->c == NULL ||
-      dduct__conn_send_head(q->c, h->status, dduct__http_reason(h), h, cl) != 0) {
+  /* Via says the answer is the origin's, relayed (RFC 9110 7.6.3): an edge asking us as its
+   * parent tells an origin's 5xx from our own failure by it (docs/cluster.md). */
+  dduct__http_head_init(&relayed);
+  if (dduct__http_head_copy(&relayed, h) == 0 && dduct__http_add(&relayed, "Via", "1.1 dduct") == 0)
+    h = &relayed;
+  rc = q == NULL || q->c == NULL ? DDUCT_ECLOSED
+                                 : dduct__conn_send_head(q->c, h->status, dduct__http_reason(h), h, cl);
+  dduct__http_head_free(&relayed);
+  if (rc != 0) {
     if (q != NULL) cut(q, "cannot send the response head");
     dduct__fetch_abort(j->f);
     j->f = NULL;
@@ -706,6 +715,18 @@ static void job_pass(struct job *j, const struct dduct_http_head *h, int64_t cl)
 
 static void job_next(struct job *j);
 static void parent_failed(struct job *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int via_dduct_cb(const char *tok, size_t len, void *arg) {
+  (void)arg;
+  for (size_t i = 0; i + 5 <= len; i++)
+    if (strncasecmp(tok + i, "dduct", 5) == 0) return 1;
+  return 0;
+}
+
+/* 1 if a dduct on the way relayed this answer from an origin (it added Via: 1.1 dduct). */
+static int relayed_by_dduct(const struct dduct_http_head *h) {
+  return dduct__http_each_token(h, "Via", via_dduct_cb, NULL);
+}
 
 /* The answer to the rest of a body after a parent died mid-way: 206 from where we are, or a 200
  * of the same representation whose first bytes are dropped. Anything else ends the fill as
@@ -740,6 +761,12 @@ static void job_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, 
   const char *ce = hget(h, "Content-Encoding");
   if (j->first != NULL && j->first->c != NULL)
     dduct__txn_origin(dduct__conn_txn(j->first->c), h->status, dduct__conn_txn(j->first->c)->t0);
+  if (j->parent >= 0 && h->status >= 500 && relayed_by_dduct(h)) {
+    /* The origin's own 5xx, which the parent relayed: the parent is fine, and asking anyone
+     * else would get the same. */
+    job_pass(j, h, cl);
+    return;
+  }
   if (j->parent >= 0 && (h->status == 502 || h->status == 504)) {
     /* The parent works but could not get it from the origin (its answer names why): asking the
      * other parents would fail the same way and put them down for one bad URL. The origin is

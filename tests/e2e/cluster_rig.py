@@ -7,7 +7,7 @@ import subprocess
 
 from dductlib.harness import PIN_NAMES, check, dduct_bin  # noqa: F401
 
-FILTERS = ["^/v2/.*/blobs/sha256:\\w+$", "^/bytes/", "^/gate/"]
+FILTERS = ["^/v2/.*/blobs/sha256:\\w+$", "^/bytes/", "^/gate/", "^/status/"]
 
 
 def parent_name(i):

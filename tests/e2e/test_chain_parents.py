@@ -235,6 +235,27 @@ def test_lying_parent_is_caught_at_the_edge(rig):
         liar.close()
 
 
+def test_origin_5xx_relayed_not_a_parent_failure(rig):
+    """The origin answers a cacheable path with 503: the parent relays it with Via: 1.1 dduct,
+    the edge passes it to the client as it is, the origin is asked once (not again by the edge)
+    and the parent is not marked down; the next file still goes through the parent."""
+    o = cache_origin(rig)
+    parents, edges = cluster_rig.start_cluster(rig, 1, 1)
+    try:
+        e = edges[0]
+        r = curl(rig, via(e, "http") + [o.url("origin.test", "/status/503")])
+        check_eq((r.rc, r.status), (0, 503), "the origin's 503 reaches the client")
+        check_eq(o.count("/status/503"), 1, "the origin was asked once")
+        r = curl(rig, via(e, "http") + [o.url("origin.test", "/bytes/4343")])
+        check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(4343)), "the next file")
+        logs = cluster_rig.stop_all(edges + parents)
+        check("down for" not in logs[0], "the parent was not marked down", logs[0][-2000:])
+        check("Miss \"https://origin.test:%d/bytes/4343\"" % o.port in logs[1],
+              "the next file went through the parent", logs[1][-1500:])
+    finally:
+        cluster_rig.kill_all(edges + parents)
+
+
 def test_tier_behind_squid(rig):
     """The corporate layout: the parent reaches origins only through squid (upstream_proxy),
     the edge only through its parent, falling back to squid itself: a blob pulled through the
@@ -272,5 +293,6 @@ def test_tier_behind_squid(rig):
 
 if __name__ == "__main__":
     run([test_dduct_as_parent, test_uncacheable_never_via_parents, test_parent_refused_then_direct,
-         test_lying_parent_is_caught_at_the_edge, test_tier_behind_squid, test_cluster_cold_pull,
+         test_lying_parent_is_caught_at_the_edge, test_origin_5xx_relayed_not_a_parent_failure,
+         test_tier_behind_squid, test_cluster_cold_pull,
          test_parent_killed_mid_run])
