@@ -10,6 +10,8 @@
 #include "admin.h"
 #include "internal.h"
 #include "proxy.h"
+#include "route.h"
+#include "stats.h"
 
 #define LOG_MOD "admin"
 
@@ -115,4 +117,18 @@ void dduct__admin_handle(struct dduct_conn *c, const char *target, int full) {
   } else {
     text(c, 404, "not found: try /, /metrics, /stats, /healthz or /ca.crt\n");
   }
+}
+
+/* The local route: everything from the admin listener; on the proxy listeners a request for
+ * dduct itself (not through TLS: those are for the origin). */
+int dduct__admin_route(void *proxy, struct dduct_conn *c, const struct dduct_request *req) {
+  const char *target = dduct__http_target(req->head);
+  struct dduct__txn *txn = dduct__conn_txn(c);
+  int full = dduct__conn_listener(c) == DDUCT_LISTEN_ADMIN;
+  if (!full && (req->connect || dduct__conn_tls_below(c) || !dduct__admin_is_local(proxy, target)))
+    return 0;
+  txn->route = DDUCT_ROUTE_LOCAL;
+  txn->cache = DDUCT_CACHE_NONE;
+  dduct__admin_handle(c, target, full);
+  return 1;
 }

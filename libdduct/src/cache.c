@@ -18,7 +18,10 @@
 #include <time.h>
 
 #include "cache.h"
+#include "conn.h"
 #include "internal.h"
+#include "proxy.h"
+#include "route.h"
 #include "store.h"
 #include "upstream.h"
 
@@ -203,8 +206,8 @@ static void answer_504(struct dduct_conn *c) {
   dduct__http_head_free(&h);
 }
 
-/* Hand the request back to the engine, which forwards it uncached; an only-if-cached request
- * gets 504 instead. */
+/* Hand the request on to the next route (forward: uncached); an only-if-cached request gets
+ * 504 instead. */
 static void decline(struct creq *q) {
   struct dduct_conn *c = q->c;
   int oic = q->only_if_cached;
@@ -1170,13 +1173,24 @@ static int request_key(const struct dduct_proxy *p, const struct dduct_request *
   return rc;
 }
 
-int dduct__cache_handle(struct dduct_proxy *p, struct dduct_conn *c,
-                        const struct dduct_request *req) {
+/* GET or HEAD without a body, whose path (without its query) the filter matches. */
+static int cacheable(const struct dduct_proxy *p, const struct dduct_request *req) {
+  if (p->store == NULL || p->filter == NULL || req->connect || req->host == NULL ||
+      req->path == NULL)
+    return 0;
+  if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0) return 0;
+  if (req->chunked || req->content_length > 0) return 0;
+  return dduct_filter_match(p->filter, req->path, req->path_len_no_query) == 1;
+}
+
+int dduct__cache_route(void *proxy, struct dduct_conn *c, const struct dduct_request *req) {
+  struct dduct_proxy *p = proxy;
   struct dduct__store_key key;
   struct dduct__store_entry *e;
   struct creq *q;
   int rc, flags = req->is_head ? DDUCT__STORE_NO_FILL : 0;
-  if (p->store == NULL || req->host == NULL || req->path == NULL) return 0;
+  if (!cacheable(p, req)) return 0;
+  dduct__conn_txn(c)->route = DDUCT_ROUTE_CACHE;
   if (p->o.cacheable_cb != NULL &&
       !p->o.cacheable_cb(p->o.cacheable_data, req->method, req->https, req->host, req->port,
                          req->path))

@@ -1,24 +1,12 @@
-/* The hook between the engine (conn.c) and the cache (issue 4). Internal.
- *
- * conn.c calls dduct__cache_handle() for a routed request when all of these hold:
- *   DDUCT_CACHE_HOOK is 1, the proxy has a store and a filter, the method is GET or HEAD, the
- *   request has no body, and the filter matches the path without its query.
- * Return 1 to take the request: the cache then answers through conn.h's client-response API
- * (dduct__conn_take first, then send_head/send_body/send_end or abort) and may fetch from the
- * origin through upstream.h (p->up). Return 0 to let the engine forward it as usual.
- * The cache engineer owns this file: define the function in cache.c and set DDUCT_CACHE_HOOK
- * to 1 in the same commit.
- */
+/* The cache route (cache.c; its entry point, dduct__cache_route, is in route.h): GET and HEAD
+ * requests the filter matches, answered from the store, filled through upstream.h. Internal. */
 #ifndef DDUCT_CACHE_H
 #define DDUCT_CACHE_H
 
-#include "conn.h"
-#include "proxy.h"
-
-#define DDUCT_CACHE_HOOK 1
-
-int dduct__cache_handle(struct dduct_proxy *p, struct dduct_conn *c,
-                        const struct dduct_request *req);
+struct dduct_proxy;
+struct dduct_request;
+struct dduct_http_head;
+struct dduct__fill_info;
 
 /* The origin answered resp to req, forwarded uncached: after a successful (2xx/3xx) unsafe
  * request (any method but GET, HEAD, OPTIONS, TRACE), the entry of its URL is removed, and those

@@ -1,8 +1,8 @@
 /* One client connection's state machine (see docs/architecture.md, "Engine"):
  *
- *   HEAD --head parsed--> route --CONNECT, covered host--> (200, push TLS layer) --> HEAD
- *                           |----CONNECT, other host----> CONNECTING --> TUNNEL --> closed
- *                           |----cache hook / forward / error----> BUSY
+ *   HEAD --head parsed--> route table (route.h, the proxy's) --a handler takes it--> BUSY
+ *     ^                     |--intercept: (200, push TLS layer) ---------------------> HEAD
+ *     |                     |--tunnel: (connect) --> TUNNEL (hijacked) ------------> closed
  *   BUSY --response sent and request read--> HEAD (keep-alive) or LINGER --> closed
  *
  * The parser pauses right after each head (so body bytes flow only once someone wants them)
@@ -16,19 +16,18 @@
 #include <string.h>
 #include <strings.h>
 
-#include "cache.h"
 #include "conn.h"
 #include "internal.h"
-#include "admin.h"
 #include "proxy.h"
+#include "route.h"
+#include "stats.h"
 #include "tls.h"
-#include "upstream.h"
 
 #define IN_CAP (160 * 1024)
 #define LINGER_MS 2000
 #define RESP_HEAD_CAP (DDUCT_HTTP_HEAD_MAX + 1024)
 
-enum cstate { C_HEAD, C_BUSY, C_CONNECTING, C_TUNNEL, C_LINGER, C_CLOSED };
+enum cstate { C_HEAD, C_BUSY, C_TUNNEL, C_LINGER, C_CLOSED };
 
 struct wnode { /* one write in flight on the client stream */
   struct wnode *next;
@@ -58,7 +57,7 @@ struct dduct_conn {
   int counted; /* addr holds one of its max_connections_per_client */
   unsigned head_ms; /* this connection's head timeout (shorter when accepted near the limit) */
   struct sockaddr_storage addr;
-  int admin;  /* from the admin listener: local pages only, never proxied */
+  int kind;   /* the listener's (enum dduct_listen_kind) */
   struct dduct__txn txn; /* the current request's facts (metrics, access log) */
   char peer[64];
   /* Input. */
@@ -84,23 +83,20 @@ struct dduct_conn {
   int status;
   uint64_t resp_bytes;
   uint64_t t0;
-  struct dduct_fetch *fetch;
-  int fetch_paused;
+  size_t route;   /* the route table entry that has the request */
+  int waiting;    /* the handler waits on the origin, not on the client (dduct__conn_waiting) */
+  int target_status; /* the origin could not be worked out: the answer if no route takes it */
+  char target_why[320];
   const struct dduct_conn_handler *h;
   void *harg;
   struct wnode *wq_head, *wq_tail;
-  /* Tunnel. */
-  struct dduct_stream *up;
-  struct dduct_connect *cn;
-  int cl_eof, up_eof;
 };
 
 static void process(struct dduct_conn *c);
 static void update_reading(struct dduct_conn *c);
-static void conn_close(struct dduct_conn *c);
+static void client_read_cb(struct dduct_stream *s, ssize_t nread, const char *data);
 static void book(struct dduct_conn *c);
-static void respond_error(struct dduct_conn *c, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+static void conn_close(struct dduct_conn *c);
 
 static const char *reason_of(int status) {
   switch (status) {
@@ -173,23 +169,10 @@ static void stream_close_cb(struct dduct_stream *s) {
 static void conn_close(struct dduct_conn *c) {
   const struct dduct_conn_handler *h = c->h;
   if (c->state == C_CLOSED) return;
-  if (c->state == C_BUSY || c->state == C_CONNECTING || c->state == C_TUNNEL) book(c);
+  if (c->state == C_BUSY || c->state == C_TUNNEL) book(c);
   c->state = C_CLOSED;
   c->h = NULL;
   if (h != NULL && h->on_abort != NULL) h->on_abort(c->harg);
-  if (c->fetch != NULL) {
-    dduct__fetch_abort(c->fetch);
-    c->fetch = NULL;
-  }
-  if (c->cn != NULL) {
-    dduct__connect_cancel(c->cn);
-    c->cn = NULL;
-  }
-  if (c->up != NULL) {
-    c->up->data = c;
-    dduct__stream_close(c->up, stream_close_cb);
-    c->up = NULL;
-  }
   c->s->data = c;
   dduct__stream_close(c->s, stream_close_cb);
   uv_close((uv_handle_t *)&c->timer, timer_close_cb);
@@ -218,8 +201,7 @@ static void timer_cb(uv_timer_t *t) {
     /* Waiting on the origin is the upstream timeout's business; here only a client that
      * neither reads nor sends counts. An upload we stopped reading because the origin takes it
      * slowly (body_blocked) is us waiting on the origin, not a stalled client. */
-    if (c->fetch != NULL && !c->fetch_paused && (!c->req_body_wanted || c->body_blocked) &&
-        dduct__stream_queued(c->s) == 0)
+    if (c->waiting && (!c->req_body_wanted || c->body_blocked) && dduct__stream_queued(c->s) == 0)
       return;
     LOG_WARN("http_proxy", "%s: client stalled for %u s, closing", c->peer,
              c->p->o.idle_timeout_ms / 1000);
@@ -268,10 +250,6 @@ static void client_write_cb(struct dduct_stream *s, int status, void *arg) {
   if (n != NULL && n->cb != NULL) n->cb(n->arg, status);
   free(n);
   if (c->state == C_CLOSED || dduct__stream_queued(c->s) >= DDUCT_STREAM_LOW_WATER) return;
-  if (c->fetch != NULL && c->fetch_paused) {
-    c->fetch_paused = 0;
-    dduct__fetch_resume(c->fetch);
-  }
   if (c->h != NULL && c->h->on_drain != NULL) c->h->on_drain(c->harg);
 }
 
@@ -343,7 +321,7 @@ static void reset_request(struct dduct_conn *c) {
   c->resp_started = c->resp_done = c->resp_chunked = c->resp_nobody = 0;
   c->status = 0;
   c->resp_bytes = 0;
-  c->fetch_paused = 0;
+  c->waiting = 0;
   c->h = NULL;
   c->head_started = c->in_len > 0;
 }
@@ -433,11 +411,12 @@ void dduct__conn_take(struct dduct_conn *c, const struct dduct_conn_handler *h, 
   c->harg = arg;
 }
 
-static void start_forward(struct dduct_conn *c);
+static void dispatch(struct dduct_conn *c, size_t from);
 
 void dduct__conn_decline(struct dduct_conn *c) {
   c->h = NULL;
-  if (!c->resp_started && c->state == C_BUSY) start_forward(c);
+  c->waiting = 0;
+  if (!c->resp_started && c->state == C_BUSY) dispatch(c, c->route + 1);
 }
 
 /* Headers the engine frames itself: never copied from the caller's head. */
@@ -605,6 +584,15 @@ void dduct__conn_abort(struct dduct_conn *c) {
   }
 }
 
+void dduct__conn_fail(struct dduct_conn *c, int err, const char *why) {
+  dduct__conn_send_error(c, dduct__http_status_for_error(err), "%s",
+                         why != NULL ? why : dduct_strerror(err));
+}
+
+void dduct__conn_close(struct dduct_conn *c) {
+  conn_close(c);
+}
+
 size_t dduct__conn_queued(const struct dduct_conn *c) {
   return c->state == C_CLOSED ? 0 : c->cork_len + dduct__stream_queued(c->s);
 }
@@ -625,13 +613,125 @@ struct dduct__txn *dduct__conn_txn(struct dduct_conn *c) {
   return &c->txn;
 }
 
+int dduct__conn_listener(const struct dduct_conn *c) {
+  return c->kind;
+}
+
+void dduct__conn_add_bytes(struct dduct_conn *c, uint64_t n) {
+  c->resp_bytes += n;
+}
+
 struct dduct_conn *dduct__conn_next(struct dduct_conn *c) {
   return c->next;
 }
 
+int dduct__conn_responding(const struct dduct_conn *c) {
+  return c->resp_started;
+}
+
+/* ---- request bodies and the handler's state ----------------------------------------------- */
+
+void dduct__conn_read_body(struct dduct_conn *c) {
+  const struct dduct_http_head *h = &c->parser.head;
+  if (c->state != C_BUSY) return;
+  if (c->req_has_body) {
+    c->req_body_wanted = 1;
+    /* We hold the body until the origin is ready; the client may wait for this first. */
+    if (dduct__http_has_token(h, "Expect", "100-continue") && h->minor >= 1)
+      (void)cwrite(c, "HTTP/1.1 100 Continue\r\n\r\n", 25, NULL, NULL);
+  }
+  resume_parser(c);
+}
+
+int dduct__conn_reading_body(const struct dduct_conn *c) {
+  return c->req_body_wanted;
+}
+
+void dduct__conn_body_resume(struct dduct_conn *c) {
+  if (!c->body_blocked || c->state != C_BUSY) return;
+  c->body_blocked = 0;
+  /* The client's idle time counts from now, when we ask it for the body again: otherwise a timer
+   * tick right after a long origin pause closes it as stalled before it could send. */
+  uv_timer_again(&c->timer);
+  update_reading(c);
+}
+
+void dduct__conn_close_after(struct dduct_conn *c) {
+  c->keep_alive = 0;
+}
+
+void dduct__conn_waiting(struct dduct_conn *c, int waiting) {
+  c->waiting = waiting;
+}
+
+/* ---- connection takeover: intercept and tunnel -------------------------------------------- */
+
+const char *dduct__conn_input(const struct dduct_conn *c, size_t *len) {
+  *len = c->in_len;
+  return c->in;
+}
+
+struct dduct_stream *dduct__conn_stream(const struct dduct_conn *c) {
+  return c->s;
+}
+
+int dduct__conn_send_raw(struct dduct_conn *c, const char *data, size_t len) {
+  return cwrite(c, data, len, NULL, NULL);
+}
+
+void dduct__conn_push_layer(struct dduct_conn *c, struct dduct_stream *top, const char *host,
+                            uint16_t port) {
+  c->status = 200; /* the CONNECT is done: booked now, its requests on their own */
+  book(c);
+  c->h = NULL;
+  c->in_len = 0;
+  c->s = top;
+  top->data = c;
+  c->intercepted = 1;
+  snprintf(c->ihost, sizeof(c->ihost), "%s", host);
+  c->iport = port;
+  /* A fresh parser for the requests inside the tunnel. */
+  dduct__http_parser_free(&c->parser);
+  dduct__http_parser_init(&c->parser, 0, c->parser.cbs, c);
+  c->paused = 0;
+  reset_request(c);
+  c->head_started = 0;
+  c->state = C_HEAD;
+  arm(c, c->p->o.head_timeout_ms);
+  (void)dduct__stream_read_start(c->s, client_read_cb);
+}
+
+struct dduct_stream *dduct__conn_hijack(struct dduct_conn *c, const char **pre, size_t *prelen) {
+  *pre = c->in;
+  *prelen = c->in_len;
+  c->in_len = 0;
+  c->state = C_TUNNEL;
+  c->status = 200;
+  c->waiting = 0;
+  dduct__stream_read_stop(c->s);
+  arm(c, c->p->o.tunnel_idle_timeout_ms);
+  return c->s;
+}
+
+void dduct__conn_touch(struct dduct_conn *c) {
+  if (c->state != C_CLOSED) uv_timer_again(&c->timer);
+}
+
+int dduct__conn_tls_below(const struct dduct_conn *c) {
+  return c->tls_listener || c->intercepted;
+}
+
+void dduct__conn_hold(struct dduct_conn *c) {
+  c->handles++;
+}
+
+void dduct__conn_release(struct dduct_conn *c) {
+  handle_closed(c);
+}
+
 /* ---- errors ------------------------------------------------------------------------------- */
 
-static void respond_error(struct dduct_conn *c, int status, const char *fmt, ...) {
+void dduct__conn_send_error(struct dduct_conn *c, int status, const char *fmt, ...) {
   char body[400];
   struct dduct_http_head h;
   va_list ap;
@@ -650,109 +750,14 @@ static void respond_error(struct dduct_conn *c, int status, const char *fmt, ...
     conn_close(c);
     return;
   }
+  c->h = NULL; /* the request ends here: its handler (if any) let go of it */
+  c->waiting = 0;
   c->state = C_BUSY;
   dduct__http_head_init(&h);
   (void)dduct__http_add(&h, "Content-Type", "text/plain; charset=utf-8");
   if (dduct__conn_send_whole(c, status, reason_of(status), &h, n, body, (size_t)n) != 0)
     conn_close(c);
   dduct__http_head_free(&h);
-}
-
-static int http_status_for(int err) {
-  if (err == DDUCT_ELOOP) return 508;
-  if (err == UV_ETIMEDOUT) return 504;
-  return 502;
-}
-
-void dduct__conn_fail(struct dduct_conn *c, int err, const char *why) {
-  c->h = NULL;
-  respond_error(c, http_status_for(err), "%s", why != NULL ? why : dduct_strerror(err));
-}
-
-/* ---- forwarding --------------------------------------------------------------------------- */
-
-static void fwd_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, int64_t cl) {
-  struct dduct_conn *c = dduct__fetch_data(f);
-  /* The origin answered before the whole request body came (a 401/413 to an upload): the rest
-   * of the body has nowhere to go (that origin connection is not reused), and the upload may
-   * be blocked by our backpressure, so close after this answer instead of waiting for it. */
-  if (c->req_body_wanted) c->keep_alive = 0;
-  dduct__txn_origin(&c->txn, h->status, c->txn.t0);
-#if DDUCT_CACHE_HOOK
-  dduct__cache_unsafe_done(c->p, &c->req, h);
-#endif
-  if (dduct__conn_send_head(c, h->status, dduct__http_reason(h), h, cl) != 0) conn_close(c);
-}
-
-static void fwd_on_body(struct dduct_fetch *f, const char *data, size_t len) {
-  struct dduct_conn *c = dduct__fetch_data(f);
-  if (dduct__conn_send_body(c, data, len, NULL, NULL) != 0) {
-    conn_close(c);
-    return;
-  }
-  if (!c->fetch_paused && dduct__stream_queued(c->s) > DDUCT_STREAM_HIGH_WATER) {
-    c->fetch_paused = 1;
-    dduct__fetch_pause(f);
-  }
-}
-
-static void fwd_on_done(struct dduct_fetch *f, int status, const char *why) {
-  struct dduct_conn *c = dduct__fetch_data(f);
-  c->fetch = NULL;
-  if (status == 0) {
-    (void)dduct__conn_send_end(c);
-    return;
-  }
-  if (!c->resp_started) {
-    respond_error(c, http_status_for(status), "%s", why != NULL ? why : dduct_strerror(status));
-    return;
-  }
-  LOG_WARN("http_proxy", "%s: %s: %s; closing the client connection", c->peer,
-           dduct__fetch_url(f), why != NULL ? why : dduct_strerror(status));
-  dduct__conn_abort(c);
-}
-
-static void fwd_on_drain(struct dduct_fetch *f) {
-  struct dduct_conn *c = dduct__fetch_data(f);
-  if (c->body_blocked) {
-    c->body_blocked = 0;
-    /* The client's idle time counts from now, when we ask it for the body again: otherwise a
-     * timer tick right after a long origin pause closes it as stalled before it could send. */
-    uv_timer_again(&c->timer);
-    update_reading(c);
-  }
-}
-
-static const struct dduct_fetch_cbs fwd_cbs = {fwd_on_head, fwd_on_body, fwd_on_done,
-                                               fwd_on_drain};
-
-static void start_forward(struct dduct_conn *c) {
-  struct dduct_fetch_request fr;
-  const struct dduct_http_head *h = &c->parser.head;
-  int has_body = c->req.chunked || c->req.content_length > 0;
-  int rc;
-
-  memset(&fr, 0, sizeof(fr));
-  fr.https = c->req.https;
-  fr.host = c->req.host;
-  fr.port = c->req.port;
-  fr.method = c->req.method;
-  fr.target = c->req.path;
-  fr.headers = h;
-  fr.body_len = c->req.chunked ? -1 : (c->req.content_length > 0 ? c->req.content_length : 0);
-  rc = dduct__fetch_start(c->p->up, &fr, &fwd_cbs, c, &c->fetch);
-  if (rc != 0) {
-    respond_error(c, 503, "cannot start a request to %s: %s", c->req.host, dduct_strerror(rc));
-    return;
-  }
-  if (c->state != C_BUSY || c->fetch == NULL) return; /* failed synchronously */
-  if (has_body) {
-    c->req_body_wanted = 1;
-    /* We hold the body until the origin is ready; the client may wait for this first. */
-    if (dduct__http_has_token(h, "Expect", "100-continue") && h->minor >= 1)
-      (void)cwrite(c, "HTTP/1.1 100 Continue\r\n\r\n", 25, NULL, NULL);
-  }
-  resume_parser(c);
 }
 
 /* ---- routing ------------------------------------------------------------------------------ */
@@ -805,177 +810,6 @@ static int resolve_target(struct dduct_conn *c) {
   return set_origin(c, https, host, port, path) == 0 ? 0 : 500;
 }
 
-static void client_read_cb(struct dduct_stream *s, ssize_t nread, const char *data);
-
-static void intercept(struct dduct_conn *c, const char *host, uint16_t port) {
-  static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
-  struct dduct_stream *tls;
-  if (cwrite(c, ok, sizeof(ok) - 1, NULL, NULL) != 0) {
-    conn_close(c);
-    return;
-  }
-  /* Bytes behind the CONNECT head already belong to the client's TLS handshake. */
-  tls = dduct__tls_server_new(c->p->tls_server, c->s, host, c->in, c->in_len);
-  if (tls == NULL) {
-    LOG_ERROR("tls_mitm", "%s: cannot intercept %s:%u (no certificate or out of memory)",
-              c->peer, host, port);
-    conn_close(c);
-    return;
-  }
-  c->in_len = 0;
-  c->s = tls;
-  tls->data = c;
-  c->intercepted = 1;
-  snprintf(c->ihost, sizeof(c->ihost), "%s", host);
-  c->iport = port;
-  c->p->stats.intercepts++;
-  c->txn.route = DDUCT_ROUTE_INTERCEPT;
-  c->status = 200;
-  book(c);
-  LOG_DEBUG("tls_mitm", "%s CONNECT %s:%u intercepted", c->peer, host, port);
-  /* A fresh parser for the requests inside the tunnel. */
-  dduct__http_parser_free(&c->parser);
-  dduct__http_parser_init(&c->parser, 0, c->parser.cbs, c);
-  c->paused = 0;
-  reset_request(c);
-  c->head_started = 0;
-  c->state = C_HEAD;
-  arm(c, c->p->o.head_timeout_ms);
-  (void)dduct__stream_read_start(c->s, client_read_cb);
-}
-
-static void tunnel_read_client(struct dduct_stream *s, ssize_t nread, const char *data);
-static void tunnel_read_up(struct dduct_stream *s, ssize_t nread, const char *data);
-
-static void tunnel_maybe_done(struct dduct_conn *c) {
-  if (c->cl_eof && c->up_eof && dduct__stream_queued(c->s) == 0 &&
-      dduct__stream_queued(c->up) == 0)
-    conn_close(c);
-}
-
-static void tunnel_write_cb(struct dduct_stream *s, int status, void *arg) {
-  struct dduct_conn *c = arg;
-  if (c->state != C_TUNNEL) return;
-  if (status < 0) {
-    conn_close(c);
-    return;
-  }
-  uv_timer_again(&c->timer);
-  if (dduct__stream_queued(s) < DDUCT_STREAM_LOW_WATER) {
-    /* The sink drained: let its source flow again. */
-    if (s == c->up && !c->cl_eof) (void)dduct__stream_read_start(c->s, tunnel_read_client);
-    if (s == c->s && !c->up_eof) (void)dduct__stream_read_start(c->up, tunnel_read_up);
-  }
-  tunnel_maybe_done(c);
-}
-
-static void tunnel_pipe(struct dduct_conn *c, struct dduct_stream *from, struct dduct_stream *to,
-                        ssize_t nread, const char *data, int *eof) {
-  if (c->state != C_TUNNEL) return;
-  if (nread < 0) {
-    *eof = 1;
-    if (nread != UV_EOF) {
-      conn_close(c);
-      return;
-    }
-    (void)dduct__stream_shutdown(to);
-    tunnel_maybe_done(c);
-    return;
-  }
-  uv_timer_again(&c->timer);
-  c->resp_bytes += (uint64_t)nread;
-  if (dduct__stream_write(to, data, (size_t)nread, tunnel_write_cb, c) != 0) {
-    conn_close(c);
-    return;
-  }
-  if (dduct__stream_queued(to) > DDUCT_STREAM_HIGH_WATER) dduct__stream_read_stop(from);
-}
-
-static void tunnel_read_client(struct dduct_stream *s, ssize_t nread, const char *data) {
-  struct dduct_conn *c = s->data;
-  tunnel_pipe(c, c->s, c->up, nread, data, &c->cl_eof);
-}
-
-static void tunnel_read_up(struct dduct_stream *s, ssize_t nread, const char *data) {
-  struct dduct_conn *c = s->data;
-  tunnel_pipe(c, c->up, c->s, nread, data, &c->up_eof);
-}
-
-static void tunnel_connected(void *arg, struct dduct_stream *up, int status, const char *why) {
-  static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
-  struct dduct_conn *c = arg;
-  size_t early_len = 0;
-  const char *early = c->cn != NULL ? dduct__connect_leftover(c->cn, &early_len) : NULL;
-  c->cn = NULL;
-  if (status != 0) {
-    c->keep_alive = 0;
-    respond_error(c, http_status_for(status), "CONNECT %s:%u: %s", c->rhost, c->req.port, why);
-    return;
-  }
-  c->up = up;
-  up->data = c;
-  c->handles++; /* closed with the connection */
-  c->state = C_TUNNEL;
-  c->txn.cache = DDUCT_CACHE_TUNNEL;
-  c->p->stats.tunnels++;
-  c->status = 200;
-  LOG_DEBUG("http_proxy", "%s CONNECT %s:%u tunnel", c->peer, c->rhost, c->req.port);
-  if (dduct__stream_write(c->s, ok, sizeof(ok) - 1, tunnel_write_cb, c) != 0 ||
-      (early_len > 0 && dduct__stream_write(c->s, early, early_len, tunnel_write_cb, c) != 0) ||
-      (c->in_len > 0 && dduct__stream_write(up, c->in, c->in_len, tunnel_write_cb, c) != 0)) {
-    conn_close(c);
-    return;
-  }
-  c->in_len = 0;
-  /* The origin's TLS records inside ours: never one of ours across two of theirs (tls.h). */
-  if (c->tls_listener || c->intercepted) (void)dduct__stream_query(c->s, DDUCT_STREAM_CARRY_RECORDS, NULL);
-  arm(c, c->p->o.tunnel_idle_timeout_ms);
-  (void)dduct__stream_read_start(c->s, tunnel_read_client);
-  (void)dduct__stream_read_start(up, tunnel_read_up);
-}
-
-static void route_connect(struct dduct_conn *c) {
-  const char *target = dduct__http_target(&c->parser.head);
-  char host[256];
-  uint16_t port;
-  int rc;
-
-  c->keep_alive = 0;
-  if (dduct__http_parse_authority(target, host, sizeof(host), &port, 443) != 0) {
-    respond_error(c, 400, "CONNECT target \"%.200s\" is not host:port", target);
-    return;
-  }
-  if (set_origin(c, 0, host, port, "") != 0) {
-    conn_close(c);
-    return;
-  }
-  /* An intercepted host is served whatever its port (a registry on :5000 listed in the SANs
-   * needs no connect_ports entry): dduct speaks TLS and HTTP to it and verifies its certificate,
-   * so nothing but HTTPS gets through. The port policy guards the blind tunnels below, which
-   * would carry any protocol. */
-  if (dduct_ca_covers(c->p->ca, host)) {
-    intercept(c, host, port);
-    return;
-  }
-  if (!dduct__proxy_port_allowed(c->p, port)) {
-    respond_error(c, 403, "CONNECT to port %u is not allowed", port);
-    return;
-  }
-  c->txn.route = DDUCT_ROUTE_TUNNEL;
-  c->txn.cache = DDUCT_CACHE_TUNNEL;
-  c->state = C_CONNECTING;
-  rc = dduct__upstream_connect(c->p->up, host, port, tunnel_connected, c, &c->cn);
-  if (rc != 0) respond_error(c, 503, "CONNECT %s:%u: %s", host, port, dduct_strerror(rc));
-}
-
-static int cacheable(struct dduct_conn *c) {
-  const struct dduct_proxy *p = c->p;
-  if (!DDUCT_CACHE_HOOK || p->store == NULL || p->filter == NULL) return 0;
-  if (strcmp(c->req.method, "GET") != 0 && strcmp(c->req.method, "HEAD") != 0) return 0;
-  if (c->req.chunked || c->req.content_length > 0) return 0;
-  return dduct_filter_match(p->filter, c->req.path, c->req.path_len_no_query) == 1;
-}
-
 static int not_chunked_cb(const char *tok, size_t len, void *arg) {
   (void)arg;
   return !(len == 7 && strncasecmp(tok, "chunked", 7) == 0);
@@ -984,6 +818,39 @@ static int not_chunked_cb(const char *tok, size_t len, void *arg) {
 /* 1 if every Transfer-Encoding token is "chunked" (llhttp already refuses it twice). */
 static int only_chunked(const struct dduct_http_head *h) {
   return !dduct__http_each_token(h, "Transfer-Encoding", not_chunked_cb, NULL);
+}
+
+/* Offer the request to the proxy's routes from entry `from` on, in order, until one takes it.
+ * None does: the request's origin could not be worked out (its error), or a route is missing. */
+static void dispatch(struct dduct_conn *c, size_t from) {
+  const struct dduct__route *r = c->p->routes;
+  for (size_t i = from; i < c->p->nroutes; i++) {
+    c->route = i;
+    if (r[i].handle(r[i].ctx, c, &c->req)) return;
+  }
+  if (c->target_status != 0)
+    dduct__conn_send_error(c, c->target_status, "%s", c->target_why);
+  else
+    dduct__conn_send_error(c, 500, "no route takes %s %.200s", c->req.method,
+                           dduct__http_target(c->req.head));
+}
+
+/* A CONNECT's target is its origin (host:port). */
+static void connect_target(struct dduct_conn *c) {
+  const char *target = dduct__http_target(&c->parser.head);
+  char host[256];
+  uint16_t port;
+
+  c->keep_alive = 0;
+  c->req.connect = 1;
+  if (dduct__http_parse_authority(target, host, sizeof(host), &port, 443) != 0) {
+    c->target_status = 400;
+    snprintf(c->target_why, sizeof(c->target_why), "CONNECT target \"%.200s\" is not host:port",
+             target);
+  } else if (set_origin(c, 0, host, port, "") != 0) {
+    c->target_status = 500;
+    snprintf(c->target_why, sizeof(c->target_why), "internal error routing \"%.200s\"", target);
+  }
 }
 
 static void route(struct dduct_conn *c) {
@@ -1001,60 +868,38 @@ static void route(struct dduct_conn *c) {
   c->req.chunked = dduct__http_parser_chunked(&c->parser);
   c->req.is_head = strcmp(c->req.method, "HEAD") == 0;
   c->req_has_body = c->req.chunked || c->req.content_length > 0;
+  c->target_status = 0;
   arm(c, c->p->o.idle_timeout_ms);
   if (c->denied) {
-    respond_error(c, 403, "client %s is not allowed to use this proxy (allow_clients)", c->peer);
+    dduct__conn_send_error(c, 403, "client %s is not allowed to use this proxy (allow_clients)", c->peer);
     return;
   }
   if (dduct__http_get(h, "Transfer-Encoding") != NULL && (h->minor == 0 || !only_chunked(h))) {
     /* We re-frame bodies as plain chunked: another coding would reach the origin undeclared,
      * and HTTP/1.0 has no Transfer-Encoding at all (RFC 9112 6.1: faulty framing). */
-    respond_error(c, h->minor == 0 ? 400 : 501, "Transfer-Encoding \"%.100s\" is not supported",
+    dduct__conn_send_error(c, h->minor == 0 ? 400 : 501, "Transfer-Encoding \"%.100s\" is not supported",
                   dduct__http_get(h, "Transfer-Encoding"));
     return;
   }
-  if (c->admin) {
-    dduct__admin_handle(c, dduct__http_target(h), 1);
-    return;
-  }
   if (strcmp(c->req.method, "CONNECT") == 0) {
-    route_connect(c);
-    return;
+    connect_target(c);
+  } else if ((status = resolve_target(c)) != 0) {
+    c->target_status = status;
+    snprintf(c->target_why, sizeof(c->target_why),
+             status == 400 ? "request target \"%.200s\" is not an absolute URL "
+                             "(or has no usable Host on a TLS endpoint)"
+                           : "internal error routing \"%.200s\"",
+             dduct__http_target(h));
+  } else if (c->kind != DDUCT_LISTEN_ADMIN) {
+    /* We do not speak the upgraded protocols: forward as a plain request, then close. */
+    if (dduct__http_get(h, "Upgrade") != NULL) {
+      dduct__http_remove(h, "Upgrade");
+      c->keep_alive = 0;
+    }
+    c->txn.route = DDUCT_ROUTE_FORWARD;
+    c->txn.cache = DDUCT_CACHE_BYPASS;
   }
-  if (!c->tls_listener && !c->intercepted && dduct__admin_is_local(c->p, dduct__http_target(h))) {
-    dduct__admin_handle(c, dduct__http_target(h), 0); /* e.g. curl http://dduct:8000/ca.crt */
-    return;
-  }
-  status = resolve_target(c);
-  if (status != 0) {
-    respond_error(c, status, status == 400 ? "request target \"%.200s\" is not an absolute URL "
-                                             "(or has no usable Host on a TLS endpoint)"
-                                           : "internal error routing \"%.200s\"",
-                  dduct__http_target(h));
-    return;
-  }
-  /* We do not speak the upgraded protocols: forward as a plain request, then close. */
-  if (dduct__http_get(h, "Upgrade") != NULL) {
-    dduct__http_remove(h, "Upgrade");
-    c->keep_alive = 0;
-  }
-  c->txn.route = DDUCT_ROUTE_FORWARD;
-  c->txn.cache = DDUCT_CACHE_BYPASS;
-  /* ---- cache hook (issue 4): see cache.h ---- */
-#if DDUCT_CACHE_HOOK
-  if (cacheable(c)) {
-    c->txn.route = DDUCT_ROUTE_CACHE;
-    if (dduct__cache_handle(c->p, c, &c->req)) return;
-  }
-#else
-  (void)cacheable;
-#endif
-  if (dduct__http_has_token(h, "Cache-Control", "only-if-cached")) {
-    /* Nothing stored answers it, and the client wants no origin contact (RFC 9111 5.2.1.7). */
-    respond_error(c, 504, "\"%.200s\" is not in the cache (only-if-cached)", dduct__http_target(h));
-    return;
-  }
-  start_forward(c);
+  dispatch(c, 0);
 }
 
 /* ---- parsing ------------------------------------------------------------------------------ */
@@ -1067,7 +912,8 @@ static int req_on_head(struct dduct_http_parser *p) {
 
 static void req_on_body(struct dduct_http_parser *p, const char *data, size_t len) {
   struct dduct_conn *c = p->data;
-  if (c->fetch != NULL && dduct__fetch_write(c->fetch, data, len) != 0) c->body_blocked = 1;
+  if (c->h != NULL && c->h->on_body != NULL && c->h->on_body(c->harg, data, len) != 0)
+    c->body_blocked = 1;
 }
 
 static int req_on_done(struct dduct_http_parser *p) {
@@ -1087,7 +933,7 @@ static void consume(struct dduct_conn *c, size_t used) {
 static void message_done(struct dduct_conn *c) {
   c->req_done = 1;
   c->req_body_wanted = 0;
-  if (c->fetch != NULL) (void)dduct__fetch_end(c->fetch);
+  if (c->h != NULL && c->h->on_body_end != NULL) c->h->on_body_end(c->harg);
   if (c->resp_done) request_finished(c);
 }
 
@@ -1099,21 +945,20 @@ static void parse_error(struct dduct_conn *c, int rc) {
     c->t0 = uv_now(c->p->loop);
     dduct__txn_begin(&c->txn, DDUCT_ROUTE_LOCAL);
     if (rc == DDUCT_ETOOBIG && c->parser.target_too_big)
-      respond_error(c, 414, "request target longer than %u bytes", DDUCT_HTTP_HEAD_MAX);
+      dduct__conn_send_error(c, 414, "request target longer than %u bytes", DDUCT_HTTP_HEAD_MAX);
     else if (rc == DDUCT_ETOOBIG)
-      respond_error(c, 431, "request head larger than %u bytes", DDUCT_HTTP_HEAD_MAX);
+      dduct__conn_send_error(c, 431, "request head larger than %u bytes", DDUCT_HTTP_HEAD_MAX);
     else
-      respond_error(c, 400, "malformed request: %s", c->parser.err_reason);
+      dduct__conn_send_error(c, 400, "malformed request: %s", c->parser.err_reason);
     return;
   }
   /* A broken body: stop the upload; answer 400 if nothing was answered yet. */
-  if (c->state == C_BUSY && !c->resp_started && c->h == NULL) {
-    if (c->fetch != NULL) {
-      dduct__fetch_abort(c->fetch);
-      c->fetch = NULL;
-    }
+  if (c->state == C_BUSY && !c->resp_started) {
+    const struct dduct_conn_handler *h = c->h;
+    c->h = NULL;
+    if (h != NULL && h->on_abort != NULL) h->on_abort(c->harg); /* the upload stops */
     c->req_body_wanted = 0;
-    respond_error(c, 400, "malformed request body: %s", c->parser.err_reason);
+    dduct__conn_send_error(c, 400, "malformed request body: %s", c->parser.err_reason);
     return;
   }
   LOG_WARN("http_proxy", "%s: malformed request body: %s", c->peer, c->parser.err_reason);
@@ -1140,11 +985,7 @@ static void process_loop(struct dduct_conn *c) {
       return;
     }
     consume(c, used);
-    if (rc == 0) {
-      if (c->fetch != NULL && dduct__fetch_queued(c->fetch) > DDUCT_STREAM_HIGH_WATER)
-        c->body_blocked = 1;
-      return;
-    }
+    if (rc == 0) return;
     c->paused = 1;
     if (rc == DDUCT_HTTP_UPGRADE) c->ev_done = 1; /* a non-CONNECT upgrade: one message, then close */
     if (c->ev_head) {
@@ -1182,7 +1023,7 @@ static void client_read_cb(struct dduct_stream *s, ssize_t nread, const char *da
                 dduct__stream_query_str(c->s, DDUCT_STREAM_TLS_ERROR, "TLS failure"));
     else if (nread != UV_EOF && nread != UV_ECONNRESET)
       LOG_DEBUG("http_proxy", "%s: %s", c->peer, dduct_strerror((int)nread));
-    if (c->state == C_BUSY && c->fetch != NULL)
+    if (c->state == C_BUSY && c->h != NULL)
       LOG_DEBUG("http_proxy", "%s: client went away during %s", c->peer, c->req.method);
     conn_close(c);
     return;
@@ -1237,7 +1078,7 @@ void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int kind) {
   dduct__http_parser_init(&c->parser, 0, &req_cbs, c);
   c->state = C_HEAD;
   c->tls_listener = tls;
-  c->admin = kind == DDUCT_LISTEN_ADMIN;
+  c->kind = kind;
   if (uv_accept(server, (uv_stream_t *)h) != 0) {
     conn_close(c);
     return;

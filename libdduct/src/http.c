@@ -563,3 +563,9 @@ int dduct__http_parser_has_body(const struct dduct_http_parser *p) {
   if (p->ll.flags & F_CONTENT_LENGTH) return p->ll.content_length > 0;
   return p->ll.type == HTTP_RESPONSE;
 }
+
+int dduct__http_status_for_error(int err) {
+  if (err == DDUCT_ELOOP) return 508;
+  if (err == UV_ETIMEDOUT) return 504;
+  return 502;
+}

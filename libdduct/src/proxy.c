@@ -144,6 +144,22 @@ static void free_parts(struct dduct_proxy *p) {
   }
 }
 
+/* The route table (route.h), asked in this order. Local routes (answered by the proxy itself)
+ * come first; each entry's ctx is the proxy unless the route keeps state of its own. */
+static void routes_init(struct dduct_proxy *p) {
+  static const struct dduct__route table[] = {
+      {"local", dduct__admin_route, NULL},
+      {"intercept", dduct__intercept_route, NULL},
+      {"tunnel", dduct__tunnel_route, NULL},
+      {"cache", dduct__cache_route, NULL},
+      {"forward", dduct__forward_route, NULL},
+  };
+  for (size_t i = 0; i < DDUCT_ARRAY_SIZE(table); i++) {
+    p->routes[p->nroutes] = table[i];
+    p->routes[p->nroutes++].ctx = p;
+  }
+}
+
 static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, char *err,
                  size_t errlen) {
   struct dduct_upstream_config uc;
@@ -183,6 +199,7 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
                                     0, &p->tls_parent, err, errlen);
     if (rc != 0) return rc;
   }
+  routes_init(p);
   memset(&uc, 0, sizeof(uc));
   uc.loop = p->loop;
   uc.tls = p->tls_client;

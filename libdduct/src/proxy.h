@@ -8,6 +8,7 @@
 #include "chain.h"
 #include "dduct.h"
 #include "resolve.h"
+#include "route.h"
 #include "stats.h"
 
 struct dduct_conn;
@@ -44,6 +45,8 @@ struct dduct_proxy {
   struct dduct_uproxy uproxy;               /* upstream_proxy (empty: none) */
   struct dduct_parents parents;             /* the parent tier (n == 0: none) */
   struct dduct_upstream *up;
+  struct dduct__route routes[DDUCT_ROUTES_MAX]; /* the route table, in order (route.h) */
+  size_t nroutes;
   struct dduct_listener *listeners;
   size_t nlisteners_open;       /* listener handles not yet closed */
   struct dduct_conn *conns;     /* every live connection (doubly linked) */
