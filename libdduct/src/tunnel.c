@@ -101,8 +101,10 @@ static void connected_cb(void *arg, struct dduct_stream *up, int status, const c
   struct tunnel *t = arg;
   struct dduct_conn *c = t->c;
   const struct dduct_request *req = dduct__conn_request(c);
-  const char *pre;
-  size_t prelen;
+  const char *pre, *early = NULL;
+  size_t prelen, early_len = 0;
+  /* Bytes the far end sent behind an upstream proxy's answer go to the client first. */
+  if (t->cn != NULL) early = dduct__connect_leftover(t->cn, &early_len);
   t->cn = NULL;
   if (status != 0) {
     dduct__conn_take(c, NULL, NULL);
@@ -120,6 +122,7 @@ static void connected_cb(void *arg, struct dduct_stream *up, int status, const c
   t->cl = dduct__conn_hijack(c, &pre, &prelen);
   t->cl->data = t;
   if (dduct__stream_write(t->cl, ok, sizeof(ok) - 1, write_cb, t) != 0 ||
+      (early_len > 0 && dduct__stream_write(t->cl, early, early_len, write_cb, t) != 0) ||
       (prelen > 0 && dduct__stream_write(up, pre, prelen, write_cb, t) != 0)) {
     dduct__conn_close(c);
     return;
