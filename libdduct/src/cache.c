@@ -843,6 +843,18 @@ static void job_on_done(struct dduct_fetch *f, int status, const char *why) {
   struct job *j = dduct__fetch_data(f);
   struct creq *q = j->first;
   j->f = NULL;
+  if (status == DDUCT_ELOOP && j->parent >= 0 && !j->began && !j->pass) {
+    /* Every node can list every node, itself included (a tier of peers): the keys this dduct
+     * owns by hash are its own to fetch. */
+    struct dduct_parent *pa = &j->p->parents.v[j->parent];
+    if (!pa->self)
+      LOG_INFO(LOG_MOD, "Parent %s is this dduct: the keys it owns are fetched from the origin "
+               "here", pa->shown);
+    pa->self = 1;
+    j->tried = j->norder;
+    job_next(j);
+    return;
+  }
   if (status != 0 && j->parent >= 0) {
     parent_failed(j, "%s", why != NULL ? why : dduct_strerror(status));
     if (!j->pass && j->began && dduct__store_entry_error(j->e) == 0 &&
@@ -934,6 +946,10 @@ static void job_next(struct job *j) {
   j->paused = 0; /* the new fetch runs; a full fill pauses it again */
   while (j->tried < j->norder) {
     size_t i = j->order[j->tried++];
+    if (ps->v[i].self) { /* we own the key: the origin, not the next parent */
+      j->tried = j->norder;
+      break;
+    }
     if (ps->v[i].down_until <= now) {
       j->parent = (int)i;
       break;

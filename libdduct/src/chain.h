@@ -51,6 +51,8 @@ struct dduct_parent {
   uint64_t asked;      /* fills asked of this parent (metrics) */
   uint64_t failed;     /* ... that it refused, dropped or answered 5xx */
   uint64_t resumed;    /* bodies it died in the middle of, resumed elsewhere */
+  int self;            /* it is this dduct (its address is one of our listeners): the keys
+                          it owns are fetched from the origin here */
 };
 
 struct dduct_parents {

@@ -256,6 +256,41 @@ def test_origin_5xx_relayed_not_a_parent_failure(rig):
         cluster_rig.kill_all(edges + parents)
 
 
+def test_mesh_of_peers(rig):
+    """Every node lists every node as a parent, itself included (one config for all, a tier of
+    peers): 3 nodes pull the same 15 files at once from cold; each key is fetched from the
+    origin once, by the node that owns it by hash (a node seeing itself in the list logs it
+    once and never marks itself down), the others ask that node."""
+    from dductlib.harness import free_port
+    o = cache_origin(rig)
+    files = _files(o, "mesh", 10, 5)
+    hosts = ["127.0.0.%d" % (20 + i) for i in range(3)]
+    ports = [free_port(h) for h in hosts]
+    names = ["m%d.wild.test" % (i + 1) for i in range(3)]
+    pins = ["%s:127.0.0.1" % n for n in cluster_rig.PIN_NAMES]
+    pins += ["%s:%s" % (n, h) for n, h in zip(names, hosts)]
+    peers = ["https://%s:%d" % (n, p) for n, p in zip(names, ports)]
+    nodes = [rig.dduct(name="mesh%d" % (i + 1), host=h, tls_port=p,
+                       proxy={"filters": cluster_rig.FILTERS, "resolve": pins, "parents": peers})
+             for i, (h, p) in enumerate(zip(hosts, ports))]
+    for d in nodes:
+        d.proxy_overrides["parent_ca_file"] = nodes[0].ca_crt
+    try:
+        for d in nodes:
+            d.start()
+        _pull_all(rig, nodes, files, "mesh")
+        for u, _ in files:
+            path = u.split(str(o.port), 1)[1]
+            check_eq(o.count(path), 1, "the origin saw %s once" % path)
+        logs = cluster_rig.stop_all(nodes)
+        for k, log in enumerate(logs):
+            check("down for" not in log, "node %d marked no peer down" % (k + 1), log[-2000:])
+            check(log.count("is this dduct") <= 1, "node %d says it is its own peer once" % k)
+        check(sum("is this dduct" in log for log in logs) >= 1, "a node fetched its own keys")
+    finally:
+        cluster_rig.kill_all(nodes)
+
+
 def test_tier_behind_squid(rig):
     """The corporate layout: the parent reaches origins only through squid (upstream_proxy),
     the edge only through its parent, falling back to squid itself: a blob pulled through the
@@ -294,5 +329,5 @@ def test_tier_behind_squid(rig):
 if __name__ == "__main__":
     run([test_dduct_as_parent, test_uncacheable_never_via_parents, test_parent_refused_then_direct,
          test_lying_parent_is_caught_at_the_edge, test_origin_5xx_relayed_not_a_parent_failure,
-         test_tier_behind_squid, test_cluster_cold_pull,
+         test_tier_behind_squid, test_mesh_of_peers, test_cluster_cold_pull,
          test_parent_killed_mid_run])
