@@ -853,10 +853,17 @@ int dduct__store_lookup_hot(struct dduct_store *s, const struct dduct__store_key
 }
 
 /* 1 when a read of e's whole body must be checked against its digest now. */
+/* The digest e's body must hash to: a blob's own, or the one its fill recorded in the sidecar
+ * (every fill hashes what it writes), so a corrupted .deb is caught like a corrupted blob. */
+static const char *expected_digest(const struct dduct__store_entry *e) {
+  if (e->addressed) return e->key.digest;
+  return dduct__store_is_digest(e->meta.digest, strlen(e->meta.digest)) ? e->meta.digest : NULL;
+}
+
 static int must_verify(const struct dduct__store_entry *e) {
   int mode = e->s->verify_hits;
-  return e->addressed && e->state == ST_COMPLETE && mode != DDUCT__VERIFY_NEVER &&
-         (mode == DDUCT__VERIFY_ALWAYS || !e->verified);
+  return e->state == ST_COMPLETE && mode != DDUCT__VERIFY_NEVER &&
+         (mode == DDUCT__VERIFY_ALWAYS || !e->verified) && expected_digest(e) != NULL;
 }
 
 /* The body's hash is final: 0 when it is the digest (the entry is verified), else the entry is
@@ -868,7 +875,7 @@ static int verify_end(struct dduct__store_entry *e, struct dduct__sha256 *sha) {
   dduct__sha256_final(sha, h);
   dduct__store_hex(h, 32, hex);
   e->s->verifications++;
-  if (strcmp(hex, e->key.digest + 7) == 0) {
+  if (strcmp(hex, expected_digest(e) + 7) == 0) {
     e->verified = 1;
     return 0;
   }

@@ -20,7 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import (CacheHandler, add_blob, cache_origin, entries, files_in,  # noqa: E402
                        origin_gets)
-from dductlib.origin import pattern_bytes  # noqa: E402
+from dductlib.origin import pattern_bytes, pattern_sha256  # noqa: E402
 from dductlib.client import Reader, Tcp, request_bytes  # noqa: E402
 from dductlib.harness import check, check_eq, curl, run, via  # noqa: E402
 from dductlib.origin import Origin  # noqa: E402
@@ -584,10 +584,36 @@ def test_corrupt_blob_verified_on_first_hit(rig):
         check_eq(len(origin_gets(o, pbig)), 3, "three origin GETs in all")
 
 
+def test_corrupt_file_verified_on_first_hit(rig):
+    """The same for an ordinary (URL-keyed) entry, checked against the digest its fill recorded
+    in the sidecar: a same-size corruption is cut on the first hit after a restart, removed and
+    fetched again."""
+    n = 300000
+    url = rig.origin.url("origin.test", "/bytes/%d" % n)
+    with rig.dduct(proxy={"filters": ["^/bytes/"]}) as d:
+        r = get(rig, d, url)
+        check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)), "stored")
+        file_dir = d.file_dir
+    [rel] = [e for e in entries(file_dir) if e.startswith("u/")]
+    p = os.path.join(file_dir, rel)
+    with open(p, "r+b") as f:
+        f.seek(1000)
+        b = f.read(1)
+        f.seek(1000)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with rig.dduct(proxy={"filters": ["^/bytes/"]}, misc={"file_dir": file_dir + "/"}) as d:
+        r = get(rig, d, url)
+        check_eq(r.rc, 18, "the corrupt file's transfer is cut")
+        check(rel not in entries(file_dir), "the entry is removed")
+        r = get(rig, d, url)
+        check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)), "fetched again")
+        check_eq(len(origin_gets(rig.origin, "/bytes/%d" % n)), 2, "from the origin")
+
+
 if __name__ == "__main__":
     run([test_plain_http_never_answers_https, test_old_plain_entry_not_served_to_https,
          test_https_redirect_to_http_not_followed,
          test_redirect_to_another_port_drops_credentials, test_query_in_key,
          test_query_ignore_rules, test_unsafe_methods_invalidate, test_only_if_cached,
          test_long_target_414_big_response_head_502, test_origin_headers_replayed,
-         test_corrupt_blob_verified_on_first_hit])
+         test_corrupt_blob_verified_on_first_hit, test_corrupt_file_verified_on_first_hit])

@@ -1161,6 +1161,140 @@ static void rm_rf(const char *path) {
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", path);
 }
 
+/* The key of a blob holding data[0..n). */
+static struct dduct__store_key blob_key(const char *data, size_t n) {
+  struct dduct__store_key k;
+  char path[200];
+  digest_of(data, n, &k);
+  snprintf(path, sizeof(path), "/v2/lib/v/blobs/%s", k.digest);
+  return url_key("reg.example", path);
+}
+
+/* Store data under a blob key (a fill through the store), then leave it complete on disk. */
+static void store_blob(struct dduct_store *s, const struct dduct__store_key *k, const char *data,
+                       size_t n) {
+  struct look l = lookup(s, k, 0);
+  struct sink a;
+  struct feeder f;
+  struct dduct__store_meta m = meta("https://reg.example/blob", n);
+  dduct__store_fill_begin(l.e, &m);
+  sink_start(&a, l.e, 0, n);
+  feed_start(&f, l.e, data, n, n, 0);
+  run_until(&a.done);
+  run_until(&f.done);
+  run_until_settled(l.e);
+  sink_free(&a);
+}
+
+/* verify_hits: a blob corrupted on disk behind the store's back (same size) is served as it is
+ * with 'never'; with 'first' its first full read after open fails with DDUCT_EDIGEST before the
+ * last byte and the entry is removed; 'always' hashes every full read, 'first' a verified one
+ * no more; a small whole-body read is checked too; a range is served as stored. */
+static void test_verify_hits(void) {
+  enum { N = 300000 };
+  char dir[512], p[1024], *data = malloc(N);
+  struct dduct__store_key k;
+  struct dduct_store *s;
+  struct look l;
+  struct sink a;
+  uint64_t nv, nf;
+  int fd;
+
+  fill_pattern(data, N, 77);
+  k = blob_key(data, N);
+  snprintf(dir, sizeof(dir), "%s/verify", tmpdir);
+  CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, NULL, 0), 0, "store opens");
+  store_blob(s, &k, data, N);
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  path_of(p, sizeof(p), dir, &k, "");
+  fd = open(p, O_RDWR);
+  {
+    char flip = (char)(data[N / 2] ^ 0xff);
+    CHECK(fd >= 0 && pwrite(fd, &flip, 1, N / 2) == 1, "corrupt one byte in place");
+  }
+  close(fd);
+
+  dduct_store_open(&loop, dir, &s, NULL, 0);
+  dduct__store_set_verify_hits(s, DDUCT__VERIFY_NEVER);
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_HIT, "a hit");
+  sink_start(&a, l.e, 0, DDUCT__STORE_SIZE_UNKNOWN);
+  run_until(&a.done);
+  CHECK(a.err == 0 && a.len == N && a.buf[N / 2] == (char)(data[N / 2] ^ 0xff),
+        "'never': served as stored");
+  sink_free(&a);
+  dduct__store_entry_release(l.e);
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+
+  dduct_store_open(&loop, dir, &s, NULL, 0); /* 'first', the default */
+  l = lookup(s, &k, 0);
+  sink_start(&a, l.e, 10, 1000);
+  run_until(&a.done);
+  CHECK(a.err == 0 && a.len == 1000, "a range is served as stored (only a whole body is checked)");
+  sink_free(&a);
+  sink_start(&a, l.e, 0, DDUCT__STORE_SIZE_UNKNOWN);
+  run_until(&a.done);
+  CHECK_EQ_INT(a.err, DDUCT_EDIGEST, "'first': the first full read fails its digest");
+  CHECK(a.len < N, "before the last byte");
+  sink_free(&a);
+  dduct__store_entry_release(l.e);
+  CHECK(!exists(p), "the corrupt entry is removed");
+  dduct__store_verify_counts(s, &nv, &nf);
+  CHECK(nv == 1 && nf == 1, "one verification, one failure");
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "the next lookup fetches it again");
+  dduct__store_fill_cancel(l.e, 0);
+  store_blob(s, &k, data, N);
+  l = lookup(s, &k, 0);
+  sink_start(&a, l.e, 0, DDUCT__STORE_SIZE_UNKNOWN);
+  run_until(&a.done);
+  dduct__store_verify_counts(s, &nv, &nf);
+  CHECK(a.err == 0 && a.len == N && nv == 1, "'first': an entry its own fill wrote is not hashed");
+  sink_free(&a);
+  dduct__store_set_verify_hits(s, DDUCT__VERIFY_ALWAYS);
+  for (int i = 0; i < 2; i++) {
+    sink_start(&a, l.e, 0, DDUCT__STORE_SIZE_UNKNOWN);
+    run_until(&a.done);
+    CHECK(a.err == 0 && a.len == N && memcmp(a.buf, data, N) == 0, "'always': a good body");
+    sink_free(&a);
+  }
+  dduct__store_verify_counts(s, &nv, &nf);
+  CHECK(nv == 3 && nf == 1, "'always': every full read is hashed");
+  dduct__store_entry_release(l.e);
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+
+  /* A small body read whole (one write in the cache): checked before it is handed out. */
+  {
+    char small[4000], out[4000];
+    struct dduct__store_key ks;
+    fill_pattern(small, sizeof(small), 78);
+    ks = blob_key(small, sizeof(small));
+    dduct_store_open(&loop, dir, &s, NULL, 0);
+    store_blob(s, &ks, small, sizeof(small));
+    dduct_store_free(s);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    path_of(p, sizeof(p), dir, &ks, "");
+    fd = open(p, O_RDWR);
+    {
+      char flip = (char)(small[5] ^ 0xff);
+      CHECK(fd >= 0 && pwrite(fd, &flip, 1, 5) == 1, "corrupt a small blob");
+    }
+    close(fd);
+    dduct_store_open(&loop, dir, &s, NULL, 0);
+    l = lookup(s, &ks, 0);
+    CHECK_EQ_INT((int)dduct__store_entry_pread(l.e, out, sizeof(out), 0), DDUCT_EDIGEST,
+                 "a whole small body that fails its digest is not handed out");
+    dduct__store_entry_release(l.e);
+    CHECK(!exists(p), "and is removed");
+    dduct_store_free(s);
+    uv_run(&loop, UV_RUN_DEFAULT);
+  }
+  free(data);
+}
+
 /* A sidecar is data: headers that could split a response head, or that are not name/value
  * string pairs, are dropped at load; the rest keep their order; none at all is "unknown". */
 static void test_sidecar_headers(void) {
@@ -1237,6 +1371,7 @@ int main(void) {
   test_read_ahead();
   test_open_errors();
   test_disk_full();
+  test_verify_hits();
 
   uv_run(&loop, UV_RUN_DEFAULT);
   CHECK_EQ_INT(uv_loop_close(&loop), 0, "every handle and request is finished");
