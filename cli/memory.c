@@ -32,6 +32,17 @@ void memory_tune(void) {
 }
 
 #define TRIM_GAP 1000 /* ms between two trims at most */
+#define BUSY_CHECK_GAP 3000 /* ms between two looks at the free heap while connections are open */
+#define BUSY_TRIM_FREE (8u << 20)
+
+static size_t heap_free_bytes(void) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+  struct mallinfo2 mi = mallinfo2();
+  return mi.fordblks;
+#else
+  return 0;
+#endif
+}
 
 static void trim_now(struct memory_trim *m) {
 #ifdef __GLIBC__
@@ -61,6 +72,16 @@ static void prepare_cb(uv_prepare_t *h) {
       trim_now(m);
     else if (!uv_is_active((uv_handle_t *)&m->later))
       (void)uv_timer_start(&m->later, later_cb, m->last_trim + TRIM_GAP - now, 0);
+  }
+  else if (st.connections_active > 0) {
+    /* Busy for long: connections that stopped reading dropped their buffers (the TLS layer's
+     * output, the store reader's chunks), but freed heap in the middle stays resident until
+     * trimmed. Look every few seconds; trim when a lot lies free. */
+    uint64_t now = uv_now(h->loop);
+    if (now - m->last_check >= BUSY_CHECK_GAP) {
+      m->last_check = now;
+      if (heap_free_bytes() >= BUSY_TRIM_FREE) trim_now(m);
+    }
   }
   m->was_active = st.connections_active;
 }

@@ -13,6 +13,7 @@ struct memory_trim {
   uint64_t was_active;       /* connections_active at the last loop turn */
   uint64_t last_trim;        /* uv_now of the last trim, 0: none yet */
   uint64_t trims;
+  uint64_t last_check;       /* uv_now of the last look at the heap's free bytes while busy */
 };
 
 /* Set malloc's arena count and thresholds (see memory.c). Call first thing in main. A no-op

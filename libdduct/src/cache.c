@@ -285,8 +285,13 @@ static void read_cb(void *arg, ssize_t n, const char *data) {
   if (n > 0 && q->c != NULL) {
     if (dduct__conn_send_body(q->c, data, (size_t)n, NULL, NULL) != 0)
       cut(q, "client write failed");
-    else if (q->c != NULL && dduct__conn_queued(q->c) > DDUCT_STREAM_HIGH_WATER)
+    else if (q->c != NULL && dduct__conn_queued(q->c) > 0) {
+      /* The kernel's socket buffer is full (it holds far more than a chunk): wait for it to
+       * take this chunk before reading the next, so a client that stops reading costs one
+       * chunk (docs/cache.md), not the high-water mark plus the reader's two buffers. */
       q->wait_drain = 1;
+      dduct__store_reader_trim(q->r); /* the chunk was copied into the queue */
+    }
     else if (q->c != NULL)
       dduct__store_reader_read(q->r);
   } else if (n == 0) {

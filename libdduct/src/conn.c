@@ -24,6 +24,7 @@
 #include "tls.h"
 
 #define IN_CAP (160 * 1024)
+#define IN_FIRST (4 * 1024)
 #define LINGER_MS 2000
 #define RESP_HEAD_CAP (DDUCT_HTTP_HEAD_MAX + 1024)
 
@@ -62,7 +63,7 @@ struct dduct_conn {
   char peer[64];
   /* Input. */
   char *in;
-  size_t in_len;
+  size_t in_len, in_cap;
   struct dduct_http_parser parser;
   int paused;    /* the parser is paused; it runs again after resume_parser() */
   int ev_head;   /* the last pause was at a head */
@@ -928,6 +929,11 @@ static void consume(struct dduct_conn *c, size_t used) {
   if (used == 0) return;
   memmove(c->in, c->in + used, c->in_len - used);
   c->in_len -= used;
+  if (c->in_len == 0 && c->in_cap > IN_FIRST) { /* a large head or body went through */
+    free(c->in);
+    c->in = NULL;
+    c->in_cap = 0;
+  }
 }
 
 static void message_done(struct dduct_conn *c) {
@@ -1032,9 +1038,19 @@ static void client_read_cb(struct dduct_stream *s, ssize_t nread, const char *da
     parse_error(c, DDUCT_ETOOBIG);
     return;
   }
-  if (c->in == NULL && (c->in = malloc(IN_CAP)) == NULL) {
-    conn_close(c);
-    return;
+  if (c->in_len + (size_t)nread > c->in_cap) {
+    /* Grown as needed (most heads are a few hundred bytes): a connection whose client stops
+     * reading its answer keeps a few KiB here, not IN_CAP. */
+    size_t cap = DDUCT_MAX(c->in_cap, (size_t)IN_FIRST);
+    char *in;
+    while (cap < c->in_len + (size_t)nread) cap *= 2;
+    cap = DDUCT_MIN(cap, (size_t)IN_CAP);
+    if ((in = realloc(c->in, cap)) == NULL) {
+      conn_close(c);
+      return;
+    }
+    c->in = in;
+    c->in_cap = cap;
   }
   memcpy(c->in + c->in_len, data, (size_t)nread);
   c->in_len += (size_t)nread;

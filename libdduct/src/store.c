@@ -162,6 +162,7 @@ struct dduct__store_reader {
   int slow; /* the last read needed the thread pool (not in the page cache): read ahead */
   int verify; /* hashing the whole body as it is read, checked before its last byte goes */
   struct dduct__sha256 sha;
+  int trimmed; /* dduct__store_reader_trim while idle: a prefetch that lands is dropped */
 };
 
 struct dduct_store {
@@ -1449,6 +1450,12 @@ static void prefetch_cb(uv_fs_t *req) {
     reader_destroy(r);
     return;
   }
+  if (!r->want && r->trimmed) { /* the consumer waits on a stalled client: keep nothing */
+    free(r->ahead);
+    r->ahead = NULL;
+    r->pstate = P_NONE;
+    return;
+  }
   if (!r->want) return; /* kept until the consumer asks */
   r->want = 0;
   r->state = R_IDLE;
@@ -1489,9 +1496,14 @@ static void read_now(struct dduct__store_reader *r, size_t n) {
 static void start_read(struct dduct__store_reader *r, uint64_t end) {
   struct dduct__store_entry *e = r->e;
   uint64_t n = DDUCT_MIN(e->avail, end) - r->off;
-  uv_buf_t b = uv_buf_init(r->buf, (unsigned)DDUCT_MIN(n, (uint64_t)r->cap));
+  uv_buf_t b;
   int rc;
   ssize_t got;
+  if (r->buf == NULL && (r->buf = malloc(r->cap)) == NULL) { /* trimmed */
+    ready_reader(r, DDUCT_ENOMEM);
+    return;
+  }
+  b = uv_buf_init(r->buf, (unsigned)DDUCT_MIN(n, (uint64_t)r->cap));
   if (e->state == ST_COMPLETE && n <= SMALL_READ && n <= r->cap) {
     read_now(r, (size_t)n);
     return;
@@ -1528,8 +1540,21 @@ static void pump(struct dduct__store_reader *r) {
   }
 }
 
+void dduct__store_reader_trim(struct dduct__store_reader *r) {
+  if (r == NULL || r->state != R_IDLE || r->freed) return;
+  free(r->buf);
+  r->buf = NULL;
+  if (r->pstate == P_DONE) r->pstate = P_NONE; /* not taken: off still points at its bytes */
+  if (r->pstate == P_NONE) {
+    free(r->ahead);
+    r->ahead = NULL;
+  }
+  r->trimmed = 1;
+}
+
 int dduct__store_reader_read(struct dduct__store_reader *r) {
   if (r == NULL || r->state != R_IDLE || r->freed) return DDUCT_EINVAL;
+  r->trimmed = 0;
   if (r->pstate == P_READING) { /* delivered by prefetch_cb */
     r->want = 1;
     r->state = R_READING;

@@ -200,6 +200,10 @@ int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint6
  * content-addressed fill of known size are held back from its last byte until it verifies).
  * DDUCT_EINVAL if a read is already outstanding. */
 int dduct__store_reader_read(struct dduct__store_reader *r);
+/* The consumer will not ask for a while (its client stopped reading): free the reader's
+ * buffers, and drop a chunk read ahead (read again later). Only between reads (not while one
+ * is in flight, where it does nothing); the next dduct__store_reader_read allocates again. */
+void dduct__store_reader_trim(struct dduct__store_reader *r);
 uint64_t dduct__store_reader_offset(const struct dduct__store_reader *r);
 /* Safe at any time, also with a read outstanding (cb will not run). */
 void dduct__store_reader_free(struct dduct__store_reader *r);

@@ -202,11 +202,20 @@ fail:
 }
 
 /* Hand the ciphertext produced so far on the loop to the layer below. */
+#define OUT_KEEP (20 * 1024) /* a full record and change */
 static int flush(struct tls_stream *t, dduct_stream_write_cb cb, void *arg) {
   int rc;
   if (t->out_len == 0 && cb == NULL) return 0;
   rc = send_down(t, t->out, t->out_len, cb, arg);
   if (rc == 0) t->out_len = 0;
+  /* The layer below copied what it could not send at once: out is free again. Once the peer
+   * stops reading, keep no large buffer on top of that copy (a stalled reader held both), nor on
+   * an idle connection. */
+  if (rc == 0 && t->out_cap > OUT_KEEP && dduct__stream_queued(t->lower) > 0) {
+    free(t->out);
+    t->out = NULL;
+    t->out_cap = 0;
+  }
   return rc;
 }
 

@@ -11,7 +11,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from dductlib import client  # noqa: E402
-from dductlib.harness import DDUCT_CA_CN, check, check_eq, run, s_client_cert  # noqa: E402
+from dductlib.harness import (DDUCT_CA_CN, check, check_eq, curl, is_asan, run,  # noqa: E402
+                              s_client_cert, via)
 
 
 def test_denied_client_gets_no_handshake(rig):
@@ -221,8 +222,71 @@ def test_short_head_timeout_near_the_limit(rig):
               "the short timeout is logged", log[-2000:])
 
 
+def _rss_settled(d, wait=6.0):
+    """dduct's VmRSS once it stops moving (the CLI trims freed heap every few seconds while
+    connections are open)."""
+    time.sleep(wait)
+    last = d.proc_status("VmRSS")
+    for _ in range(40):
+        time.sleep(0.3)
+        rss = d.proc_status("VmRSS")
+        if abs(rss - last) < 64:
+            return rss
+        last = rss
+    return last
+
+
+def test_stalled_tls_readers_hold_one_chunk(rig):
+    """30 clients ask for a cached 32 MiB file over intercepted TLS and stop reading after the
+    head: dduct's resident memory grows by at most 192 KiB per client (docs/cache.md: a reader
+    reads 128 KiB at a time; before: ~640 KiB each, the high-water mark of queued ciphertext,
+    the TLS layer's output buffer, the reader's two chunks and a 160 KiB input buffer), and a
+    client that then reads gets every byte."""
+    n, clients = 32 << 20, 30
+    path = "/bytes/%d" % n
+    with rig.dduct(proxy={"filters": ["^/bytes/"]}) as d:
+        r = curl(rig, via(d, "http") + [rig.origin.url("origin.test", path)], timeout=300)
+        check_eq(r.status, 200, "the file is cached")
+        base = _rss_settled(d, wait=1.0)
+        ctx = client.tls_context(d.ca_crt)
+        socks = []
+        for _ in range(clients):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(60)
+            s.connect(("127.0.0.1", d.tcp_port))
+            s.sendall(b"CONNECT origin.test:%d HTTP/1.1\r\n\r\n" % rig.origin.port)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(1)
+            t = ctx.wrap_socket(s, server_hostname="origin.test")
+            t.sendall(b"GET %s HTTP/1.1\r\nHost: origin.test:%d\r\n\r\n"
+                      % (path.encode(), rig.origin.port))
+            check(t.recv(64).startswith(b"HTTP/1.1 200"), "a stalled client got its head")
+            socks.append(t)
+        stalled = _rss_settled(d)
+        per = (stalled - base) / clients
+        print("#   RSS %d KiB idle, %d KiB with %d stalled readers: %.0f KiB each"
+              % (base, stalled, clients, per))
+        if not is_asan():
+            check(per <= 192, "KiB per stalled TLS reader", "%.0f" % per)
+        t = socks.pop()
+        got = 0
+        t.settimeout(60)
+        while True:
+            b = t.recv(1 << 20)
+            if not b:
+                break
+            got += len(b)
+            if got >= n:
+                break
+        check(got >= n, "a stalled client that reads again gets the whole body", got)
+        for t in socks + [t]:
+            t.close()
+
+
 if __name__ == "__main__":
     run([test_denied_client_gets_no_handshake, test_leaf_cache_evicts_instead_of_refusing,
          test_log_lines_are_printable, test_hits_survive_a_short_descriptor_limit,
          test_soft_descriptor_limit_raised, test_per_client_connection_cap,
-         test_short_head_timeout_near_the_limit])
+         test_short_head_timeout_near_the_limit, test_stalled_tls_readers_hold_one_chunk])
