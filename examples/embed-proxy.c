@@ -1,4 +1,4 @@
-/* Embedding libdduct: a caching MITM proxy in a few dozen lines.
+/* Embedding libdduct: a caching MITM proxy in a few dozen lines, its counters printed at exit.
  *   embed-proxy CERT_DIR [TCP_ADDR [TLS_ADDR]]     e.g. embed-proxy /tmp/certs 127.0.0.1:8000
  * Then: curl -x http://127.0.0.1:8000 --cacert CERT_DIR/ca.crt https://... ; Ctrl-C stops it. */
 #include <stdio.h>
@@ -9,7 +9,18 @@ static void log_cb(void *ud, enum dduct_log_level level, const char *module, con
   fprintf(stderr, "[%-5s dduct::%s] %s\n", dduct_log_level_name(level), module, msg);
 }
 
+/* The figures dduct's /metrics shows are library calls too: the non-zero counters at exit. */
+static int print_cb(void *ud, const struct dduct_metric *m) {
+  if (m->type != DDUCT_METRIC_COUNTER || m->value == 0) return 0;
+  printf("%s", m->name);
+  for (size_t i = 0; i < m->nlabels; i++)
+    printf("%s%s=%s", i ? "," : " ", m->label_names[i], m->label_values[i]);
+  printf(" %.0f\n", m->value);
+  return 0;
+}
+
 static void closed_cb(struct dduct_proxy *p, void *ud) {
+  dduct_proxy_metrics_each(p, 0, print_cb, NULL);
   uv_close((uv_handle_t *)ud, NULL); /* the signal handle: the loop can end now */
 }
 
