@@ -20,6 +20,8 @@ enum kind {
   K_STRINGS,    /* array of strings, each passing check */
   K_PORTS,      /* array of integers in 1..65535 */
   K_PROXY_URL,  /* '' or http(s)://[user:pass@]host:port; printed without the password */
+  K_SIZE,       /* bytes: an integer or a string with a K/M/G/T suffix (powers of 1024) */
+  K_MINFREE,    /* K_SIZE, or a percentage string '0%'..'99%' */
 };
 
 typedef int (*check_fn)(const char *s, char *why, size_t len);
@@ -70,6 +72,10 @@ static const struct key keys[] = {
     {"proxy", "parents", K_STRINGS, F(parents), 0, 0, check_parent},
     {"proxy", "parent_ca_file", K_STRING, F(parent_ca_file), 0, 0, NULL},
     {"proxy", "parent_down_time", K_UINT, F(parent_down_time), 1, 86400, NULL},
+    {"cache", "max_size", K_SIZE, F(cache_max_size), 0, 0, NULL},
+    {"cache", "min_free", K_MINFREE, F(cache_min_free), 0, 0, NULL},
+    {"cache", "fsync", K_BOOL, F(cache_fsync), 0, 0, NULL},
+    {"cache", "stale_if_error", K_BOOL, F(cache_stale_if_error), 0, 0, NULL},
     {"certs", "rsa_key_bits", K_UINT, F(rsa_key_bits), 2048, 8192, NULL},
     {"certs", "days_from_now", K_UINT, F(days_from_now), 1, 36500, NULL},
     {"certs", "ca_cn", K_STRING, F(ca_cn), 1, 0, NULL},
@@ -81,7 +87,7 @@ static const struct key keys[] = {
 };
 #undef F
 
-static const char *const tables[] = {"misc", "proxy", "certs"};
+static const char *const tables[] = {"misc", "proxy", "cache", "certs"};
 
 /* ---- defaults (the seed's values, and config-keys.md for dduct's additions) ---------------- */
 
@@ -164,6 +170,11 @@ int config_init(struct config *c) {
   rc |= strv_set(&c->parents, NULL, 0);
   rc |= set_str(&c->parent_ca_file, "");
   c->parent_down_time = 30;
+  c->cache_max_size = 0;
+  c->cache_min_free = 0;
+  c->cache_min_free_percent = 10;
+  c->cache_fsync = 1;
+  c->cache_stale_if_error = 1;
   c->rsa_key_bits = 3072;
   c->days_from_now = 3072;
   rc |= set_str(&c->ca_cn, "dduct");
@@ -499,6 +510,66 @@ static int load_ports(struct loader *l, const struct key *k, const struct toml_n
   return 0;
 }
 
+/* "123", "50G", "1.5G" is refused (whole numbers only); suffixes K, M, G, T (also KiB, MB, ...:
+ * all powers of 1024). -1 when malformed, -2 when too large. */
+static int parse_size(const char *s, uint64_t *out) {
+  static const char units[] = "KMGT";
+  uint64_t v = 0, mul = 1;
+  const char *p = s, *u;
+  if (*p < '0' || *p > '9') return -1;
+  for (; *p >= '0' && *p <= '9'; p++) {
+    if (v > (UINT64_MAX - 9) / 10) return -2;
+    v = v * 10 + (uint64_t)(*p - '0');
+  }
+  while (*p == ' ') p++;
+  if (*p != '\0') {
+    char c = (char)(*p >= 'a' && *p <= 'z' ? *p - 'a' + 'A' : *p);
+    if ((u = strchr(units, c)) == NULL || c == '\0') return -1;
+    for (const char *x = units; x <= u; x++) mul *= 1024;
+    p++;
+    if (strcmp(p, "") != 0 && strcmp(p, "B") != 0 && strcmp(p, "iB") != 0 && strcmp(p, "b") != 0 &&
+        strcmp(p, "ib") != 0)
+      return -1;
+    if (v > UINT64_MAX / mul) return -2;
+    v *= mul;
+  }
+  *out = v;
+  return 0;
+}
+
+static int load_size(struct loader *l, const struct key *k, const struct toml_node *v,
+                     struct config *c) {
+  uint64_t *dst = (uint64_t *)((char *)c + k->off), val;
+  int rc;
+  if (v->type == TOML_INTEGER) {
+    if (v->integer < 0) return lfail(l, v, "%s: must not be negative", k->name);
+    *dst = (uint64_t)v->integer;
+    if (k->kind == K_MINFREE) c->cache_min_free_percent = 0;
+    return 0;
+  }
+  if (v->type != TOML_STRING)
+    return lfail(l, v, "%s: expected an integer or a string like '50G'%s, found %s %s", k->name,
+                 k->kind == K_MINFREE ? " or '10%'" : "", article(v->type),
+                 toml_type_name(v->type));
+  if (want_string(l, k, v) != 0) return -1;
+  if (k->kind == K_MINFREE && v->len > 0 && v->str[v->len - 1] == '%') {
+    long pct;
+    if (parse_uint(v->str, v->len - 1, 0, 99, &pct) != 0)
+      return lfail(l, v, "%s: invalid percentage '%s' (expected '0%%'..'99%%')", k->name, v->str);
+    *dst = 0;
+    c->cache_min_free_percent = (unsigned)pct;
+    return 0;
+  }
+  rc = parse_size(v->str, &val);
+  if (rc == -2) return lfail(l, v, "%s: '%s' is too large", k->name, v->str);
+  if (rc != 0)
+    return lfail(l, v, "%s: invalid size '%s' (expected bytes, or a number with K, M, G or T%s)",
+                 k->name, v->str, k->kind == K_MINFREE ? ", or a percentage like '10%'" : "");
+  *dst = val;
+  if (k->kind == K_MINFREE) c->cache_min_free_percent = 0;
+  return 0;
+}
+
 static int load_key(struct loader *l, const struct key *k, const struct toml_node *v,
                     struct config *c) {
   switch (k->kind) {
@@ -511,6 +582,8 @@ static int load_key(struct loader *l, const struct key *k, const struct toml_nod
     case K_UINT: return load_uint(l, k, v, c);
     case K_STRINGS: return load_strings(l, k, v, c);
     case K_PORTS: return load_ports(l, k, v, c);
+    case K_SIZE:
+    case K_MINFREE: return load_size(l, k, v, c);
   }
   return -1;
 }
@@ -548,10 +621,10 @@ int config_load(struct config *c, const char *name, const char *text, size_t len
     const struct toml_node *t = &root->items[i];
     if (t->type != TOML_TABLE)
       rc = lfail_key(&l, t, "unknown key '%s'%s", t->key,
-                     " (settings belong in [misc], [proxy] or [certs])");
+                     " (settings belong in [misc], [proxy], [cache] or [certs])");
     else if (!known_table(t->key))
       rc = lfail_key(&l, t, "unknown table [%s]%s", t->key,
-                     " (expected [misc], [proxy] or [certs])");
+                     " (expected [misc], [proxy], [cache] or [certs])");
     else
       rc = load_table(&l, t, c);
   }
@@ -629,6 +702,22 @@ static void print_proxy_url(FILE *out, const char *s) {
   print_string(out, buf);
 }
 
+/* Bytes in the largest unit that divides them exactly ('50G'), or a plain integer. */
+static void print_size(FILE *out, uint64_t v) {
+  static const char units[] = "KMGT";
+  int u = -1;
+  if (v == 0) {
+    fputs("0", out);
+    return;
+  }
+  while (u < 3 && v % 1024 == 0) {
+    v /= 1024;
+    u++;
+  }
+  if (u < 0) fprintf(out, "%llu", (unsigned long long)v);
+  else fprintf(out, "'%llu%c'", (unsigned long long)v, units[u]);
+}
+
 static void print_value(FILE *out, const struct key *k, const struct config *c) {
   const void *field = (const char *)c + k->off;
   switch (k->kind) {
@@ -656,6 +745,11 @@ static void print_value(FILE *out, const struct key *k, const struct config *c) 
         fprintf(out, "%s%u", i ? ", " : "", (unsigned)c->connect_ports[i]);
       fputc(']', out);
       break;
+    case K_SIZE: print_size(out, *(const uint64_t *)field); break;
+    case K_MINFREE:
+      if (*(const uint64_t *)field == 0) fprintf(out, "'%u%%'", c->cache_min_free_percent);
+      else print_size(out, *(const uint64_t *)field);
+      break;
   }
 }
 
@@ -673,6 +767,14 @@ void config_print(const struct config *c, FILE *out) {
       fputc('\n', out);
     }
   }
+}
+
+void config_store_options(const struct config *c, struct dduct_store_options *o) {
+  dduct_store_options_init(o);
+  o->max_size = c->cache_max_size;
+  o->min_free = c->cache_min_free;
+  o->min_free_percent = c->cache_min_free == 0 ? c->cache_min_free_percent : 0;
+  o->fsync = c->cache_fsync;
 }
 
 void config_ca_options(const struct config *c, struct dduct_ca_options *o) {

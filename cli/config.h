@@ -50,6 +50,12 @@ struct config {
   struct strv parents;
   char *parent_ca_file; /* "" for upstream_ca_file */
   unsigned parent_down_time; /* seconds */
+  /* [cache] */
+  uint64_t cache_max_size;         /* bytes; 0: no budget */
+  uint64_t cache_min_free;         /* bytes; 0: cache_min_free_percent applies */
+  unsigned cache_min_free_percent; /* 0..99 */
+  int cache_fsync;
+  int cache_stale_if_error;
   /* [certs] */
   unsigned rsa_key_bits;
   unsigned days_from_now;
@@ -74,6 +80,9 @@ int config_load_file(struct config *c, const char *path, char *err, size_t errle
 
 /* Write the effective settings as a TOML document that config_load accepts. */
 void config_print(const struct config *c, FILE *out);
+
+/* The store options of c's [cache]. */
+void config_store_options(const struct config *c, struct dduct_store_options *o);
 
 /* Point o at c's [certs] and cert_dir (borrowed: valid while c is). */
 void config_ca_options(const struct config *c, struct dduct_ca_options *o);

@@ -113,6 +113,7 @@ static void proxy_options(const struct config *cfg, struct dduct_proxy_options *
   o->parents_count = cfg->parents.n;
   o->parent_ca_file = cfg->parent_ca_file[0] != '\0' ? cfg->parent_ca_file : NULL;
   o->parent_down_ms = cfg->parent_down_time * 1000u;
+  o->stale_if_error = cfg->cache_stale_if_error;
 }
 
 /* The admin listener is a convenience: when its address is taken (by default a fixed loopback
@@ -155,7 +156,10 @@ static int listen_one(struct runner *r, enum dduct_listen_kind kind, const char 
 
 static int open_store(const struct config *cfg, struct runner *r) {
   char err[512] = "";
-  int rc = dduct_store_open(&r->loop, cfg->file_dir, &r->store, err, sizeof(err));
+  struct dduct_store_options o;
+  int rc;
+  config_store_options(cfg, &o);
+  rc = dduct_store_open_with(&r->loop, cfg->file_dir, &o, &r->store, err, sizeof(err));
   if (rc != 0) log_line(DDUCT_LOG_ERROR, "serve", "%s", err[0] ? err : dduct_strerror(rc));
   return rc != 0 ? 1 : 0;
 }

@@ -168,12 +168,33 @@ struct dduct_store_stats {
   uint64_t bytes_served;     /* body bytes sent to clients from the store */
   uint64_t bytes_fetched;    /* body bytes received from origins into the store */
   uint64_t entries;          /* complete entries known since open */
-  uint64_t size_bytes;       /* data bytes of the complete entries (as far as known) */
-  uint64_t evictions;        /* entries removed to keep within the budget */
+  uint64_t size_bytes;       /* data bytes of the complete entries indexed (all processes
+                              * sharing dir; as far as known while the index loads) */
+  uint64_t evictions;        /* entries this process evicted to keep within the budget */
+  uint64_t bytes_evicted;
+  int index_loaded;          /* 1 once the background index load finished */
 };
 
-/* Create dir (0700) if missing, remove "*.part" leftovers of a previous run, log
- * `Files "dir"` (module "serve"). The store is bound to loop; file I/O runs on libuv's pool. */
+/* How much of the disk the store may use, and how carefully it commits. */
+struct dduct_store_options {
+  uint64_t max_size;         /* budget in bytes for the data files under dir; 0: none (default) */
+  uint64_t min_free;         /* bytes to keep free on dir's file system; 0: use min_free_percent */
+  unsigned min_free_percent; /* used when min_free is 0: percent of the file system's size to keep
+                              * free (0..99); default 10. Both 0: no free-space floor */
+  int fsync;                 /* 1 (default): fsync data, sidecar and directory at each commit */
+};
+DDUCT_EXTERN void dduct_store_options_init(struct dduct_store_options *o);
+
+/* Create dir (0700) if missing and log `Files "dir"` (module "serve"). The index of complete
+ * entries loads in the background on libuv's pool (removing "*.part" leftovers of dead
+ * processes), so open returns at once whatever the number of entries. The store keeps
+ * max_size and min_free by evicting entries (SIEVE, docs/cache.md); several processes sharing
+ * dir keep one budget. o may be NULL (the defaults). The store is bound to loop; file I/O runs
+ * on libuv's pool. */
+DDUCT_EXTERN int dduct_store_open_with(uv_loop_t *loop, const char *dir,
+                                       const struct dduct_store_options *o,
+                                       struct dduct_store **out, char *err, size_t errlen);
+/* dduct_store_open_with(loop, dir, NULL, ...). */
 DDUCT_EXTERN int dduct_store_open(uv_loop_t *loop, const char *dir, struct dduct_store **out,
                                   char *err, size_t errlen);
 DDUCT_EXTERN void dduct_store_stats(const struct dduct_store *s, struct dduct_store_stats *out);
@@ -226,6 +247,9 @@ struct dduct_proxy_options {
    * origins whose URLs carry per-request signatures. NULL: none. */
   const char *const *query_ignore;
   size_t query_ignore_count;
+  int stale_if_error;               /* 1 (default): with ALWAYS, a hit whose revalidation cannot
+                                     * reach the origin (connect, TLS, timeout, 5xx) is served
+                                     * from the cache with a WARN; 0: the error passes through */
   /* Per-request veto over caching (NULL: the filters alone decide). Called on the loop thread for
    * each GET/HEAD whose path matched the filters, with borrowed strings (path as sent, query
    * included); return 1 to cache, 0 to forward the request uncached. For full control, use a

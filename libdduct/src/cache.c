@@ -601,7 +601,15 @@ static void reval_on_done(struct dduct_fetch *f, int status, const char *why) {
   struct creq *q = dduct__fetch_data(f);
   int st = q->reval_status, agrees = q->reval_agrees;
   q->f = NULL;
-  if (status != 0) {
+  if ((status != 0 || st >= 500) && q->p->o.stale_if_error) {
+    /* stale-if-error: the origin could not say, the entry is what we have. 401/403/404 are
+     * answers, not errors: they pass through below. */
+    char code[32];
+    snprintf(code, sizeof(code), "origin answered %d", st);
+    LOG_WARN(LOG_MOD, "Revalidating \"%s\" for %s: %s; serving the cached copy", q->url,
+             peer(q), status != 0 ? (why != NULL ? why : dduct_strerror(status)) : code);
+    serve(q);
+  } else if (status != 0) {
     LOG_WARN(LOG_MOD, "Revalidating \"%s\" for %s: %s; forwarding", q->url, peer(q),
              why != NULL ? why : dduct_strerror(status));
     decline(q);
@@ -670,7 +678,10 @@ static void job_drain_cb(void *arg) {
   }
 }
 
-/* The origin's 200 is stored: the first client becomes a reader like everyone else. */
+static void job_pass(struct job *j, const struct dduct_http_head *h, int64_t cl, int logged);
+
+/* The origin's 200 is stored: the first client becomes a reader like everyone else. A file the
+ * store has no room for (it said why) goes to the first client uncached. */
 static void job_begin(struct job *j, const struct dduct_http_head *h, int64_t cl) {
   struct dduct__store_meta m;
   char *block;
@@ -683,7 +694,11 @@ static void job_begin(struct job *j, const struct dduct_http_head *h, int64_t cl
   m.size = cl >= 0 ? (uint64_t)cl : DDUCT__STORE_SIZE_UNKNOWN;
   block = headers_block(h, dduct__store_entry_addressed(j->e), &m.headers_len);
   m.headers = block;
-  (void)dduct__store_fill_begin(j->e, &m);
+  if (dduct__store_fill_begin(j->e, &m) != 0) {
+    free(block);
+    job_pass(j, h, cl, 1);
+    return;
+  }
   free(block);
   dduct__store_fill_on_drain(j->e, job_drain_cb, j);
   j->began = 1;
@@ -697,11 +712,11 @@ static void job_begin(struct job *j, const struct dduct_http_head *h, int64_t cl
 }
 
 /* Anything but a plain 200 is not stored: it goes to the first client as the origin sent it. */
-static void job_pass(struct job *j, const struct dduct_http_head *h, int64_t cl) {
+static void job_pass(struct job *j, const struct dduct_http_head *h, int64_t cl, int logged) {
   struct creq *q = j->first;
   struct dduct_http_head relayed;
   int rc;
-  LOG_INFO(LOG_MOD, "Not cached \"%s\": origin answered %d", j->url, h->status);
+  if (!logged) LOG_INFO(LOG_MOD, "Not cached \"%s\": origin answered %d", j->url, h->status);
   dduct__store_fill_cancel(j->e, 0);
   j->e = NULL;
   j->pass = 1;
@@ -803,7 +818,7 @@ static void job_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, 
   if (h->status == 200 && (ce == NULL || strcasecmp(ce, "identity") == 0))
     job_begin(j, h, cl);
   else
-    job_pass(j, h, cl);
+    job_pass(j, h, cl, 0);
 }
 
 static void job_on_body(struct dduct_fetch *f, const char *data, size_t len) {

@@ -42,6 +42,7 @@ void dduct_proxy_options_init(struct dduct_proxy_options *o) {
   o->shutdown_grace_ms = D_GRACE_MS;
   o->revalidate = DDUCT_REVALIDATE_NEVER;
   o->parent_down_ms = D_PARENT_DOWN_MS;
+  o->stale_if_error = 1;
 }
 
 /* ---- option copies ----------------------------------------------------------------------- */

@@ -38,6 +38,13 @@
  * still hand over after fill_full said pause (a TLS read batch, 64 KiB, and parser leftovers). */
 #define FILL_CAP (DDUCT__STORE_FILL_HIGH + 128 * 1024)
 #define DEGRADE_MS_DEFAULT 30000
+/* Journal batches are written, other processes' records read and the budget checked this often. */
+#define MAINT_MS 2000
+/* A used entry's use is recorded again after this long (its last-used time), else once per
+ * eviction pass (its visited bit). */
+#define TOUCH_REFRESH_S 600
+/* The journal is rewritten once it is larger than this. */
+#define JOURNAL_MAX (16u << 20)
 #define LOG_MOD "cache"
 
 struct list {
@@ -89,6 +96,7 @@ struct fill {
   uint64_t t0;
   char digest[72];
   int64_t stored_at;
+  uint64_t reserved, counted; /* in s->reserved and s->parts_written (under ix_lock) */
 };
 
 struct dduct__store_entry {
@@ -186,6 +194,29 @@ struct dduct_store {
   uint64_t name_checks; /* stats of an entry's name by hot lookups */
   uint64_t verifications, verify_failures; /* verify_hits: bodies hashed, mismatches */
   uint64_t fill_failures[DDUCT__FF_COUNT]; /* by dduct__fill_fail_reason */
+  /* The budget (store_budget.c). ix, reserved, parts_written, fs_* and the journal position are
+   * shared with the pool's work and guarded by ix_lock. */
+  struct dduct_store_options o;
+  uv_mutex_t ix_lock;
+  struct dduct__index ix;
+  uint64_t reserved;      /* bytes our fills in flight take: their known size, or written */
+  uint64_t parts_written; /* of which on disk already */
+  uint64_t fs_free, fs_total;
+  uint64_t j_off, j_ino;  /* how far the journal was read */
+  atomic_int cancel;      /* the store is being freed: the load stops */
+  int loaded;             /* the background load finished (loop thread) */
+  unsigned works;         /* load and maintenance work in flight */
+  uv_work_t load_w, maint_w;
+  struct dduct__index load_ix;
+  struct dduct__store_load load_st;
+  int maint_busy, maint_again;
+  uv_timer_t *maint_timer;
+  struct dduct__jrec *jq, *jq_out; /* uses not yet written (loop), the batch being written */
+  size_t jq_n, jq_cap, jq_out_n;
+  char (*victims)[72];             /* what the last maintenance evicted (rels) */
+  size_t nvictims;
+  uint64_t ev_count, ev_bytes, ev_need;
+  int ev_why;                      /* 1 max_size, 2 min_free */
 };
 
 static void entry_ref(struct dduct__store_entry *e) {
@@ -195,6 +226,15 @@ static void store_destroy(struct dduct_store *s);
 static void abort_fill(struct dduct__store_entry *e, int why);
 static void entry_kill(struct dduct__store_entry *e, int why);
 static void pump(struct dduct__store_reader *r);
+/* The budget (below). */
+static void maint_kick(struct dduct_store *s);
+static int budget_on(const struct dduct_store *s);
+static void unreserve_locked(struct dduct_store *s, struct fill *f);
+static void unreserve(struct dduct__store_entry *e);
+static void touch(struct dduct_store *s, const struct dduct__store_key *k);
+static const char *fits(struct dduct_store *s, uint64_t size);
+static void budget_check(struct dduct_store *s);
+static void index_forget(struct dduct_store *s, const struct dduct__store_key *k);
 
 /* ---- table -------------------------------------------------------------------------------- */
 
@@ -228,6 +268,7 @@ static void table_remove(struct dduct__store_entry *e) {
 static void deliver_lookup(struct dduct__store_lookup *l) {
   struct dduct__store_entry *e = l->e;
   if (l->role == DDUCT__STORE_HIT || l->role == DDUCT__STORE_FOLLOW) e->s->stats.hits++;
+  if (l->role == DDUCT__STORE_HIT) touch(e->s, &e->key);
   if (l->role == DDUCT__STORE_FILL) e->s->stats.misses++;
   if (l->role == DDUCT__STORE_BYPASS) {
     l->cb(l->ud, l->role, NULL, l->status);
@@ -548,7 +589,7 @@ static void entry_maybe_free(struct dduct__store_entry *e) {
   if (e->refs > 0 || e->holds > 0) return;
   if (idle_park(e)) return;
   entry_free(e);
-  if (s->live == 0 && s->freeing) store_destroy(s);
+  if (s->live == 0 && s->works == 0 && s->freeing) store_destroy(s);
 }
 
 /* Unconditional: the caller knows nobody uses e. Never destroys the store itself. */
@@ -559,6 +600,7 @@ static void entry_free(struct dduct__store_entry *e) {
   watch_stop(e);
   drop_body(e);
   if (e->fd >= 0) close_async(s->loop, e->fd);
+  unreserve(e);
   fill_free(e->fill);
   for (size_t i = 0; i < DDUCT_ARRAY_SIZE(e->strs); i++) free(e->strs[i]);
   free(e->headers);
@@ -615,6 +657,7 @@ static void remove_files(struct dduct_store *s, const struct dduct__store_key *k
   char base[PATH_MAX];
   if ((size_t)snprintf(base, sizeof(base), "%s/%s", s->root, key->rel) < sizeof(base))
     dduct__store_disk_remove(base);
+  index_forget(s, key);
 }
 
 /* e became complete after an invalidation met it: out of the table (not kept idle), files
@@ -680,6 +723,7 @@ static void discard_part(struct dduct__store_entry *e) {
 static void entry_kill(struct dduct__store_entry *e, int why) {
   e->state = ST_DEAD;
   e->error = why;
+  unreserve(e);
   table_remove(e);
   discard_part(e);
   wake_waiters(e, DDUCT__STORE_BYPASS, why);
@@ -849,6 +893,7 @@ int dduct__store_lookup_hot(struct dduct_store *s, const struct dduct__store_key
   idle_del(e);
   entry_ref(e);
   s->stats.hits++;
+  touch(s, key);
   *out = e;
   return 1;
 }
@@ -1019,7 +1064,17 @@ static void update_avail(struct dduct__store_entry *e) {
 
 int dduct__store_fill_begin(struct dduct__store_entry *e, const struct dduct__store_meta *m) {
   struct fill *f;
+  const char *why;
   if (e == NULL || m == NULL || e->state != ST_PENDING) return DDUCT_EINVAL;
+  /* A file that cannot fit even after evicting everything else is not stored at all: the caller
+   * streams it through. */
+  if (m->size != DDUCT__STORE_SIZE_UNKNOWN && budget_on(e->s) && (why = fits(e->s, m->size))) {
+    char *u = strip_query(m->url);
+    LOG_INFO(LOG_MOD, "Not cached \"%s\" (%llu bytes): %s; streaming it through",
+             u != NULL ? u : "?", (unsigned long long)m->size, why);
+    free(u);
+    return DDUCT_ETOOBIG;
+  }
   if ((f = calloc(1, sizeof(*f))) == NULL) return DDUCT_ENOMEM;
   dduct__sha256_init(&f->sha);
   f->t0 = uv_hrtime();
@@ -1040,6 +1095,13 @@ int dduct__store_fill_begin(struct dduct__store_entry *e, const struct dduct__st
   }
   e->meta.size = m->size;
   e->state = ST_FILLING;
+  if (m->size != DDUCT__STORE_SIZE_UNKNOWN && budget_on(e->s)) {
+    uv_mutex_lock(&e->s->ix_lock);
+    f->reserved = m->size;
+    e->s->reserved += m->size;
+    uv_mutex_unlock(&e->s->ix_lock);
+    maint_kick(e->s); /* room for it now, and a look at the file system */
+  }
   wake_waiters(e, DDUCT__STORE_FOLLOW, 0);
   return 0;
 }
@@ -1086,6 +1148,18 @@ static void write_done(uv_work_t *w, int status) {
       abort_fill(e, f->work_rc);
     } else {
       f->written += f->out_len;
+      if (budget_on(e->s)) {
+        struct dduct_store *s = e->s;
+        uv_mutex_lock(&s->ix_lock);
+        f->counted += f->out_len;
+        s->parts_written += f->out_len;
+        if (f->reserved < f->written) { /* unknown length: the part is what it wrote */
+          s->reserved += f->written - f->reserved;
+          f->reserved = f->written;
+        }
+        uv_mutex_unlock(&s->ix_lock);
+        budget_check(s);
+      }
       update_avail(e);
       wake_readers(e);
       if (e->state == ST_FILLING) flush(e);
@@ -1159,15 +1233,31 @@ static void commit_work(uv_work_t *w) {
     f->work_rc = DDUCT_ENOMEM;
     return;
   }
-  f->work_rc = dduct__store_disk_commit(e->base, json, strlen(json), &f->created);
+  f->work_rc = dduct__store_disk_commit(e->base, e->fd, json, strlen(json), e->s->o.fsync,
+                                        &f->created);
   free(json);
   if (f->work_rc == 0) {
     struct stat st; /* the part was renamed, not copied: our fd is the published file */
+    (void)dduct__store_disk_reopen_ro(e->base, e->fd);
     if (fstat(e->fd, &st) == 0) {
+      struct dduct__jrec r;
+      struct dduct_store *s = e->s;
       e->dev = st.st_dev;
       e->ino = st.st_ino;
       e->mtime = st.st_mtim;
       e->have_ino = 1;
+      memset(&r, 0, sizeof(r));
+      r.type = '+';
+      r.time = (uint32_t)f->stored_at;
+      r.size = f->written;
+      r.order = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+      if (dduct__store_rel_name(e->key.rel, (char *)&r.kind, r.name) == 0) {
+        uv_mutex_lock(&s->ix_lock);
+        unreserve_locked(s, f); /* the index counts it from now on */
+        (void)dduct__index_put(&s->ix, (char)r.kind, r.name, r.size, r.order);
+        uv_mutex_unlock(&s->ix_lock);
+        (void)dduct__journal_append(s->root, &r, 1);
+      }
     }
   }
 }
@@ -1582,6 +1672,338 @@ void dduct__store_reader_free(struct dduct__store_reader *r) {
   reader_destroy(r);
 }
 
+/* ---- the budget --------------------------------------------------------------------------- */
+
+static uint64_t min_free_bytes(const struct dduct_store *s, uint64_t total) {
+  if (s->o.min_free != 0) return s->o.min_free;
+  return total / 100 * s->o.min_free_percent;
+}
+
+static int budget_on(const struct dduct_store *s) {
+  return s->o.max_size != 0 || s->o.min_free != 0 || s->o.min_free_percent != 0;
+}
+
+/* A fill's bytes leave the budget's in-flight count (committed: the index has them now). Caller
+ * holds ix_lock. */
+static void unreserve_locked(struct dduct_store *s, struct fill *f) {
+  if (f == NULL) return;
+  s->reserved -= f->reserved;
+  s->parts_written -= f->counted;
+  f->reserved = f->counted = 0;
+}
+
+static void unreserve(struct dduct__store_entry *e) {
+  if (e->fill == NULL || (e->fill->reserved == 0 && e->fill->counted == 0)) return;
+  uv_mutex_lock(&e->s->ix_lock);
+  unreserve_locked(e->s, e->fill);
+  uv_mutex_unlock(&e->s->ix_lock);
+}
+
+static void jq_push(struct dduct_store *s, const struct dduct__jrec *r) {
+  if (s->jq_n == s->jq_cap) {
+    size_t cap = s->jq_cap ? s->jq_cap * 2 : 64;
+    struct dduct__jrec *v;
+    if (cap > 65536 || (v = realloc(s->jq, cap * sizeof(*v))) == NULL) return; /* a lost use */
+    s->jq = v;
+    s->jq_cap = cap;
+  }
+  s->jq[s->jq_n++] = *r;
+}
+
+/* A hit: SIEVE's visited bit and the last-used time. Recorded in the journal (in the next batch)
+ * only when the bit was clear or the time is old, so hits cost no writes. */
+static void touch(struct dduct_store *s, const struct dduct__store_key *k) {
+  struct dduct__jrec r;
+  uint32_t i, now = (uint32_t)time(NULL);
+  int record = 0;
+  memset(&r, 0, sizeof(r));
+  if (dduct__store_rel_name(k->rel, (char *)&r.kind, r.name) != 0) return;
+  uv_mutex_lock(&s->ix_lock);
+  i = dduct__index_find(&s->ix, (char)r.kind, r.name);
+  if (i != DDUCT__INDEX_NONE) {
+    struct dduct__index_rec *x = &s->ix.recs[i];
+    record = !x->visited || now - x->last_used >= TOUCH_REFRESH_S;
+    x->visited = 1;
+    x->last_used = now;
+    r.size = x->size;
+    r.order = x->order;
+  }
+  uv_mutex_unlock(&s->ix_lock);
+  if (!record) return;
+  r.type = 'h';
+  r.time = now;
+  jq_push(s, &r);
+}
+
+/* The entry's files were removed here (invalidation, cache rm): out of the budget, and the other
+ * processes sharing file_dir are told (in the next journal batch). */
+static void index_forget(struct dduct_store *s, const struct dduct__store_key *k) {
+  struct dduct__jrec r;
+  uint32_t i;
+  memset(&r, 0, sizeof(r));
+  if (dduct__store_rel_name(k->rel, (char *)&r.kind, r.name) != 0) return;
+  uv_mutex_lock(&s->ix_lock);
+  if ((i = dduct__index_find(&s->ix, (char)r.kind, r.name)) != DDUCT__INDEX_NONE) {
+    r.order = s->ix.recs[i].order;
+    r.size = s->ix.recs[i].size;
+    (void)dduct__index_remove(&s->ix, (char)r.kind, r.name, r.order);
+  }
+  uv_mutex_unlock(&s->ix_lock);
+  if (i == DDUCT__INDEX_NONE) return;
+  r.type = '-';
+  r.time = (uint32_t)time(NULL);
+  jq_push(s, &r);
+}
+
+/* Whether a fill of size bytes can be stored at all (NULL) or why not. */
+static const char *fits(struct dduct_store *s, uint64_t size) {
+  const char *why = NULL;
+  uv_mutex_lock(&s->ix_lock);
+  if (s->o.max_size != 0 && size > s->o.max_size) {
+    why = "larger than [cache] max_size";
+  } else if (s->fs_total != 0) {
+    uint64_t keep = min_free_bytes(s, s->fs_total);
+    uint64_t pending = s->reserved - s->parts_written;
+    uint64_t could = s->fs_free + s->ix.bytes; /* free space once every entry is evicted */
+    if (keep != 0 && (could < pending || could - pending < keep || could - pending - keep < size))
+      why = "no room on the file system even after eviction ([cache] min_free)";
+  }
+  uv_mutex_unlock(&s->ix_lock);
+  return why;
+}
+
+/* Evict by SIEVE until the budget holds: max_size over the entries plus our fills in flight
+ * (their announced size, or what they wrote), and min_free over the file system counting what
+ * our fills will still write. Removing what is evicted is disk work: done right here, on the
+ * pool, with the lock released around each unlink. Caller holds ix_lock. */
+static void evict_locked(struct dduct_store *s) {
+  struct dduct__jrec batch[64];
+  size_t nb = 0, cap = 0;
+  uint64_t need = 0, freed = 0, used = s->ix.bytes + s->reserved;
+  uint64_t keep = min_free_bytes(s, s->fs_total), pending = s->reserved - s->parts_written;
+  s->ev_why = 0;
+  if (s->o.max_size != 0 && used > s->o.max_size) {
+    need = used - s->o.max_size;
+    s->ev_why = 1;
+  }
+  if (keep != 0 && s->fs_total != 0 && s->fs_free < keep + pending &&
+      keep + pending - s->fs_free > need) {
+    need = keep + pending - s->fs_free;
+    s->ev_why = 2;
+  }
+  s->ev_need = need;
+  while (freed < need) {
+    uint32_t i = dduct__index_victim(&s->ix, NULL);
+    struct dduct__index_rec v;
+    int rc;
+    if (i == DDUCT__INDEX_NONE) break;
+    v = s->ix.recs[i];
+    (void)dduct__index_remove(&s->ix, v.kind, v.name, v.order);
+    uv_mutex_unlock(&s->ix_lock);
+    rc = dduct__store_disk_evict(s->root, v.kind, v.name, v.order);
+    if (rc == 0) {
+      memset(&batch[nb], 0, sizeof(batch[nb]));
+      batch[nb].type = '-';
+      batch[nb].kind = (uint8_t)v.kind;
+      batch[nb].time = (uint32_t)time(NULL);
+      batch[nb].size = v.size;
+      batch[nb].order = v.order;
+      memcpy(batch[nb].name, v.name, 32);
+      if (++nb == DDUCT_ARRAY_SIZE(batch)) {
+        (void)dduct__journal_append(s->root, batch, nb);
+        nb = 0;
+      }
+    }
+    uv_mutex_lock(&s->ix_lock);
+    if (rc != 0) continue; /* gone already, or replaced by a newer version (indexed by its '+') */
+    freed += v.size;
+    s->ev_count++;
+    s->ev_bytes += v.size;
+    if (s->nvictims == cap) {
+      char(*nv)[72] = realloc(s->victims, (cap = cap ? cap * 2 : 16) * sizeof(*nv));
+      if (nv == NULL) continue;
+      s->victims = nv;
+    }
+    dduct__store_rel_of(v.kind, v.name, s->victims[s->nvictims++]);
+  }
+  if (nb > 0) {
+    uv_mutex_unlock(&s->ix_lock);
+    (void)dduct__journal_append(s->root, batch, nb);
+    uv_mutex_lock(&s->ix_lock);
+  }
+}
+
+/* Maintenance on the pool: write the batch of uses, read the other processes' records, check
+ * the file system, evict what the budget needs, rewrite an oversized journal. */
+static void maint_work(uv_work_t *w) {
+  struct dduct_store *s = w->data;
+  uint64_t fs_free = 0, fs_total = 0;
+  int have_fs;
+  (void)dduct__journal_append(s->root, s->jq_out, s->jq_out_n);
+  have_fs = dduct__store_fs_space(s->root, &fs_free, &fs_total) == 0;
+  uv_mutex_lock(&s->ix_lock);
+  if (have_fs) {
+    s->fs_free = fs_free;
+    s->fs_total = fs_total;
+  }
+  (void)dduct__journal_apply(s->root, &s->ix, &s->j_off, &s->j_ino, 1);
+  if (s->loaded) {
+    evict_locked(s);
+    if (dduct__journal_size(s->root) > JOURNAL_MAX)
+      (void)dduct__journal_compact(s->root, &s->ix, &s->j_off, &s->j_ino);
+  }
+  uv_mutex_unlock(&s->ix_lock);
+}
+
+static void maybe_destroy(struct dduct_store *s) {
+  if (s->freeing && s->live == 0 && s->works == 0) store_destroy(s);
+}
+
+/* Entries evicted are served no more; one nobody reads is closed now, so its blocks are freed
+ * (readers keep theirs open and finish: the file goes when the last of them closes it). */
+static void drop_victims(struct dduct_store *s) {
+  for (size_t i = 0; i < s->nvictims; i++) {
+    struct dduct__store_key k;
+    struct dduct__store_entry *e;
+    memset(&k, 0, sizeof(k));
+    memcpy(k.rel, s->victims[i], sizeof(k.rel));
+    if ((e = table_find(s, &k)) == NULL || e->state != ST_COMPLETE) continue;
+    table_remove(e);
+    idle_del(e);
+    entry_maybe_free(e);
+  }
+  s->nvictims = 0;
+}
+
+static void maint_done(uv_work_t *w, int status) {
+  struct dduct_store *s = w->data;
+  uint64_t n, bytes, need;
+  int why;
+  (void)status;
+  s->works--;
+  s->maint_busy = 0;
+  free(s->jq_out);
+  s->jq_out = NULL;
+  s->jq_out_n = 0;
+  uv_mutex_lock(&s->ix_lock);
+  n = s->ev_count, bytes = s->ev_bytes, need = s->ev_need, why = s->ev_why;
+  s->ev_count = s->ev_bytes = 0;
+  uv_mutex_unlock(&s->ix_lock);
+  if (n > 0) {
+    s->stats.evictions += n;
+    s->stats.bytes_evicted += bytes;
+    LOG_INFO(LOG_MOD, "Evicted %llu entr%s (%llu bytes) to keep [cache] %s", (unsigned long long)n,
+             n == 1 ? "y" : "ies", (unsigned long long)bytes, why == 2 ? "min_free" : "max_size");
+  } else if (need > 0 && why != 0) {
+    LOG_DEBUG(LOG_MOD, "Over [cache] %s by %llu bytes with nothing left to evict",
+              why == 2 ? "min_free" : "max_size", (unsigned long long)need);
+  }
+  drop_victims(s);
+  if (s->freeing) {
+    maybe_destroy(s);
+    return;
+  }
+  if (s->maint_again) {
+    s->maint_again = 0;
+    maint_kick(s);
+  }
+}
+
+static void maint_kick(struct dduct_store *s) {
+  if (s->freeing) return;
+  if (s->maint_busy) {
+    s->maint_again = 1;
+    return;
+  }
+  s->maint_busy = 1;
+  s->jq_out = s->jq;
+  s->jq_out_n = s->jq_n;
+  s->jq = NULL;
+  s->jq_n = s->jq_cap = 0;
+  s->maint_w.data = s;
+  s->works++;
+  if (uv_queue_work(s->loop, &s->maint_w, maint_work, maint_done) != 0) {
+    s->works--;
+    s->maint_busy = 0;
+    free(s->jq_out);
+    s->jq_out = NULL;
+  }
+}
+
+static void maint_timer_cb(uv_timer_t *t) {
+  maint_kick(t->data);
+}
+
+/* After our fills grew: evict now when over max_size (min_free is checked by the next
+ * maintenance, which asks the file system). */
+static void budget_check(struct dduct_store *s) {
+  int over;
+  if (!budget_on(s)) return;
+  uv_mutex_lock(&s->ix_lock);
+  over = s->o.max_size != 0 && s->ix.bytes + s->reserved > s->o.max_size;
+  uv_mutex_unlock(&s->ix_lock);
+  if (over) maint_kick(s);
+}
+
+/* ---- loading the index in the background -------------------------------------------------- */
+
+static void load_work(uv_work_t *w) {
+  struct dduct_store *s = w->data;
+  uint64_t off = 0, ino = 0, fs_free = 0, fs_total = 0;
+  int have_fs = dduct__store_fs_space(s->root, &fs_free, &fs_total) == 0;
+  dduct__index_init(&s->load_ix);
+  if (dduct__store_load_index(s->root, &s->load_ix, &s->load_st, &s->cancel) != 0) {
+    dduct__index_free(&s->load_ix);
+    return;
+  }
+  /* Uses recorded by earlier runs and by the other processes (not their commits: the disk just
+   * told us what exists). */
+  (void)dduct__journal_apply(s->root, &s->load_ix, &off, &ino, 0);
+  uv_mutex_lock(&s->ix_lock);
+  /* Entries committed while we walked are the newest. */
+  for (uint32_t i = s->ix.tail; i != DDUCT__INDEX_NONE; i = s->ix.recs[i].next) {
+    const struct dduct__index_rec *r = &s->ix.recs[i];
+    (void)dduct__index_put(&s->load_ix, r->kind, r->name, r->size, r->order);
+  }
+  dduct__index_free(&s->ix);
+  s->ix = s->load_ix;
+  dduct__index_init(&s->load_ix);
+  s->j_off = off;
+  s->j_ino = ino;
+  if (have_fs) {
+    s->fs_free = fs_free;
+    s->fs_total = fs_total;
+  }
+  s->loaded = 1;
+  uv_mutex_unlock(&s->ix_lock);
+}
+
+static void load_done(uv_work_t *w, int status) {
+  struct dduct_store *s = w->data;
+  uint64_t n, bytes;
+  (void)status;
+  s->works--;
+  uv_mutex_lock(&s->ix_lock);
+  n = s->ix.count, bytes = s->ix.bytes;
+  uv_mutex_unlock(&s->ix_lock);
+  s->stats.entries += s->load_st.entries;
+  s->stats.index_loaded = 1;
+  if (s->load_st.removed > 0)
+    LOG_INFO(LOG_MOD, "Removed %llu unfinished file(s) of an earlier run",
+             (unsigned long long)s->load_st.removed);
+  LOG_INFO(LOG_MOD, "Index loaded: %llu entries, %llu bytes", (unsigned long long)n,
+           (unsigned long long)bytes);
+  if (s->freeing) {
+    maybe_destroy(s);
+    return;
+  }
+  maint_kick(s);
+}
+
+int dduct__store_index_loaded(const struct dduct_store *s) {
+  return s->stats.index_loaded;
+}
+
 /* ---- public API --------------------------------------------------------------------------- */
 
 static int mkdir_p(char *path) {
@@ -1607,6 +2029,10 @@ static void timer_close_cb(uv_handle_t *h) {
 
 static void store_destroy(struct dduct_store *s) {
   ino_close(s);
+  dduct__index_free(&s->ix);
+  uv_mutex_destroy(&s->ix_lock);
+  free(s->jq);
+  free(s->victims);
   uv_close((uv_handle_t *)s->timer, timer_close_cb);
   free(s->dir);
   free(s->root);
@@ -1628,25 +2054,38 @@ static int prepare_dir(const char *dir, char **root, char *err, size_t errlen) {
   return 0;
 }
 
-int dduct_store_open(uv_loop_t *loop, const char *dir, struct dduct_store **out, char *err,
-                     size_t errlen) {
+void dduct_store_options_init(struct dduct_store_options *o) {
+  if (o == NULL) return;
+  memset(o, 0, sizeof(*o));
+  o->min_free_percent = 10;
+  o->fsync = 1;
+}
+
+int dduct_store_open_with(uv_loop_t *loop, const char *dir, const struct dduct_store_options *o,
+                          struct dduct_store **out, char *err, size_t errlen) {
   struct dduct_store *s;
-  uint64_t removed = 0;
   int rc;
   if (loop == NULL || dir == NULL || out == NULL)
     return dduct__errf(DDUCT_EINVAL, err, errlen, "store: missing loop or directory");
+  if (o != NULL && o->min_free_percent > 99)
+    return dduct__errf(DDUCT_EINVAL, err, errlen, "store: min_free_percent above 99");
   *out = NULL;
   if ((s = calloc(1, sizeof(*s))) == NULL) return DDUCT_ENOMEM;
   if ((rc = prepare_dir(dir, &s->root, err, errlen)) != 0) {
     free(s);
     return rc;
   }
+  if (o != NULL) s->o = *o;
+  else dduct_store_options_init(&s->o);
   s->loop = loop;
   s->degrade_ms = DEGRADE_MS_DEFAULT;
   s->verify_hits = DDUCT__VERIFY_FIRST;
   s->dir = strdup(dir);
   s->timer = malloc(sizeof(*s->timer));
-  if (s->dir == NULL || s->timer == NULL) {
+  s->maint_timer = malloc(sizeof(*s->maint_timer));
+  if (s->dir == NULL || s->timer == NULL || s->maint_timer == NULL ||
+      uv_mutex_init(&s->ix_lock) != 0) {
+    free(s->maint_timer);
     free(s->timer);
     free(s->dir);
     free(s->root);
@@ -1655,24 +2094,39 @@ int dduct_store_open(uv_loop_t *loop, const char *dir, struct dduct_store **out,
   }
   uv_timer_init(loop, s->timer);
   s->timer->data = s;
+  uv_timer_init(loop, s->maint_timer);
+  s->maint_timer->data = s;
+  uv_timer_start(s->maint_timer, maint_timer_cb, MAINT_MS, MAINT_MS);
+  uv_unref((uv_handle_t *)s->maint_timer);
   for (size_t i = 0; i < NBUCKETS; i++) list_init(&s->buckets[i]);
   list_init(&s->ready_lookups);
   list_init(&s->ready_readers);
   list_init(&s->idle);
   list_init(&s->watched);
   s->ino_fd = -1;
-  (void)dduct__store_disk_scan(s->root, &s->stats.entries, &removed);
+  dduct__index_init(&s->ix);
+  dduct__index_init(&s->load_ix);
+  atomic_init(&s->cancel, 0);
+  /* The walk of file_dir (a million entries take seconds) runs on the pool: open returns now. */
+  s->load_w.data = s;
+  s->works++;
+  if (uv_queue_work(loop, &s->load_w, load_work, load_done) != 0) s->works--;
   LOG_INFO("serve", "Files \"%s\"", dir);
-  if (removed > 0)
-    LOG_INFO(LOG_MOD, "Removed %llu unfinished file(s) of an earlier run",
-             (unsigned long long)removed);
   *out = s;
   return 0;
+}
+
+int dduct_store_open(uv_loop_t *loop, const char *dir, struct dduct_store **out, char *err,
+                     size_t errlen) {
+  return dduct_store_open_with(loop, dir, NULL, out, err, errlen);
 }
 
 void dduct_store_stats(const struct dduct_store *s, struct dduct_store_stats *out) {
   if (s == NULL || out == NULL) return;
   *out = s->stats;
+  uv_mutex_lock((uv_mutex_t *)&s->ix_lock);
+  out->size_bytes = s->ix.bytes;
+  uv_mutex_unlock((uv_mutex_t *)&s->ix_lock);
 }
 
 void dduct__store_fill_failures(const struct dduct_store *s, uint64_t *out) {
@@ -1693,7 +2147,12 @@ const char *dduct_store_dir(const struct dduct_store *s) {
 void dduct_store_free(struct dduct_store *s) {
   if (s == NULL) return;
   s->freeing = 1;
+  atomic_store(&s->cancel, 1);
+  uv_close((uv_handle_t *)s->maint_timer, timer_close_cb);
+  /* The last uses, so the next start knows them (one small write). */
+  (void)dduct__journal_append(s->root, s->jq, s->jq_n);
+  s->jq_n = 0;
   while (!list_empty(&s->idle))
     entry_free(DDUCT_CONTAINER_OF(s->idle.next, struct dduct__store_entry, idle));
-  if (s->live == 0) store_destroy(s);
+  if (s->live == 0 && s->works == 0) store_destroy(s);
 }

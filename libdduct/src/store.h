@@ -26,7 +26,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <stdatomic.h>
+
 #include "internal.h"
+#include "store_index.h"
 
 #define DDUCT__STORE_SIZE_UNKNOWN UINT64_MAX
 /* Bytes per read from a cached file (one buffer per reader, allocated once). */
@@ -237,6 +240,8 @@ void dduct__store_fill_failures(const struct dduct_store *s, uint64_t *out);
  * (DDUCT__STORE_SIZE_UNKNOWN: none yet) and the readers open on it. */
 void dduct__store_entry_progress(const struct dduct__store_entry *e, uint64_t *received,
                                  uint64_t *expected, int *readers);
+/* 1 once the background load of the index finished (its load_done ran on the loop). */
+int dduct__store_index_loaded(const struct dduct_store *s);
 
 /* ---- disk operations (store_disk.c; blocking, run on the thread pool) --------------------- */
 
@@ -257,15 +262,55 @@ void dduct__store_loaded_free(struct dduct__store_loaded *l);
 int dduct__store_disk_reserve(const char *base, int *fd);
 /* Write all of buf at off. */
 int dduct__store_disk_pwrite(int fd, const char *buf, size_t len, uint64_t off);
-/* Publish a verified part: drop the old sidecar, rename the part into place, write the sidecar
- * (temp + rename). *created is 1 when no entry existed before. On failure nothing half-made is
- * left behind (the part and any renamed data are removed). */
-int dduct__store_disk_commit(const char *base, const char *json, size_t jsonlen, int *created);
+/* Publish a verified part (fd: its open descriptor): drop the old sidecar, rename the part into
+ * place, write the sidecar (temp + rename). With sync, data and sidecar are fsync'd before their
+ * renames and the directory after. *created is 1 when no entry existed before. On failure
+ * nothing half-made is left behind (the part and any renamed data are removed). */
+int dduct__store_disk_commit(const char *base, int fd, const char *json, size_t jsonlen, int sync,
+                             int *created);
+/* Make fd (the committed file, open read-write) a read-only descriptor of the same file. */
+int dduct__store_disk_reopen_ro(const char *base, int fd);
 /* Remove our own "<base>.part". */
 void dduct__store_disk_discard(const char *base);
 /* Remove the entry at base (sidecar first, then the data file); absent files are fine. */
 void dduct__store_disk_remove(const char *base);
-/* At open: remove unlocked "*.part" / "*.tmp" leftovers and count complete entries. */
-int dduct__store_disk_scan(const char *dir, uint64_t *entries, uint64_t *removed);
+
+/* ---- budget and journal (store_budget.c; blocking, on the thread pool) --------------------- */
+
+/* One journal record (see store_budget.c): 56 bytes, written whole. */
+struct dduct__jrec {
+  uint8_t type;  /* '+' committed, '-' removed, 'h' used */
+  uint8_t kind;  /* 'c' or 'u' */
+  uint8_t pad[2];
+  uint32_t time; /* unix seconds */
+  uint64_t size;
+  int64_t order; /* the entry's commit time (data file mtime, ns) */
+  unsigned char name[32];
+};
+
+struct dduct__store_load {
+  uint64_t entries, removed;
+};
+
+/* "u/ab/<hex>" <-> kind and the 32 bytes its hex spells. */
+int dduct__store_rel_name(const char *rel, char *kind, unsigned char name[32]);
+void dduct__store_rel_of(char kind, const unsigned char name[32], char rel[72]);
+int dduct__store_name_from_hex(const char *hex, unsigned char name[32]);
+int dduct__journal_append(const char *root, const struct dduct__jrec *r, size_t n);
+int dduct__journal_apply(const char *root, struct dduct__index *ix, uint64_t *off, uint64_t *ino,
+                         int adds);
+int dduct__journal_compact(const char *root, const struct dduct__index *ix, uint64_t *off,
+                           uint64_t *ino);
+uint64_t dduct__journal_size(const char *root);
+/* Walk file_dir: remove dead processes' leftovers, index complete entries (sorted by commit). */
+int dduct__store_load_index(const char *root, struct dduct__index *ix, struct dduct__store_load *st,
+                            const atomic_int *cancel);
+/* Remove the entry's sidecar and data file if its data file is still the version order names
+ * (0: any). DDUCT_EAGAIN when a newer version replaced it. */
+int dduct__store_disk_evict(const char *root, char kind, const unsigned char name[32],
+                            int64_t order);
+int dduct__store_fs_space(const char *root, uint64_t *free_bytes, uint64_t *total);
+/* 1: path is gone or was a dead process's leftover and is removed; 0: a live process holds it. */
+int dduct__store_remove_if_stale(const char *path);
 
 #endif

@@ -5,9 +5,9 @@
  * whole life (so a leftover whose lock can be taken belongs to a dead process), data reaches its
  * final name only complete and verified, and an entry counts as complete only when its sidecar
  * exists and names the data file's exact size. The sidecar of the previous version is removed
- * before new data is renamed into place, so old metadata never describes new bytes. Nothing is
- * fsync()ed: the order protects against a killed process, and the size check catches most of
- * what a power loss could leave. */
+ * before new data is renamed into place, so old metadata never describes new bytes. With sync
+ * (the default, [cache] fsync), data and sidecar are fsync'd before their renames and the
+ * directory after them, so a commit also survives a power loss. */
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
@@ -223,8 +223,7 @@ fail:
 
 /* ---- reserve ------------------------------------------------------------------------------ */
 
-/* 1: path is gone or was a dead process's leftover and is removed; 0: a live process holds it. */
-static int remove_if_stale(const char *path) {
+int dduct__store_remove_if_stale(const char *path) {
   struct stat a, b;
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) return errno == ENOENT ? 1 : -errno;
@@ -264,7 +263,7 @@ int dduct__store_disk_reserve(const char *base, int *out) {
       rc = -errno;
       goto out;
     }
-    rc = remove_if_stale(part);
+    rc = dduct__store_remove_if_stale(part);
     if (rc <= 0) {
       rc = rc == 0 ? DDUCT_EAGAIN : rc;
       goto out;
@@ -296,7 +295,7 @@ int dduct__store_disk_pwrite(int fd, const char *buf, size_t len, uint64_t off) 
 
 /* ---- commit ------------------------------------------------------------------------------- */
 
-static int write_sidecar(const char *base, const char *json, size_t len) {
+static int write_sidecar(const char *base, const char *json, size_t len, int sync) {
   char tmp[PATH_MAX], final[PATH_MAX];
   int fd, rc;
   if (tmp_name(tmp, sizeof(tmp), base, ".json", ".tmp") != 0 ||
@@ -306,18 +305,40 @@ static int write_sidecar(const char *base, const char *json, size_t len) {
   if (fd < 0) return -errno;
   (void)flock(fd, LOCK_EX | LOCK_NB); /* so a starting process does not take it for a leftover */
   rc = dduct__store_disk_pwrite(fd, json, len, 0);
+  if (rc == 0 && sync && fdatasync(fd) != 0) rc = -errno;
   if (rc == 0 && rename(tmp, final) != 0) rc = -errno;
   if (xclose(fd) != 0 && rc == 0) rc = UV_EIO;
   if (rc != 0) unlink(tmp);
   return rc;
 }
 
-int dduct__store_disk_commit(const char *base, const char *json, size_t jsonlen, int *created) {
+/* The directory holding base, so the renames in it survive a power loss. */
+static int sync_dir(const char *base) {
+  char p[PATH_MAX];
+  char *slash;
+  int fd, rc = 0;
+  if (join(p, sizeof(p), base, "") != 0 || (slash = strrchr(p, '/')) == NULL) return DDUCT_EINVAL;
+  *slash = '\0';
+  if ((fd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) return -errno;
+  if (fsync(fd) != 0) rc = -errno;
+  close(fd);
+  return rc;
+}
+
+int dduct__store_disk_commit(const char *base, int fd, const char *json, size_t jsonlen,
+                             int sync, int *created) {
   char part[PATH_MAX], side[PATH_MAX];
   int rc;
   *created = 0;
   if (join(part, sizeof(part), base, ".part") != 0 || join(side, sizeof(side), base, ".json") != 0)
     return DDUCT_ETOOBIG;
+  /* Durable: the data reaches the disk before its name does, the sidecar before its name, and
+   * the directory (both renames) last. */
+  if (sync && fdatasync(fd) != 0) {
+    rc = -errno;
+    unlink(part);
+    return rc;
+  }
   if (unlink(side) == 0)
     *created = 0;
   else if (errno == ENOENT)
@@ -332,7 +353,25 @@ int dduct__store_disk_commit(const char *base, const char *json, size_t jsonlen,
     unlink(part);
     return rc;
   }
-  if ((rc = write_sidecar(base, json, jsonlen)) != 0) unlink(base);
+  if ((rc = write_sidecar(base, json, jsonlen, sync)) != 0) {
+    unlink(base);
+    return rc;
+  }
+  if (sync && (rc = sync_dir(base)) != 0) return rc == UV_EINVAL ? 0 : rc;
+  return 0;
+}
+
+/* Once complete, the entry is kept open read-only (the fill's read-write descriptor would keep
+ * "<name>.part (deleted)" open for writing: a remount read-only of file_dir fails with EBUSY).
+ * dup3 swaps the descriptor in place, so reads in flight on fd finish on the same file. */
+int dduct__store_disk_reopen_ro(const char *base, int fd) {
+  struct stat a, b;
+  int ro = open(base, O_RDONLY | O_CLOEXEC), rc = 0;
+  if (ro < 0) return -errno;
+  if (fstat(ro, &a) != 0 || fstat(fd, &b) != 0) rc = -errno;
+  else if (a.st_dev != b.st_dev || a.st_ino != b.st_ino) rc = DDUCT_EAGAIN; /* replaced already */
+  else if (dup3(ro, fd, O_CLOEXEC) < 0) rc = -errno;
+  close(ro);
   return rc;
 }
 
@@ -346,49 +385,4 @@ void dduct__store_disk_remove(const char *base) {
   /* The sidecar first: without it the data file is no entry, whatever happens next. */
   if (join(side, sizeof(side), base, ".json") == 0) (void)unlink(side);
   (void)unlink(base);
-}
-
-/* ---- scan --------------------------------------------------------------------------------- */
-
-static int ends_with(const char *s, const char *suffix) {
-  size_t a = strlen(s), b = strlen(suffix);
-  return a >= b && strcmp(s + a - b, suffix) == 0;
-}
-
-static void scan_shard(const char *path, uint64_t *entries, uint64_t *removed) {
-  char p[PATH_MAX];
-  struct dirent *d;
-  DIR *dir = opendir(path);
-  if (dir == NULL) return;
-  while ((d = readdir(dir)) != NULL) {
-    if (d->d_name[0] == '.') continue;
-    if (strstr(d->d_name, ".part") != NULL || ends_with(d->d_name, ".tmp")) {
-      int n = snprintf(p, sizeof(p), "%s/%s", path, d->d_name);
-      if (n > 0 && (size_t)n < sizeof(p) && remove_if_stale(p) == 1) (*removed)++;
-    } else if (ends_with(d->d_name, ".json")) {
-      (*entries)++;
-    }
-  }
-  closedir(dir);
-}
-
-int dduct__store_disk_scan(const char *dir, uint64_t *entries, uint64_t *removed) {
-  static const char *const tops[] = {"c", "u"};
-  char p[PATH_MAX];
-  *entries = *removed = 0;
-  for (size_t t = 0; t < DDUCT_ARRAY_SIZE(tops); t++) {
-    struct dirent *d;
-    DIR *top;
-    int n = snprintf(p, sizeof(p), "%s/%s", dir, tops[t]);
-    if (n < 0 || (size_t)n >= sizeof(p)) return DDUCT_ETOOBIG;
-    if ((top = opendir(p)) == NULL) continue;
-    while ((d = readdir(top)) != NULL) {
-      char shard[PATH_MAX];
-      if (d->d_name[0] == '.' || strlen(d->d_name) != 2) continue;
-      n = snprintf(shard, sizeof(shard), "%s/%s", p, d->d_name);
-      if (n > 0 && (size_t)n < sizeof(shard)) scan_shard(shard, entries, removed);
-    }
-    closedir(top);
-  }
-  return 0;
 }

@@ -380,7 +380,7 @@ class TestCli(CliBase):
             ("[proxy]\ntcp_bind = '127.0.0.1'\n", "2:12: tcp_bind: invalid address '127.0.0.1' "
              "(expected 'a.b.c.d:port' or '[ipv6]:port')"),
             ("[misc]\n  colour = 'blue'\n", "2:3: unknown key 'colour' in [misc]"),
-            ("\n\n[extra]\n", "3:2: unknown table [extra] (expected [misc], [proxy] or [certs])"),
+            ("\n\n[extra]\n", "3:2: unknown table [extra] (expected [misc], [proxy], [cache] or [certs])"),
             ("[misc]\ncert_dir = 'x\n", "2:12: unterminated string"),
             ("[certs]\ndays_from_now = 1.5\n", "2:17: floats are not supported"),
         ]

@@ -197,10 +197,10 @@ static void test_errors(void) {
   bad("[misc]\nlog_lvl = 'info'\n", "2:1: unknown key 'log_lvl' in [misc]", "unknown key");
   bad("[certs]\n  tcp_bind = ''\n", "2:3: unknown key 'tcp_bind' in [certs]",
       "a key in the wrong table");
-  bad("[cert]\n", "1:2: unknown table [cert] (expected [misc], [proxy] or [certs])",
+  bad("[cert]\n", "1:2: unknown table [cert] (expected [misc], [proxy], [cache] or [certs])",
       "unknown table");
   bad("log_level = 'info'\n",
-      "1:1: unknown key 'log_level' (settings belong in [misc], [proxy] or [certs])",
+      "1:1: unknown key 'log_level' (settings belong in [misc], [proxy], [cache] or [certs])",
       "keys outside a table");
   bad("[misc]\nlog_level = 'verbose'\n",
       "2:13: log_level: invalid level 'verbose' (expected error, warn, info, debug or trace)",
@@ -304,6 +304,61 @@ static void test_errors(void) {
       "2:12: parents: invalid parent 'p1:4430' (expected 'https://host:port')", "a parent URL");
   bad("[certs]\nca_cn = 'x'\n[misc]\n[certs]\n", "4:2: duplicate table [certs]",
       "TOML errors come through");
+  bad("[cache]\nmax_size = '12X'\n",
+      "2:12: max_size: invalid size '12X' (expected bytes, or a number with K, M, G or T)",
+      "a size with an unknown unit");
+  bad("[cache]\nmax_size = '1.5G'\n",
+      "2:12: max_size: invalid size '1.5G' (expected bytes, or a number with K, M, G or T)",
+      "a fractional size");
+  bad("[cache]\nmax_size = '99999999999T'\n", "2:12: max_size: '99999999999T' is too large",
+      "a size past 64 bits");
+  bad("[cache]\nmax_size = -1\n", "2:12: max_size: must not be negative", "a negative size");
+  bad("[cache]\nmax_size = '10%'\n",
+      "2:12: max_size: invalid size '10%' (expected bytes, or a number with K, M, G or T)",
+      "a percentage is only for min_free");
+  bad("[cache]\nmin_free = '100%'\n",
+      "2:12: min_free: invalid percentage '100%' (expected '0%'..'99%')", "100% free");
+  bad("[cache]\nmin_free = true\n",
+      "2:12: min_free: expected an integer or a string like '50G' or '10%', found a boolean",
+      "min_free of the wrong type");
+  bad("[cache]\nfsync = 'yes'\n", "2:9: fsync: expected a boolean, found a string",
+      "fsync is a boolean");
+}
+
+static void test_cache_table(void) {
+  struct config c;
+  char err[512] = "", *p;
+  struct dduct_store_options o;
+  config_init(&c);
+  CHECK(c.cache_max_size == 0 && c.cache_min_free == 0 && c.cache_min_free_percent == 10 &&
+            c.cache_fsync == 1 && c.cache_stale_if_error == 1,
+        "[cache] defaults: no budget, 10% free, fsync, stale-if-error");
+  CHECK_EQ_INT(load(&c, "[cache]\nmax_size = '50G'\nmin_free = '20g'\nfsync = false\n"
+                        "stale_if_error = false\n", err, sizeof(err)), 0, "[cache] loads");
+  CHECK(c.cache_max_size == 50ull << 30 && c.cache_min_free == 20ull << 30 && c.cache_fsync == 0 &&
+            c.cache_stale_if_error == 0,
+        "suffixes are powers of 1024, either case");
+  config_store_options(&c, &o);
+  CHECK(o.max_size == 50ull << 30 && o.min_free == 20ull << 30 && o.min_free_percent == 0 &&
+            o.fsync == 0,
+        "store options from [cache]");
+  p = print(&c);
+  CHECK(strstr(p, "max_size       = '50G'\nmin_free       = '20G'\n") != NULL,
+        "--check prints sizes with their unit");
+  free(p);
+  CHECK_EQ_INT(load(&c, "[cache]\nmax_size = 1000\nmin_free = '5%'\n", err, sizeof(err)), 0,
+               "bytes and a percentage");
+  CHECK(c.cache_max_size == 1000 && c.cache_min_free == 0 && c.cache_min_free_percent == 5,
+        "min_free as a percentage");
+  p = print(&c);
+  CHECK(strstr(p, "max_size       = 1000\nmin_free       = '5%'\n") != NULL,
+        "printed back as given");
+  free(p);
+  CHECK_EQ_INT(load(&c, "[cache]\nmax_size = '64KiB'\nmin_free = 0\n", err, sizeof(err)), 0,
+               "KiB and 0");
+  config_store_options(&c, &o);
+  CHECK(o.max_size == 65536 && o.min_free == 0 && o.min_free_percent == 0, "0: no floor");
+  config_free(&c);
 }
 
 static void test_chain_keys(void) {
@@ -389,6 +444,7 @@ int main(void) {
   test_defaults_and_seed();
   test_partial_and_additions();
   test_errors();
+  test_cache_table();
   test_files();
   test_checks();
   test_chain_keys();

@@ -744,6 +744,7 @@ static void test_part_cleanup(void) {
   path_of(locked, sizeof(locked), dir, &k2, "");
   CHECK_EQ_INT(dduct__store_disk_reserve(locked, &fd), 0, "a live fill reserves its part");
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, NULL, 0), 0, "the store opens over leftovers");
+  while (!dduct__store_index_loaded(s)) uv_run(&loop, UV_RUN_ONCE); /* the background walk */
   CHECK(!exists(p), "the dead writer's .part is removed at open");
   path_of(p, sizeof(p), dir, &k2, ".part");
   CHECK(exists(p), "a live writer's locked .part is left alone");

@@ -138,7 +138,7 @@ class Dduct:
 
     def __init__(self, rig, proxy=None, misc=None, tcp=True, tls=True, env=None,
                  nofile=None, name="dduct", cert_dir=None, tls_port=None, host="127.0.0.1",
-                 admin=False):
+                 admin=False, cache=None):
         self.rig = rig
         self.host = host  # the listeners' address (a cluster uses 127.0.0.x)
         self.dir = tempfile.mkdtemp(prefix=name + "-", dir=rig.tmp)
@@ -154,6 +154,7 @@ class Dduct:
         self.admin_port = None
         self.proxy_overrides = proxy or {}
         self.misc_overrides = misc or {}
+        self.cache_overrides = cache or {}
         self.extra_env = env or {}
         self.nofile = nofile
         self.fixed_tls_port = tls_port
@@ -177,7 +178,10 @@ class Dduct:
         misc = {"log_level": "debug", "cert_dir": self.cert_dir + "/",
                 "file_dir": self.file_dir + "/"}
         misc.update(self.misc_overrides)
-        return toml({"misc": misc, "proxy": proxy, "certs": certs_section()})
+        sections = {"misc": misc, "proxy": proxy, "certs": certs_section()}
+        if self.cache_overrides:
+            sections["cache"] = dict(self.cache_overrides)
+        return toml(sections)
 
     def _spawn(self):
         self.tcp_port = free_port(self.host)
