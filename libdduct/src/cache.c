@@ -787,7 +787,7 @@ static void job_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, 
   if (j->parent >= 0 && h->status >= 500 && relayed_by_dduct(h)) {
     /* The origin's own 5xx, which the parent relayed: the parent is fine, and asking anyone
      * else would get the same. */
-    job_pass(j, h, cl);
+    job_pass(j, h, cl, 0);
     return;
   }
   if (j->parent >= 0 && (h->status == 502 || h->status == 504)) {

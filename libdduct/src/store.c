@@ -1024,7 +1024,9 @@ int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *ke
   entry_ref(e);
   l->e = e;
   list_push(&e->waiters, &l->link);
-  if (e->state == ST_FILLING) ready_lookup(l, DDUCT__STORE_FOLLOW, 0);
+  /* A fill whose every byte is on disk and verified, committing now, is as good as a hit. */
+  if (e->state == ST_FILLING)
+    ready_lookup(l, e->fill->committing ? DDUCT__STORE_HIT : DDUCT__STORE_FOLLOW, 0);
   if (e->state == ST_COMPLETE) ready_lookup(l, DDUCT__STORE_HIT, 0);
   if (out != NULL) *out = l;
   return 0;
@@ -1216,17 +1218,7 @@ static char *sidecar_json(const struct dduct__store_entry *e, uint64_t size, con
 static void commit_work(uv_work_t *w) {
   struct dduct__store_entry *e = w->data;
   struct fill *f = e->fill;
-  unsigned char h[32];
   char *json;
-  dduct__sha256_final(&f->sha, h);
-  memcpy(f->digest, "sha256:", 7);
-  dduct__store_hex(h, 32, f->digest + 7);
-  if (e->addressed && strcmp(f->digest, e->key.digest) != 0) {
-    dduct__store_disk_discard(e->base);
-    f->work_rc = DDUCT_EDIGEST;
-    return;
-  }
-  f->stored_at = (int64_t)time(NULL);
   json = sidecar_json(e, f->written, f->digest, f->stored_at, (uv_hrtime() - f->t0) / 1e9);
   if (json == NULL) {
     dduct__store_disk_discard(e->base);
@@ -1316,6 +1308,23 @@ static void finish(struct dduct__store_entry *e) {
   free(f->out);
   f->acc = f->out = NULL;
   f->acc_cap = f->out_cap = 0;
+  /* The digest now, on the loop (one last block; no write is in flight), so readers have the
+   * whole, verified body at once: the commit's fsyncs (milliseconds) must not hold back the end
+   * of their responses, nor the next request on their connections. */
+  {
+    unsigned char h[32];
+    dduct__sha256_final(&f->sha, h);
+    memcpy(f->digest, "sha256:", 7);
+    dduct__store_hex(h, 32, f->digest + 7);
+  }
+  if (e->addressed && strcmp(f->digest, e->key.digest) != 0) {
+    abort_fill(e, DDUCT_EDIGEST);
+    return;
+  }
+  if (e->meta.size == DDUCT__STORE_SIZE_UNKNOWN) e->meta.size = f->written;
+  f->stored_at = e->meta.stored_at = (int64_t)time(NULL);
+  e->avail = f->written;
+  wake_readers(e);
   f->committing = 1;
   if (queue(e, commit_work, commit_done) != 0) abort_fill(e, DDUCT_EINTERNAL);
 }
@@ -1615,7 +1624,9 @@ static void start_read(struct dduct__store_reader *r, uint64_t end) {
 static void pump(struct dduct__store_reader *r) {
   struct dduct__store_entry *e = r->e;
   uint64_t end = r->end;
-  if (end == DDUCT__STORE_SIZE_UNKNOWN && e->state == ST_COMPLETE) end = e->meta.size;
+  /* The size is known at the commit, or before: from the origin's length, or at the fill's end
+   * (finish). A reader that has every byte is done without waiting for the commit. */
+  if (end == DDUCT__STORE_SIZE_UNKNOWN) end = e->meta.size;
   if (e->state == ST_DEAD)
     ready_reader(r, e->error != 0 ? e->error : DDUCT_ECLOSED);
   else if (r->off >= end)

@@ -84,8 +84,16 @@ def wait_for(cond, what, timeout=60):
 
 
 def settled(d):
-    """Wait until no fill runs, so a fill's completion is counted before the next scrape."""
-    wait_for(lambda: scrape(d).get(("dduct_cache_fills_in_flight", ()), 0) == 0, "fills to end")
+    """Wait until no fill runs and every fill that ended is committed or counted as failed (the
+    commit, fsyncs included, follows the last byte), so its completion is counted before the
+    next scrape."""
+    def done():
+        m = scrape(d)
+        failed = sum(v for (name, _), v in m.items() if name == "dduct_cache_fill_failures_total")
+        return (m.get(("dduct_cache_fills_in_flight", ()), 0) == 0 and
+                m.get(("dduct_cache_fills_total", ()), 0) <=
+                m.get(("dduct_cache_fills_completed_total", ()), 0) + failed)
+    wait_for(done, "fills to end and commit")
 
 
 def test_counters_move_exactly(rig):

@@ -50,6 +50,7 @@ def test_kill_during_fill_then_restart(rig):
     check(any(".part" in f for f in files_in(d.file_dir)), "the killed fill left its .part")
     check_eq(entries(d.file_dir), [], "and no entry that looks complete")
     with rig.dduct(proxy={"filters": ["^/gate/"]}, misc={"file_dir": d.file_dir + "/"}) as d2:
+        wait_for(lambda: "Index loaded" in d2.log(), "the index, loaded in the background")
         check("Removed 1 unfinished" in d2.log(), "the restart removed the leftover",
               d2.log()[-1500:])
         check_eq([f for f in files_in(d.file_dir) if ".part" in f], [], "no .part after start")

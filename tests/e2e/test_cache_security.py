@@ -270,6 +270,17 @@ def test_query_ignore_rules(rig):
         check_eq(len(origin_gets(o, "/any/g.tgz")), 2, "other hosts key the whole query")
 
 
+def settle(d, timeout=30):
+    """Wait until every fill that began is committed (the commit, fsyncs included, follows the
+    response's last byte)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = d.log()
+        if text.count("Fill completed") + text.count("Fill discarded") >= text.count("Miss "):
+            return
+        time.sleep(0.02)
+
+
 def test_unsafe_methods_invalidate(rig):
     """RFC 9111 4.4: after a successful PUT, POST, DELETE or PATCH through dduct, the entry for
     that URL is gone (file and sidecar) and the next GET fetches the new version; a failed one
@@ -292,6 +303,7 @@ def test_unsafe_methods_invalidate(rig):
             fetch(d, path, 1)
             fetch(d, path, 1)
             check_eq(origin_count(path), 1, m + ": cached")
+            settle(d)
             n = len(entries(d.file_dir))
             r = get(rig, d, base + path, "-X", m, "-H", "X-Want-Status: 403", "-d", "x")
             check_eq(r.status, 403, m + " refused by the origin")
@@ -503,6 +515,7 @@ def test_origin_headers_replayed(rig):
         path = "/pkg/old-sidecar.tgz"
         r = get(rig, d2, base + path)
         check_eq(r.status, 200, "stored")
+        settle(d2)
         side = [f for f in files_in(d2.file_dir) if f.endswith(".json")]
         for f in side:
             p = os.path.join(d2.file_dir, f)

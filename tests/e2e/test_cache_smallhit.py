@@ -17,6 +17,13 @@ from dductlib.harness import check, check_eq, run  # noqa: E402
 from dductlib.origin import pattern_bytes  # noqa: E402
 
 
+def wait_for(cond, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        check(time.monotonic() < deadline, "waiting for " + what)
+        time.sleep(0.02)
+
+
 def session(d, o):
     """CONNECT origin.test through dduct's plain listener, TLS with the leaf dduct mints."""
     tcp = client.Tcp("127.0.0.1", d.tcp_port)
@@ -125,10 +132,13 @@ def test_replaced_by_another_process(rig):
             tls, rd = session(d1, o)
             for i in range(3):
                 check_small(ask(tls, rd, o, "GET", "/ver/sib"), v1, "first, version 1, %d" % i)
+            wait_for(lambda: d1.log().count("Fill completed") == 1, "the first's commit")
             o.versions["sib"] = v2
             tls2, rd2 = session(d2, o)
             check_small(ask(tls2, rd2, o, "GET", "/ver/sib"), v2, "second refills version 2")
             tls2.close()
+            # The commit (fsyncs, then the rename) follows the response's last byte.
+            wait_for(lambda: d2.log().count("Fill completed") == 1, "the second's commit")
             gets = len(origin_gets(o, "/ver/sib"))
             check_eq(gets, 2, "origin GETs: the first fill and the second's refill")
             for i in range(2):
@@ -150,6 +160,7 @@ def test_cut_behind_our_back(rig):
         tls, rd = session(d, o)
         for i in range(2):
             check_small(ask(tls, rd, o, "GET", "/ver/cut"), data, "before the cut %d" % i)
+        wait_for(lambda: len(entries(d.file_dir)) == 1, "the commit")
         es = entries(d.file_dir)
         check_eq(len(es), 1, "one entry")
         os.truncate(os.path.join(d.file_dir, es[0]), 1000)
@@ -159,6 +170,7 @@ def test_cut_behind_our_back(rig):
         same(r, 206, data[3000:4000], "a range after the cut")
         tls.close()
         check_eq(len(origin_gets(o, "/ver/cut")), 2, "fetched again once, then hits")
+        wait_for(lambda: d.log().count("Fill completed") == 2, "the refill's commit")
         with open(os.path.join(d.file_dir, entries(d.file_dir)[0]), "rb") as f:
             check(f.read() == data, "the entry on disk is whole again")
 
