@@ -65,6 +65,23 @@ struct dduct__leaf {
 };
 #define leaf dduct__leaf
 
+/* A mint on the thread pool (dduct__ca_leaf_async) and the handshakes waiting for it. */
+struct mint_job {
+  struct mint_job *next;
+  uv_work_t work;
+  struct dduct_ca *ca;
+  struct leaf *l; /* minted on the pool; the loop links it */
+  int rc;
+  struct dduct__leaf_wait *waiters;
+};
+
+struct dduct__leaf_wait {
+  struct dduct__leaf_wait *next;
+  struct mint_job *job;
+  dduct__leaf_cb cb;
+  void *arg;
+};
+
 struct dduct_ca {
   char *dir; /* ends with '/' */
   mbedtls_pk_context ca_key, server_key;
@@ -77,6 +94,7 @@ struct dduct_ca {
   size_t nips;
   struct leaf *leaves[LEAF_BUCKETS];
   struct leaf *newest, *oldest; /* LRU list of the linked leaves */
+  struct mint_job *minting;     /* mints on the pool, one per host */
   size_t nleaves, max_leaves;
   time_t ca_not_after;
 };
@@ -741,6 +759,50 @@ static void leaf_unlink(struct dduct_ca *ca, struct leaf *l) {
   if (l->refs == 0) leaf_free(l);
 }
 
+/* Into the table and the LRU list as the newest; a leaf for the same host (a stale one, when a
+ * renewal minted on the pool) goes out. Full: the least recently used leaf makes room (never a
+ * refusal: a client that minted many names must not stop others from being intercepted). */
+static void link_leaf(struct dduct_ca *ca, struct leaf *l) {
+  size_t b = bucket_of(l->host);
+  struct leaf *old;
+  for (old = ca->leaves[b]; old != NULL; old = old->next)
+    if (strcmp(old->host, l->host) == 0) break;
+  if (old != NULL) leaf_unlink(ca, old);
+  while (ca->nleaves >= ca->max_leaves && ca->oldest != NULL) {
+    LOG_DEBUG(MOD, "Leaf cache full (%zu): dropping \"%s\"", ca->nleaves, ca->oldest->host);
+    leaf_unlink(ca, ca->oldest);
+  }
+  l->next = ca->leaves[b];
+  ca->leaves[b] = l;
+  l->linked = 1;
+  lru_push(ca, l);
+  ca->nleaves++;
+}
+
+/* The cached leaf for normalised host h, made the most recent; NULL if there is none or it is
+ * due for renewal. */
+static struct leaf *cached(struct dduct_ca *ca, const char *h) {
+  struct leaf *l;
+  for (l = ca->leaves[bucket_of(h)]; l != NULL; l = l->next)
+    if (strcmp(l->host, h) == 0) break;
+  if (l == NULL || now() >= l->renew_at) return NULL;
+  if (ca->newest != l) {
+    lru_unlink(ca, l);
+    lru_push(ca, l);
+  }
+  return l;
+}
+
+static void hand_out(struct leaf *l, struct dduct__leaf **ref, mbedtls_x509_crt **chain,
+                     mbedtls_pk_context **key) {
+  if (ref != NULL) {
+    l->refs++;
+    *ref = l;
+  }
+  *chain = &l->chain;
+  *key = &l->key;
+}
+
 int dduct__ca_leaf(struct dduct_ca *ca, const char *host, struct dduct__leaf **ref,
                    mbedtls_x509_crt **chain, mbedtls_pk_context **key) {
   char h[HOST_MAX + 3];
@@ -769,17 +831,7 @@ int dduct__ca_leaf(struct dduct_ca *ca, const char *host, struct dduct__leaf **r
       return rc;
     }
     LOG_DEBUG(MOD, "Minted a certificate for \"%s\"", h);
-    /* Full: the least recently used leaf makes room (never a refusal: a client that minted
-     * many names must not stop others from being intercepted). */
-    while (ca->nleaves >= ca->max_leaves && ca->oldest != NULL) {
-      LOG_DEBUG(MOD, "Leaf cache full (%zu): dropping \"%s\"", ca->nleaves, ca->oldest->host);
-      leaf_unlink(ca, ca->oldest);
-    }
-    l->next = ca->leaves[b];
-    ca->leaves[b] = l;
-    l->linked = 1;
-    lru_push(ca, l);
-    ca->nleaves++;
+    link_leaf(ca, l);
   } else if (ca->newest != l) {
     lru_unlink(ca, l);
     lru_push(ca, l);
@@ -793,6 +845,110 @@ int dduct__ca_leaf(struct dduct_ca *ca, const char *host, struct dduct__leaf **r
   return 0;
 }
 
+/* ---- minting on the pool ----
+ * A leaf costs 2.6-8.8 ms to mint here (a P-256 key and the CA's RSA signature), during which the
+ * loop served nobody; a burst of CONNECTs to one new host minted it once per connection until the
+ * first was cached. Now the handshake waits while a pool thread mints, and every handshake for
+ * that host waits for the same mint. What the pool thread touches: the new leaf, the CA's key and
+ * certificate (read; mbedTLS 2.28 is built with MBEDTLS_THREADING_C, so the RSA context's
+ * blinding values are under its own mutex, also against a mint on the loop), the RNG (locked). The
+ * table and the LRU list are only touched on the loop, in mint_done. */
+
+static void mint_work(uv_work_t *w) {
+  struct mint_job *j = DDUCT_CONTAINER_OF(w, struct mint_job, work);
+  j->rc = mint(j->ca, j->l);
+}
+
+static void mint_done(uv_work_t *w, int status) {
+  struct mint_job *j = DDUCT_CONTAINER_OF(w, struct mint_job, work);
+  struct dduct_ca *ca = j->ca;
+  struct mint_job **pp = &ca->minting;
+  struct dduct__leaf_wait *q = j->waiters;
+  struct leaf *l = j->l;
+  int rc = status != 0 ? DDUCT_ECRYPTO : j->rc;
+  while (*pp != j) pp = &(*pp)->next;
+  *pp = j->next;
+  if (rc == 0) {
+    LOG_DEBUG(MOD, "Minted a certificate for \"%s\" (off the loop)", l->host);
+    link_leaf(ca, l);
+    l->refs++; /* held while the waiters are called (one may release the last other hold) */
+  } else {
+    LOG_WARN(MOD, "Cannot mint a certificate for \"%s\" (%d)", l->host, rc);
+    leaf_free(l);
+    l = NULL;
+  }
+  free(j);
+  while (q != NULL) {
+    struct dduct__leaf_wait *next = q->next;
+    if (l != NULL) {
+      l->refs++;
+      q->cb(q->arg, 0, l, &l->chain, &l->key);
+    } else {
+      q->cb(q->arg, rc, NULL, NULL, NULL);
+    }
+    free(q);
+    q = next;
+  }
+  if (l != NULL) dduct__ca_leaf_put(l);
+}
+
+int dduct__ca_leaf_async(struct dduct_ca *ca, uv_loop_t *loop, const char *host,
+                         struct dduct__leaf **ref, mbedtls_x509_crt **chain,
+                         mbedtls_pk_context **key, dduct__leaf_cb cb, void *arg,
+                         struct dduct__leaf_wait **wait) {
+  char h[HOST_MAX + 3];
+  struct dduct__leaf_wait *q;
+  struct mint_job *j;
+  struct leaf *l;
+
+  *ref = NULL;
+  *wait = NULL;
+  if (ca == NULL || normalise(host, h, sizeof(h), 0) != 0) return DDUCT_EINVAL;
+  if ((l = cached(ca, h)) != NULL) {
+    hand_out(l, ref, chain, key);
+    return 0;
+  }
+  if ((q = calloc(1, sizeof(*q))) == NULL) return DDUCT_ENOMEM;
+  for (j = ca->minting; j != NULL; j = j->next)
+    if (strcmp(j->l->host, h) == 0) break;
+  if (j == NULL) {
+    if ((j = calloc(1, sizeof(*j))) == NULL || (j->l = calloc(1, sizeof(*j->l))) == NULL ||
+        (j->l->host = dduct__strdup(h)) == NULL) {
+      if (j != NULL) free(j->l);
+      free(j);
+      free(q);
+      return DDUCT_ENOMEM;
+    }
+    mbedtls_x509_crt_init(&j->l->chain);
+    mbedtls_pk_init(&j->l->key);
+    j->ca = ca;
+    if (uv_queue_work(loop, &j->work, mint_work, mint_done) != 0) {
+      leaf_free(j->l);
+      free(j);
+      free(q);
+      return dduct__ca_leaf(ca, h, ref, chain, key); /* no pool: mint here, as before */
+    }
+    j->next = ca->minting;
+    ca->minting = j;
+  }
+  q->job = j;
+  q->cb = cb;
+  q->arg = arg;
+  q->next = j->waiters;
+  j->waiters = q;
+  *wait = q;
+  return DDUCT__CA_MINTING;
+}
+
+void dduct__ca_leaf_cancel(struct dduct__leaf_wait *q) {
+  struct dduct__leaf_wait **pp;
+  if (q == NULL) return;
+  for (pp = &q->job->waiters; *pp != q; pp = &(*pp)->next) {
+  }
+  *pp = q->next;
+  free(q);
+}
+
 void dduct__ca_leaf_put(struct dduct__leaf *l) {
   if (l == NULL) return;
   if (--l->refs == 0 && !l->linked) leaf_free(l);
@@ -804,6 +960,11 @@ size_t dduct__ca_leaf_count(const struct dduct_ca *ca) {
 
 void dduct_ca_free(struct dduct_ca *ca) {
   if (ca == NULL) return;
+  if (ca->minting != NULL) { /* a pool thread may be signing with ca_key: leak rather than race */
+    LOG_ERROR(MOD, "dduct_ca_free with a certificate still being minted: the CA is not freed "
+                   "(run the loop until the proxy has closed first)");
+    return;
+  }
   for (size_t b = 0; b < LEAF_BUCKETS; b++) {
     while (ca->leaves[b] != NULL) {
       struct leaf *l = ca->leaves[b];

@@ -6,6 +6,7 @@
 
 #include <mbedtls/pk.h>
 #include <mbedtls/x509_crt.h>
+#include <uv.h>
 
 #include "dduct.h"
 
@@ -32,6 +33,23 @@ int dduct__ca_server_identity(struct dduct_ca *ca, mbedtls_x509_crt **chain,
 struct dduct__leaf;
 int dduct__ca_leaf(struct dduct_ca *ca, const char *host, struct dduct__leaf **ref,
                    mbedtls_x509_crt **chain, mbedtls_pk_context **key);
+/* The same leaf without minting on the loop: if it is cached (and not due for renewal) it is held
+ * and returned now, as dduct__ca_leaf with a ref does (0). Otherwise it is minted on libuv's
+ * thread pool (DDUCT__CA_MINTING, *wait set): cb(arg, 0, ref, chain, key) runs later on loop with
+ * the leaf held for the caller (release with dduct__ca_leaf_put), or cb(arg, error, NULL, NULL,
+ * NULL). Every call for a host while its mint runs waits for that one mint. Before cb has run,
+ * dduct__ca_leaf_cancel(*wait) withdraws the call (cb never runs; the mint goes on and is cached).
+ * Mints keep the loop alive; dduct_ca_free refuses (leaks, logs) while one is pending.
+ * Returns 0, DDUCT__CA_MINTING, DDUCT_EINVAL for an invalid host or DDUCT_ENOMEM. */
+#define DDUCT__CA_MINTING 1
+struct dduct__leaf_wait;
+typedef void (*dduct__leaf_cb)(void *arg, int status, struct dduct__leaf *ref,
+                               mbedtls_x509_crt *chain, mbedtls_pk_context *key);
+int dduct__ca_leaf_async(struct dduct_ca *ca, uv_loop_t *loop, const char *host,
+                         struct dduct__leaf **ref, mbedtls_x509_crt **chain,
+                         mbedtls_pk_context **key, dduct__leaf_cb cb, void *arg,
+                         struct dduct__leaf_wait **wait);
+void dduct__ca_leaf_cancel(struct dduct__leaf_wait *wait);
 /* Release a hold taken by dduct__ca_leaf; NULL is ignored. */
 void dduct__ca_leaf_put(struct dduct__leaf *ref);
 /* Leaves in the cache now (for tests). */

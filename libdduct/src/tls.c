@@ -433,6 +433,7 @@ static int peer_names_ip(struct tls_stream *t) {
 
 static int handshake(struct tls_stream *t) {
   int rc;
+  if (t->leaf_wait != NULL) return 1; /* leaf_ready_cb pumps once the certificate is there */
   deriving = t; /* export_keys_cb runs inside, without a pointer to t */
   rc = mbedtls_ssl_handshake(&t->ssl);
   deriving = NULL;
@@ -585,7 +586,14 @@ static void tls_read_stop(struct dduct_stream *s) {
 
 /* ---- lifetime ----------------------------------------------------------------------------- */
 
+/* A mint this layer waits for no longer calls it back (the mint goes on and is cached). */
+static void stop_waiting(struct tls_stream *t) {
+  dduct__ca_leaf_cancel(t->leaf_wait);
+  t->leaf_wait = NULL;
+}
+
 static void tls_free(struct tls_stream *t) {
+  stop_waiting(t);
   while (t->cbs_head != NULL) {
     struct cb_node *n = t->cbs_head;
     t->cbs_head = n->next;
@@ -617,6 +625,7 @@ static void idle_close_cb(uv_handle_t *h) {
 
 static void tls_close(struct dduct_stream *s) {
   struct tls_stream *t = DDUCT_CONTAINER_OF(s, struct tls_stream, s);
+  stop_waiting(t);
   t->pending_closes = 2 + t->async_init;
   uv_close((uv_handle_t *)&t->idle, idle_close_cb);
   dduct__stream_close(t->lower, lower_close_cb);
@@ -666,6 +675,7 @@ static struct tls_stream *tls_new(const mbedtls_ssl_config *conf, struct dduct_s
 
 static void tls_abandon(struct tls_stream *t) {
   /* Creation failed after the idle handle existed: close it, keep lower for the caller. */
+  stop_waiting(t);
   t->lower = NULL;
   t->pending_closes = 1;
   uv_close((uv_handle_t *)&t->idle, idle_close_cb);
@@ -744,6 +754,22 @@ void dduct__tls_server_conf_free(struct dduct_tls_server_conf *c) {
   free(c);
 }
 
+/* The CONNECT's leaf, minted on the thread pool (dduct__ca_leaf_async): the handshake waited for
+ * it (the ClientHello stays buffered), and goes on now. */
+static void leaf_ready_cb(void *arg, int status, struct dduct__leaf *ref, mbedtls_x509_crt *chain,
+                          mbedtls_pk_context *key) {
+  struct tls_stream *t = arg;
+  t->leaf_wait = NULL;
+  if (status != 0 || mbedtls_ssl_set_hs_own_cert(&t->ssl, chain, key) != 0) {
+    dduct__ca_leaf_put(ref);
+    snprintf(t->err_text, sizeof(t->err_text), "no certificate for \"%s\"", t->forced_host);
+    dduct__tls_fail(t, DDUCT_ETLS);
+    return;
+  }
+  t->leaf = ref;
+  dduct__tls_pump(t);
+}
+
 struct dduct_stream *dduct__tls_server_new(struct dduct_tls_server_conf *c,
                                            struct dduct_stream *lower, const char *forced_host,
                                            const char *pre, size_t prelen) {
@@ -756,11 +782,15 @@ struct dduct_stream *dduct__tls_server_new(struct dduct_tls_server_conf *c,
   if (forced_host != NULL) {
     mbedtls_x509_crt *chain;
     mbedtls_pk_context *key;
+    int rc;
     t->forced_host = dduct__strdup(forced_host);
-    if (t->forced_host == NULL ||
-        dduct__ca_leaf(c->ca, forced_host, &t->leaf, &chain, &key) != 0 ||
-        mbedtls_ssl_set_hs_own_cert(&t->ssl, chain, key) != 0)
-      goto fail;
+    if (t->forced_host == NULL) goto fail;
+    /* A leaf not cached yet is minted off the loop while the handshake waits (several ms of
+     * CPU: every other connection would wait for it); a burst to one host mints it once. */
+    rc = dduct__ca_leaf_async(c->ca, lower->loop, forced_host, &t->leaf, &chain, &key,
+                              leaf_ready_cb, t, &t->leaf_wait);
+    if (rc != 0 && rc != DDUCT__CA_MINTING) goto fail;
+    if (rc == 0 && mbedtls_ssl_set_hs_own_cert(&t->ssl, chain, key) != 0) goto fail;
   }
   if (prelen > 0 && in_append(t, pre, prelen) != 0) goto fail;
   return &t->s;

@@ -61,6 +61,7 @@ struct tls_stream {
   int eof_delivered;
   char *forced_host;
   struct dduct__leaf *leaf; /* server: the minted leaf held until the handshake is over */
+  struct dduct__leaf_wait *leaf_wait; /* server: its leaf is being minted (the handshake waits) */
   unsigned char vip[16]; /* client: an IP-literal origin, checked against iPAddress SANs */
   size_t vip_len;        /* 0: a DNS name, checked by mbedTLS */
   char sni[256];

@@ -528,6 +528,73 @@ static void test_leaf_lru(void) {
   dduct_ca_free(ca);
 }
 
+/* dduct__ca_leaf_async: a new host is minted on the pool while callers wait, once for all of
+ * them; a withdrawn wait is never called; the result is cached for sync and async callers. */
+struct mint_seen {
+  int calls, status;
+  struct dduct__leaf *ref;
+  mbedtls_x509_crt *chain;
+};
+
+static void mint_seen_cb(void *arg, int status, struct dduct__leaf *ref, mbedtls_x509_crt *chain,
+                         mbedtls_pk_context *key) {
+  struct mint_seen *m = arg;
+  (void)key;
+  m->calls++;
+  m->status = status;
+  m->ref = ref;
+  m->chain = chain;
+}
+
+static void test_leaf_async(void) {
+  struct dduct_ca_options o;
+  struct dduct_ca *ca = NULL;
+  struct dduct__leaf_wait *w1, *w2, *w3;
+  struct dduct__leaf *r1, *r2, *r3, *r4;
+  struct mint_seen m1 = {0}, m2 = {0}, m3 = {0}, m4 = {0};
+  mbedtls_x509_crt *c, *c4;
+  mbedtls_pk_context *k;
+  uv_loop_t loop;
+  char err[512] = "";
+  options(&o);
+  if (uv_loop_init(&loop) != 0 || dduct_ca_open(&o, &ca, err, sizeof(err)) != 0) {
+    fprintf(stderr, "# %s\n", err);
+    CHECK(0, "open a CA and a loop");
+    return;
+  }
+  CHECK_EQ_INT(dduct__ca_leaf_async(ca, &loop, "Burst.TEST", &r1, &c, &k, mint_seen_cb, &m1, &w1),
+               DDUCT__CA_MINTING, "a new host is minted off the loop");
+  CHECK_EQ_INT(dduct__ca_leaf_async(ca, &loop, "burst.test", &r2, &c, &k, mint_seen_cb, &m2, &w2),
+               DDUCT__CA_MINTING, "a second handshake for it waits too");
+  CHECK_EQ_INT(dduct__ca_leaf_async(ca, &loop, "burst.test", &r3, &c, &k, mint_seen_cb, &m3, &w3),
+               DDUCT__CA_MINTING, "and a third");
+  dduct__ca_leaf_cancel(w3);
+  CHECK(m1.calls == 0 && m2.calls == 0 && dduct__ca_leaf_count(ca) == 0 && r1 == NULL,
+        "nothing is called back inside the call, nothing cached yet");
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(m1.calls == 1 && m2.calls == 1 && m1.status == 0 && m2.status == 0,
+        "both waiting callers are called back once, with success");
+  CHECK(m1.chain != NULL && m1.chain == m2.chain && m1.ref == m2.ref && m1.ref != NULL,
+        "one mint for the burst: both got the same leaf");
+  CHECK_EQ_INT(m3.calls, 0, "the withdrawn wait is never called");
+  CHECK_EQ_INT(dduct__ca_leaf_count(ca), 1, "the minted leaf is cached");
+  CHECK(dduct__ca_leaf(ca, "burst.test", NULL, &c, &k) == 0 && c == m1.chain &&
+            mbedtls_pk_check_pair(&c->pk, k) == 0,
+        "the synchronous lookup finds the same leaf, its key matching");
+  CHECK(dduct__ca_leaf_async(ca, &loop, "burst.test", &r4, &c4, &k, mint_seen_cb, &m4, &w1) == 0 &&
+            c4 == m1.chain && r4 == m1.ref && w1 == NULL,
+        "a cached leaf is handed out at once, held");
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(m4.calls, 0, "no callback for a leaf handed out at once");
+  CHECK(dduct__ca_leaf_async(ca, &loop, "bad host", &r4, &c4, &k, mint_seen_cb, &m4, &w1) ==
+            DDUCT_EINVAL, "an invalid host is refused at once");
+  dduct__ca_leaf_put(m1.ref);
+  dduct__ca_leaf_put(m2.ref);
+  dduct__ca_leaf_put(r4);
+  dduct_ca_free(ca);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0, "the loop closes with nothing left on it");
+}
+
 static void test_bad_options(void) {
   struct dduct_ca_options o;
   struct dduct_ca *ca = NULL;
@@ -579,6 +646,7 @@ int main(void) {
     test_covers(ca);
     dduct_ca_free(ca);
     test_leaf_lru();
+    test_leaf_async();
     test_restart();
     test_refusals();
   }
