@@ -39,6 +39,7 @@ static int check_filter(const char *s, char *why, size_t len);
 static int check_nonempty(const char *s, char *why, size_t len);
 static int check_query_ignore(const char *s, char *why, size_t len);
 static int check_parent(const char *s, char *why, size_t len);
+static int check_no_proxy(const char *s, char *why, size_t len);
 
 #define F(field) offsetof(struct config, field)
 static const struct key keys[] = {
@@ -68,7 +69,7 @@ static const struct key keys[] = {
     {"proxy", "revalidate", K_REVALIDATE, F(revalidate), 0, 0, NULL},
     {"proxy", "query_ignore", K_STRINGS, F(query_ignore), 0, 0, check_query_ignore},
     {"proxy", "upstream_proxy", K_PROXY_URL, F(upstream_proxy), 0, 0, NULL},
-    {"proxy", "no_upstream_proxy", K_STRINGS, F(no_upstream_proxy), 0, 0, check_nonempty},
+    {"proxy", "no_upstream_proxy", K_STRINGS, F(no_upstream_proxy), 0, 0, check_no_proxy},
     {"proxy", "parents", K_STRINGS, F(parents), 0, 0, check_parent},
     {"proxy", "parent_ca_file", K_STRING, F(parent_ca_file), 0, 0, NULL},
     {"proxy", "parent_down_time", K_UINT, F(parent_down_time), 1, 86400, NULL},
@@ -343,6 +344,12 @@ static int check_parent(const char *s, char *why, size_t len) {
       (strchr(p, '/') != NULL && strcmp(strchr(p, '/'), "/") != 0))
     return why_f(why, len, "invalid parent '%s' (expected 'https://host:port')", s);
   return 0;
+}
+
+/* A host pattern, or a CIDR when it has a prefix length. */
+static int check_no_proxy(const char *s, char *why, size_t len) {
+  if (strchr(s, '/') != NULL) return config_check_cidr(s, why, len);
+  return check_nonempty(s, why, len);
 }
 
 /* '' or "http(s)://[user:pass@]host[:port]"; the message never repeats the URL (a password). */

@@ -302,6 +302,9 @@ static void test_errors(void) {
       "an upstream proxy of another scheme (the message does not repeat the password)");
   bad("[proxy]\nparents = ['p1:4430']\n",
       "2:12: parents: invalid parent 'p1:4430' (expected 'https://host:port')", "a parent URL");
+  bad("[proxy]\nno_upstream_proxy = ['*.corp', '10.0.0.0/99']\n",
+      "2:32: no_upstream_proxy: invalid CIDR '10.0.0.0/99' (expected 'a.b.c.d/n' or 'ipv6/n')",
+      "a bad CIDR in no_upstream_proxy");
   bad("[certs]\nca_cn = 'x'\n[misc]\n[certs]\n", "4:2: duplicate table [certs]",
       "TOML errors come through");
   bad("[cache]\nmax_size = '12X'\n",
