@@ -194,28 +194,18 @@ static const char *peer(const struct creq *q) {
   return q->c != NULL ? dduct__conn_peer(q->c) : "(gone)";
 }
 
-/* RFC 9111 5.2.1.7: no stored response for an only-if-cached request, and no origin contact. */
-static void answer_504(struct dduct_conn *c) {
-  static const char body[] = "not in the cache (only-if-cached)\n";
-  struct dduct_http_head h;
-  dduct__http_head_init(&h);
-  if (dduct__http_add(&h, "Content-Type", "text/plain; charset=utf-8") != 0 ||
-      dduct__conn_send_whole(c, 504, NULL, &h, (int64_t)sizeof(body) - 1, body,
-                             sizeof(body) - 1) != 0)
-    dduct__conn_abort(c);
-  dduct__http_head_free(&h);
-}
-
 /* Hand the request on to the next route (forward: uncached); an only-if-cached request gets
  * 504 instead. */
 static void decline(struct creq *q) {
   struct dduct_conn *c = q->c;
   int oic = q->only_if_cached;
+  char url[220] = "";
   if (c != NULL) dduct__conn_txn(c)->cache = DDUCT_CACHE_BYPASS;
-  if (oic) LOG_INFO(LOG_MOD, "Not in the cache \"%s\" for %s: 504 (only-if-cached)", q->url, peer(q));
+  if (oic) snprintf(url, sizeof(url), "%s", q->url);
   q->c = NULL;
   finish(q);
-  if (c != NULL && oic) answer_504(c);
+  if (c != NULL && oic) /* RFC 9111 5.2.1.7: nothing stored answers it, no origin contact */
+    dduct__conn_send_error(c, 504, "\"%s\" is not in the cache (only-if-cached)", url);
   else if (c != NULL) dduct__conn_decline(c);
 }
 

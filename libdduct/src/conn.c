@@ -953,7 +953,8 @@ static void parse_error(struct dduct_conn *c, int rc) {
     if (rc == DDUCT_ETOOBIG && c->parser.target_too_big)
       dduct__conn_send_error(c, 414, "request target longer than %u bytes", DDUCT_HTTP_HEAD_MAX);
     else if (rc == DDUCT_ETOOBIG)
-      dduct__conn_send_error(c, 431, "request head larger than %u bytes", DDUCT_HTTP_HEAD_MAX);
+      dduct__conn_send_error(c, 431, "request head larger than %u bytes or %u headers",
+                             DDUCT_HTTP_HEAD_MAX, DDUCT_HTTP_HEADERS_MAX);
     else
       dduct__conn_send_error(c, 400, "malformed request: %s", c->parser.err_reason);
     return;

@@ -814,8 +814,8 @@ static void busy_read_cb(struct dduct_stream *s, ssize_t nread, const char *data
     return;
   }
   if (rc == DDUCT_ETOOBIG)
-    uconn_fail(c, DDUCT_ETOOBIG, "response head from %s larger than %u bytes", c->label,
-               DDUCT_HTTP_HEAD_MAX);
+    uconn_fail(c, DDUCT_ETOOBIG, "response head from %s larger than %u bytes or %u headers",
+               c->label, DDUCT_HTTP_HEAD_MAX, DDUCT_HTTP_HEADERS_MAX);
   else if (rc < 0 || rc == DDUCT_HTTP_UPGRADE)
     uconn_fail(c, DDUCT_EPROTO, "invalid response from %s: %s", c->label,
                rc < 0 && c->parser.err_reason != NULL ? c->parser.err_reason : "unexpected upgrade");
