@@ -31,7 +31,7 @@
 struct job;
 
 struct creq {
-  struct dduct_proxy *p;
+  struct dduct_cache *k;
   struct dduct_conn *c;        /* NULL once the client is gone or its response is done */
   struct dduct_http_head head; /* the client's request head (a copy: answers may come later) */
   const struct dduct_http_head *rh; /* what serving reads: &head, or the engine's for a hot hit */
@@ -53,7 +53,7 @@ struct creq {
 
 struct job {
   struct job *next, *prev;
-  struct dduct_proxy *p;
+  struct dduct_cache *k;
   struct dduct__store_entry *e; /* the filler's reference, until fill_end or fill_cancel */
   struct dduct_fetch *f;
   struct creq *first; /* the client that caused the fill, while it waits for the answer */
@@ -67,7 +67,7 @@ struct job {
   struct dduct_http_head h;
   size_t order[DDUCT__PARENTS_MAX];
   size_t norder, tried;
-  int parent; /* the parent asked now (index into p->parents), -1: the origin */
+  int parent; /* the parent asked now (index into k->parents), -1: the origin */
   uint64_t got;  /* body bytes stored so far */
   uint64_t skip; /* a resumed fetch answered 200: bytes to drop before storing again */
   int resumed;   /* the fetch running asks for the rest after a parent died mid-body */
@@ -77,23 +77,25 @@ static void finish(struct creq *q);
 static void serve(struct creq *q);
 static void start_lookup(struct creq *q, int flags);
 
-/* ---- running jobs (for shutdown) ---------------------------------------------------------- */
+/* ---- the cache object and its running jobs ---------------------------------------------- */
 
-static uv_mutex_t jobs_lock;
-static uv_once_t jobs_once = UV_ONCE_INIT;
-static struct job *jobs;
+int dduct__cache_new(const struct dduct_cache_config *cfg, struct dduct_cache **out) {
+  struct dduct_cache *k = calloc(1, sizeof(*k));
+  *out = k;
+  if (k == NULL) return DDUCT_ENOMEM;
+  k->cfg = *cfg;
+  return 0;
+}
 
-static void jobs_init(void) {
-  if (uv_mutex_init(&jobs_lock) != 0) abort();
+void dduct__cache_free(struct dduct_cache *k) {
+  free(k); /* dduct__cache_shutdown ended every job */
 }
 
 static void job_link(struct job *j) {
-  uv_once(&jobs_once, jobs_init);
-  uv_mutex_lock(&jobs_lock);
-  j->next = jobs;
-  if (jobs != NULL) jobs->prev = j;
-  jobs = j;
-  uv_mutex_unlock(&jobs_lock);
+  struct dduct_cache *k = j->k;
+  j->next = k->jobs;
+  if (k->jobs != NULL) k->jobs->prev = j;
+  k->jobs = j;
 }
 
 static void job_free(struct job *j) {
@@ -101,12 +103,10 @@ static void job_free(struct job *j) {
     j->finished = 1; /* fetch_start failed synchronously: start_job frees it */
     return;
   }
-  uv_mutex_lock(&jobs_lock);
   if (j->prev != NULL) j->prev->next = j->next;
-  else if (jobs == j) jobs = j->next;
+  else if (j->k->jobs == j) j->k->jobs = j->next;
   if (j->next != NULL) j->next->prev = j->prev;
-  uv_mutex_unlock(&jobs_lock);
-  j->p->metrics.fills_in_flight--;
+  j->k->cfg.metrics->fills_in_flight--;
   if (j->first != NULL) j->first->job = NULL;
   free(j->url);
   free(j->host);
@@ -115,15 +115,10 @@ static void job_free(struct job *j) {
   free(j);
 }
 
-/* Stop every fill of p (its store keeps nothing half-done). Called by the proxy at shutdown. */
-void dduct__cache_shutdown(struct dduct_proxy *p) {
+/* Stop every fill (the store keeps nothing half-done). Called by the proxy at shutdown. */
+void dduct__cache_shutdown(struct dduct_cache *k) {
   for (;;) {
-    struct job *j;
-    uv_once(&jobs_once, jobs_init);
-    uv_mutex_lock(&jobs_lock);
-    for (j = jobs; j != NULL && j->p != p; j = j->next) {
-    }
-    uv_mutex_unlock(&jobs_lock);
+    struct job *j = k->jobs;
     if (j == NULL) return;
     if (j->f != NULL) dduct__fetch_abort(j->f);
     j->f = NULL;
@@ -143,20 +138,17 @@ void dduct__cache_shutdown(struct dduct_proxy *p) {
   }
 }
 
-void dduct__cache_each_fill(const struct dduct_proxy *p,
+void dduct__cache_each_fill(const struct dduct_cache *k,
                             void (*cb)(void *arg, const struct dduct__fill_info *fi), void *arg) {
-  uv_once(&jobs_once, jobs_init);
-  uv_mutex_lock(&jobs_lock);
-  for (struct job *j = jobs; j != NULL; j = j->next) {
+  for (const struct job *j = k->jobs; j != NULL; j = j->next) {
     struct dduct__fill_info fi = {j->url, 0, UINT64_MAX, 0, j->t0};
-    if (j->p != p || j->pass) continue;
+    if (j->pass) continue;
     if (j->e != NULL && j->began) {
       dduct__store_entry_progress(j->e, &fi.received, &fi.expected, &fi.readers);
       if (fi.expected == DDUCT__STORE_SIZE_UNKNOWN) fi.expected = UINT64_MAX;
     }
     cb(arg, &fi);
   }
-  uv_mutex_unlock(&jobs_lock);
 }
 
 /* ---- helpers ------------------------------------------------------------------------------ */
@@ -532,7 +524,7 @@ static void serve(struct creq *q) {
     finish(q);
     return;
   }
-  dduct__stats_entry_served(&q->p->metrics, dduct__store_entry_meta(q->e)->url,
+  dduct__stats_entry_served(q->k->cfg.metrics, dduct__store_entry_meta(q->e)->url,
                             dduct__store_entry_meta(q->e)->size);
   if (prepare(q, &a) != 0) {
     cut(q, "cannot send the response head");
@@ -647,7 +639,7 @@ static void revalidate(struct creq *q) {
   q->reval_status = 0;
   q->reval_agrees = 0;
   q->in_cb++; /* an immediate failure calls on_done from inside fetch_start */
-  rc = dduct__fetch_start(q->p->up, &fr, &reval_cbs, q, &q->f);
+  rc = dduct__fetch_start(q->k->cfg.up, &fr, &reval_cbs, q, &q->f);
   q->in_cb--;
   dduct__http_head_free(&h);
   if (rc != 0) {
@@ -785,7 +777,7 @@ static void job_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, 
      * other parents would fail the same way and put them down for one bad URL. The origin is
      * asked from here, so the client gets its real answer or our own error. */
     LOG_INFO(LOG_MOD, "Parent %s answered %d for \"%s\": asking the origin",
-             j->p->parents.v[j->parent].shown, h->status, j->url);
+             j->k->cfg.parents->v[j->parent].shown, h->status, j->url);
     dduct__fetch_abort(f);
     j->f = NULL;
     j->tried = j->norder;
@@ -856,7 +848,7 @@ static void job_on_done(struct dduct_fetch *f, int status, const char *why) {
   if (status == DDUCT_ELOOP && j->parent >= 0 && !j->began && !j->pass) {
     /* Every node can list every node, itself included (a tier of peers): the keys this dduct
      * owns by hash are its own to fetch. */
-    struct dduct_parent *pa = &j->p->parents.v[j->parent];
+    struct dduct_parent *pa = &j->k->cfg.parents->v[j->parent];
     if (!pa->self)
       LOG_INFO(LOG_MOD, "Parent %s is this dduct: the keys it owns are fetched from the origin "
                "here", pa->shown);
@@ -874,7 +866,7 @@ static void job_on_done(struct dduct_fetch *f, int status, const char *why) {
       char range[48];
       snprintf(range, sizeof(range), "bytes=%llu-", (unsigned long long)j->got);
       if (dduct__http_add(&j->h, "Range", range) == 0) {
-        j->p->parents.v[j->parent].resumed++;
+        j->k->cfg.parents->v[j->parent].resumed++;
         j->resumed = 1;
         job_next(j);
         return;
@@ -889,7 +881,7 @@ static void job_on_done(struct dduct_fetch *f, int status, const char *why) {
     char text[sizeof(((struct dduct__err *)0)->text)];
     LOG_WARN(LOG_MOD, "Fetching \"%s\": %s", j->url, why != NULL ? why : dduct_strerror(status));
     snprintf(text, sizeof(text), "fill of %s: %s", j->url, why != NULL ? why : dduct_strerror(status));
-    dduct__stats_error(&j->p->metrics, 0, q != NULL ? peer(q) : "", text); /* for /stats */
+    dduct__stats_error(j->k->cfg.metrics, 0, q != NULL ? peer(q) : "", text); /* for /stats */
   }
   if (j->pass) {
     j->first = NULL;
@@ -923,14 +915,14 @@ static const struct dduct_fetch_cbs job_cbs = {job_on_head, job_on_body, job_on_
 /* ---- parents: the fill asked of the tier first (docs/cluster.md) ---------------------- */
 
 static void parent_failed(struct job *j, const char *fmt, ...) {
-  struct dduct_parents *ps = &j->p->parents;
+  struct dduct_parents *ps = j->k->cfg.parents;
   char why[400];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(why, sizeof(why), fmt, ap);
   va_end(ap);
   ps->v[j->parent].failed++;
-  if (dduct__parents_mark_down(ps, (size_t)j->parent, uv_now(j->p->loop)))
+  if (dduct__parents_mark_down(ps, (size_t)j->parent, uv_now(j->k->cfg.loop)))
     LOG_WARN(LOG_MOD, "Parent %s down for %u s: %s (fetching \"%s\")", ps->v[j->parent].shown,
              ps->down_ms / 1000, why, j->url);
   else
@@ -949,8 +941,8 @@ static int from_a_dduct(const struct dduct_http_head *h) {
  * as an origin failure would. */
 static void job_next(struct job *j) {
   struct dduct_fetch_request fr;
-  struct dduct_parents *ps = &j->p->parents;
-  uint64_t now = uv_now(j->p->loop);
+  struct dduct_parents *ps = j->k->cfg.parents;
+  uint64_t now = uv_now(j->k->cfg.loop);
   int rc;
   j->parent = -1;
   j->paused = 0; /* the new fetch runs; a full fill pauses it again */
@@ -979,7 +971,7 @@ static void job_next(struct job *j) {
     LOG_DEBUG(LOG_MOD, "Asking parent %s for \"%s\"", fr.parent->shown, j->url);
   }
   j->starting++;
-  rc = dduct__fetch_start(j->p->up, &fr, &job_cbs, j, &j->f);
+  rc = dduct__fetch_start(j->k->cfg.up, &fr, &job_cbs, j, &j->f);
   j->starting--;
   if (rc != 0) {
     struct creq *q = j->first;
@@ -1000,7 +992,7 @@ static void job_next(struct job *j) {
 
 static void start_job(struct creq *q, struct dduct__store_entry *e) {
   struct job *j = calloc(1, sizeof(*j));
-  const struct dduct_parents *ps = &q->p->parents;
+  const struct dduct_parents *ps = q->k->cfg.parents;
   if (j != NULL) dduct__http_head_init(&j->h);
   if (j == NULL || (j->url = dduct__strdup(q->url)) == NULL ||
       (j->host = dduct__strdup(q->host)) == NULL || (j->target = dduct__strdup(q->target)) == NULL ||
@@ -1017,7 +1009,7 @@ static void start_job(struct creq *q, struct dduct__store_entry *e) {
     decline(q);
     return;
   }
-  j->p = q->p;
+  j->k = q->k;
   j->e = e;
   j->first = q;
   j->t0 = uv_hrtime();
@@ -1026,10 +1018,10 @@ static void start_job(struct creq *q, struct dduct__store_entry *e) {
   j->parent = -1;
   q->job = j;
   job_link(j);
-  j->p->metrics.fills_started++;
-  j->p->metrics.fills_in_flight++;
+  j->k->cfg.metrics->fills_started++;
+  j->k->cfg.metrics->fills_in_flight++;
   if (ps->n > 0 && !from_a_dduct(&q->head))
-    j->norder = dduct__parents_order(ps, q->key.rel, uv_now(q->p->loop), j->order);
+    j->norder = dduct__parents_order(ps, q->key.rel, uv_now(q->k->cfg.loop), j->order);
   job_next(j);
 }
 
@@ -1069,7 +1061,7 @@ static void lookup_cb(void *arg, enum dduct__store_role role, struct dduct__stor
       dduct__conn_txn(q->c)->cache = role == DDUCT__STORE_HIT ? DDUCT_CACHE_HIT : DDUCT_CACHE_COLLAPSED;
     LOG_INFO(LOG_MOD, "Hit \"%s\" for %s%s", q->url, peer(q),
              role == DDUCT__STORE_FOLLOW ? " (while filling)" : "");
-    if (q->p->o.revalidate == DDUCT_REVALIDATE_ALWAYS && !q->refreshed && !q->only_if_cached)
+    if (q->k->cfg.revalidate == DDUCT_REVALIDATE_ALWAYS && !q->refreshed && !q->only_if_cached)
       revalidate(q);
     else serve(q);
     break;
@@ -1090,18 +1082,18 @@ static void lookup_cb(void *arg, enum dduct__store_role role, struct dduct__stor
 static void start_lookup(struct creq *q, int flags) {
   int rc;
   if (q->is_head || q->only_if_cached) flags |= DDUCT__STORE_NO_FILL;
-  rc = dduct__store_lookup(q->p->store, &q->key, flags, lookup_cb, q, &q->look);
+  rc = dduct__store_lookup(q->k->cfg.store, &q->key, flags, lookup_cb, q, &q->look);
   if (rc != 0) {
     q->look = NULL;
     decline(q);
   }
 }
 
-static struct creq *creq_new(struct dduct_proxy *p, struct dduct_conn *c,
+static struct creq *creq_new(struct dduct_cache *k, struct dduct_conn *c,
                              const struct dduct_request *req, const struct dduct__store_key *key) {
   struct creq *q = calloc(1, sizeof(*q));
   if (q == NULL) return NULL;
-  q->p = p;
+  q->k = k;
   q->c = c;
   q->https = req->https;
   q->port = req->port;
@@ -1136,13 +1128,13 @@ static void log_hit(const struct dduct_request *req, struct dduct_conn *c) {
  * the engine's, still valid here), so it is served from a creq on the stack; a larger one gets
  * a creq of its own for the reads that follow. Returns 1 when the request is taken (answered,
  * being answered or cut), 0 to take the ordinary path (the body could not be read). */
-static int serve_hot(struct dduct_proxy *p, struct dduct_conn *c, const struct dduct_request *req,
+static int serve_hot(struct dduct_cache *k, struct dduct_conn *c, const struct dduct_request *req,
                      const struct dduct__store_key *key, struct dduct__store_entry *e) {
   struct creq tmp, *q;
   struct answer a;
   int rc;
   memset(&tmp, 0, sizeof(tmp));
-  tmp.p = p;
+  tmp.k = k;
   tmp.c = c;
   tmp.e = e;
   tmp.is_head = req->is_head;
@@ -1156,7 +1148,7 @@ static int serve_hot(struct dduct_proxy *p, struct dduct_conn *c, const struct d
     /* The URL is made first: a whole answer may end the request (and clear req) inside
      * send_whole, which made the log line of a Connection: close hit flaky. */
     char *url = dduct__enabled(DDUCT_LOG_INFO) ? make_url(req) : NULL;
-    dduct__stats_entry_served(&p->metrics, dduct__store_entry_meta(e)->url,
+    dduct__stats_entry_served(k->cfg.metrics, dduct__store_entry_meta(e)->url,
                               dduct__store_entry_meta(e)->size);
     rc = send_whole(&tmp, &a);
     dduct__http_head_free(&a.h);
@@ -1173,7 +1165,7 @@ static int serve_hot(struct dduct_proxy *p, struct dduct_conn *c, const struct d
     return 1;
   }
   dduct__http_head_free(&a.h);
-  if ((q = creq_new(p, c, req, key)) == NULL) {
+  if ((q = creq_new(k, c, req, key)) == NULL) {
     dduct__store_entry_release(e);
     return 0;
   }
@@ -1186,13 +1178,13 @@ static int serve_hot(struct dduct_proxy *p, struct dduct_conn *c, const struct d
 
 /* The request's key: its query is part of it, minus the parameters [proxy] query_ignore drops
  * for its host. */
-static int request_key(const struct dduct_proxy *p, const struct dduct_request *req,
+static int request_key(const struct dduct_cache *k, const struct dduct_request *req,
                        struct dduct__store_key *key) {
   char small[512], *t = small;
   size_t len = strlen(req->path);
   int rc;
   if (len > sizeof(small) && (t = malloc(len)) == NULL) return DDUCT_ENOMEM;
-  len = dduct__query_rules_apply(p->query_rules, req->host, req->path, len, t);
+  len = dduct__query_rules_apply(k->cfg.query_rules, req->host, req->path, len, t);
   rc = dduct__store_key_make(req->https ? "https" : "http", req->host, strlen(req->host),
                              req->port, t, len, key);
   if (t != small) free(t);
@@ -1200,37 +1192,37 @@ static int request_key(const struct dduct_proxy *p, const struct dduct_request *
 }
 
 /* GET or HEAD without a body, whose path (without its query) the filter matches. */
-static int cacheable(const struct dduct_proxy *p, const struct dduct_request *req) {
-  if (p->store == NULL || p->filter == NULL || req->connect || req->host == NULL ||
+static int cacheable(const struct dduct_cache *k, const struct dduct_request *req) {
+  if (k->cfg.store == NULL || k->cfg.filter == NULL || req->connect || req->host == NULL ||
       req->path == NULL)
     return 0;
   if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0) return 0;
   if (req->chunked || req->content_length > 0) return 0;
-  return dduct_filter_match(p->filter, req->path, req->path_len_no_query) == 1;
+  return dduct_filter_match(k->cfg.filter, req->path, req->path_len_no_query) == 1;
 }
 
-int dduct__cache_route(void *proxy, struct dduct_conn *c, const struct dduct_request *req) {
-  struct dduct_proxy *p = proxy;
+int dduct__cache_route(void *ctx, struct dduct_conn *c, const struct dduct_request *req) {
+  struct dduct_cache *k = ctx;
   struct dduct__store_key key;
   struct dduct__store_entry *e;
   struct creq *q;
   int rc, flags = req->is_head ? DDUCT__STORE_NO_FILL : 0;
-  if (!cacheable(p, req)) return 0;
+  if (!cacheable(k, req)) return 0;
   dduct__conn_txn(c)->route = DDUCT_ROUTE_CACHE;
-  if (p->o.cacheable_cb != NULL &&
-      !p->o.cacheable_cb(p->o.cacheable_data, req->method, req->https, req->host, req->port,
+  if (k->cfg.cacheable_cb != NULL &&
+      !k->cfg.cacheable_cb(k->cfg.cacheable_data, req->method, req->https, req->host, req->port,
                          req->path))
     return 0;
-  if (request_key(p, req, &key) != 0) return 0;
-  if (p->o.revalidate != DDUCT_REVALIDATE_ALWAYS &&
-      dduct__store_lookup_hot(p->store, &key, flags, &e)) {
+  if (request_key(k, req, &key) != 0) return 0;
+  if (k->cfg.revalidate != DDUCT_REVALIDATE_ALWAYS &&
+      dduct__store_lookup_hot(k->cfg.store, &key, flags, &e)) {
     if (!scheme_matches(e, req->https)) dduct__store_entry_release(e); /* the lookup refetches */
-    else if (serve_hot(p, c, req, &key, e)) return 1;
+    else if (serve_hot(k, c, req, &key, e)) return 1;
   }
-  if ((q = creq_new(p, c, req, &key)) == NULL) return 0;
+  if ((q = creq_new(k, c, req, &key)) == NULL) return 0;
   if (q->only_if_cached) flags |= DDUCT__STORE_NO_FILL;
   /* Lookups never call back from inside this call, so taking the connection after is safe. */
-  rc = dduct__store_lookup(p->store, &q->key, flags, lookup_cb, q, &q->look);
+  rc = dduct__store_lookup(k->cfg.store, &q->key, flags, lookup_cb, q, &q->look);
   if (rc != 0) {
     q->look = NULL;
     q->c = NULL;
@@ -1249,16 +1241,16 @@ static int safe_method(const char *m) {
 }
 
 /* The entry of target on req's origin (scheme, host, port), if a URL of it is given. */
-static void invalidate_target(struct dduct_proxy *p, const struct dduct_request *req,
+static void invalidate_target(struct dduct_cache *k, const struct dduct_request *req,
                               const char *target) {
   struct dduct_request r = *req;
   struct dduct__store_key key;
   r.path = target;
   r.path_len_no_query = strcspn(target, "?");
   /* Only what the filters let in can be stored (and a blob is its digest, not this URL). */
-  if (dduct_filter_match(p->filter, r.path, r.path_len_no_query) != 1) return;
-  if (request_key(p, &r, &key) != 0 || key.digest[0] != '\0') return;
-  dduct__store_invalidate(p->store, &key);
+  if (dduct_filter_match(k->cfg.filter, r.path, r.path_len_no_query) != 1) return;
+  if (request_key(k, &r, &key) != 0 || key.digest[0] != '\0') return;
+  dduct__store_invalidate(k->cfg.store, &key);
 }
 
 /* A Location or Content-Location naming req's own origin (a path, or an absolute URL of the
@@ -1275,18 +1267,18 @@ static const char *same_origin_target(const struct dduct_request *req, const cha
   return path;
 }
 
-void dduct__cache_unsafe_done(struct dduct_proxy *p, const struct dduct_request *req,
+void dduct__cache_unsafe_done(struct dduct_cache *k, const struct dduct_request *req,
                               const struct dduct_http_head *resp) {
   static const char *const also[] = {"Location", "Content-Location"};
-  if (p->store == NULL || p->filter == NULL || req->host == NULL || req->path == NULL ||
+  if (k->cfg.store == NULL || k->cfg.filter == NULL || req->host == NULL || req->path == NULL ||
       safe_method(req->method) ||
       resp->status < 200 || resp->status >= 400)
     return;
   LOG_DEBUG(LOG_MOD, "%s answered %d: invalidating its cached URL", req->method, resp->status);
-  invalidate_target(p, req, req->path);
+  invalidate_target(k, req, req->path);
   for (size_t i = 0; i < DDUCT_ARRAY_SIZE(also); i++) {
     char host[256];
     const char *t = same_origin_target(req, hget(resp, also[i]), host, sizeof(host));
-    if (t != NULL) invalidate_target(p, req, t);
+    if (t != NULL) invalidate_target(k, req, t);
   }
 }

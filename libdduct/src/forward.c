@@ -27,7 +27,7 @@ static void fwd_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, 
    * be blocked by our backpressure, so close after this answer instead of waiting for it. */
   if (dduct__conn_reading_body(w->c)) dduct__conn_close_after(w->c);
   dduct__txn_origin(dduct__conn_txn(w->c), h->status, dduct__conn_txn(w->c)->t0);
-  dduct__cache_unsafe_done(dduct__conn_proxy(w->c), dduct__conn_request(w->c), h);
+  dduct__cache_unsafe_done(dduct__conn_proxy(w->c)->cache, dduct__conn_request(w->c), h);
   if (dduct__conn_send_head(w->c, h->status, dduct__http_reason(h), h, cl) != 0)
     dduct__conn_close(w->c);
 }

@@ -137,6 +137,7 @@ static void free_parts(struct dduct_proxy *p) {
   dduct__tls_client_conf_free(p->tls_parent);
   dduct__uproxy_free(&p->uproxy);
   dduct__parents_free(&p->parents);
+  dduct__cache_free(p->cache);
   dduct__upstream_free(p->up);
   while (p->listeners != NULL) {
     struct dduct_listener *l = p->listeners;
@@ -146,24 +147,22 @@ static void free_parts(struct dduct_proxy *p) {
 }
 
 /* The route table (route.h), asked in this order. Local routes (answered by the proxy itself)
- * come first; each entry's ctx is the proxy unless the route keeps state of its own. */
+ * come first; each entry's ctx is what its handler works with (the proxy, or the cache object). */
 static void routes_init(struct dduct_proxy *p) {
-  static const struct dduct__route table[] = {
-      {"local", dduct__admin_route, NULL},
-      {"intercept", dduct__intercept_route, NULL},
-      {"tunnel", dduct__tunnel_route, NULL},
-      {"cache", dduct__cache_route, NULL},
-      {"forward", dduct__forward_route, NULL},
+  const struct dduct__route table[] = {
+      {"local", dduct__admin_route, p},
+      {"intercept", dduct__intercept_route, p},
+      {"tunnel", dduct__tunnel_route, p},
+      {"cache", dduct__cache_route, p->cache},
+      {"forward", dduct__forward_route, p},
   };
-  for (size_t i = 0; i < DDUCT_ARRAY_SIZE(table); i++) {
-    p->routes[p->nroutes] = table[i];
-    p->routes[p->nroutes++].ctx = p;
-  }
+  for (size_t i = 0; i < DDUCT_ARRAY_SIZE(table); i++) p->routes[p->nroutes++] = table[i];
 }
 
 static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, char *err,
                  size_t errlen) {
   struct dduct_upstream_config uc;
+  struct dduct_cache_config kc;
   int rc = copy_options(p, o);
   if (rc != 0) return rc;
   rc = dduct__acl_init(&p->allow, o->allow_clients, o->allow_clients != NULL ? o->allow_clients_count : 0,
@@ -200,7 +199,6 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
                                     0, &p->tls_parent, err, errlen);
     if (rc != 0) return rc;
   }
-  routes_init(p);
   memset(&uc, 0, sizeof(uc));
   uc.loop = p->loop;
   uc.tls = p->tls_client;
@@ -214,7 +212,23 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
   uc.proxy = &p->uproxy;
   uc.parent_tls = p->tls_parent;
   uc.stats = &p->metrics;
-  return dduct__upstream_new(&uc, &p->up);
+  rc = dduct__upstream_new(&uc, &p->up);
+  if (rc != 0) return rc;
+  memset(&kc, 0, sizeof(kc));
+  kc.loop = p->loop;
+  kc.store = p->store;
+  kc.filter = p->filter;
+  kc.up = p->up;
+  kc.metrics = &p->metrics;
+  kc.parents = &p->parents;
+  kc.query_rules = p->query_rules;
+  kc.revalidate = p->o.revalidate;
+  kc.cacheable_cb = p->o.cacheable_cb;
+  kc.cacheable_data = p->o.cacheable_data;
+  rc = dduct__cache_new(&kc, &p->cache);
+  if (rc != 0) return rc;
+  routes_init(p);
+  return 0;
 }
 
 int dduct_proxy_new(uv_loop_t *loop, const struct dduct_proxy_options *o, struct dduct_ca *ca,
@@ -433,7 +447,7 @@ static void grace_cb(uv_timer_t *t) {
     c = next;
   }
   /* Fills outlive the clients that started them: stop them too, or shutdown waits on origins. */
-  dduct__cache_shutdown(p);
+  if (p->cache != NULL) dduct__cache_shutdown(p->cache);
   dduct__proxy_maybe_closed(p);
 }
 

@@ -45,6 +45,7 @@ struct dduct_proxy {
   struct dduct_uproxy uproxy;               /* upstream_proxy (empty: none) */
   struct dduct_parents parents;             /* the parent tier (n == 0: none) */
   struct dduct_upstream *up;
+  struct dduct_cache *cache;   /* the cache route's object (cache.h) */
   struct dduct__route routes[DDUCT_ROUTES_MAX]; /* the route table, in order (route.h) */
   size_t nroutes;
   struct dduct_listener *listeners;

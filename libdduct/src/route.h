@@ -16,7 +16,8 @@ struct dduct_conn;
 struct dduct_request;
 
 /* 1: the handler took the request (it answers through conn.h, now or later); 0: not its
- * request, the next route is asked. ctx is the route's own (the proxy for the built-in ones). */
+ * request, the next route is asked. ctx is the route's own (the proxy; the cache object for
+ * the cache route). */
 typedef int (*dduct_route_fn)(void *ctx, struct dduct_conn *c, const struct dduct_request *req);
 
 struct dduct__route {
@@ -30,7 +31,7 @@ struct dduct__route {
 int dduct__admin_route(void *proxy, struct dduct_conn *c, const struct dduct_request *req);
 int dduct__intercept_route(void *proxy, struct dduct_conn *c, const struct dduct_request *req);
 int dduct__tunnel_route(void *proxy, struct dduct_conn *c, const struct dduct_request *req);
-int dduct__cache_route(void *proxy, struct dduct_conn *c, const struct dduct_request *req);
+int dduct__cache_route(void *cache, struct dduct_conn *c, const struct dduct_request *req);
 int dduct__forward_route(void *proxy, struct dduct_conn *c, const struct dduct_request *req);
 
 #endif

@@ -928,7 +928,7 @@ int dduct_proxy_stats_json(const struct dduct_proxy *p, unsigned flags, char **o
   metrics = cJSON_AddObjectToObject(root, "metrics");
   rc = dduct_proxy_metrics_each(p, flags, json_cb, metrics);
   fills = cJSON_AddArrayToObject(root, "fills");
-  dduct__cache_each_fill(p, fill_cb, fills);
+  if (p->cache != NULL) dduct__cache_each_fill(p->cache, fill_cb, fills);
   add_errors(root, &p->metrics);
   add_history(root, &p->metrics);
   add_top(root, "most_hit", p->metrics.top, DDUCT__TOP, by_hits, 10);
