@@ -583,7 +583,7 @@ static void reval_on_done(struct dduct_fetch *f, int status, const char *why) {
   struct creq *q = dduct__fetch_data(f);
   int st = q->reval_status, agrees = q->reval_agrees;
   q->f = NULL;
-  if ((status != 0 || st >= 500) && q->p->o.stale_if_error) {
+  if ((status != 0 || st >= 500) && q->k->cfg.stale_if_error) {
     /* stale-if-error: the origin could not say, the entry is what we have. 401/403/404 are
      * answers, not errors: they pass through below. */
     char code[32];

@@ -25,6 +25,7 @@ struct dduct_cache_config {
   struct dduct_parents *parents; /* the parent tier (n == 0: none) */
   const struct dduct__query_rules *query_rules;
   enum dduct_revalidate revalidate;
+  int stale_if_error;
   int (*cacheable_cb)(void *user_data, const char *method, int https, const char *host,
                       uint16_t port, const char *path);
   void *cacheable_data;
