@@ -153,8 +153,9 @@ def test_dpkg_unit_and_service(rig):
     file; the unit's ExecStartPre and ExecStart, run as the dduct user in a private network
     namespace (systemd is not PID 1 here), start dduct on the shipped config: it writes its CA
     into /var/lib/dduct/certs owned by dduct with 0600 keys, answers on both listeners and
-    exits 0 on SIGTERM; pkg-config finds libdduct and a program links against it; purge
-    removes the CA, the cache, the logs and the user."""
+    exits 0 on SIGTERM; an upgrade keeps the admin's config, the CA and the user; pkg-config
+    finds libdduct and a program links against it; purge removes the CA, the cache, the logs
+    and the user."""
     d = debs()
     clean_start()
     try:
@@ -178,6 +179,7 @@ def test_dpkg_unit_and_service(rig):
                     "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
         sh(as_dduct + pre)
         run_service(as_dduct + start)
+        upgrade(rig, d["dduct"])
         consumer(rig)
     finally:
         purge()
@@ -258,6 +260,32 @@ def request(pid, path):
     origin port is closed: dduct answers 502, which is logged like any request)."""
     sh(["nsenter", "-t", str(pid), "-n", "curl", "-s", "-o", "/dev/null", "-x",
         "http://127.0.0.1:8000", "http://127.0.0.1:9" + path], ok=False)
+
+
+def upgrade(rig, deb):
+    """An upgrade (the same package repacked as version 0.1.0+1: no second build) keeps the
+    admin's change to the conffile, the CA and the user, and replaces the binary's package."""
+    work = os.path.join(rig.tmp, "upgrade")
+    sh(["dpkg-deb", "-R", deb, work])
+    control = os.path.join(work, "DEBIAN", "control")
+    text = open(control).read()
+    old = re.search(r"^Version: (.*)$", text, re.M).group(1)
+    with open(control, "w") as f:
+        f.write(text.replace("Version: " + old, "Version: %s+1" % old))
+    new_deb = os.path.join(rig.tmp, "dduct_%s+1_amd64.deb" % old)
+    sh(["dpkg-deb", "--root-owner-group", "-b", work, new_deb])
+    with open("/etc/dduct/dduct.toml", "a") as f:
+        f.write("# changed by the admin\n")
+    ca = open("/var/lib/dduct/certs/ca.crt").read()
+    uid = pwd.getpwnam("dduct").pw_uid
+    sh(APT + ["install", new_deb])
+    check_eq(sh(["dpkg-query", "-W", "-f=${Version}", "dduct"]).stdout, old + "+1",
+             "upgraded")
+    check(open("/etc/dduct/dduct.toml").read().endswith("# changed by the admin\n"),
+          "the admin's config kept")
+    check_eq(open("/var/lib/dduct/certs/ca.crt").read(), ca, "the CA kept")
+    check_eq(pwd.getpwnam("dduct").pw_uid, uid, "the same dduct user")
+    sh(["dduct", "--check", "--cfg", "/etc/dduct/dduct.toml"])
 
 
 def consumer(rig):
