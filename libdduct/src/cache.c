@@ -590,6 +590,7 @@ static void reval_on_done(struct dduct_fetch *f, int status, const char *why) {
     snprintf(code, sizeof(code), "origin answered %d", st);
     LOG_WARN(LOG_MOD, "Revalidating \"%s\" for %s: %s; serving the cached copy", q->url,
              peer(q), status != 0 ? (why != NULL ? why : dduct_strerror(status)) : code);
+    if (q->c != NULL) dduct__conn_txn(q->c)->cache = DDUCT_CACHE_STALE;
     serve(q);
   } else if (status != 0) {
     LOG_WARN(LOG_MOD, "Revalidating \"%s\" for %s: %s; forwarding", q->url, peer(q),

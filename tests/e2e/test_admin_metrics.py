@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import cache_origin  # noqa: E402
-from dductlib.harness import check, check_eq, curl, run, via  # noqa: E402
+from dductlib.harness import check, check_eq, curl, free_port, run, via  # noqa: E402
 from dductlib.origin import pattern_sha256  # noqa: E402
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
@@ -346,8 +346,8 @@ def read_lines(path):
 
 
 def test_access_log_statuses_and_sighup(rig):
-    """access_log gets one JSON line per request with HIT, MISS, COLLAPSED, REVALIDATED, BYPASS,
-    TUNNEL (time, client, method, URL without credentials, status, bytes, duration, origin status
+    """access_log gets one JSON line per request with HIT, MISS, COLLAPSED, REVALIDATED, STALE,
+    BYPASS, TUNNEL (time, client, method, URL without credentials, status, bytes, duration, origin status
     and time); after the file is renamed and dduct gets SIGHUP, new lines go to a new file."""
     o = cache_origin(rig)
     n = 4096
@@ -360,11 +360,33 @@ def test_access_log_statuses_and_sighup(rig):
             settled(d)
             check_eq(curl(rig, via(d, "http") + [url]).status, 200, "hit")
             if reval == "always":
+                # STALE: an origin process that is gone when the hit is revalidated.
+                root = os.path.join(rig.tmp, "stale-origin")
+                os.makedirs(root, exist_ok=True)
+                with open(os.path.join(root, "f.bin"), "wb") as f:
+                    f.write(b"x" * 5000)
+                port = free_port()
+                srv = subprocess.Popen([sys.executable, "-m", "http.server", "--bind",
+                                        "127.0.0.1", "--directory", root, str(port)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                surl = "http://origin.test:%d/bytes/f.bin" % port
+                os.makedirs(os.path.join(root, "bytes"), exist_ok=True)
+                os.rename(os.path.join(root, "f.bin"), os.path.join(root, "bytes", "f.bin"))
+                try:
+                    wait_for(lambda: curl(rig, via(d, "http") + [surl]).status == 200,
+                             "the stale origin to start and the fill")
+                    settled(d)
+                finally:
+                    srv.kill()
+                    srv.wait()
+                check_eq(curl(rig, via(d, "http") + [surl]).status, 200, "stale hit")
                 d.stop()
                 lines = read_lines(log)
-                check_eq([x["cache"] for x in lines if x["route"] == "cache"],
-                         ["MISS", "REVALIDATED"], "revalidated hit")
-                check_eq(lines[-1]["origin_status"], 200, "the origin's answer to the HEAD")
+                cached = [x for x in lines if x["route"] == "cache"]
+                caches = [x["cache"] for x in cached]
+                check_eq(caches[:2], ["MISS", "REVALIDATED"], "revalidated hit")
+                check_eq(cached[1]["origin_status"], 200, "the origin's answer to the HEAD")
+                check_eq(caches[-1], "STALE", "served stale while the origin is down")
                 continue
             u2 = rig.plain.url("origin.test", "/echo").replace("http://", "http://user:pw@")
             check_eq(curl(rig, via(d, "http") + [u2]).status, 200, "bypass")
