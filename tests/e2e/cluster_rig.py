@@ -4,6 +4,7 @@ pN.wild.test, so each parent presents a leaf its CA mints for that name) and edg
 the rig's cached CA, so any dduct's ca.crt verifies a parent. Also used by bench/cluster.py."""
 import os
 import subprocess
+import time
 
 from dductlib.harness import PIN_NAMES, check, dduct_bin  # noqa: F401
 
@@ -73,3 +74,14 @@ def entries_count(file_dir):
         fs = set(files)
         n += sum(1 for f in fs if f + ".json" in fs)
     return n
+
+
+def wait_entries(file_dirs, want, timeout=60):
+    """Counts of complete entries once their sum is want (a fill's last reader ends before its
+    commit is on disk), or as they are when timeout passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = [entries_count(d) for d in file_dirs]
+        if sum(counts) >= want or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)

@@ -61,11 +61,12 @@ def test_cluster_cold_pull(rig):
         for u, _ in files:
             path = u.split(str(o.port), 1)[1]
             check_eq(o.count(path), 1, "the origin saw %s once" % path)
-        shares = [cluster_rig.entries_count(p.file_dir) for p in parents]
+        shares = cluster_rig.wait_entries([p.file_dir for p in parents], len(files))
         check_eq(sum(shares), len(files), "the parents together hold each key once %r" % shares)
         check(min(shares) >= 5, "both parents hold a share of the keys %r" % shares)
         for k, e in enumerate(edges):
-            check_eq(cluster_rig.entries_count(e.file_dir), len(files), "edge %d stored all" % k)
+            check_eq(cluster_rig.wait_entries([e.file_dir], len(files)), [len(files)],
+                     "edge %d stored all" % k)
         before = [len(p.log()) for p in parents]
         _pull_all(rig, edges, files, "warm")
         for p, b in zip(parents, before):
