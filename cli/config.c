@@ -85,6 +85,7 @@ static const struct key keys[] = {
     {"certs", "server_ip_sans", K_STRINGS, F(server_ip_sans), 0, 0, config_check_ip},
     {"certs", "client_cn", K_STRING, F(client_cn), 1, 0, NULL},
     {"certs", "p12_pass", K_STRING, F(p12_pass), 0, 0, NULL},
+    {"certs", "ca_name_constraints", K_BOOL, F(ca_name_constraints), 0, 0, NULL},
 };
 #undef F
 
@@ -797,4 +798,5 @@ void config_ca_options(const struct config *c, struct dduct_ca_options *o) {
   o->server_ip_sans_count = c->server_ip_sans.n;
   o->client_cn = c->client_cn;
   o->p12_pass = c->p12_pass;
+  o->ca_name_constraints = c->ca_name_constraints;
 }

@@ -65,6 +65,7 @@ struct config {
   struct strv server_ip_sans;
   char *client_cn;
   char *p12_pass;
+  int ca_name_constraints;
 };
 
 /* Fill c with the defaults. Returns 0, or -1 when out of memory (c is then safe to free). */

@@ -9,6 +9,14 @@
  * - Functions that can fail with a detail a human needs take `char *err, size_t errlen`: on
  *   failure a NUL-terminated one-line message is written there (err may be NULL).
  * - The embedder owns the uv_loop_t; every object bound to a loop is used from that loop's thread.
+ * - Threads. Nothing here takes a lock, so each object below belongs to one thread at a time:
+ *   a dduct_proxy and a dduct_store, and everything they hand out, to the thread running the
+ *   loop they were created on; a dduct_ca to the loop thread of the proxies using it (its table
+ *   of minted leaves has no lock: proxies on different loops need a CA each, opened from the
+ *   same cert_dir); a dduct_filter is read-only once given to a proxy, but matching uses
+ *   per-pattern scratch space, so one thread at a time too. dduct_ca_open may run on any thread
+ *   before the CA is handed to a proxy. dduct_log_set's callback may be called from any of
+ *   these threads.
  */
 #ifndef DDUCT_H
 #define DDUCT_H
@@ -135,6 +143,11 @@ struct dduct_ca_options {
   /* Minted leaves kept for intercepted hosts; the least recently used is dropped (and minted
    * again on its next use) when a new host needs room. 0: 4096. */
   size_t max_leaves;
+  /* 1: a CA created now carries nameConstraints permitting exactly server_dns_sans (a "*.x"
+   * entry permits x and its subdomains) and server_ip_sans, so its key cannot sign for any
+   * other name; adding a name later means a new CA to distribute. Default 0. Every CA created
+   * gets pathLenConstraint 0. */
+  int ca_name_constraints;
 };
 
 /* Fill o with the defaults above (pointers to static storage). */

@@ -45,6 +45,7 @@
 #define DAY (24 * 60 * 60)
 #define LEAF_DAYS 365
 #define LEAF_RENEW_DAYS 30
+#define SERVER_DAYS_MAX 825
 
 enum { F_CA_KEY, F_CA_CRT, F_SRV_KEY, F_SRV_CRT, F_SRV_P12, F_CLI_KEY, F_CLI_CRT, F_CLI_P12, F_N };
 static const char *const file_names[F_N] = {"ca.key",     "ca.crt",     "server.key",
@@ -189,6 +190,22 @@ static const char *mbed_reason(int rc, char *buf, size_t len) {
   return buf;
 }
 
+/* An existing directory or key file others may read or write: made private (0700 / 0600) with
+ * a WARN, or refused when that fails (not our file): private keys must not be readable by
+ * others, nor replaceable in a directory they can write. */
+static int tighten(const char *path, const struct stat *st, mode_t want) {
+  if ((st->st_mode & 077) == 0) return 0;
+  if (chmod(path, want) != 0) {
+    int e = -errno;
+    LOG_ERROR(MOD, "\"%s\" is accessible to other users (mode %03o) and cannot be made %03o: %s",
+              path, (unsigned)(st->st_mode & 0777), (unsigned)want, dduct_strerror(e));
+    return DDUCT_EUNSAFE;
+  }
+  LOG_WARN(MOD, "\"%s\" was accessible to other users (mode %03o): made %03o", path,
+           (unsigned)(st->st_mode & 0777), (unsigned)want);
+  return 0;
+}
+
 /* Create dir and its parents; the last component 0700 (it holds private keys). */
 static int make_dir(const char *dir) {
   char buf[PATH_MAX];
@@ -207,10 +224,7 @@ static int make_dir(const char *dir) {
   struct stat st;
   if (stat(buf, &st) != 0) return -errno;
   if (!S_ISDIR(st.st_mode)) return -ENOTDIR;
-  if ((st.st_mode & 077) != 0)
-    LOG_WARN(MOD, "\"%s\" is accessible to other users (mode %03o); 0700 is advised", dir,
-             (unsigned)(st.st_mode & 0777));
-  return 0;
+  return tighten(buf, &st, 0700);
 }
 
 static int file_exists(const char *path) {
@@ -347,7 +361,7 @@ static int read_crt(struct opener *op, int f, mbedtls_x509_crt *crt) {
   char why[128];
   int rc = load(op, f, &buf, &len);
   if (rc != 0) return rc;
-  rc = mbedtls_x509_crt_parse(crt, buf, len + 1);
+  rc = dduct__x509_parse(crt, buf, len + 1);
   free(buf);
   if (rc != 0)
     return fail(op, DDUCT_ECORRUPT, "\"%s\" is not a valid certificate: %s", op->path[f],
@@ -400,6 +414,14 @@ static int ca_crt_step(struct opener *op) {
     struct dduct__cert_spec s = {
         .cn = op->o->ca_cn, .subject_key = &ca->ca_key, .issuer_key = &ca->ca_key,
         .not_before = t - DAY, .not_after = not_after(op, t), .is_ca = 1};
+    if (op->o->ca_name_constraints) {
+      /* A stolen ca.key then speaks only for the names dduct intercepts. */
+      s.name_constraints = 1;
+      s.nc_dns = (const char *const *)ca->dns, s.nc_ndns = ca->ndns;
+      s.nc_ips = ca->ips, s.nc_nips = ca->nips;
+      LOG_INFO(MOD, "\"%s\" is limited to server_dns_sans and server_ip_sans (nameConstraints)",
+               op->path[F_CA_CRT]);
+    }
     if ((rc = dduct__x509_issue(&s, &ca->ca_crt)) != 0)
       return fail(op, rc, "cannot issue \"%s\": %s", op->path[F_CA_CRT], dduct_strerror(rc));
     if ((rc = save_crt(op, F_CA_CRT, &ca->ca_crt)) != 0) return rc;
@@ -445,6 +467,13 @@ static int issue_set_crt(struct opener *op, const struct set *st, mbedtls_pk_con
       .cn = st->cn, .subject_key = key, .issuer_key = &ca->ca_key, .issuer = &ca->ca_crt,
       .not_before = t - DAY, .not_after = not_after(op, t), .eku = st->eku};
   int rc;
+  if (st->eku == DDUCT__EKU_SERVER && s.not_after > t + (time_t)SERVER_DAYS_MAX * DAY) {
+    /* Apple's clients refuse TLS server certificates valid for longer. */
+    s.not_after = t + (time_t)SERVER_DAYS_MAX * DAY;
+    LOG_WARN(MOD, "\"%s\" is valid for %d days, not days_from_now (%u): TLS clients such as "
+             "Apple's refuse server certificates valid for longer", op->path[st->crt],
+             SERVER_DAYS_MAX, op->o->days_from_now);
+  }
   if (st->with_sans) {
     s.dns = (const char *const *)ca->dns, s.ndns = ca->ndns;
     s.ips = ca->ips, s.nips = ca->nips;
@@ -506,7 +535,7 @@ static int server_step(struct opener *op) {
   int rc = set_step(op, &st, &ca->server_key, &ca->server_chain);
   if (rc != 0) return rc;
   /* The listener presents server.crt followed by ca.crt. */
-  if (mbedtls_x509_crt_parse_der(&ca->server_chain, ca->ca_crt.raw.p, ca->ca_crt.raw.len) != 0)
+  if (dduct__x509_parse_der(&ca->server_chain, ca->ca_crt.raw.p, ca->ca_crt.raw.len) != 0)
     return DDUCT_ECRYPTO;
   return 0;
 }
@@ -542,6 +571,13 @@ static int plan(struct opener *op) {
     int rc = file_exists(op->path[f]);
     if (rc < 0) return fail(op, rc, "cannot access \"%s\": %s", op->path[f], dduct_strerror(rc));
     op->present[f] = rc;
+    if (rc == 1 && (f == F_CA_KEY || f == F_SRV_KEY || f == F_SRV_P12 || f == F_CLI_KEY ||
+                    f == F_CLI_P12)) {
+      struct stat st; /* files holding a private key: 0600 */
+      if (stat(op->path[f], &st) == 0 && tighten(op->path[f], &st, 0600) != 0)
+        return fail(op, DDUCT_EUNSAFE,
+                    "\"%s\" is accessible to other users and cannot be made 0600", op->path[f]);
+    }
   }
   if (!op->present[F_CA_KEY]) {
     for (int f = F_CA_CRT; f < F_N; f++)
@@ -607,6 +643,8 @@ static int set_dir(struct opener *op) {
   for (int f = 0; f < F_N; f++)
     snprintf(op->path[f], sizeof(op->path[f]), "%s%s", op->ca->dir, file_names[f]);
   int rc = make_dir(d);
+  if (rc == DDUCT_EUNSAFE)
+    return fail(op, rc, "\"%s\" is accessible to other users and cannot be made 0700", d);
   if (rc != 0) return fail(op, rc, "cannot create \"%s\": %s", d, dduct_strerror(rc));
   return 0;
 }
@@ -727,7 +765,7 @@ static int mint(struct dduct_ca *ca, struct leaf *l) {
   /* Renewed a month before it expires (or at two thirds of a short life), so a long-running
    * process never presents an expired leaf. */
   l->renew_at = s.not_after - DDUCT_MIN((time_t)LEAF_RENEW_DAYS * DAY, (s.not_after - t) / 3);
-  if (mbedtls_x509_crt_parse_der(&l->chain, ca->ca_crt.raw.p, ca->ca_crt.raw.len) != 0)
+  if (dduct__x509_parse_der(&l->chain, ca->ca_crt.raw.p, ca->ca_crt.raw.len) != 0)
     return DDUCT_ECRYPTO;
   return 0;
 }

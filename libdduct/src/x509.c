@@ -129,6 +129,70 @@ fail:
   return DDUCT_ETOOBIG;
 }
 
+/* NameConstraints ::= SEQUENCE { permittedSubtrees [0] SEQUENCE OF GeneralSubtree }, a
+ * GeneralSubtree being SEQUENCE { base GeneralName } (minimum 0, no maximum): dNSName [2] bases
+ * and iPAddress [7] address + all-ones mask. Critical (RFC 5280 4.2.1.10). */
+static int set_name_constraints(mbedtls_x509write_cert *w, const struct dduct__cert_spec *s) {
+  unsigned char *buf, *p;
+  size_t len = 0;
+  int ret, rc;
+  if (!s->name_constraints || (s->nc_ndns == 0 && s->nc_nips == 0)) return 0;
+  buf = malloc(SAN_MAX);
+  if (buf == NULL) return DDUCT_ENOMEM;
+  p = buf + SAN_MAX;
+#define ADD(f)                      \
+  do {                              \
+    if ((ret = (f)) < 0) goto fail; \
+    len += (size_t)ret;             \
+    sub += (size_t)ret;             \
+  } while (0)
+  for (size_t i = s->nc_nips; i-- > 0;) {
+    unsigned char ipm[32];
+    size_t n = s->nc_ips[i].len, sub = 0;
+    memcpy(ipm, s->nc_ips[i].b, n);
+    memset(ipm + n, 0xff, n);
+    ADD(mbedtls_asn1_write_raw_buffer(&p, buf, ipm, 2 * n));
+    ADD(mbedtls_asn1_write_len(&p, buf, 2 * n));
+    ADD(mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONTEXT_SPECIFIC | 7));
+    ADD(mbedtls_asn1_write_len(&p, buf, sub));
+    ADD(mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE));
+  }
+  for (size_t i = s->nc_ndns; i-- > 0;) {
+    const char *base = s->nc_dns[i];
+    size_t n, sub = 0;
+    int dup = 0;
+    if (base[0] == '*' && base[1] == '.') base += 2;
+    for (size_t j = 0; j < i && !dup; j++) { /* the first of equal bases is written */
+      const char *o = s->nc_dns[j];
+      dup = strcmp(o[0] == '*' && o[1] == '.' ? o + 2 : o, base) == 0;
+    }
+    if (dup) continue;
+    n = strlen(base);
+    ADD(mbedtls_asn1_write_raw_buffer(&p, buf, (const unsigned char *)base, n));
+    ADD(mbedtls_asn1_write_len(&p, buf, n));
+    ADD(mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONTEXT_SPECIFIC | 2));
+    ADD(mbedtls_asn1_write_len(&p, buf, sub));
+    ADD(mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE));
+  }
+  {
+    size_t sub = 0;
+    ADD(mbedtls_asn1_write_len(&p, buf, len));
+    ADD(mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONTEXT_SPECIFIC |
+                                            MBEDTLS_ASN1_CONSTRUCTED | 0));
+    ADD(mbedtls_asn1_write_len(&p, buf, len));
+    ADD(mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE));
+  }
+#undef ADD
+  rc = mbedtls_x509write_crt_set_extension(w, MBEDTLS_OID_NAME_CONSTRAINTS,
+                                           MBEDTLS_OID_SIZE(MBEDTLS_OID_NAME_CONSTRAINTS), 1, p,
+                                           len);
+  free(buf);
+  return rc == 0 ? 0 : DDUCT_ECRYPTO;
+fail:
+  free(buf);
+  return DDUCT_ETOOBIG;
+}
+
 /* SEQUENCE { id-kp-serverAuth | id-kp-clientAuth } */
 static int set_eku(mbedtls_x509write_cert *w, enum dduct__eku eku) {
   unsigned char buf[32], *p = buf + sizeof(buf);
@@ -150,7 +214,9 @@ static int set_eku(mbedtls_x509write_cert *w, enum dduct__eku eku) {
 
 static int set_usage(mbedtls_x509write_cert *w, const struct dduct__cert_spec *s) {
   unsigned ku;
-  if (mbedtls_x509write_crt_set_basic_constraints(w, s->is_ca, -1) != 0) return DDUCT_ECRYPTO;
+  /* A CA of ours signs leaves only, never another CA: pathlen 0. */
+  if (mbedtls_x509write_crt_set_basic_constraints(w, s->is_ca, s->is_ca ? 0 : -1) != 0)
+    return DDUCT_ECRYPTO;
   if (s->is_ca)
     ku = MBEDTLS_X509_KU_KEY_CERT_SIGN | MBEDTLS_X509_KU_CRL_SIGN;
   else if (mbedtls_pk_get_type(s->subject_key) == MBEDTLS_PK_RSA)
@@ -179,7 +245,43 @@ static int fill(mbedtls_x509write_cert *w, const struct dduct__cert_spec *s) {
     rc = set_cn(&w->issuer, s->cn);
   if (rc != 0) return rc;
   if ((rc = set_usage(w, s)) != 0) return rc;
+  if ((rc = set_name_constraints(w, s)) != 0) return rc;
   return set_san(w, s);
+}
+
+static int ext_cb(void *ctx, mbedtls_x509_crt const *crt, mbedtls_x509_buf const *oid,
+                  int critical, const unsigned char *p, const unsigned char *end) {
+  (void)ctx, (void)crt, (void)critical, (void)p, (void)end;
+  if (oid->len == MBEDTLS_OID_SIZE(MBEDTLS_OID_NAME_CONSTRAINTS) &&
+      memcmp(oid->p, MBEDTLS_OID_NAME_CONSTRAINTS, oid->len) == 0)
+    return 0;
+  return MBEDTLS_ERR_X509_FEATURE_UNAVAILABLE;
+}
+
+int dduct__x509_parse_der(mbedtls_x509_crt *chain, const unsigned char *der, size_t len) {
+  return mbedtls_x509_crt_parse_der_with_ext_cb(chain, der, len, 1, ext_cb, NULL);
+}
+
+int dduct__x509_parse(mbedtls_x509_crt *chain, const unsigned char *buf, size_t len) {
+  int n = 0;
+  if (len == 0 || buf[len - 1] != '\0' || strstr((const char *)buf, "-----BEGIN") == NULL)
+    return dduct__x509_parse_der(chain, buf, len);
+  while (len > 1) {
+    mbedtls_pem_context pem;
+    size_t used = 0;
+    int rc;
+    mbedtls_pem_init(&pem);
+    rc = mbedtls_pem_read_buffer(&pem, "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----",
+                                 buf, NULL, 0, &used);
+    if (rc == 0) rc = dduct__x509_parse_der(chain, pem.buf, pem.buflen);
+    mbedtls_pem_free(&pem);
+    if (rc == MBEDTLS_ERR_PEM_NO_HEADER_FOOTER_PRESENT) break;
+    if (rc != 0) return rc;
+    n++;
+    buf += used;
+    len -= used;
+  }
+  return n > 0 ? 0 : MBEDTLS_ERR_X509_CERT_UNKNOWN_FORMAT;
 }
 
 int dduct__x509_issue(const struct dduct__cert_spec *spec, mbedtls_x509_crt *out) {
@@ -194,7 +296,7 @@ int dduct__x509_issue(const struct dduct__cert_spec *spec, mbedtls_x509_crt *out
     len = mbedtls_x509write_crt_der(&w, buf, CRT_DER_MAX + SAN_MAX, dduct__rng, NULL);
     if (len < 0)
       rc = DDUCT_ECRYPTO;
-    else if (mbedtls_x509_crt_parse_der(out, buf + CRT_DER_MAX + SAN_MAX - len, (size_t)len) != 0)
+    else if (dduct__x509_parse_der(out, buf + CRT_DER_MAX + SAN_MAX - len, (size_t)len) != 0)
       rc = DDUCT_ECRYPTO;
   }
   mbedtls_x509write_crt_free(&w);

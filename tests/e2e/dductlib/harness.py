@@ -138,7 +138,7 @@ class Dduct:
 
     def __init__(self, rig, proxy=None, misc=None, tcp=True, tls=True, env=None,
                  nofile=None, name="dduct", cert_dir=None, tls_port=None, host="127.0.0.1",
-                 admin=False, cache=None):
+                 admin=False, cache=None, certs=None):
         self.rig = rig
         self.host = host  # the listeners' address (a cluster uses 127.0.0.x)
         self.dir = tempfile.mkdtemp(prefix=name + "-", dir=rig.tmp)
@@ -156,6 +156,7 @@ class Dduct:
         self.misc_overrides = misc or {}
         self.cache_overrides = cache or {}
         self.extra_env = env or {}
+        self.certs_overrides = certs or {}  # [certs] keys over certs_section()
         self.nofile = nofile
         self.fixed_tls_port = tls_port
         self.proc = None
@@ -178,7 +179,9 @@ class Dduct:
         misc = {"log_level": "debug", "cert_dir": self.cert_dir + "/",
                 "file_dir": self.file_dir + "/"}
         misc.update(self.misc_overrides)
-        sections = {"misc": misc, "proxy": proxy, "certs": certs_section()}
+        certs = certs_section()
+        certs.update(self.certs_overrides)
+        sections = {"misc": misc, "proxy": proxy, "certs": certs}
         if self.cache_overrides:
             sections["cache"] = dict(self.cache_overrides)
         return toml(sections)
