@@ -15,6 +15,7 @@ enum kind {
   K_BIND,       /* '' or an address:port */
   K_LEVEL,      /* log level name */
   K_REVALIDATE, /* 'never' | 'always' */
+  K_VERIFY,     /* 'never' | 'first' | 'always' */
   K_BOOL,
   K_UINT,       /* integer in [min, max] */
   K_STRINGS,    /* array of strings, each passing check */
@@ -77,6 +78,7 @@ static const struct key keys[] = {
     {"cache", "min_free", K_MINFREE, F(cache_min_free), 0, 0, NULL},
     {"cache", "fsync", K_BOOL, F(cache_fsync), 0, 0, NULL},
     {"cache", "stale_if_error", K_BOOL, F(cache_stale_if_error), 0, 0, NULL},
+    {"cache", "verify_hits", K_VERIFY, F(cache_verify_hits), 0, 0, NULL},
     {"certs", "rsa_key_bits", K_UINT, F(rsa_key_bits), 2048, 8192, NULL},
     {"certs", "days_from_now", K_UINT, F(days_from_now), 1, 36500, NULL},
     {"certs", "ca_cn", K_STRING, F(ca_cn), 1, 0, NULL},
@@ -177,6 +179,7 @@ int config_init(struct config *c) {
   c->cache_min_free_percent = 10;
   c->cache_fsync = 1;
   c->cache_stale_if_error = 1;
+  c->cache_verify_hits = DDUCT_VERIFY_FIRST;
   c->rsa_key_bits = 3072;
   c->days_from_now = 3072;
   rc |= set_str(&c->ca_cn, "dduct");
@@ -447,6 +450,13 @@ static int load_enum(struct loader *l, const struct key *k, const struct toml_no
     if ((val = dduct_log_level_parse(v->str)) < 0)
       return lfail(l, v, "%s: invalid level '%s' (expected error, warn, info, debug or trace)",
                    k->name, v->str);
+  } else if (k->kind == K_VERIFY) {
+    if (strcmp(v->str, "never") == 0) val = DDUCT_VERIFY_NEVER;
+    else if (strcmp(v->str, "first") == 0) val = DDUCT_VERIFY_FIRST;
+    else if (strcmp(v->str, "always") == 0) val = DDUCT_VERIFY_ALWAYS;
+    else
+      return lfail(l, v, "%s: invalid value '%s' (expected 'first', 'always' or 'never')",
+                   k->name, v->str);
   } else if (strcmp(v->str, "never") == 0 || strcmp(v->str, "always") == 0) {
     val = v->str[0] == 'a' ? DDUCT_REVALIDATE_ALWAYS : DDUCT_REVALIDATE_NEVER;
   } else {
@@ -585,7 +595,8 @@ static int load_key(struct loader *l, const struct key *k, const struct toml_nod
     case K_BIND:
     case K_PROXY_URL: return load_string(l, k, v, c);
     case K_LEVEL:
-    case K_REVALIDATE: return load_enum(l, k, v, c);
+    case K_REVALIDATE:
+    case K_VERIFY: return load_enum(l, k, v, c);
     case K_BOOL: return load_bool(l, k, v, c);
     case K_UINT: return load_uint(l, k, v, c);
     case K_STRINGS: return load_strings(l, k, v, c);
@@ -734,6 +745,12 @@ static void print_value(FILE *out, const struct key *k, const struct config *c) 
     case K_PROXY_URL: print_proxy_url(out, *(char *const *)field); break;
     case K_LEVEL: print_string(out, dduct_log_level_name(*(const int *)field)); break;
     case K_REVALIDATE: print_string(out, *(const int *)field ? "always" : "never"); break;
+    case K_VERIFY: {
+      int m = *(const int *)field;
+      print_string(out, m == DDUCT_VERIFY_NEVER ? "never" : m == DDUCT_VERIFY_ALWAYS ? "always"
+                                                                                  : "first");
+      break;
+    }
     case K_BOOL: fputs(*(const int *)field ? "true" : "false", out); break;
     case K_UINT: fprintf(out, "%u", *(const unsigned *)field); break;
     case K_STRINGS: {
@@ -783,6 +800,7 @@ void config_store_options(const struct config *c, struct dduct_store_options *o)
   o->min_free = c->cache_min_free;
   o->min_free_percent = c->cache_min_free == 0 ? c->cache_min_free_percent : 0;
   o->fsync = c->cache_fsync;
+  o->verify_hits = (enum dduct_verify_hits)c->cache_verify_hits;
 }
 
 void config_ca_options(const struct config *c, struct dduct_ca_options *o) {

@@ -189,12 +189,22 @@ struct dduct_store_stats {
 };
 
 /* How much of the disk the store may use, and how carefully it commits. */
+/* When a hit is checked against its digest (a blob's, or the sha256 its fill recorded): the
+ * whole body is hashed as it is read and its last bytes go out only once they match; on a
+ * mismatch the response is cut, the entry removed and fetched again next time. */
+enum dduct_verify_hits {
+  DDUCT_VERIFY_FIRST = 0,  /* the first full read after open and after any change to the file */
+  DDUCT_VERIFY_ALWAYS = 1, /* every full read */
+  DDUCT_VERIFY_NEVER = 2,  /* never (the fill's own check only) */
+};
+
 struct dduct_store_options {
   uint64_t max_size;         /* budget in bytes for the data files under dir; 0: none (default) */
   uint64_t min_free;         /* bytes to keep free on dir's file system; 0: use min_free_percent */
   unsigned min_free_percent; /* used when min_free is 0: percent of the file system's size to keep
                               * free (0..99); default 10. Both 0: no free-space floor */
   int fsync;                 /* 1 (default): fsync data, sidecar and directory at each commit */
+  enum dduct_verify_hits verify_hits; /* default DDUCT_VERIFY_FIRST */
 };
 DDUCT_EXTERN void dduct_store_options_init(struct dduct_store_options *o);
 

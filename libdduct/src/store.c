@@ -190,7 +190,6 @@ struct dduct_store {
   uv_poll_t *ino_poll;  /* its readiness on the loop; freed in its close callback */
   struct list watched;  /* entries with a watch */
   size_t body_bytes;    /* bodies held in memory */
-  int verify_hits;      /* DDUCT__VERIFY_*: when hits of blobs are checked against the digest */
   uint64_t name_checks; /* stats of an entry's name by hot lookups */
   uint64_t verifications, verify_failures; /* verify_hits: bodies hashed, mismatches */
   uint64_t fill_failures[DDUCT__FF_COUNT]; /* by dduct__fill_fail_reason */
@@ -689,8 +688,8 @@ int dduct__store_degraded(struct dduct_store *s) {
   return s->degraded_until != 0 && uv_now(s->loop) < s->degraded_until;
 }
 
-void dduct__store_set_verify_hits(struct dduct_store *s, int mode) {
-  s->verify_hits = mode;
+void dduct__store_set_verify_hits(struct dduct_store *s, enum dduct_verify_hits mode) {
+  s->o.verify_hits = mode;
 }
 
 void dduct__store_verify_counts(const struct dduct_store *s, uint64_t *verified,
@@ -907,9 +906,9 @@ static const char *expected_digest(const struct dduct__store_entry *e) {
 }
 
 static int must_verify(const struct dduct__store_entry *e) {
-  int mode = e->s->verify_hits;
-  return e->state == ST_COMPLETE && mode != DDUCT__VERIFY_NEVER &&
-         (mode == DDUCT__VERIFY_ALWAYS || !e->verified) && expected_digest(e) != NULL;
+  enum dduct_verify_hits mode = e->s->o.verify_hits;
+  return e->state == ST_COMPLETE && mode != DDUCT_VERIFY_NEVER &&
+         (mode == DDUCT_VERIFY_ALWAYS || !e->verified) && expected_digest(e) != NULL;
 }
 
 /* The body's hash is final: 0 when it is the digest (the entry is verified), else the entry is
@@ -2090,7 +2089,6 @@ int dduct_store_open_with(uv_loop_t *loop, const char *dir, const struct dduct_s
   else dduct_store_options_init(&s->o);
   s->loop = loop;
   s->degrade_ms = DEGRADE_MS_DEFAULT;
-  s->verify_hits = DDUCT__VERIFY_FIRST;
   s->dir = strdup(dir);
   s->timer = malloc(sizeof(*s->timer));
   s->maint_timer = malloc(sizeof(*s->maint_timer));

@@ -221,13 +221,10 @@ void dduct__store_invalidate(struct dduct_store *s, const struct dduct__store_ke
 
 /* 1 while misses bypass the store after a disk error. */
 int dduct__store_degraded(struct dduct_store *s);
-/* When a hit of a content-addressed entry is checked against its digest (the whole body is
- * hashed as it is read; the chunk holding its last byte goes out only once it matched; on a
- * mismatch the reader gets DDUCT_EDIGEST and the entry is removed): */
-#define DDUCT__VERIFY_NEVER 0
-#define DDUCT__VERIFY_FIRST 1  /* default: the first full read after start or after any change */
-#define DDUCT__VERIFY_ALWAYS 2 /* every full read */
-void dduct__store_set_verify_hits(struct dduct_store *s, int mode);
+/* verify_hits (dduct_store_options) after open, for tests: the whole body of a reader from 0 to
+ * the end is hashed as it is read; the chunk holding its last byte goes out only once it
+ * matched; on a mismatch the reader gets DDUCT_EDIGEST and the entry is removed. */
+void dduct__store_set_verify_hits(struct dduct_store *s, enum dduct_verify_hits mode);
 /* Bodies hashed by verify_hits since open, and how many did not match. */
 void dduct__store_verify_counts(const struct dduct_store *s, uint64_t *verified,
                                 uint64_t *failed);

@@ -144,6 +144,7 @@ def test_plain_http_never_answers_https(rig):
                                  "%s via %s proxy (round %d, %s first)" % (url, kind, rnd, first))
             gets = [q for q in o.snapshot()["requests"] if q[1] == path]
             check_eq(len(gets), 2, "one fetch per scheme for " + path)
+        settle(d)
         check_eq(len(entries(d.file_dir)), 4, "an entry per scheme and path")
 
 
@@ -171,6 +172,7 @@ def test_old_plain_entry_not_served_to_https(rig):
         check_eq(len(gets), 1, "fetched again once, then served from the new entry")
         with open(base, "rb") as f:
             check_eq(f.read(), GOOD, "the planted entry was replaced")
+        settle(d)
         check(rel in entries(d.file_dir), "the https entry keeps the https key's place",
               files_in(d.file_dir))
 
@@ -245,6 +247,7 @@ def test_query_in_key(rig):
                 check_eq((r.rc, r.status, body(r)), (0, 200, target.encode()),
                          "round %d: %s" % (rnd, svc))
         check_eq(len(origin_gets(o, base)), 2, "one origin GET per query, then hits")
+        settle(d)
         check_eq(len(entries(d.file_dir)), 2, "an entry per query")
 
 
@@ -600,7 +603,8 @@ def test_corrupt_blob_verified_on_first_hit(rig):
 def test_corrupt_file_verified_on_first_hit(rig):
     """The same for an ordinary (URL-keyed) entry, checked against the digest its fill recorded
     in the sidecar: a same-size corruption is cut on the first hit after a restart, removed and
-    fetched again."""
+    fetched again ([cache] verify_hits = 'first'); with verify_hits = 'never' it is served as
+    stored."""
     n = 300000
     url = rig.origin.url("origin.test", "/bytes/%d" % n)
     with rig.dduct(proxy={"filters": ["^/bytes/"]}) as d:
@@ -614,7 +618,13 @@ def test_corrupt_file_verified_on_first_hit(rig):
         b = f.read(1)
         f.seek(1000)
         f.write(bytes([b[0] ^ 0xFF]))
-    with rig.dduct(proxy={"filters": ["^/bytes/"]}, misc={"file_dir": file_dir + "/"}) as d:
+    with rig.dduct(proxy={"filters": ["^/bytes/"]}, misc={"file_dir": file_dir + "/"},
+                   cache={"verify_hits": "never"}) as d:
+        r = get(rig, d, url)
+        check_eq((r.rc, r.status), (0, 200), "verify_hits = 'never': served as stored")
+        check(r.sha256() != pattern_sha256(n), "(the corrupt bytes: what 'never' means)")
+    with rig.dduct(proxy={"filters": ["^/bytes/"]}, misc={"file_dir": file_dir + "/"},
+                   cache={"verify_hits": "first"}) as d:
         r = get(rig, d, url)
         check_eq(r.rc, 18, "the corrupt file's transfer is cut")
         check(rel not in entries(file_dir), "the entry is removed")

@@ -326,6 +326,9 @@ static void test_errors(void) {
       "min_free of the wrong type");
   bad("[cache]\nfsync = 'yes'\n", "2:9: fsync: expected a boolean, found a string",
       "fsync is a boolean");
+  bad("[cache]\nverify_hits = 'sometimes'\n",
+      "2:15: verify_hits: invalid value 'sometimes' (expected 'first', 'always' or 'never')",
+      "verify_hits names a mode");
 }
 
 static void test_cache_table(void) {
@@ -336,6 +339,21 @@ static void test_cache_table(void) {
   CHECK(c.cache_max_size == 0 && c.cache_min_free == 0 && c.cache_min_free_percent == 10 &&
             c.cache_fsync == 1 && c.cache_stale_if_error == 1,
         "[cache] defaults: no budget, 10% free, fsync, stale-if-error");
+  CHECK(c.cache_verify_hits == DDUCT_VERIFY_FIRST, "verify_hits defaults to 'first'");
+  CHECK_EQ_INT(load(&c, "[cache]\nverify_hits = 'always'\n", err, sizeof(err)), 0,
+               "verify_hits loads");
+  config_store_options(&c, &o);
+  CHECK(c.cache_verify_hits == DDUCT_VERIFY_ALWAYS && o.verify_hits == DDUCT_VERIFY_ALWAYS,
+        "verify_hits 'always' reaches the store options");
+  p = print(&c);
+  {
+    const char *line = strstr(p, "verify_hits");
+    const char *eol = line != NULL ? strchr(line, '\n') : NULL;
+    const char *val = line != NULL ? strstr(line, "= 'always'") : NULL;
+    CHECK(line != NULL && val != NULL && eol != NULL && val < eol, "--check prints it");
+  }
+  free(p);
+  CHECK_EQ_INT(load(&c, "[cache]\nverify_hits = 'first'\n", err, sizeof(err)), 0, "first");
   CHECK_EQ_INT(load(&c, "[cache]\nmax_size = '50G'\nmin_free = '20g'\nfsync = false\n"
                         "stale_if_error = false\n", err, sizeof(err)), 0, "[cache] loads");
   CHECK(c.cache_max_size == 50ull << 30 && c.cache_min_free == 20ull << 30 && c.cache_fsync == 0 &&

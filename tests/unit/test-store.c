@@ -1217,7 +1217,7 @@ static void test_verify_hits(void) {
   close(fd);
 
   dduct_store_open(&loop, dir, &s, NULL, 0);
-  dduct__store_set_verify_hits(s, DDUCT__VERIFY_NEVER);
+  dduct__store_set_verify_hits(s, DDUCT_VERIFY_NEVER);
   l = lookup(s, &k, 0);
   CHECK_EQ_INT(l.role, DDUCT__STORE_HIT, "a hit");
   sink_start(&a, l.e, 0, DDUCT__STORE_SIZE_UNKNOWN);
@@ -1254,7 +1254,7 @@ static void test_verify_hits(void) {
   dduct__store_verify_counts(s, &nv, &nf);
   CHECK(a.err == 0 && a.len == N && nv == 1, "'first': an entry its own fill wrote is not hashed");
   sink_free(&a);
-  dduct__store_set_verify_hits(s, DDUCT__VERIFY_ALWAYS);
+  dduct__store_set_verify_hits(s, DDUCT_VERIFY_ALWAYS);
   for (int i = 0; i < 2; i++) {
     sink_start(&a, l.e, 0, DDUCT__STORE_SIZE_UNKNOWN);
     run_until(&a.done);
