@@ -4,6 +4,8 @@
 #ifndef DDUCT_CA_H
 #define DDUCT_CA_H
 
+#include <time.h>
+
 #include <mbedtls/pk.h>
 #include <mbedtls/x509_crt.h>
 #include <uv.h>
@@ -52,6 +54,8 @@ int dduct__ca_leaf_async(struct dduct_ca *ca, uv_loop_t *loop, const char *host,
 void dduct__ca_leaf_cancel(struct dduct__leaf_wait *wait);
 /* Release a hold taken by dduct__ca_leaf; NULL is ignored. */
 void dduct__ca_leaf_put(struct dduct__leaf *ref);
+/* Tests only: seconds added to the CA's clock (leaf renewal without waiting a year). */
+extern time_t dduct__ca_clock_skew;
 /* Leaves in the cache now (for tests). */
 size_t dduct__ca_leaf_count(const struct dduct_ca *ca);
 

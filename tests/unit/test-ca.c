@@ -18,6 +18,7 @@
 #include <mbedtls/x509_crt.h>
 
 #include "ca.h"
+#include "x509.h"
 #include "rng.h"
 #include "dduct.h"
 #include "tap.h"
@@ -525,6 +526,17 @@ static void test_leaf_lru(void) {
   CHECK(dduct__ca_leaf(ca, "a.test", NULL, &x, &kx) == 0 && x != a,
         "a.test is minted again on its next use");
   dduct__ca_leaf_put(held); /* frees the dropped leaf: ASan checks it is freed once */
+
+  /* Renewal: a year-long leaf is minted again once within 30 days of its end. */
+  CHECK(dduct__ca_leaf(ca, "b.test", NULL, &b, &kx) == 0, "b.test again");
+  dduct__ca_clock_skew = 300 * 86400;
+  CHECK(dduct__ca_leaf(ca, "b.test", NULL, &x, &kx) == 0 && x == b,
+        "300 days on, the leaf (valid 365) is still served");
+  dduct__ca_clock_skew = 340 * 86400;
+  CHECK(dduct__ca_leaf(ca, "b.test", NULL, &x, &kx) == 0 &&
+            dduct__x509_not_after(x) > time(NULL) + 340 * 86400 + 300 * 86400,
+        "340 days on (25 days before its end), a new leaf valid for another year is minted");
+  dduct__ca_clock_skew = 0;
   dduct_ca_free(ca);
 }
 
