@@ -1030,12 +1030,17 @@ static void start_job(struct creq *q, struct dduct__store_entry *e) {
 
 /* An ordinary entry answers only requests of the scheme it was fetched with. Keys have held the
  * scheme since issue 16, but an entry a plain-http request stored before then sits under the
- * https key (its sidecar's url says http://): never give it to an https request. A blob is
- * verified against its digest, whatever scheme brought it. */
-static int scheme_matches(const struct dduct__store_entry *e, int https) {
+ * https key (its sidecar's url says http://): never give it to an https request. A complete
+ * blob was verified against its digest, whatever scheme brought it; a blob still filling is
+ * not (its readers get every byte but the last before the digest is checked), so an https
+ * request never follows a plain-http fill of one. */
+static int scheme_matches(const struct dduct__store_entry *e, int https,
+                          enum dduct__store_role role) {
   const char *u = dduct__store_entry_meta(e)->url;
-  if (dduct__store_entry_addressed(e)) return 1;
-  return https ? strncmp(u, "https://", 8) == 0 : strncmp(u, "http://", 7) == 0;
+  int fetched_https = strncmp(u, "https://", 8) == 0;
+  if (dduct__store_entry_addressed(e) && (role == DDUCT__STORE_HIT || !https || fetched_https))
+    return 1;
+  return https ? fetched_https : strncmp(u, "http://", 7) == 0;
 }
 
 static void lookup_cb(void *arg, enum dduct__store_role role, struct dduct__store_entry *e,
@@ -1045,7 +1050,7 @@ static void lookup_cb(void *arg, enum dduct__store_role role, struct dduct__stor
   switch (role) {
   case DDUCT__STORE_HIT:
   case DDUCT__STORE_FOLLOW:
-    if (!scheme_matches(e, q->https)) {
+    if (!scheme_matches(e, q->https, role)) {
       LOG_WARN(LOG_MOD, "Not serving \"%s\" from \"%s\": fetched by another scheme; fetching it "
                "again", q->url, dduct__store_entry_meta(e)->url);
       dduct__store_entry_release(e);
@@ -1217,7 +1222,7 @@ int dduct__cache_route(void *ctx, struct dduct_conn *c, const struct dduct_reque
   if (request_key(k, req, &key) != 0) return 0;
   if (k->cfg.revalidate != DDUCT_REVALIDATE_ALWAYS &&
       dduct__store_lookup_hot(k->cfg.store, &key, flags, &e)) {
-    if (!scheme_matches(e, req->https)) dduct__store_entry_release(e); /* the lookup refetches */
+    if (!scheme_matches(e, req->https, DDUCT__STORE_HIT)) dduct__store_entry_release(e); /* the lookup refetches */
     else if (serve_hot(k, c, req, &key, e)) return 1;
   }
   if ((q = creq_new(k, c, req, &key)) == NULL) return 0;

@@ -88,6 +88,24 @@ class DualHandler(CacheHandler):
             o.gate.wait(60)
         self.wfile.write(data[50000:])
 
+    def _ep_v2(self, path, query, body):
+        """/v2/<name>/blobs/<digest>: over TLS the blob; over plain http as many EVIL bytes, the
+        first half, then (after origin.half_sent) the rest once origin.gate is set."""
+        if self.tls:
+            return CacheHandler._ep_v2(self, path, query, body)
+        o = self.server.origin
+        n = len(o.blobs[path.rsplit("/", 1)[1]])
+        data = (EVIL * (n // len(EVIL) + 1))[:n]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(n))
+        self.end_headers()
+        self.wfile.write(data[:n // 2])
+        self.wfile.flush()
+        o.half_sent.set()
+        o.gate.wait(60)
+        self.wfile.write(data[n // 2:])
+
     def _ep_redir(self, path, query, body):
         """/redir/<name>?loc=L: 302 to L (as given: absolute, scheme-relative or a path)."""
         self._send(302, b"moved\n", extra=[("Location", query["loc"])])
@@ -98,6 +116,7 @@ def dual_origin(rig):
         o = Origin(tls=(rig.pki.origin_crt, rig.pki.origin_key))
         o.server.RequestHandlerClass = DualHandler
         o.versions = {}
+        o.blobs = {}
         o.gate = threading.Event()
         o.half_sent = threading.Event()
         return o
@@ -175,6 +194,50 @@ def test_old_plain_entry_not_served_to_https(rig):
         settle(d)
         check(rel in entries(d.file_dir), "the https entry keeps the https key's place",
               files_in(d.file_dir))
+
+
+def test_https_never_follows_plain_blob_fill(rig):
+    """A blob is keyed by its digest whatever the scheme, and a fill's readers get every byte but
+    the last before the digest is checked: an https request arriving while a plain-http request
+    fills the blob is not given that fill's bytes. It gets the https origin's blob, whole, and the
+    plain fill (EVIL bytes) fails its digest and stores nothing."""
+    o = dual_origin(rig)
+    data = pattern_bytes(1 << 20, "dual-blob")
+    digest = add_blob(o, data)
+    path = "/v2/library/dual/blobs/" + digest
+    o.gate.clear()
+    o.half_sent.clear()
+    with rig.dduct(proxy={"filters": ["^/v2/.*/blobs/sha256:\\w+$"]}) as d:
+        plain = {}
+        t_plain = threading.Thread(target=lambda: plain.setdefault(
+            "r", get(rig, d, "http://origin.test:%d%s" % (o.port, path))))
+        t_plain.start()
+        try:
+            check(o.half_sent.wait(60), "the plain fill is half way")
+            for kind in ("http", "https"):
+                tls = {}
+                t_tls = threading.Thread(target=lambda: tls.setdefault(
+                    "r", get(rig, d, "https://origin.test:%d%s" % (o.port, path), kind=kind)))
+                t_tls.start()
+                t_tls.join(10)  # with the bug it waits on the gated plain fill
+                if kind == "https":
+                    o.gate.set()
+                t_tls.join()
+                r = tls["r"]
+                b = body(r)
+                check(EVIL not in b, "no plain-http byte reaches the https client (%s proxy)" % kind)
+                check_eq((r.rc, r.status, b == data), (0, 200, True),
+                         "the https origin's blob, whole (%s proxy)" % kind)
+        finally:
+            o.gate.set()
+            t_plain.join()
+        check(plain["r"].rc != 0 or body(plain["r"]) != data, "the plain client got EVIL bytes")
+        hexd = digest.split(":")[1]
+        check("c/%s/%s" % (hexd[:2], hexd) not in entries(d.file_dir) or
+              open(os.path.join(d.file_dir, "c", hexd[:2], hexd), "rb").read() == data,
+              "no EVIL blob stored", files_in(d.file_dir))
+    o.gate.clear()
+    o.half_sent.clear()
 
 
 def headers_of(r):
@@ -639,4 +702,5 @@ if __name__ == "__main__":
          test_redirect_to_another_port_drops_credentials, test_query_in_key,
          test_query_ignore_rules, test_unsafe_methods_invalidate, test_only_if_cached,
          test_long_target_414_big_response_head_502, test_origin_headers_replayed,
+         test_https_never_follows_plain_blob_fill,
          test_corrupt_blob_verified_on_first_hit, test_corrupt_file_verified_on_first_hit])
