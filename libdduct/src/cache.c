@@ -769,8 +769,10 @@ static void job_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, 
     dduct__txn_origin(dduct__conn_txn(j->first->c), h->status, dduct__conn_txn(j->first->c)->t0);
   if (j->parent >= 0 && h->status >= 500 && relayed_by_dduct(h)) {
     /* The origin's own 5xx, which the parent relayed: the parent is fine, and asking anyone
-     * else would get the same. */
-    job_pass(j, h, cl, 0);
+     * else would get the same. Asked for the rest of a body (its clients already read the
+     * fill), nobody can supply it: the fill ends short (job_pass would leave it unfed). */
+    if (j->resumed) job_resumed(j, f, h);
+    else job_pass(j, h, cl, 0);
     return;
   }
   if (j->parent >= 0 && (h->status == 502 || h->status == 504)) {
@@ -953,6 +955,9 @@ static void job_next(struct job *j) {
       j->tried = j->norder;
       break;
     }
+    /* An https file never crosses a plain-http hop: a parent reached without TLS serves only
+     * http:// files (what it answered would be a plain-http byte answering https). */
+    if (j->https && !ps->v[i].https) continue;
     if (ps->v[i].down_until <= now) {
       j->parent = (int)i;
       break;

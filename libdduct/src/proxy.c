@@ -190,7 +190,8 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
              p->uproxy.auth != NULL ? " (Basic credentials)" : "",
              p->uproxy.nglobs + p->uproxy.cidrs.n > 0 ? " outside no_upstream_proxy" : "");
   for (size_t i = 0; i < p->parents.n; i++)
-    LOG_INFO("http_proxy", "Parent %s", p->parents.v[i].shown);
+    LOG_INFO("http_proxy", "Parent %s%s", p->parents.v[i].shown,
+             p->parents.v[i].https ? "" : " (plain http: asked for http:// files only)");
   if (p->parents.n > 0) {
     /* The parents' listeners are verified like origins are, against parent_ca_file. */
     rc = dduct__tls_client_conf_new(p->o.system_ca_file,

@@ -160,6 +160,30 @@ def test_dduct_as_parent(rig):
         check("Hit \"https://origin.test:%d/bytes/%d\"" % (o.port, n) in log, "the second was a hit")
 
 
+def test_plain_parent_never_for_https(rig):
+    """A parent listed as http:// is reached without TLS: an https file is never asked of it
+    (its answer would be plain-http bytes answering an https client); the edge fetches it from
+    the origin over TLS itself. An http:// file still goes through that parent."""
+    o = cache_origin(rig)
+    plain = cache_origin(rig, tls=False)
+    pins = ["%s:127.0.0.1" % n for n in cluster_rig.PIN_NAMES] + ["p1.wild.test:127.0.0.2"]
+    with rig.dduct(name="plainparent", host="127.0.0.2",
+                   proxy={"filters": cluster_rig.FILTERS}) as p:
+        with rig.dduct(name="edge", host="127.0.0.10",
+                       proxy={"filters": cluster_rig.FILTERS, "resolve": pins,
+                              "parents": ["http://p1.wild.test:%d" % p.tcp_port]}) as e:
+            n = 131071
+            r = curl(rig, via(e, "http") + [o.url("origin.test", "/bytes/%d" % n)])
+            check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)), "https via the edge")
+            check("/bytes/%d" % n not in p.log(), "the plain parent was not asked for https",
+                  p.log()[-1500:])
+            check_eq(o.count("/bytes/%d" % n), 1, "the edge fetched it from the origin")
+            r = curl(rig, via(e, "http") + [plain.url("origin.test", "/bytes/%d" % n)])
+            check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)), "http via the edge")
+            check("Miss \"http://origin.test:%d/bytes/%d\"" % (plain.port, n) in p.log(),
+                  "the http:// file went through the parent", p.log()[-1500:])
+
+
 def test_uncacheable_never_via_parents(rig):
     """Non-cacheable traffic (an /echo path, a POST, a HEAD miss) goes from the edge straight to
     the origin: the parent sees no request at all."""
@@ -234,6 +258,51 @@ def test_lying_parent_is_caught_at_the_edge(rig):
             check("digest" in log, "the edge's log says why", log[-2000:])
     finally:
         liar.close()
+
+
+def test_resume_meets_relayed_5xx(rig):
+    """A parent dies mid-body and the next one, asked for the rest (Range), relays the origin's
+    503 (Via: 1.1 dduct): nobody can supply the rest, so the fill is discarded and the client's
+    transfer is cut short at once (it used to be left waiting on a fill nobody fed, its job
+    freed under the store's drain callback)."""
+    import socket
+    from dductlib.origin import Origin
+    from cache_rig import CacheHandler
+
+    class Flaky(CacheHandler):
+        def _ep_bytes(self, path, query, body):
+            n = int(path.split("/")[2])
+            if self.headers.get("Range"):
+                return self._send(503, b"origin down\n", extra=[("Via", "1.1 dduct")])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            self.wfile.write(pattern_bytes(n // 2, "flaky"))
+            self.wfile.flush()
+            self.close_connection = True
+            try:
+                self.request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    o = cache_origin(rig)
+    flaky = [Origin(tls=(rig.pki.origin_crt, rig.pki.origin_key)) for _ in range(2)]
+    for f in flaky:
+        f.server.RequestHandlerClass = Flaky
+    try:
+        with rig.dduct(proxy={"filters": cluster_rig.FILTERS,
+                              "parents": ["https://origin.test:%d" % f.port for f in flaky],
+                              "parent_ca_file": rig.pki.ca_crt}) as e:
+            n = 1 << 20
+            r = curl(rig, via(e, "http") + ["--max-time", "30", o.url("origin.test", "/bytes/%d" % n)])
+            check_eq(r.rc, 18, "the client's transfer is cut short, not left waiting (%s)" % r.stderr)
+            check(os.path.getsize(r.body_path) < n, "never the whole body")
+            check_eq(sum(f.count("/bytes/%d" % n) for f in flaky), 2, "both parents were asked")
+            check_eq(cluster_rig.entries_count(e.file_dir), 0, "nothing stored at the edge")
+    finally:
+        for f in flaky:
+            f.close()
 
 
 def test_origin_5xx_relayed_not_a_parent_failure(rig):
@@ -328,7 +397,8 @@ def test_tier_behind_squid(rig):
 
 
 if __name__ == "__main__":
-    run([test_dduct_as_parent, test_uncacheable_never_via_parents, test_parent_refused_then_direct,
-         test_lying_parent_is_caught_at_the_edge, test_origin_5xx_relayed_not_a_parent_failure,
+    run([test_dduct_as_parent, test_plain_parent_never_for_https, test_uncacheable_never_via_parents, test_parent_refused_then_direct,
+         test_lying_parent_is_caught_at_the_edge, test_resume_meets_relayed_5xx,
+         test_origin_5xx_relayed_not_a_parent_failure,
          test_tier_behind_squid, test_mesh_of_peers, test_cluster_cold_pull,
          test_parent_killed_mid_run])
