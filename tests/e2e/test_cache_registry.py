@@ -5,6 +5,7 @@ on the way), and revalidate = 'always' letting the origin refuse a client withou
 import hashlib
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import TOKEN, add_blob, cache_origin, entries, files_in, origin_gets  # noqa: E402
@@ -146,6 +147,10 @@ def test_revalidate_refetches_a_changed_file(rig):
         r = get(rig, d, url)
         check_eq((r.status, r.body() == o.versions["pkg.deb"]), (200, True), "version 2 again")
         check_eq(len(origin_gets(o, path)), 2, "and then served from the file")
+        # A fill's readers end before its commit (the rename): wait for both commits.
+        deadline = time.monotonic() + 60
+        while d.log().count("Fill completed") < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
         check_eq(len(entries(d.file_dir)), 1, "one entry, replaced in place")
         check("Changed at origin" in d.log(), "the refetch is logged")
 
