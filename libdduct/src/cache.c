@@ -58,7 +58,7 @@ struct job {
   struct dduct_fetch *f;
   struct creq *first; /* the client that caused the fill, while it waits for the answer */
   char *url;
-  int began, pass, paused, starting, finished;
+  int began, pass, paused;
   uint64_t t0; /* uv_hrtime when started */
   /* The request, kept to ask again: parents in rendezvous order, then the origin. */
   int https;
@@ -99,10 +99,6 @@ static void job_link(struct job *j) {
 }
 
 static void job_free(struct job *j) {
-  if (j->starting > 0) {
-    j->finished = 1; /* fetch_start failed synchronously: start_job frees it */
-    return;
-  }
   if (j->prev != NULL) j->prev->next = j->next;
   else if (j->k->jobs == j) j->k->jobs = j->next;
   if (j->next != NULL) j->next->prev = j->prev;
@@ -639,16 +635,12 @@ static void revalidate(struct creq *q) {
   origin_request(q, "HEAD", &h, &fr);
   q->reval_status = 0;
   q->reval_agrees = 0;
-  q->in_cb++; /* an immediate failure calls on_done from inside fetch_start */
   rc = dduct__fetch_start(q->k->cfg.up, &fr, &reval_cbs, q, &q->f);
-  q->in_cb--;
   dduct__http_head_free(&h);
   if (rc != 0) {
     q->f = NULL;
     decline(q);
-    return;
   }
-  if (q->dead) finish_now(q);
 }
 
 /* ---- the fill job: one origin GET per key ------------------------------------------------- */
@@ -976,9 +968,7 @@ static void job_next(struct job *j) {
     ps->v[j->parent].asked++;
     LOG_DEBUG(LOG_MOD, "Asking parent %s for \"%s\"", fr.parent->shown, j->url);
   }
-  j->starting++;
   rc = dduct__fetch_start(j->k->cfg.up, &fr, &job_cbs, j, &j->f);
-  j->starting--;
   if (rc != 0) {
     struct creq *q = j->first;
     j->f = NULL;
@@ -991,9 +981,7 @@ static void job_next(struct job *j) {
       decline(q);
     }
     job_free(j);
-    return;
   }
-  if (j->finished && j->starting == 0) job_free(j); /* on_done ran inside fetch_start */
 }
 
 static void start_job(struct creq *q, struct dduct__store_entry *e) {

@@ -10,6 +10,7 @@
  * in c->in; the socket is read only while the parser may run.
  * Memory is freed only once every handle (stream chain, timer, idle) has closed.
  */
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +94,17 @@ struct dduct_conn {
   struct wnode *wq_head, *wq_tail;
 };
 
+/* Every state change goes through here: the transitions of the picture at the top, checked in
+ * builds with assertions (a closed connection never comes back; only a busy request becomes a
+ * tunnel). */
+static void set_state(struct dduct_conn *c, enum cstate to) {
+  assert(c->state != C_CLOSED);
+  assert(to != C_TUNNEL || c->state == C_BUSY);
+  assert(to != C_BUSY || c->state == C_HEAD || c->state == C_BUSY);
+  assert(to != C_HEAD || c->state == C_BUSY || c->state == C_HEAD);
+  c->state = to;
+}
+
 static void process(struct dduct_conn *c);
 static void update_reading(struct dduct_conn *c);
 static void client_read_cb(struct dduct_stream *s, ssize_t nread, const char *data);
@@ -171,7 +183,7 @@ static void conn_close(struct dduct_conn *c) {
   const struct dduct_conn_handler *h = c->h;
   if (c->state == C_CLOSED) return;
   if (c->state == C_BUSY || c->state == C_TUNNEL) book(c);
-  c->state = C_CLOSED;
+  set_state(c, C_CLOSED);
   c->h = NULL;
   if (h != NULL && h->on_abort != NULL) h->on_abort(c->harg);
   c->s->data = c;
@@ -371,7 +383,7 @@ static void linger(struct dduct_conn *c) {
     conn_close(c);
     return;
   }
-  c->state = C_LINGER;
+  set_state(c, C_LINGER);
   (void)dduct__stream_shutdown(c->s);
   arm(c, LINGER_MS);
   update_reading(c);
@@ -385,7 +397,7 @@ static void request_finished(struct dduct_conn *c) {
     return;
   }
   reset_request(c);
-  c->state = C_HEAD;
+  set_state(c, C_HEAD);
   arm(c, c->head_started ? c->p->o.head_timeout_ms : c->p->o.idle_timeout_ms);
   resume_parser(c);
 }
@@ -697,7 +709,7 @@ void dduct__conn_push_layer(struct dduct_conn *c, struct dduct_stream *top, cons
   c->paused = 0;
   reset_request(c);
   c->head_started = 0;
-  c->state = C_HEAD;
+  set_state(c, C_HEAD);
   arm(c, c->p->o.head_timeout_ms);
   (void)dduct__stream_read_start(c->s, client_read_cb);
 }
@@ -706,7 +718,7 @@ struct dduct_stream *dduct__conn_hijack(struct dduct_conn *c, const char **pre, 
   *pre = c->in;
   *prelen = c->in_len;
   c->in_len = 0;
-  c->state = C_TUNNEL;
+  set_state(c, C_TUNNEL);
   c->status = 200;
   c->waiting = 0;
   dduct__stream_read_stop(c->s);
@@ -753,7 +765,7 @@ void dduct__conn_send_error(struct dduct_conn *c, int status, const char *fmt, .
   }
   c->h = NULL; /* the request ends here: its handler (if any) let go of it */
   c->waiting = 0;
-  c->state = C_BUSY;
+  set_state(c, C_BUSY);
   dduct__http_head_init(&h);
   (void)dduct__http_add(&h, "Content-Type", "text/plain; charset=utf-8");
   if (dduct__conn_send_whole(c, status, reason_of(status), &h, n, body, (size_t)n) != 0)
@@ -858,7 +870,7 @@ static void route(struct dduct_conn *c) {
   struct dduct_http_head *h = &c->parser.head;
   int status;
 
-  c->state = C_BUSY;
+  set_state(c, C_BUSY);
   c->t0 = uv_now(c->p->loop);
   dduct__txn_begin(&c->txn, DDUCT_ROUTE_LOCAL);
   c->p->stats.requests++;
@@ -947,7 +959,7 @@ static void parse_error(struct dduct_conn *c, int rc) {
   c->keep_alive = 0;
   c->req_done = 0;
   if (c->state == C_HEAD) {
-    c->state = C_BUSY;
+    set_state(c, C_BUSY);
     c->t0 = uv_now(c->p->loop);
     dduct__txn_begin(&c->txn, DDUCT_ROUTE_LOCAL);
     if (rc == DDUCT_ETOOBIG && c->parser.target_too_big)

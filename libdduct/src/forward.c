@@ -15,9 +15,7 @@
 struct fwd {
   struct dduct_conn *c;
   struct dduct_fetch *f;
-  int paused;   /* the fetch is paused: the client is slow */
-  int starting; /* inside dduct__fetch_start (which may finish the fetch at once) */
-  int finished; /* the fetch finished inside dduct__fetch_start */
+  int paused; /* the fetch is paused: the client is slow */
 };
 
 static void fwd_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, int64_t cl) {
@@ -49,8 +47,7 @@ static void fwd_on_done(struct dduct_fetch *f, int status, const char *why) {
   struct fwd *w = dduct__fetch_data(f);
   struct dduct_conn *c = w->c;
   dduct__conn_take(c, NULL, NULL); /* the connection is no longer ours to hear from */
-  if (w->starting) w->finished = 1;
-  else free(w);
+  free(w);
   if (status == 0) {
     (void)dduct__conn_send_end(c);
     return;
@@ -132,18 +129,12 @@ int dduct__forward_route(void *proxy, struct dduct_conn *c, const struct dduct_r
   w->c = c;
   dduct__conn_take(c, &fwd_handler, w);
   dduct__conn_waiting(c, 1);
-  w->starting = 1;
-  rc = dduct__fetch_start(p->up, &fr, &fwd_cbs, w, &w->f);
-  w->starting = 0;
+  rc = dduct__fetch_start(p->up, &fr, &fwd_cbs, w, &w->f); /* never calls back in here */
   if (rc != 0) {
     dduct__conn_take(c, NULL, NULL);
     free(w);
     dduct__conn_send_error(c, 503, "cannot start a request to %s: %s", req->host,
                            dduct_strerror(rc));
-    return 1;
-  }
-  if (w->finished) { /* failed synchronously: answered already */
-    free(w);
     return 1;
   }
   dduct__conn_read_body(c);

@@ -1,6 +1,7 @@
 /* The origin client (see upstream.h): connections (uconn) own every handle and are freed only
  * from close callbacks; a fetch is plain memory that uses one connection at a time (a retry
  * or a redirect moves it to another). */
+#include <assert.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +68,11 @@ struct uconn {
 
 struct dduct_upstream {
   struct dduct_upstream_config cfg;
+  /* Fetches that failed inside dduct__fetch_start: their on_done runs from this timer, in the
+   * next loop turn, never inside the call that started them (libuv's delayed_error). */
+  uv_timer_t defer;
+  int defer_init;
+  struct dduct_fetch *deferred; /* oldest first */
   struct uconn *idle; /* pool, most recent first */
   size_t nidle;
   size_t live;
@@ -108,6 +114,11 @@ struct dduct_fetch {
   int retried;
   int paused;
   int delivered_head;
+  int starting;                 /* inside dduct__fetch_start */
+  int deferred;                 /* failed while starting: on u->deferred until the timer */
+  int defer_status;
+  char defer_why[300];
+  struct dduct_fetch *defer_next;
 };
 
 static void uconn_close(struct uconn *c);
@@ -234,9 +245,49 @@ static void fetch_free(struct dduct_fetch *f) {
   free(f);
 }
 
+static void defer_cb(uv_timer_t *t);
+
 static void fetch_finish(struct dduct_fetch *f, int status, const char *why) {
+  struct dduct_upstream *u = f->u;
+  if (f->starting) { /* the caller is still inside dduct__fetch_start: tell it next turn */
+    struct dduct_fetch **tail = &u->deferred;
+    assert(!f->deferred);
+    if (!u->defer_init) {
+      (void)uv_timer_init(u->cfg.loop, &u->defer);
+      u->defer_init = 1;
+    }
+    f->deferred = 1;
+    f->defer_status = status;
+    snprintf(f->defer_why, sizeof(f->defer_why), "%s", why != NULL ? why : "");
+    while (*tail != NULL) tail = &(*tail)->defer_next;
+    *tail = f;
+    uv_timer_start(&u->defer, defer_cb, 0, 0);
+    return;
+  }
   f->cbs->on_done(f, status, why);
   fetch_free(f);
+}
+
+/* Deliver the failures of fetches that could not start. */
+static void deliver_deferred(struct dduct_upstream *u) {
+  while (u->deferred != NULL) {
+    struct dduct_fetch *f = u->deferred;
+    u->deferred = f->defer_next;
+    f->deferred = 0;
+    f->cbs->on_done(f, f->defer_status, f->defer_why[0] != '\0' ? f->defer_why : NULL);
+    fetch_free(f);
+  }
+}
+
+static void defer_cb(uv_timer_t *t) {
+  deliver_deferred(DDUCT_CONTAINER_OF(t, struct dduct_upstream, defer));
+}
+
+static void unlink_deferred(struct dduct_fetch *f) {
+  struct dduct_fetch **pp = &f->u->deferred;
+  while (*pp != f) pp = &(*pp)->defer_next;
+  *pp = f->defer_next;
+  f->deferred = 0;
 }
 
 /* The connection failed: tell its user, close it. */
@@ -977,8 +1028,11 @@ int dduct__fetch_start(struct dduct_upstream *u, const struct dduct_fetch_reques
   snprintf(f->url, sizeof(f->url), "%s://%s:%u%s", f->https ? "https" : "http", f->host, f->port,
            f->target);
   *out = f;
-  /* Connect after returning the handle, so an immediate failure still finds *out set. */
+  /* A failure right here is reported from the next loop turn (fetch_finish): no callback runs
+   * inside this call. */
+  f->starting = 1;
   fetch_connect(f);
+  f->starting = 0;
   return 0;
 }
 
@@ -1058,6 +1112,7 @@ void dduct__fetch_resume(struct dduct_fetch *f) {
 }
 
 void dduct__fetch_abort(struct dduct_fetch *f) {
+  if (f->deferred) unlink_deferred(f); /* its failure is never reported */
   if (f->c != NULL) {
     f->c->f = NULL;
     uconn_close(f->c);
@@ -1112,9 +1167,21 @@ int dduct__upstream_new(const struct dduct_upstream_config *cfg, struct dduct_up
   return 0;
 }
 
+static void defer_close_cb(uv_handle_t *h) {
+  struct dduct_upstream *u = DDUCT_CONTAINER_OF((uv_timer_t *)h, struct dduct_upstream, defer);
+  u->live--;
+  if (u->live == 0 && u->closing && u->idle_cb != NULL) u->idle_cb(u->idle_arg);
+}
+
 void dduct__upstream_close_idle(struct dduct_upstream *u) {
   if (u == NULL) return;
   u->closing = 1;
+  deliver_deferred(u); /* not inside any fetch_start: their owners hear now */
+  if (u->defer_init) {
+    u->defer_init = 0;
+    u->live++; /* the timer handle: shutdown waits for its close */
+    uv_close((uv_handle_t *)&u->defer, defer_close_cb);
+  }
   while (u->idle != NULL) uconn_close(u->idle);
 }
 

@@ -15,6 +15,8 @@
  *   4. cbs->on_body with decoded body bytes (borrowed for the call). To slow the origin down
  *      call dduct__fetch_pause(f) and later dduct__fetch_resume(f) (the upstream timeout does
  *      not run while paused).
+ *   No callback ever runs inside dduct__fetch_start: a fetch that fails at once (a loop, a
+ *   refused pin, no memory for its connection) reports through on_done in the next loop turn.
  *   5. cbs->on_done(f, 0, NULL) when the whole response arrived (the connection goes back to
  *      the pool if it can be reused), or cbs->on_done(f, err, why) on failure at any point, with
  *      err one of: UV_EAI_* (DNS), UV_ECONNREFUSED/UV_E* (connect), UV_ETIMEDOUT (connect or
