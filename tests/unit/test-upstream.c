@@ -236,6 +236,27 @@ int main(void) {
   self_port = port;
   run_fetch(u, "127.0.0.1", port, "/x", 0, 0, &r); /* a new pool key: a new connection */
   CHECK_EQ_INT(r.err, DDUCT_ELOOP, "a target that is ourselves fails with ELOOP");
+  {
+    /* One async rule: that failure is met inside dduct__fetch_start (an IP literal, no I/O), yet
+     * on_done comes from a later loop turn; an abort before that turn cancels it. */
+    struct dduct_fetch_request req;
+    struct dduct_fetch *f;
+    memset(&req, 0, sizeof(req));
+    req.host = "127.0.0.1";
+    req.port = port;
+    req.method = "GET";
+    req.target = "/x";
+    memset(&r, 0, sizeof(r));
+    CHECK_EQ_INT(dduct__fetch_start(u, &req, &cbs, &r, &f), 0, "a doomed fetch starts");
+    CHECK_EQ_INT(r.done, 0, "no callback inside dduct__fetch_start");
+    while (!r.done) uv_run(&loop, UV_RUN_ONCE);
+    CHECK_EQ_INT(r.err, DDUCT_ELOOP, "the failure arrives from the loop");
+    memset(&r, 0, sizeof(r));
+    CHECK_EQ_INT(dduct__fetch_start(u, &req, &cbs, &r, &f), 0, "another doomed fetch starts");
+    dduct__fetch_abort(f);
+    for (int i = 0; i < 3; i++) uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(r.done, 0, "aborted before its failure arrived: no callback at all");
+  }
   self_port = 0;
 
   run_fetch(u, "origin.test", 1, "/x", 0, 0, &r);
