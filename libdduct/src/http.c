@@ -423,10 +423,37 @@ static int on_header_field_complete(llhttp_t *ll) {
   return 0;
 }
 
+/* llhttp accepts obsolete line folding (a value continued on a line that starts with SP or
+ * HTAB): it ends the value's span before the CRLF and starts a new one after the whitespace. A
+ * request with a fold is refused (RFC 9112 5.2 lets a server choose): written back on one line it
+ * would not mean what llhttp read ("Transfer-Encoding: chunked" folded onto " ," is no longer
+ * chunked to the next hop). In a response each fold becomes one space, as the RFC asks of a
+ * proxy. A piece that starts where the previous one ended, in the same buffer or at the start
+ * of the next one when the previous ended the last, is the same line cut by the caller's reads. */
+static int fold(struct dduct_http_parser *p, const char *at) {
+  int same_line;
+  if (p->val_pieces == 0) return 0;
+  same_line = (p->val_exec_no == p->exec_no && at == p->val_end) ||
+              (p->val_exec_no + 1 == p->exec_no && p->val_end_at_buf_end && at == p->exec_start);
+  if (same_line) return 0;
+  if (!p->response) {
+    p->bad_reason = "obsolete line folding in a header";
+    return -1;
+  }
+  return piece(p, " ", 1, &p->head.h[p->head.n].value);
+}
+
 static int on_header_value(llhttp_t *ll, const char *at, size_t len) {
   struct dduct_http_parser *p = P(ll);
+  int rc;
   if (!p->in_head) return 0;
-  return piece(p, at, len, &p->head.h[p->head.n].value);
+  rc = fold(p, at);
+  if (rc == 0) rc = piece(p, at, len, &p->head.h[p->head.n].value);
+  p->val_pieces++;
+  p->val_end = at + len;
+  p->val_exec_no = p->exec_no;
+  p->val_end_at_buf_end = at + len == p->exec_end;
+  return rc;
 }
 
 static int on_header_value_complete(llhttp_t *ll) {
@@ -434,6 +461,7 @@ static int on_header_value_complete(llhttp_t *ll) {
   struct dduct_http_header *x;
   int rc;
   if (!p->in_head) return 0;
+  p->val_pieces = 0;
   x = &p->head.h[p->head.n];
   rc = close_piece(p, &x->value, &x->value_len);
   if (rc == 0) {
@@ -510,7 +538,11 @@ void dduct__http_parser_free(struct dduct_http_parser *p) {
 
 int dduct__http_parser_execute(struct dduct_http_parser *p, const char *data, size_t len,
                                size_t *consumed) {
-  llhttp_errno_t e = llhttp_execute(&p->ll, data, len);
+  llhttp_errno_t e;
+  p->exec_start = data;
+  p->exec_end = data + len;
+  p->exec_no++;
+  e = llhttp_execute(&p->ll, data, len);
   *consumed = len;
   switch (e) {
   case HPE_OK:

@@ -111,6 +111,12 @@ struct dduct_http_parser {
   size_t head_bytes;
   const char *err_reason;
   const char *bad_reason; /* set by our callbacks when they refuse what llhttp accepted */
+  /* Where the current execute's bytes are, and where the current header value's last piece
+   * ended: a value whose next piece does not start right there was folded (fold()). */
+  const char *exec_start, *exec_end;
+  unsigned exec_no, val_exec_no;
+  const char *val_end;
+  int val_pieces, val_end_at_buf_end;
 };
 
 void dduct__http_parser_init(struct dduct_http_parser *p, int response,

@@ -150,6 +150,10 @@ SMUGGLING = [
      "POST {base}/echo/smuggle HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked, identity"
      "\r\n\r\n0\r\n\r\nGET {base}/smuggled HTTP/1.1\r\nHost: {host}\r\n\r\n",
      (400, 501)),
+    ("Transfer-Encoding folded onto a second line (obs-fold)",
+     "POST {base}/echo/folded HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n ,\r\n"
+     "\r\n0\r\n\r\nGET {base}/smuggled HTTP/1.1\r\nHost: {host}\r\n\r\n",
+     (400,)),
     ("chunk size line ending in bare LF",
      "POST {base}/echo/smuggle HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n"
      "3\nabc\r\n0\r\n\r\n",
@@ -157,9 +161,12 @@ SMUGGLING = [
 ]
 
 
+SMUGGLING_FOLD = next(t for n, t, _ in SMUGGLING if "obs-fold" in n)
+
+
 def test_smuggling_shapes_rejected(rig):
     """Request smuggling shapes (CL+TE, differing duplicate CL, bare LF, bare CR, a
-    Transfer-Encoding not ending in chunked, a bare-LF chunk size) get 400 (or 501 for the TE case)
+    Transfer-Encoding not ending in chunked, a folded Transfer-Encoding, a bare-LF chunk size) get 400 (or 501 for the TE case)
     and close; no part of them, and no smuggled second request, reaches the origin."""
     o = rig.plain
     host = "origin.test:%d" % o.port
@@ -171,6 +178,12 @@ def test_smuggling_shapes_rejected(rig):
             check(status in statuses, name + ": status %s in %s" % (status, statuses))
             check_eq(rest, b"", name + ": connection closed after the error")
         check_eq(o.count("/smuggled"), 0, "no smuggled request reached the origin")
+        # A fold hid Transfer-Encoding from llhttp's head-time check (the body parse refused it
+        # only after the head was routed): now the head itself is refused, saying why.
+        check_eq(o.count("/echo/folded"), 0, "the folded head never reached the origin")
+        r, _ = _raw(d, SMUGGLING_FOLD.format(base=base, host=host).encode())
+        check(r is not None and b"folding" in r.body, "the 400 names the fold",
+              r and r.body)
         # The chunk-size case may legitimately reach the origin's head before the body error;
         # everything else must have been refused at the head.
         check(o.count("/echo/smuggle") <= 1, "smuggling heads reaching the origin",

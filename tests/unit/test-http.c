@@ -172,6 +172,28 @@ static void test_strict_shapes(void) {
                      "0\r\n\r\n", &s, &p),
                DDUCT_EPROTO, "whitespace before a header colon is rejected");
   dduct__http_parser_free(&p);
+  /* Found by the http fuzzer: llhttp accepts a folded Transfer-Encoding that no longer parses
+   * once written back on one line. */
+  CHECK_EQ_INT(parse("GET / HTTP/1.1\r\nTransfer-Encoding:chunked\r\n ,\r\n\r\n", &s, &p),
+               DDUCT_EPROTO, "a request header folded onto a second line is rejected");
+  CHECK_EQ_STR(p.err_reason, "obsolete line folding in a header", "...and the reason says so");
+  dduct__http_parser_free(&p);
+  CHECK_EQ_INT(parse("GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n\tc\r\n\r\n", &s, &p),
+               DDUCT_EPROTO, "a fold with a tab is rejected too");
+  dduct__http_parser_free(&p);
+  {
+    const char *resp = "HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\nContent-Length: 0\r\n\r\n";
+    size_t u;
+    memset(&s, 0, sizeof(s));
+    dduct__http_parser_init(&p, 1, &cbs, &s);
+    dduct__http_parser_execute(&p, resp, strlen(resp), &u);
+    CHECK(s.heads == 1, "a response with a folded header is read");
+    CHECK(dduct__http_get(&p.head, "x-a") != NULL &&
+              strchr(dduct__http_get(&p.head, "x-a"), '\r') == NULL &&
+              strchr(dduct__http_get(&p.head, "x-a"), '\n') == NULL,
+          "...and its fold is spaces, never a CR or LF passed on");
+    dduct__http_parser_free(&p);
+  }
   /* Found by the http fuzzer: a nameless header next to Connection spun strip_hop_by_hop. */
   CHECK_EQ_INT(parse("GET http://h/ HTTP/1.1\r\nConnection: close\r\n: x\r\n\r\n", &s, &p),
                DDUCT_EPROTO, "a header with an empty name is rejected");
