@@ -1162,6 +1162,71 @@ static void rm_rf(const char *path) {
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", path);
 }
 
+/* dduct__store_invalidate (RFC 9111 4.4): a complete entry is gone at once (files too); a fill
+ * running when the invalidation comes completes for its reader and is removed once committed. */
+static void test_invalidate(void) {
+  enum { N = 200000 };
+  char dir[512], p[1024], *data = malloc(N);
+  struct dduct__store_key k = url_key("inv.example", "/pkg/a.tgz");
+  struct dduct_store *s;
+  struct look l;
+  struct sink a;
+  struct feeder f;
+
+  fill_pattern(data, N, 21);
+  snprintf(dir, sizeof(dir), "%s/invalidate", tmpdir);
+  CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, NULL, 0), 0, "store opens");
+  path_of(p, sizeof(p), dir, &k, "");
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "a fill");
+  {
+    struct dduct__store_meta m = meta("https://inv.example/pkg/a.tgz", N);
+    dduct__store_fill_begin(l.e, &m);
+  }
+  sink_start(&a, l.e, 0, N);
+  dduct__store_fill_write(l.e, data, N / 2);
+  while (a.len < N / 2) uv_run(&loop, UV_RUN_ONCE); /* half read, the fill still open */
+  dduct__store_invalidate(s, &k);
+  dduct__store_fill_write(l.e, data + N / 2, N - N / 2);
+  dduct__store_entry_ref(l.e); /* fill_end gives the filler's reference back */
+  dduct__store_fill_end(l.e, 0);
+  run_until(&a.done);
+  run_until_settled(l.e);
+  CHECK(a.err == 0 && a.len == N && memcmp(a.buf, data, N) == 0,
+        "a fill invalidated mid-way completes for its reader");
+  sink_free(&a);
+  CHECK(!exists(p), "and is removed once committed");
+  dduct__store_entry_release(l.e);
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "the next lookup fetches it again");
+  {
+    struct dduct__store_meta m = meta("https://inv.example/pkg/a.tgz", N);
+    dduct__store_fill_begin(l.e, &m);
+  }
+  sink_start(&a, l.e, 0, N);
+  feed_start(&f, l.e, data, N, N, 0);
+  run_until(&a.done);
+  run_until(&f.done);
+  run_until_settled(l.e);
+  sink_free(&a);
+  CHECK(exists(p), "stored");
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_HIT, "a hit");
+  sink_start(&a, l.e, 0, DDUCT__STORE_SIZE_UNKNOWN);
+  dduct__store_invalidate(s, &k);
+  CHECK(!exists(p), "a complete entry's files are gone when invalidate returns");
+  run_until(&a.done);
+  CHECK(a.err == 0 && a.len == N, "a reader that had it open finishes");
+  sink_free(&a);
+  dduct__store_entry_release(l.e);
+  l = lookup(s, &k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "then it is a miss");
+  dduct__store_fill_cancel(l.e, 0);
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  free(data);
+}
+
 /* The key of a blob holding data[0..n). */
 static struct dduct__store_key blob_key(const char *data, size_t n) {
   struct dduct__store_key k;
@@ -1373,6 +1438,7 @@ int main(void) {
   test_open_errors();
   test_disk_full();
   test_verify_hits();
+  test_invalidate();
 
   uv_run(&loop, UV_RUN_DEFAULT);
   CHECK_EQ_INT(uv_loop_close(&loop), 0, "every handle and request is finished");
