@@ -299,17 +299,22 @@ VAES512 static __m128i ghash_vaes(const struct dduct__aesgcm *c, __m128i s, cons
 /* As ctr_aesni, 16 blocks at a time; the tail through masked loads and stores. */
 VAES512 static void ctr_vaes(const struct dduct__aesgcm *c, __m128i *cb, const unsigned char *in,
                              unsigned char *out, size_t len, __m128i *s, int seal) {
-  __m512i b[4], x[4];
-  int j, nv;
+  __m512i b[4], x[4], prev[4];
+  int j, nv, have = 0;
+  /* Sealing hashes each batch while the next one's rounds run (one loop body, no dependency
+   * between the two), so the multiplier and the AES units work side by side. */
   for (; len >= 256; len -= 256, in += 256, out += 256) {
     aes16(c, *cb, b);
     *cb = _mm_add_epi32(*cb, _mm_set_epi32(16, 0, 0, 0));
+    if (seal && have) *s = ghash16(c, *s, prev, 4, 16);
     for (j = 0; j < 4; j++) {
       b[j] = _mm512_xor_si512(b[j], _mm512_loadu_si512(in + 64 * j));
       _mm512_storeu_si512(out + 64 * j, b[j]);
+      prev[j] = b[j];
     }
-    if (seal) *s = ghash16(c, *s, b, 4, 16);
+    have = 1;
   }
+  if (seal && have) *s = ghash16(c, *s, prev, 4, 16);
   if (len > 0) {
     aes16(c, *cb, b);
     *cb = _mm_add_epi32(*cb, _mm_set_epi32((int)((len + 15) / 16), 0, 0, 0));
