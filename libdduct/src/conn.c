@@ -339,11 +339,25 @@ static void reset_request(struct dduct_conn *c) {
   c->head_started = c->in_len > 0;
 }
 
+/* A request target as the client sent it, minus any user:password@ of an absolute URL (a
+ * target we could not route is logged, recorded and echoed as it came, credentials aside). */
+static const char *shown_target(const char *t, char *buf, size_t len) {
+  const char *auth = strstr(t, "://"), *end, *at = NULL;
+  if (auth == NULL || (size_t)(auth - t) > 16) return t;
+  auth += 3;
+  end = auth + strcspn(auth, "/?#");
+  for (const char *q = auth; q < end; q++)
+    if (*q == '@') at = q;
+  if (at == NULL) return t;
+  snprintf(buf, len, "%.*s***@%s", (int)(auth - t), t, at + 1);
+  return buf;
+}
+
 /* The URL for the access record: never credentials (it is rebuilt from the parts). */
 static const char *record_url(struct dduct_conn *c, char *buf, size_t len) {
   const struct dduct_request *r = &c->req;
   int connect = c->txn.route == DDUCT_ROUTE_TUNNEL || c->txn.route == DDUCT_ROUTE_INTERCEPT;
-  if (r->host == NULL) return dduct__http_target(&c->parser.head);
+  if (r->host == NULL) return shown_target(dduct__http_target(&c->parser.head), buf, len);
   return dduct__stats_url(buf, len, connect ? -1 : r->https, r->host, r->port, r->path);
 }
 
@@ -365,8 +379,10 @@ static void log_request(struct dduct_conn *c) {
   book(c);
   if (!dduct__enabled(DDUCT_LOG_DEBUG)) return;
   if (c->req.host == NULL) {
+    char shown[4096];
     dduct__log(DDUCT_LOG_DEBUG, "http_proxy", "%s %s %.200s -> %d", c->peer,
-               dduct__http_method(h), dduct__http_target(h), c->status);
+               dduct__http_method(h), shown_target(dduct__http_target(h), shown, sizeof(shown)),
+               c->status);
     return;
   }
   dduct__log(DDUCT_LOG_DEBUG, "http_proxy", "%s %s %s%s%s:%u%s -> %d (%llu bytes, %llu ms)",
@@ -897,12 +913,13 @@ static void route(struct dduct_conn *c) {
   if (strcmp(c->req.method, "CONNECT") == 0) {
     connect_target(c);
   } else if ((status = resolve_target(c)) != 0) {
+    char shown[4096];
     c->target_status = status;
     snprintf(c->target_why, sizeof(c->target_why),
              status == 400 ? "request target \"%.200s\" is not an absolute URL "
                              "(or has no usable Host on a TLS endpoint)"
                            : "internal error routing \"%.200s\"",
-             dduct__http_target(h));
+             shown_target(dduct__http_target(h), shown, sizeof(shown)));
   } else if (c->kind != DDUCT_LISTEN_ADMIN) {
     /* We do not speak the upgraded protocols: forward as a plain request, then close. */
     if (dduct__http_get(h, "Upgrade") != NULL) {

@@ -344,6 +344,33 @@ def read_lines(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def test_access_log_never_credentials(rig):
+    """A request target dduct cannot route that holds user:password@ (an absolute URL with
+    userinfo) is answered 400 as before, but neither the access log, nor dduct's log, nor the
+    error body carries the password."""
+    import socket
+    log = os.path.join(rig.tmp, "access-creds.log")
+    with rig.dduct(misc={"access_log": log}) as d:
+        s = socket.create_connection(("127.0.0.1", d.tcp_port))
+        s.sendall(b"GET http://alice:s3cret@origin.test:1/x HTTP/1.1\r\nHost: origin.test:1\r\n"
+                  b"Connection: close\r\n\r\n")
+        answer = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            answer += b
+        s.close()
+        check(answer.startswith(b"HTTP/1.1 400"), "answered 400", answer[:200])
+        check(b"s3cret" not in answer, "the error body has no password", answer)
+        dlog = d.stop()
+    check("s3cret" not in dlog, "dduct's log has no password", dlog[-1500:])
+    lines = read_lines(log)
+    check_eq(len(lines), 1, "one access record")
+    check("s3cret" not in lines[0]["url"] and "origin.test:1/x" in lines[0]["url"],
+          "the access record's URL, without the password", lines[0])
+
+
 def test_access_log_statuses_and_sighup(rig):
     """access_log gets one JSON line per request with HIT, MISS, COLLAPSED, REVALIDATED, STALE,
     BYPASS, TUNNEL (time, client, method, URL without credentials, status, bytes, duration, origin status
@@ -433,4 +460,5 @@ def test_access_log_statuses_and_sighup(rig):
 
 if __name__ == "__main__":
     run([test_counters_move_exactly, test_fill_failure_counted, test_promtool_and_stats_agree, test_healthz_read_only,
-         test_ca_crt_on_both_listeners, test_admin_applies_allow_clients, test_access_log_statuses_and_sighup])
+         test_ca_crt_on_both_listeners, test_admin_applies_allow_clients, test_access_log_never_credentials,
+         test_access_log_statuses_and_sighup])
