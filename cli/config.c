@@ -530,7 +530,7 @@ static int load_ports(struct loader *l, const struct key *k, const struct toml_n
 
 /* "123", "50G", "1.5G" is refused (whole numbers only); suffixes K, M, G, T (also KiB, MB, ...:
  * all powers of 1024). -1 when malformed, -2 when too large. */
-static int parse_size(const char *s, uint64_t *out) {
+int config_parse_size(const char *s, uint64_t *out) {
   static const char units[] = "KMGT";
   uint64_t v = 0, mul = 1;
   const char *p = s, *u;
@@ -578,7 +578,7 @@ static int load_size(struct loader *l, const struct key *k, const struct toml_no
     c->cache_min_free_percent = (unsigned)pct;
     return 0;
   }
-  rc = parse_size(v->str, &val);
+  rc = config_parse_size(v->str, &val);
   if (rc == -2) return lfail(l, v, "%s: '%s' is too large", k->name, v->str);
   if (rc != 0)
     return lfail(l, v, "%s: invalid size '%s' (expected bytes, or a number with K, M, G or T%s)",

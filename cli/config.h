@@ -95,6 +95,9 @@ int config_check_cidr(const char *s, char *why, size_t len);
 int config_check_resolve(const char *s, char *why, size_t len);
 int config_check_ip(const char *s, char *why, size_t len);
 
+/* "123", "50G", "64KiB" (powers of 1024) -> bytes: 0, -1 malformed, -2 too large. */
+int config_parse_size(const char *s, uint64_t *out);
+
 void config_free(struct config *c);
 
 #endif

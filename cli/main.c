@@ -12,6 +12,7 @@
 #include <nss.h>
 #endif
 
+#include "cache_cmd.h"
 #include "config.h"
 #include "dduct.h"
 #include "log.h"
@@ -28,6 +29,7 @@ struct args {
 static void usage(FILE *out) {
   fprintf(out,
           "Usage: dduct [--cfg FILE] [--check]\n"
+          "       dduct cache ls|du|rm|verify|prune [--cfg FILE] ...  (dduct cache --help)\n"
           "A caching man-in-the-middle HTTP(S) proxy.\n"
           "\n"
           "  -c, --cfg FILE  read the TOML config FILE (default: dduct.toml beside the\n"
@@ -158,6 +160,20 @@ static void static_lookups(void) {
 #endif
 }
 
+/* The config for `dduct cache`: found as the daemon finds it. */
+static int load_for_cache(const char *cfg, struct config *out) {
+  char source[PATH_MAX + 32], err[1024];
+  if (config_init(out) != 0) return -1;
+  if (cfg == NULL && config_beside_exe(source, sizeof(source))) cfg = source;
+  if (cfg == NULL) return 0;
+  if (config_load_file(out, cfg, err, sizeof(err)) != 0) {
+    fprintf(stderr, "%s\n", err);
+    config_free(out);
+    return -1;
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   struct args a;
   struct config cfg;
@@ -168,6 +184,7 @@ int main(int argc, char **argv) {
   memory_tune(); /* before the first allocation */
   static_lookups();
   setvbuf(stderr, NULL, _IOLBF, 4096); /* one write per log line */
+  if (argc > 1 && strcmp(argv[1], "cache") == 0) return cache_main(argc - 1, argv + 1, load_for_cache);
   parse_args(argc, argv, &a);
   load_config(&a, &cfg, source, sizeof(source));
   if (a.check) {

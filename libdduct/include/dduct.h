@@ -221,6 +221,45 @@ DDUCT_EXTERN int dduct_store_open_with(uv_loop_t *loop, const char *dir,
 DDUCT_EXTERN int dduct_store_open(uv_loop_t *loop, const char *dir, struct dduct_store **out,
                                   char *err, size_t errlen);
 DDUCT_EXTERN void dduct_store_stats(const struct dduct_store *s, struct dduct_store_stats *out);
+/* ---- inspection and purge (blocking: for tools and maintenance threads, never the loop
+ * thread). Safe while dduct processes serve the same directory: removals take the sidecar first
+ * and are journaled, and a running dduct stops serving a removed entry at once. */
+
+/* One complete entry. Strings are borrowed for the callback. */
+struct dduct_store_entry_info {
+  const char *id;      /* "u/ab/<hex>" or "c/ab/<hex>": its place under dir */
+  const char *url;     /* the request that filled it, without query string */
+  const char *digest;  /* "sha256:<hex>" of the body ("" when the sidecar has none) */
+  uint64_t size;
+  int64_t stored_at;   /* unix seconds */
+  int64_t last_used;   /* unix seconds of the last recorded use, 0 none since stored */
+};
+/* Return 0 to go on, < 0 to stop with that error. */
+typedef int (*dduct_store_entry_cb)(void *user_data, const struct dduct_store_entry_info *e);
+typedef void (*dduct_store_problem_cb)(void *user_data, const struct dduct_store_entry_info *e,
+                                       const char *problem, int removed);
+
+/* Call cb for every complete entry. */
+DDUCT_EXTERN int dduct_store_entries(struct dduct_store *s, dduct_store_entry_cb cb,
+                                     void *user_data);
+/* Remove the entries what names: a URL ("https://host/path", as the proxy keys it, or as a
+ * sidecar records it), "sha256:<hex>" (a blob), or "re:<PCRE2>" matched against sidecar URLs.
+ * cb (may be NULL) sees each one removed. Returns how many were removed (0: none matched), or
+ * a negative error (DDUCT_EINVAL for an unparsable what, DDUCT_EPATTERN for a bad pattern). */
+DDUCT_EXTERN int dduct_store_remove(struct dduct_store *s, const char *what,
+                                    dduct_store_entry_cb cb, void *user_data);
+/* Re-hash every data file: blobs against their names, others against the digest their sidecar
+ * records; sizes against sidecars; data files without sidecars (older than an hour) and sidecars
+ * without data are orphans. cb sees each problem; with repair, the entry is removed. Returns the
+ * number of problems found, or a negative error. */
+DDUCT_EXTERN int dduct_store_verify(struct dduct_store *s, int repair, dduct_store_problem_cb cb,
+                                    void *user_data);
+/* Evict by the store's policy (SIEVE, with the uses the journal records) until the complete
+ * entries' data bytes are at most to. cb sees each entry removed; *bytes_after (may be NULL)
+ * gets what is left. Returns how many were removed, or a negative error. */
+DDUCT_EXTERN int dduct_store_prune(struct dduct_store *s, uint64_t to, dduct_store_entry_cb cb,
+                                   void *user_data, uint64_t *bytes_after);
+
 /* The directory, as given to open. Owned by s. */
 DDUCT_EXTERN const char *dduct_store_dir(const struct dduct_store *s);
 /* Free after every proxy using it has closed. */

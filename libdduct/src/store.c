@@ -2149,6 +2149,10 @@ void dduct__store_entry_progress(const struct dduct__store_entry *e, uint64_t *r
   *readers = e->nreaders;
 }
 
+const char *dduct__store_root(const struct dduct_store *s) {
+  return s->root;
+}
+
 const char *dduct_store_dir(const struct dduct_store *s) {
   return s != NULL ? s->dir : NULL;
 }

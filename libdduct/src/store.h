@@ -237,6 +237,8 @@ void dduct__store_fill_failures(const struct dduct_store *s, uint64_t *out);
  * (DDUCT__STORE_SIZE_UNKNOWN: none yet) and the readers open on it. */
 void dduct__store_entry_progress(const struct dduct__store_entry *e, uint64_t *received,
                                  uint64_t *expected, int *readers);
+/* The directory without trailing slashes. */
+const char *dduct__store_root(const struct dduct_store *s);
 /* 1 once the background load of the index finished (its load_done ran on the loop). */
 int dduct__store_index_loaded(const struct dduct_store *s);
 
