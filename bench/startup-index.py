@@ -35,11 +35,11 @@ def generate(files, n):
     if os.path.exists(marker):
         return
     t0 = time.monotonic()
+    for sh in range(256):
+        os.makedirs(os.path.join(files, "u", "%02x" % sh), exist_ok=True)
     for i in range(n):
         h = hashlib.sha256(b"entry-%d" % i).hexdigest()
         d = os.path.join(files, "u", h[:2])
-        if i < 256 * 4:
-            os.makedirs(d, exist_ok=True)
         for name in (h, h + ".json"):
             fd = os.open(os.path.join(d, name), os.O_WRONLY | os.O_CREAT, 0o600)
             os.close(fd)

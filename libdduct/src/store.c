@@ -97,6 +97,12 @@ struct fill {
   char digest[72];
   int64_t stored_at;
   uint64_t reserved, counted; /* in s->reserved and s->parts_written (under ix_lock) */
+  /* Relay (a disk error): what could not be written goes to the readers from memory, a window
+   * [rbase, rbase + rlen) the slowest reader holds; nothing is stored. */
+  int relay, relay_done;
+  char *rbuf;
+  size_t rlen, rcap;
+  uint64_t rbase;
 };
 
 struct dduct__store_entry {
@@ -125,6 +131,7 @@ struct dduct__store_entry {
   struct fill *fill;
   struct list waiters; /* lookups waiting for the probe or the fill to begin */
   struct list readers; /* readers waiting for bytes */
+  struct list all_readers; /* every reader (a relay's window waits for the slowest) */
   int nreaders;        /* readers open on it (for /stats) */
   uv_work_t probe;
   int probe_may_fill, probe_flags, probe_rc;
@@ -150,6 +157,7 @@ struct dduct__store_lookup {
 
 struct dduct__store_reader {
   struct list link;
+  struct list all; /* in e->all_readers */
   struct dduct__store_entry *e;
   uint64_t off, end;
   dduct__store_read_cb cb;
@@ -225,6 +233,9 @@ static void store_destroy(struct dduct_store *s);
 static void abort_fill(struct dduct__store_entry *e, int why);
 static void entry_kill(struct dduct__store_entry *e, int why);
 static void pump(struct dduct__store_reader *r);
+static void relay_end(struct dduct__store_entry *e);
+static int relay_write(struct dduct__store_entry *e, const char *data, size_t len);
+static int relay_read(struct dduct__store_reader *r, uint64_t end);
 /* The budget (below). */
 static void maint_kick(struct dduct_store *s);
 static int budget_on(const struct dduct_store *s);
@@ -361,6 +372,7 @@ static struct dduct__store_entry *entry_new(struct dduct_store *s,
   e->meta.size = DDUCT__STORE_SIZE_UNKNOWN;
   list_init(&e->waiters);
   list_init(&e->readers);
+  list_init(&e->all_readers);
   list_init(&e->idle);
   list_init(&e->watch);
   e->wd = -1;
@@ -386,6 +398,7 @@ static void close_async(uv_loop_t *loop, int fd) {
 
 static void fill_free(struct fill *f) {
   if (f == NULL) return;
+  free(f->rbuf);
   free(f->acc);
   free(f->out);
   free(f);
@@ -1119,12 +1132,16 @@ static void log_discard(struct dduct__store_entry *e, int why) {
            (unsigned long long)e->fill->received, dduct_strerror(why));
 }
 
+static int relay_start(struct dduct__store_entry *e, int why);
+
 static void abort_fill(struct dduct__store_entry *e, int why) {
   if (e->state != ST_FILLING) return;
   e->s->stats.fills_discarded++;
-  e->s->fill_failures[dduct__fill_fail_reason(why)]++;
   log_discard(e, why);
   degrade(e->s, why);
+  /* A full or failing disk must not cut the clients already reading: they get the rest from
+   * memory, and nothing is stored (issue 16 #9). */
+  if (is_disk_error(why) && relay_start(e, why) == 0) return;
   entry_kill(e, why);
 }
 
@@ -1332,6 +1349,7 @@ static void flush(struct dduct__store_entry *e) {
   struct fill *f = e->fill;
   char *tmp;
   size_t cap;
+  if (f->relay) return; /* nothing goes to the disk any more */
   if (f->busy || f->committing) return;
   if (f->acc_len == 0) {
     if (f->ended) finish(e);
@@ -1367,6 +1385,7 @@ static int reserve(struct fill *f, size_t need) {
 int dduct__store_fill_write(struct dduct__store_entry *e, const char *data, size_t len) {
   struct fill *f = e->fill;
   if (e->state != ST_FILLING || f->ended) return e->error != 0 ? e->error : DDUCT_EINVAL;
+  if (f->relay) return relay_write(e, data, len);
   if (e->meta.size != DDUCT__STORE_SIZE_UNKNOWN && f->received + len > e->meta.size) {
     abort_fill(e, DDUCT_ETOOBIG);
     return DDUCT_ETOOBIG;
@@ -1385,7 +1404,9 @@ int dduct__store_fill_write(struct dduct__store_entry *e, const char *data, size
 }
 
 int dduct__store_fill_full(const struct dduct__store_entry *e) {
-  return e->state == ST_FILLING && e->fill->acc_len >= DDUCT__STORE_FILL_HIGH;
+  if (e->state != ST_FILLING) return 0;
+  if (e->fill->relay) return e->fill->rlen >= DDUCT__STORE_FILL_HIGH;
+  return e->fill->acc_len >= DDUCT__STORE_FILL_HIGH;
 }
 
 void dduct__store_fill_on_drain(struct dduct__store_entry *e, void (*drain_cb)(void *),
@@ -1405,10 +1426,145 @@ void dduct__store_fill_end(struct dduct__store_entry *e, int status) {
     e->fill->drain_cb = NULL;
     if (status < 0)
       abort_fill(e, status);
+    else if (e->fill->relay)
+      relay_end(e);
     else
       flush(e);
   }
   dduct__store_entry_release(e);
+}
+
+/* ---- relay after a disk error ------------------------------------------------------------- */
+
+/* The disk failed (full, quota, I/O): the bytes not written (the failed batch and what came
+ * after) become the relay's window, the part's name goes (its written bytes stay readable
+ * through our fd), the entry leaves the table (later requests are proxied uncached: the store
+ * is degraded), and the readers go on: below the window from the file, in it from memory. */
+static int relay_start(struct dduct__store_entry *e, int why) {
+  struct fill *f = e->fill;
+  size_t out_len, acc_len;
+  unsigned n = 0;
+  if (f == NULL || f->busy || list_empty(&e->all_readers)) return -1;
+  out_len = f->out != NULL ? f->out_len : 0;
+  acc_len = f->acc != NULL ? f->acc_len : 0;
+  if (out_len + acc_len > 0) {
+    if ((f->rbuf = malloc(out_len + acc_len)) == NULL) return -1;
+    if (out_len > 0) memcpy(f->rbuf, f->out, out_len);
+    if (acc_len > 0) memcpy(f->rbuf + out_len, f->acc, acc_len);
+    if (!f->committing) dduct__sha256_update(&f->sha, f->rbuf, out_len + acc_len);
+  }
+  f->rlen = f->rcap = out_len + acc_len;
+  f->rbase = f->written;
+  free(f->out);
+  free(f->acc);
+  f->out = f->acc = NULL;
+  f->out_len = f->acc_len = f->out_cap = f->acc_cap = 0;
+  f->relay = 1;
+  f->relay_done = f->committing; /* a failed commit: every byte was verified and written */
+  e->avail = f->written;
+  table_remove(e);
+  discard_part(e);
+  unreserve(e);
+  for (struct list *l = e->all_readers.next; l != &e->all_readers; l = l->next) n++;
+  LOG_WARN(LOG_MOD, "Relaying \"%s\" to %u client(s) without storing it (%s)", e->meta.url, n,
+           dduct_strerror(why));
+  wake_readers(e);
+  return 0;
+}
+
+/* Drop what every reader has passed; resume a paused feeder once the window is small. */
+static void relay_trim(struct dduct__store_entry *e) {
+  struct fill *f = e->fill;
+  uint64_t low = f->rbase + f->rlen;
+  for (struct list *l = e->all_readers.next; l != &e->all_readers; l = l->next) {
+    const struct dduct__store_reader *r = DDUCT_CONTAINER_OF(l, struct dduct__store_reader, all);
+    if (!r->freed && r->off < low) low = r->off;
+  }
+  if (low > f->rbase) {
+    size_t d = (size_t)(low - f->rbase);
+    memmove(f->rbuf, f->rbuf + d, f->rlen - d);
+    f->rlen -= d;
+    f->rbase = low;
+  }
+  if (f->was_full && f->rlen < DDUCT__STORE_FILL_HIGH) {
+    f->was_full = 0;
+    if (f->drain_cb != NULL) f->drain_cb(f->drain_ud);
+  }
+}
+
+static int relay_write(struct dduct__store_entry *e, const char *data, size_t len) {
+  struct fill *f = e->fill;
+  if (list_empty(&e->all_readers)) { /* nobody left to relay to */
+    entry_kill(e, UV_ENOSPC);
+    return UV_ENOSPC;
+  }
+  if (f->rlen + len > f->rcap) {
+    size_t cap = DDUCT_MAX(f->rlen + len, f->rcap * 2);
+    char *p = realloc(f->rbuf, cap);
+    if (p == NULL) {
+      entry_kill(e, DDUCT_ENOMEM);
+      return DDUCT_ENOMEM;
+    }
+    f->rbuf = p;
+    f->rcap = cap;
+  }
+  memcpy(f->rbuf + f->rlen, data, len);
+  f->rlen += len;
+  f->received += len;
+  e->s->stats.bytes_fetched += len;
+  if (!f->committing) dduct__sha256_update(&f->sha, data, len);
+  if (f->rlen >= DDUCT__STORE_FILL_HIGH) f->was_full = 1;
+  wake_readers(e);
+  return 0;
+}
+
+/* The origin's body ended cleanly: the length and (for a blob) the digest decide whether the
+ * readers get the end of it. */
+static void relay_end(struct dduct__store_entry *e) {
+  struct fill *f = e->fill;
+  if (e->meta.size == DDUCT__STORE_SIZE_UNKNOWN) e->meta.size = f->received;
+  if (f->received != e->meta.size) {
+    entry_kill(e, DDUCT_ESHORT);
+    return;
+  }
+  if (!f->relay_done && e->addressed) {
+    unsigned char h[32];
+    char digest[72];
+    dduct__sha256_final(&f->sha, h);
+    memcpy(digest, "sha256:", 7);
+    dduct__store_hex(h, 32, digest + 7);
+    if (strcmp(digest, e->key.digest) != 0) {
+      entry_kill(e, DDUCT_EDIGEST);
+      return;
+    }
+  }
+  f->relay_done = 1;
+  wake_readers(e);
+}
+
+/* A reader past the file's written bytes, in the window: copy what it may have now. 0 when it
+ * must wait. */
+static int relay_read(struct dduct__store_reader *r, uint64_t end) {
+  struct dduct__store_entry *e = r->e;
+  struct fill *f = e->fill;
+  uint64_t lim = DDUCT_MIN(f->rbase + f->rlen, end);
+  size_t n;
+  /* A blob's last byte waits for its digest, as in a fill. */
+  if (e->addressed && !f->relay_done && e->meta.size != DDUCT__STORE_SIZE_UNKNOWN &&
+      lim >= e->meta.size)
+    lim = e->meta.size - 1;
+  if (r->off < f->rbase || r->off >= lim) return 0;
+  if (r->buf == NULL && (r->buf = malloc(r->cap)) == NULL) { /* trimmed */
+    ready_reader(r, DDUCT_ENOMEM);
+    return 1;
+  }
+  n = (size_t)DDUCT_MIN(lim - r->off, (uint64_t)r->cap);
+  memcpy(r->buf, f->rbuf + (r->off - f->rbase), n);
+  r->off += n;
+  e->s->stats.bytes_served += n;
+  ready_reader(r, (int)n);
+  relay_trim(e);
+  return 1;
 }
 
 /* ---- readers ------------------------------------------------------------------------------ */
@@ -1463,6 +1619,7 @@ int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint6
     r->verify = 1;
     dduct__sha256_init(&r->sha);
   }
+  list_push(&e->all_readers, &r->all);
   entry_ref(e);
   e->nreaders++;
   *out = r;
@@ -1471,6 +1628,7 @@ int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint6
 
 static void reader_destroy(struct dduct__store_reader *r) {
   struct dduct__store_entry *e = r->e;
+  list_del(&r->all);
   e->nreaders--;
   free(r->ahead);
   free(r->buf);
@@ -1632,6 +1790,8 @@ static void pump(struct dduct__store_reader *r) {
     ready_reader(r, 0);
   else if (r->off < e->avail)
     start_read(r, end);
+  else if (e->state == ST_FILLING && e->fill->relay && relay_read(r, end))
+    ; /* from the relay's memory */
   else if (e->state == ST_COMPLETE)
     ready_reader(r, DDUCT_ESHORT); /* a range past the end of the file */
   else {

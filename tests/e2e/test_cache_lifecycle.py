@@ -209,6 +209,45 @@ def test_min_free_on_small_tmpfs(rig):
         os.rmdir(mnt)
 
 
+def test_full_disk_relays_to_attached_clients(rig):
+    """Issue 16 #9: file_dir on an 8 MiB tmpfs with no budget: a 20 MiB fill meets ENOSPC.
+    The clients already attached (the first and a follower) still get the whole, right body
+    (the rest is relayed from memory), nothing is stored, and the next request is proxied
+    uncached and whole too."""
+    mnt = tempfile.mkdtemp(prefix="tmpfs-", dir=rig.tmp)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt],
+                      stderr=subprocess.DEVNULL).returncode != 0:
+        print("# SKIP full disk on tmpfs: cannot mount (not root)")
+        return
+    size = 20 * MIB + 300
+    try:
+        file_dir = os.path.join(mnt, "files")
+        with rig.dduct(proxy={"filters": FILTERS}, cache={"min_free": 0},
+                       misc={"file_dir": file_dir + "/"}) as d:
+            url = rig.plain.url("origin.test", "/bytes/%d" % size)
+            out = {}
+
+            def get(name, rate):
+                out[name] = curl(rig, via(d, "http") + ["--limit-rate", rate, url], timeout=300)
+            ts = [threading.Thread(target=get, args=("first", "20M")),
+                  threading.Thread(target=get, args=("follower", "40M"))]
+            ts[0].start()
+            wait_for(lambda: "Miss" in d.log(), "the fill to start")
+            ts[1].start()
+            for t in ts:
+                t.join(300)
+            for name in ("first", "follower"):
+                r = out[name]
+                check_eq((r.rc, r.status), (0, 200), name + ": not cut")
+                check_eq(r.sha256(), pattern_sha256(size), name + ": every byte, right")
+            check("Relaying" in d.log(), "the relay is logged")
+            check_eq(entries(file_dir), [], "nothing stored")
+            fetch(rig, d, size, "the next request, proxied uncached")
+    finally:
+        subprocess.run(["umount", "-l", mnt])
+        os.rmdir(mnt)
+
+
 def test_stale_if_error(rig):
     """revalidate = 'always' with the origin stopped (a process killed: no pooled connection
     survives it): the hit is served from the cache with a WARN (stale_if_error, the default);
@@ -255,4 +294,4 @@ def test_stale_if_error(rig):
 if __name__ == "__main__":
     run([test_budget_holds_and_keeps_the_popular_file, test_evicted_while_streaming,
          test_restart_keeps_recency, test_two_processes_one_budget, test_min_free_on_small_tmpfs,
-         test_stale_if_error])
+         test_full_disk_relays_to_attached_clients, test_stale_if_error])
