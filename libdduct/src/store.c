@@ -1136,7 +1136,12 @@ static int relay_start(struct dduct__store_entry *e, int why);
 
 static void abort_fill(struct dduct__store_entry *e, int why) {
   if (e->state != ST_FILLING) return;
+  if (e->fill != NULL && e->fill->relay) { /* counted and logged when the relay began */
+    entry_kill(e, why);
+    return;
+  }
   e->s->stats.fills_discarded++;
+  e->s->fill_failures[dduct__fill_fail_reason(why)]++;
   log_discard(e, why);
   degrade(e->s, why);
   /* A full or failing disk must not cut the clients already reading: they get the rest from
