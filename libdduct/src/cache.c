@@ -729,11 +729,30 @@ static int relayed_by_dduct(const struct dduct_http_head *h) {
 /* The answer to the rest of a body after a parent died mid-way: 206 from where we are, or a 200
  * of the same representation whose first bytes are dropped. Anything else ends the fill as
  * broken (its readers are cut: a short body is never served as whole). */
-static void job_resumed(struct job *j, struct dduct_fetch *f, const struct dduct_http_head *h) {
+/* The answer is the version whose first bytes are stored: the same ETag when the first answer
+ * had one (an answer without one cannot show it is the same), else the same Last-Modified when
+ * both have one; and the same total length when both say it. */
+static int same_version(const struct dduct__store_meta *m, const struct dduct_http_head *h,
+                        int64_t cl) {
+  const char *et = hget(h, "ETag"), *lm = hget(h, "Last-Modified"), *cr = hget(h, "Content-Range");
+  const char *ce = hget(h, "Content-Encoding"), *slash;
+  unsigned long long total;
+  if (ce != NULL && strcasecmp(ce, "identity") != 0) return 0;
+  if (m->etag[0] != '\0' && (et == NULL || strcmp(et, m->etag) != 0)) return 0;
+  if (m->etag[0] == '\0' && m->last_modified[0] != '\0' && lm != NULL &&
+      strcmp(lm, m->last_modified) != 0)
+    return 0;
+  if (m->size == DDUCT__STORE_SIZE_UNKNOWN) return 1;
+  if (h->status == 200) return cl < 0 || (uint64_t)cl == m->size;
+  return cr == NULL || (slash = strchr(cr, '/')) == NULL || slash[1] == '*' ||
+         (sscanf(slash + 1, "%llu", &total) == 1 && total == m->size);
+}
+
+static void job_resumed(struct job *j, struct dduct_fetch *f, const struct dduct_http_head *h,
+                        int64_t cl) {
   const struct dduct__store_meta *m = dduct__store_entry_meta(j->e);
-  const char *et = hget(h, "ETag"), *cr = hget(h, "Content-Range"), *ce = hget(h, "Content-Encoding");
-  int same = (et == NULL || m->etag[0] == '\0' || strcmp(et, m->etag) == 0) &&
-             (ce == NULL || strcasecmp(ce, "identity") == 0);
+  const char *cr = hget(h, "Content-Range");
+  int same = same_version(m, h, cl);
   unsigned long long from = 0;
   if (same && h->status == 206 && cr != NULL && sscanf(cr, "bytes %llu-", &from) == 1 &&
       from == j->got) {
@@ -763,7 +782,7 @@ static void job_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, 
     /* The origin's own 5xx, which the parent relayed: the parent is fine, and asking anyone
      * else would get the same. Asked for the rest of a body (its clients already read the
      * fill), nobody can supply it: the fill ends short (job_pass would leave it unfed). */
-    if (j->resumed) job_resumed(j, f, h);
+    if (j->resumed) job_resumed(j, f, h, cl);
     else job_pass(j, h, cl, 0);
     return;
   }
@@ -789,7 +808,7 @@ static void job_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, 
     return;
   }
   if (j->resumed) {
-    job_resumed(j, f, h);
+    job_resumed(j, f, h, cl);
     return;
   }
   if (h->status == 200 && (ce == NULL || strcasecmp(ce, "identity") == 0))

@@ -305,6 +305,54 @@ def test_resume_meets_relayed_5xx(rig):
             f.close()
 
 
+def test_resume_refuses_another_version(rig):
+    """A parent dies mid-body of a version with an ETag; the next one answers the rest with a 200
+    of another version (no ETag, same length). Its bytes are not spliced onto the first ones: the
+    client's transfer is cut short and nothing is stored (it used to get a whole 200 made of two
+    versions, and the edge stored it)."""
+    import socket
+    from dductlib.origin import Origin
+    from cache_rig import CacheHandler
+
+    class Splice(CacheHandler):
+        def _ep_bytes(self, path, query, body):
+            n = int(path.split("/")[2])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(n))
+            if self.headers.get("Range"):  # the rest, asked for: another version, whole
+                self.end_headers()
+                self.wfile.write(pattern_bytes(n, "v2"))
+                return
+            self.send_header("ETag", '"v1"')
+            self.end_headers()
+            self.wfile.write(pattern_bytes(n // 2, "v1"))
+            self.wfile.flush()
+            self.close_connection = True
+            try:
+                self.request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    o = cache_origin(rig)
+    fake = [Origin(tls=(rig.pki.origin_crt, rig.pki.origin_key)) for _ in range(2)]
+    for f in fake:
+        f.server.RequestHandlerClass = Splice
+    try:
+        with rig.dduct(proxy={"filters": cluster_rig.FILTERS,
+                              "parents": ["https://origin.test:%d" % f.port for f in fake],
+                              "parent_ca_file": rig.pki.ca_crt}) as e:
+            n = 1 << 20
+            r = curl(rig, via(e, "http") + ["--max-time", "30", o.url("origin.test", "/bytes/%d" % n)])
+            check_eq(sum(f.count("/bytes/%d" % n) for f in fake), 2, "both parents were asked")
+            check_eq(r.rc, 18, "the client's transfer is cut short (%s)" % r.stderr)
+            check(os.path.getsize(r.body_path) < n, "never a whole body of two versions")
+            check_eq(cluster_rig.entries_count(e.file_dir), 0, "nothing stored at the edge")
+    finally:
+        for f in fake:
+            f.close()
+
+
 def test_origin_5xx_relayed_not_a_parent_failure(rig):
     """The origin answers a cacheable path with 503: the parent relays it with Via: 1.1 dduct,
     the edge passes it to the client as it is, the origin is asked once (not again by the edge)
@@ -399,6 +447,7 @@ def test_tier_behind_squid(rig):
 if __name__ == "__main__":
     run([test_dduct_as_parent, test_plain_parent_never_for_https, test_uncacheable_never_via_parents, test_parent_refused_then_direct,
          test_lying_parent_is_caught_at_the_edge, test_resume_meets_relayed_5xx,
+         test_resume_refuses_another_version,
          test_origin_5xx_relayed_not_a_parent_failure,
          test_tier_behind_squid, test_mesh_of_peers, test_cluster_cold_pull,
          test_parent_killed_mid_run])
