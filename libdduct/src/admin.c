@@ -87,7 +87,7 @@ void dduct__admin_handle(struct dduct_conn *c, const char *target, int full) {
   int rc;
   /* An absolute URL names the same page (on a proxy listener it named one of our addresses). */
   if (strncmp(target, "http://", 7) == 0 || strncmp(target, "https://", 8) == 0) {
-    const char *slash = strchr(target + 8, '/');
+    const char *slash = strchr(target + (target[4] == 's' ? 8 : 7), '/');
     target = slash != NULL ? slash : "/";
   }
   n = strcspn(target, "?#");

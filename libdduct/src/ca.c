@@ -903,7 +903,7 @@ static void mint_done(uv_work_t *w, int status) {
   struct mint_job *j = DDUCT_CONTAINER_OF(w, struct mint_job, work);
   struct dduct_ca *ca = j->ca;
   struct mint_job **pp = &ca->minting;
-  struct dduct__leaf_wait *q = j->waiters;
+  struct dduct__leaf_wait *q;
   struct leaf *l = j->l;
   int rc = status != 0 ? DDUCT_ECRYPTO : j->rc;
   while (*pp != j) pp = &(*pp)->next;
@@ -917,9 +917,10 @@ static void mint_done(uv_work_t *w, int status) {
     leaf_free(l);
     l = NULL;
   }
-  free(j);
-  while (q != NULL) {
-    struct dduct__leaf_wait *next = q->next;
+  /* Waiters leave the job's list one at a time and the job is freed after the last: a callback
+   * that closes another connection waiting on this mint cancels it from a list still alive. */
+  while ((q = j->waiters) != NULL) {
+    j->waiters = q->next;
     if (l != NULL) {
       l->refs++;
       q->cb(q->arg, 0, l, &l->chain, &l->key);
@@ -927,8 +928,8 @@ static void mint_done(uv_work_t *w, int status) {
       q->cb(q->arg, rc, NULL, NULL, NULL);
     }
     free(q);
-    q = next;
   }
+  free(j);
   if (l != NULL) dduct__ca_leaf_put(l);
 }
 
