@@ -489,7 +489,7 @@ static int render_head(struct dduct_conn *c, int status, const char *reason,
   if (c->state != C_BUSY || c->resp_started) return DDUCT_ECLOSED;
   c->resp_started = 1;
   c->status = status;
-  c->resp_nobody = c->req.is_head || status == 204 || status == 304 || status < 200;
+  c->resp_nobody = dduct__http_no_body(c->req.is_head, status);
   if (content_length >= 0 && status != 204 && status >= 200) {
     framing = FR_LENGTH;
   } else if (!c->resp_nobody) {
@@ -554,7 +554,7 @@ int dduct__conn_send_head(struct dduct_conn *c, int status, const char *reason,
 int dduct__conn_send_whole(struct dduct_conn *c, int status, const char *reason,
                            const struct dduct_http_head *headers, int64_t content_length,
                            const char *body, size_t len) {
-  int nobody = c->req.is_head || status == 204 || status == 304 || status < 200;
+  int nobody = dduct__http_no_body(c->req.is_head, status);
   char *buf;
   int rc, n;
   if (!nobody && (content_length < 0 || (uint64_t)content_length != len)) return DDUCT_EINVAL;

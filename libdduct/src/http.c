@@ -601,3 +601,7 @@ int dduct__http_status_for_error(int err) {
   if (err == UV_ETIMEDOUT) return 504;
   return 502;
 }
+
+int dduct__http_no_body(int is_head, int status) {
+  return is_head || status < 200 || status == 204 || status == 304;
+}

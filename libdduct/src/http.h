@@ -45,6 +45,9 @@ const char *dduct__http_hvalue(const struct dduct_http_head *h, size_t i);
 /* Builders: 0, or DDUCT_ETOOBIG when the head would pass its caps. */
 int dduct__http_set_request_line(struct dduct_http_head *h, const char *method, const char *target);
 int dduct__http_set_status(struct dduct_http_head *h, int status, const char *reason);
+/* RFC 9110 6.4.1: a response to HEAD, a 1xx, 204 or 304 has no body, whatever its
+ * Content-Length says (the one no-body rule: conn.c frames by it, upstream.c reads by it). */
+int dduct__http_no_body(int is_head, int status);
 /* The status a proxy answers for an origin failure: 508 loop, 504 timeout, else 502. */
 int dduct__http_status_for_error(int err);
 int dduct__http_add(struct dduct_http_head *h, const char *name, const char *value);

@@ -711,7 +711,7 @@ static int resp_on_head(struct dduct_http_parser *p) {
   if (f == NULL) return 0;
   /* Responses to HEAD, and 204/304, end at their head whatever Content-Length says (a 304 may
    * carry the representation's length); llhttp only knows that when told (F_SKIPBODY). */
-  skip = strcmp(f->method, "HEAD") == 0 || p->head.status == 204 || p->head.status == 304;
+  skip = dduct__http_no_body(strcmp(f->method, "HEAD") == 0, p->head.status);
   if (p->head.status < 200) return 0; /* 1xx: interim, never delivered */
   if (p->head.status == 407 && c->route == R_PROXY) {
     /* The proxy's own answer, never the origin's: the client did not talk to that proxy. */
