@@ -133,7 +133,7 @@ int main(void) {
   struct dduct_ca *ca = NULL;
   struct dduct_proxy *proxy = NULL;
   struct rx *r = calloc(1, sizeof(*r));
-  uint16_t pport = free_port(), aport = free_port();
+  uint16_t pport = free_port(), aport;
   int fd, closed = 0;
 
   alarm(120);
@@ -152,6 +152,7 @@ int main(void) {
   snprintf(addr, sizeof(addr), "127.0.0.1:%u", pport);
   CHECK_EQ_INT(dduct_proxy_listen(proxy, DDUCT_LISTEN_TCP, addr, err, sizeof(err)), 0,
                "a proxy listener");
+  aport = free_port(); /* after the proxy listener took pport, so never the same port */
   snprintf(addr, sizeof(addr), "127.0.0.1:%u", aport);
   CHECK_EQ_INT(dduct_proxy_listen(proxy, DDUCT_LISTEN_ADMIN, addr, err, sizeof(err)), 0,
                "an admin listener");
