@@ -165,16 +165,13 @@ static int origin_headers(const struct creq *q, struct dduct_http_head *out) {
 }
 
 static char *make_url(const struct dduct_request *req) {
-  unsigned def = req->https ? 443 : 80;
-  int v6 = strchr(req->host, ':') != NULL;
-  char port[16] = "";
-  size_t n;
+  struct dduct_origin o = {req->https, req->host, req->port};
+  size_t n = strlen(req->host) + req->path_len_no_query + 32;
+  int at;
   char *u;
-  if (req->port != def) snprintf(port, sizeof(port), ":%u", req->port);
-  n = strlen(req->host) + req->path_len_no_query + 32;
   if ((u = malloc(n)) == NULL) return NULL;
-  snprintf(u, n, "%s://%s%s%s%s%.*s", req->https ? "https" : "http", v6 ? "[" : "", req->host,
-           v6 ? "]" : "", port, (int)req->path_len_no_query, req->path);
+  at = dduct__origin_format(u, n, &o, 0);
+  snprintf(u + at, n - (size_t)at, "%.*s", (int)req->path_len_no_query, req->path);
   return u;
 }
 

@@ -218,8 +218,8 @@ int dduct__parents_init(struct dduct_parents *ps, const char *const *urls, size_
       return dduct__errf(DDUCT_ECONFIG, err, errlen,
                          "parents: '%s' is not 'https://host:port' (or http://)", urls[i]);
     }
-    snprintf(pa->shown, sizeof(pa->shown), strchr(pa->host, ':') ? "%s://[%s]:%u" : "%s://%s:%u",
-             pa->https ? "https" : "http", pa->host, pa->port);
+    dduct__origin_format(pa->shown, sizeof(pa->shown),
+                         &(struct dduct_origin){pa->https, pa->host, pa->port}, DDUCT_ORIGIN_PORT);
     pa->id_hash = fnv1a(pa->shown);
     for (size_t j = 0; j < i; j++)
       if (strcmp(ps->v[j].shown, pa->shown) == 0) {

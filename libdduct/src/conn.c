@@ -376,6 +376,7 @@ static void book(struct dduct_conn *c) {
 
 static void log_request(struct dduct_conn *c) {
   const struct dduct_http_head *h = &c->parser.head;
+  char origin[300];
   book(c);
   if (!dduct__enabled(DDUCT_LOG_DEBUG)) return;
   if (c->req.host == NULL) {
@@ -385,11 +386,11 @@ static void log_request(struct dduct_conn *c) {
                c->status);
     return;
   }
-  dduct__log(DDUCT_LOG_DEBUG, "http_proxy", "%s %s %s%s%s:%u%s -> %d (%llu bytes, %llu ms)",
-             c->peer, dduct__http_method(h), c->req.https ? "https://" : "http://",
-             strchr(c->req.host != NULL ? c->req.host : "", ':') ? "[" : "",
-             c->req.host != NULL ? c->req.host : "?", c->req.port,
-             c->req.path != NULL ? c->req.path : "", c->status,
+  dduct__origin_format(origin, sizeof(origin),
+                       &(struct dduct_origin){c->req.https, c->req.host, c->req.port},
+                       DDUCT_ORIGIN_PORT);
+  dduct__log(DDUCT_LOG_DEBUG, "http_proxy", "%s %s %s%s -> %d (%llu bytes, %llu ms)", c->peer,
+             dduct__http_method(h), origin, c->req.path != NULL ? c->req.path : "", c->status,
              (unsigned long long)c->resp_bytes,
              (unsigned long long)(uv_now(c->p->loop) - c->t0));
 }

@@ -602,6 +602,16 @@ int dduct__http_status_for_error(int err) {
   return 502;
 }
 
+int dduct__origin_format(char *buf, size_t len, const struct dduct_origin *o, unsigned flags) {
+  const char *host = o->host != NULL ? o->host : "";
+  int v6 = strchr(host, ':') != NULL;
+  int port = (flags & DDUCT_ORIGIN_PORT) || o->port != (o->https ? 443u : 80u);
+  const char *scheme = (flags & DDUCT_ORIGIN_NO_SCHEME) ? "" : o->https ? "https://" : "http://";
+  if (port)
+    return snprintf(buf, len, v6 ? "%s[%s]:%u" : "%s%s:%u", scheme, host, o->port);
+  return snprintf(buf, len, v6 ? "%s[%s]" : "%s%s", scheme, host);
+}
+
 int dduct__http_no_body(int is_head, int status) {
   return is_head || status < 200 || status == 204 || status == 304;
 }

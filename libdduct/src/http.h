@@ -50,6 +50,18 @@ int dduct__http_set_status(struct dduct_http_head *h, int status, const char *re
 int dduct__http_no_body(int is_head, int status);
 /* The status a proxy answers for an origin failure: 508 loop, 504 timeout, else 502. */
 int dduct__http_status_for_error(int err);
+
+/* An origin: scheme, host (an IPv6 literal without brackets), port. */
+struct dduct_origin {
+  int https;
+  const char *host;
+  unsigned port;
+};
+#define DDUCT_ORIGIN_PORT 1u      /* always write the port (else the scheme's default is left out) */
+#define DDUCT_ORIGIN_NO_SCHEME 2u /* host[:port] alone (a Host header, a CONNECT authority) */
+/* The one formatter of "scheme://host[:port]": an IPv6 literal host goes in brackets. Writes at
+ * most len bytes, always terminated (len > 0), like snprintf; returns the length it wanted. */
+int dduct__origin_format(char *buf, size_t len, const struct dduct_origin *o, unsigned flags);
 int dduct__http_add(struct dduct_http_head *h, const char *name, const char *value);
 int dduct__http_addn(struct dduct_http_head *h, const char *name, size_t nlen, const char *value,
                      size_t vlen);

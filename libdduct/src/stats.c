@@ -11,6 +11,7 @@
 #include <cjson/cJSON.h>
 
 #include "cache.h"
+#include "http.h"
 #include "internal.h"
 #include "proxy.h"
 #include "stats.h"
@@ -296,15 +297,11 @@ static void sb_u64(struct sbuf *s, uint64_t v) {
 
 const char *dduct__stats_url(char *buf, size_t len, int https, const char *host, unsigned port,
                              const char *path) {
-  struct sbuf s = {buf, 0, len, 0};
-  int v6 = strchr(host, ':') != NULL;
-  if (https >= 0) sb_puts(&s, https ? "https://" : "http://");
-  if (v6) sb_putn(&s, "[", 1);
-  sb_puts(&s, host);
-  sb_puts(&s, v6 ? "]:" : ":");
-  sb_u64(&s, port);
-  if (https >= 0 && path != NULL) sb_puts(&s, path);
-  if (len > 0) buf[s.len < len ? s.len : len - 1] = '\0';
+  struct dduct_origin o = {https > 0, host, port};
+  unsigned flags = DDUCT_ORIGIN_PORT | (https < 0 ? DDUCT_ORIGIN_NO_SCHEME : 0u);
+  int at = dduct__origin_format(buf, len, &o, flags);
+  if (https >= 0 && path != NULL && at >= 0 && (size_t)at < len)
+    snprintf(buf + at, len - (size_t)at, "%s", path);
   return buf;
 }
 

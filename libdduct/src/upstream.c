@@ -177,8 +177,12 @@ static void uconn_close(struct uconn *c) {
 static void route_key(char *out, size_t cap, enum route r, int https, const char *host,
                       uint16_t port, const struct dduct_parent *parent) {
   if (r == R_PARENT) snprintf(out, cap, "parent %s", parent->shown);
-  else snprintf(out, cap, "%s://%s:%u%s", https ? "https" : "http", host, port,
-                r == R_PROXY ? " via proxy" : "");
+  else {
+    int at = dduct__origin_format(out, cap, &(struct dduct_origin){https, host, port},
+                                  DDUCT_ORIGIN_PORT);
+    if (r == R_PROXY && at >= 0 && (size_t)at < cap)
+      snprintf(out + at, cap - (size_t)at, " via proxy");
+  }
 }
 
 static enum route pick_route(const struct dduct_upstream *u, const char *host,
@@ -233,6 +237,15 @@ static struct uconn *uconn_new(struct dduct_upstream *u, int https, const char *
   route_key(c->key, sizeof(c->key), c->route, https, host, port, parent);
   u->live++;
   return c;
+}
+
+/* The fetch's URL for messages: scheme://host:port/target (the port always written). */
+static void fetch_url(struct dduct_fetch *f) {
+  int at = dduct__origin_format(f->url, sizeof(f->url),
+                                &(struct dduct_origin){f->https, f->host, f->port},
+                                DDUCT_ORIGIN_PORT);
+  if (at >= 0 && (size_t)at < sizeof(f->url))
+    snprintf(f->url + at, sizeof(f->url) - (size_t)at, "%s", f->target);
 }
 
 /* ---- failure ------------------------------------------------------------------------------ */
@@ -888,11 +901,10 @@ static int build_head(struct dduct_fetch *f, const struct uconn *c, char *out, s
   /* Origin-form, Host first (RFC 9112 3.2). */
   {
     struct dduct_http_head o;
-    int v6 = strchr(f->host, ':') != NULL;
-    int dflt = f->port == (f->https ? 443 : 80);
     dduct__http_head_init(&o);
-    if (dflt) snprintf(hostport, sizeof(hostport), v6 ? "[%s]" : "%s", f->host);
-    else snprintf(hostport, sizeof(hostport), v6 ? "[%s]:%u" : "%s:%u", f->host, f->port);
+    dduct__origin_format(hostport, sizeof(hostport),
+                         &(struct dduct_origin){f->https, f->host, f->port},
+                         DDUCT_ORIGIN_NO_SCHEME);
     /* A proxy (plain http through the upstream proxy) or a parent gets the absolute form. */
     if (c->route == R_PARENT || (c->route == R_PROXY && !f->https)) {
       size_t alen = strlen(hostport) + strlen(f->target) + 16;
@@ -970,8 +982,7 @@ static void send_request(struct dduct_fetch *f, struct uconn *c) {
   f->pend = NULL;
   f->pend_cap = 0;
   f->head_sent = 1;
-  snprintf(f->url, sizeof(f->url), "%s://%s:%u%s", f->https ? "https" : "http", f->host, f->port,
-           f->target);
+  fetch_url(f);
   uv_timer_start(&c->timer, timer_cb, c->u->cfg.upstream_timeout_ms,
                  c->u->cfg.upstream_timeout_ms);
   if (f->paused) uv_timer_stop(&c->timer);
@@ -1025,8 +1036,7 @@ int dduct__fetch_start(struct dduct_upstream *u, const struct dduct_fetch_reques
     fetch_free(f);
     return DDUCT_ENOMEM;
   }
-  snprintf(f->url, sizeof(f->url), "%s://%s:%u%s", f->https ? "https" : "http", f->host, f->port,
-           f->target);
+  fetch_url(f);
   *out = f;
   /* A failure right here is reported from the next loop turn (fetch_finish): no callback runs
    * inside this call. */

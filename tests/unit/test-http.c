@@ -311,8 +311,39 @@ static void test_cut_head_and_log_escape(void) {
         "escaping cuts at a whole escape");
 }
 
+static void test_origin_format(void) {
+  char b[128];
+  struct dduct_origin o = {0, "example.com", 80};
+  dduct__origin_format(b, sizeof(b), &o, 0);
+  CHECK_EQ_STR(b, "http://example.com", "http on port 80 leaves the port out");
+  dduct__origin_format(b, sizeof(b), &o, DDUCT_ORIGIN_PORT);
+  CHECK_EQ_STR(b, "http://example.com:80", "the port on demand");
+  o.https = 1;
+  dduct__origin_format(b, sizeof(b), &o, 0);
+  CHECK_EQ_STR(b, "https://example.com:80", "https on port 80 keeps the port");
+  o.port = 443;
+  dduct__origin_format(b, sizeof(b), &o, 0);
+  CHECK_EQ_STR(b, "https://example.com", "https on port 443 leaves the port out");
+  o.host = "::1";
+  dduct__origin_format(b, sizeof(b), &o, 0);
+  CHECK_EQ_STR(b, "https://[::1]", "an IPv6 literal goes in brackets");
+  o.port = 8443;
+  dduct__origin_format(b, sizeof(b), &o, 0);
+  CHECK_EQ_STR(b, "https://[::1]:8443", "IPv6 with a port: brackets, then the port");
+  dduct__origin_format(b, sizeof(b), &o, DDUCT_ORIGIN_NO_SCHEME);
+  CHECK_EQ_STR(b, "[::1]:8443", "host[:port] alone, still bracketed");
+  o.host = "10.0.0.1";
+  o.https = 0;
+  o.port = 80;
+  dduct__origin_format(b, sizeof(b), &o, DDUCT_ORIGIN_NO_SCHEME);
+  CHECK_EQ_STR(b, "10.0.0.1", "a Host value on the default port has no port");
+  CHECK_EQ_INT(dduct__origin_format(b, 5, &o, 0), 15, "returns the length it wanted");
+  CHECK_EQ_STR(b, "http", "and cuts, terminated");
+}
+
 int main(void) {
   test_head_fields();
+  test_origin_format();
   test_pause_after_head_then_body();
   test_no_body_message_end_after_resume();
   test_connect_leftover();
