@@ -348,10 +348,9 @@ static int parse_range(const char *v, uint64_t size, uint64_t *off, uint64_t *le
  * answer), hop-by-hop ones (upstream already strips those it is told of), Age (computed on each
  * hit), and Set-Cookie (one client's cookie must not go to every client of the entry). */
 static int not_replayed(const char *name) {
-  static const char *const names[] = {
-      "Content-Length", "Transfer-Encoding", "Content-Range", "Accept-Ranges", "Connection",
-      "Keep-Alive",     "Proxy-Connection",  "TE",            "Trailer",       "Upgrade",
-      "Proxy-Authenticate", "Set-Cookie",   "Set-Cookie2",   "Age"};
+  static const char *const names[] = {"Content-Range", "Accept-Ranges", "Set-Cookie",
+                                      "Set-Cookie2", "Age"};
+  if (dduct__http_header_class(name, strlen(name)) & (DDUCT_HDR_HOP | DDUCT_HDR_ENGINE)) return 1;
   for (size_t i = 0; i < DDUCT_ARRAY_SIZE(names); i++)
     if (strcasecmp(name, names[i]) == 0) return 1;
   return 0;

@@ -449,18 +449,6 @@ void dduct__conn_decline(struct dduct_conn *c) {
   if (!c->resp_started && c->state == C_BUSY) dispatch(c, c->route + 1);
 }
 
-/* Headers the engine frames itself: never copied from the caller's head. */
-static int engine_header(const char *name, size_t len) {
-  switch (len) {
-  case 10:
-    return strncasecmp(name, "Connection", 10) == 0 || strncasecmp(name, "Keep-Alive", 10) == 0;
-  case 14: return strncasecmp(name, "Content-Length", 14) == 0;
-  case 16: return strncasecmp(name, "Proxy-Connection", 16) == 0;
-  case 17: return strncasecmp(name, "Transfer-Encoding", 17) == 0;
-  default: return 0;
-  }
-}
-
 static char *put(char *p, const char *s, size_t n) {
   memcpy(p, s, n);
   return p + n;
@@ -523,7 +511,8 @@ static int render_head(struct dduct_conn *c, int status, const char *reason,
   for (size_t i = 0; headers != NULL && i < headers->n; i++) {
     const struct dduct_http_header *x = &headers->h[i];
     const char *name = dduct__http_hname(headers, i);
-    if (engine_header(name, x->name_len)) continue;
+    /* Framing and connection headers are the engine's own: never copied from the caller's. */
+    if (dduct__http_header_class(name, x->name_len) & DDUCT_HDR_ENGINE) continue;
     p = put(p, name, x->name_len);
     p = put(p, ": ", 2);
     p = put(p, dduct__http_hvalue(headers, i), x->value_len);

@@ -191,10 +191,31 @@ int dduct__http_has_token(const struct dduct_http_head *h, const char *name, con
   return dduct__http_each_token(h, name, token_eq, (void *)token);
 }
 
-static const char *const hop_by_hop[] = {
-    "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
-    "TE",         "Trailer",    "Transfer-Encoding", "Upgrade",
+#define HDR(name, classes) {name, sizeof(name) - 1, classes}
+static const struct {
+  const char *name;
+  size_t len;
+  unsigned classes;
+} header_table[] = {
+    HDR("Connection", DDUCT_HDR_HOP | DDUCT_HDR_ENGINE),
+    HDR("Content-Length", DDUCT_HDR_ENGINE),
+    HDR("Keep-Alive", DDUCT_HDR_HOP | DDUCT_HDR_ENGINE),
+    HDR("Proxy-Authenticate", DDUCT_HDR_HOP),
+    HDR("Proxy-Authorization", DDUCT_HDR_HOP),
+    HDR("Proxy-Connection", DDUCT_HDR_HOP | DDUCT_HDR_ENGINE),
+    HDR("TE", DDUCT_HDR_HOP),
+    HDR("Trailer", DDUCT_HDR_HOP),
+    HDR("Transfer-Encoding", DDUCT_HDR_HOP | DDUCT_HDR_ENGINE),
+    HDR("Upgrade", DDUCT_HDR_HOP),
 };
+#undef HDR
+
+unsigned dduct__http_header_class(const char *name, size_t len) {
+  for (size_t i = 0; i < DDUCT_ARRAY_SIZE(header_table); i++)
+    if (header_table[i].len == len && strncasecmp(name, header_table[i].name, len) == 0)
+      return header_table[i].classes;
+  return 0;
+}
 
 static int named_by_connection(const struct dduct_http_head *h, const char *name) {
   size_t n = strlen(name);
@@ -216,9 +237,7 @@ void dduct__http_strip_hop_by_hop(struct dduct_http_head *h) {
   size_t j = 0;
   for (size_t i = 0; i < h->n; i++) {
     const char *name = dduct__http_hname(h, i);
-    int drop = 0;
-    for (size_t k = 0; k < DDUCT_ARRAY_SIZE(hop_by_hop) && !drop; k++)
-      drop = strcasecmp(name, hop_by_hop[k]) == 0;
+    int drop = (dduct__http_header_class(name, h->h[i].name_len) & DDUCT_HDR_HOP) != 0;
     /* A Connection option naming Content-Length must not strip the framing we rely on. */
     if (!drop && strcasecmp(name, "Content-Length") != 0) drop = named_by_connection(h, name);
     if (!drop) h->h[j++] = h->h[i];

@@ -76,6 +76,14 @@ int dduct__http_each_token(const struct dduct_http_head *h, const char *name,
 /* 1 if a comma-separated header name (e.g. Connection) lists token (case-insensitive). */
 int dduct__http_has_token(const struct dduct_http_head *h, const char *name, const char *token);
 
+/* The header table: what dduct knows of a header name's role. */
+#define DDUCT_HDR_HOP 1u    /* hop-by-hop (RFC 9110 7.6.1): never passed on to the next hop */
+#define DDUCT_HDR_ENGINE 2u /* framing and connection management dduct writes itself:
+                             * Connection, Keep-Alive, Proxy-Connection, Content-Length,
+                             * Transfer-Encoding (never copied from a head it answers with) */
+/* The classes of a header name (len bytes, case-insensitive): 0 for an end-to-end header. */
+unsigned dduct__http_header_class(const char *name, size_t len);
+
 /* Drop the hop-by-hop headers: Connection and every header it names, Keep-Alive,
  * Proxy-Connection, Proxy-Authenticate, Proxy-Authorization, TE, Trailer, Transfer-Encoding,
  * Upgrade. Content-Length is kept: framing decides about it. */

@@ -233,6 +233,38 @@ static void test_hop_by_hop(void) {
   dduct__http_head_free(&h);
 }
 
+static unsigned hclass(const char *name) {
+  return dduct__http_header_class(name, strlen(name));
+}
+
+static void test_header_classes(void) {
+  static const char *const hop[] = {"Connection", "keep-alive", "PROXY-CONNECTION",
+                                    "Proxy-Authenticate", "proxy-authorization", "te",
+                                    "Trailer", "Transfer-Encoding", "upgrade"};
+  static const char *const engine[] = {"connection", "Keep-Alive", "Proxy-Connection",
+                                       "content-length", "Transfer-Encoding"};
+  static const char *const end_to_end[] = {"Host", "Authorization", "Content-Type", "Trailers",
+                                           "T", "Connection2", "Age", "Set-Cookie", ""};
+  int all = 1;
+  for (size_t i = 0; i < DDUCT_ARRAY_SIZE(hop); i++) all &= (hclass(hop[i]) & DDUCT_HDR_HOP) != 0;
+  CHECK(all, "Connection, Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade are hop");
+  all = 1;
+  for (size_t i = 0; i < DDUCT_ARRAY_SIZE(engine); i++)
+    all &= (hclass(engine[i]) & DDUCT_HDR_ENGINE) != 0;
+  CHECK(all, "framing and connection headers are the engine's own");
+  CHECK_EQ_INT((int)hclass("Content-Length"), (int)DDUCT_HDR_ENGINE,
+               "Content-Length is framing, not hop-by-hop (stripping keeps it)");
+  CHECK_EQ_INT((int)(hclass("Upgrade") & DDUCT_HDR_ENGINE), 0,
+               "Upgrade is hop-by-hop but not written by the engine");
+  CHECK_EQ_INT((int)(hclass("Proxy-Authorization") & DDUCT_HDR_ENGINE), 0,
+               "Proxy-Authorization is hop-by-hop but not written by the engine");
+  all = 1;
+  for (size_t i = 0; i < DDUCT_ARRAY_SIZE(end_to_end); i++) all &= hclass(end_to_end[i]) == 0;
+  CHECK(all, "other names (prefixes and extensions too) are end-to-end");
+  CHECK_EQ_INT((int)dduct__http_header_class("Connection: x", 10), (int)hclass("Connection"),
+               "the length bounds the name (a name inside a longer buffer)");
+}
+
 static void test_serialize(void) {
   struct dduct_http_head h;
   char out[256];
@@ -350,6 +382,7 @@ int main(void) {
   test_rejections();
   test_strict_shapes();
   test_hop_by_hop();
+  test_header_classes();
   test_serialize();
   test_urls();
   test_cut_head_and_log_escape();
