@@ -39,7 +39,7 @@ struct wnode { /* one write in flight on the client stream */
 
 struct dduct_conn {
   struct dduct_proxy *p;
-  struct dduct_conn *next, *prev;
+  struct dduct_conn_node node; /* in the proxy's list of live connections */
   struct dduct_stream *s; /* client chain top */
   uv_timer_t timer;
   uv_idle_t kick;
@@ -143,9 +143,6 @@ static const char *reason_of(int status) {
 
 static void conn_free(struct dduct_conn *c) {
   struct dduct_proxy *p = c->p;
-  if (c->prev != NULL) c->prev->next = c->next;
-  else p->conns = c->next;
-  if (c->next != NULL) c->next->prev = c->prev;
   while (c->wq_head != NULL) {
     struct wnode *n = c->wq_head;
     c->wq_head = n->next;
@@ -155,8 +152,8 @@ static void conn_free(struct dduct_conn *c) {
   free(c->rpath);
   free(c->in);
   if (c->counted) dduct__clients_release(&p->clients, (struct sockaddr *)&c->addr);
+  dduct__proxy_conn_gone(p, &c->node);
   free(c);
-  dduct__proxy_conn_gone(p, NULL);
 }
 
 static void handle_closed(struct dduct_conn *c) {
@@ -640,10 +637,6 @@ void dduct__conn_add_bytes(struct dduct_conn *c, uint64_t n) {
   c->resp_bytes += n;
 }
 
-struct dduct_conn *dduct__conn_next(struct dduct_conn *c) {
-  return c->next;
-}
-
 int dduct__conn_responding(const struct dduct_conn *c) {
   return c->resp_started;
 }
@@ -1106,11 +1099,7 @@ void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int kind) {
   uv_timer_init(p->loop, &c->timer);
   uv_idle_init(p->loop, &c->kick);
   uv_check_init(p->loop, &c->flush);
-  c->next = p->conns;
-  if (p->conns != NULL) p->conns->prev = c;
-  p->conns = c;
-  p->nconns++;
-  p->stats.connections_active = p->nconns;
+  dduct__proxy_conn_add(p, &c->node, c);
   dduct__http_parser_init(&c->parser, 0, &req_cbs, c);
   c->state = C_HEAD;
   c->tls_listener = tls;

@@ -67,7 +67,6 @@ void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int kind);
 void dduct__conn_drain(struct dduct_conn *c);
 /* Force-close (end of the grace period). */
 void dduct__conn_kill(struct dduct_conn *c);
-struct dduct_conn *dduct__conn_next(struct dduct_conn *c);
 
 void dduct__conn_take(struct dduct_conn *c, const struct dduct_conn_handler *h, void *arg);
 void dduct__conn_decline(struct dduct_conn *c);

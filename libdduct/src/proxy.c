@@ -392,8 +392,21 @@ int dduct_proxy_listen(struct dduct_proxy *p, enum dduct_listen_kind kind, const
   return 0;
 }
 
-void dduct__proxy_conn_gone(struct dduct_proxy *p, struct dduct_conn *c) {
-  (void)c;
+void dduct__proxy_conn_add(struct dduct_proxy *p, struct dduct_conn_node *n,
+                           struct dduct_conn *c) {
+  n->conn = c;
+  n->prev = NULL;
+  n->next = p->conns;
+  if (p->conns != NULL) p->conns->prev = n;
+  p->conns = n;
+  p->nconns++;
+  p->stats.connections_active = p->nconns;
+}
+
+void dduct__proxy_conn_gone(struct dduct_proxy *p, struct dduct_conn_node *n) {
+  if (n->prev != NULL) n->prev->next = n->next;
+  else p->conns = n->next;
+  if (n->next != NULL) n->next->prev = n->prev;
   p->nconns--;
   p->stats.connections_active = p->nconns;
   if (!p->closing) {
@@ -441,12 +454,12 @@ void dduct__proxy_maybe_closed(struct dduct_proxy *p) {
 
 static void grace_cb(uv_timer_t *t) {
   struct dduct_proxy *p = DDUCT_CONTAINER_OF(t, struct dduct_proxy, grace);
-  struct dduct_conn *c = p->conns;
+  struct dduct_conn_node *n = p->conns;
   if (p->nconns > 0) LOG_WARN("http_proxy", "shutdown grace over: closing %zu connections", p->nconns);
-  while (c != NULL) {
-    struct dduct_conn *next = dduct__conn_next(c);
-    dduct__conn_kill(c);
-    c = next;
+  while (n != NULL) {
+    struct dduct_conn_node *next = n->next;
+    dduct__conn_kill(n->conn);
+    n = next;
   }
   /* Fills outlive the clients that started them: stop them too, or shutdown waits on origins. */
   if (p->cache != NULL) dduct__cache_shutdown(p->cache);
@@ -454,7 +467,7 @@ static void grace_cb(uv_timer_t *t) {
 }
 
 void dduct_proxy_close(struct dduct_proxy *p, dduct_proxy_close_cb cb, void *user_data) {
-  struct dduct_conn *c;
+  struct dduct_conn_node *n;
   if (p == NULL || p->closing) return;
   p->closing = 1;
   p->close_cb = cb;
@@ -471,11 +484,11 @@ void dduct_proxy_close(struct dduct_proxy *p, dduct_proxy_close_cb cb, void *use
     uv_timer_start(&p->grace, grace_cb, p->o.shutdown_grace_ms, 0);
     uv_unref((uv_handle_t *)&p->grace);
   }
-  c = p->conns;
-  while (c != NULL) {
-    struct dduct_conn *next = dduct__conn_next(c);
-    dduct__conn_drain(c);
-    c = next;
+  n = p->conns;
+  while (n != NULL) {
+    struct dduct_conn_node *next = n->next;
+    dduct__conn_drain(n->conn);
+    n = next;
   }
   dduct__proxy_maybe_closed(p);
 }

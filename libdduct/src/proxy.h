@@ -12,6 +12,14 @@
 #include "stats.h"
 
 struct dduct_conn;
+
+/* The proxy owns the list of live connections (it counts them, takes a waiting listener's next
+ * connection when one ends, and drains or kills them at shutdown). A connection embeds one node
+ * and hands it over when accepted and when gone. */
+struct dduct_conn_node {
+  struct dduct_conn *conn;
+  struct dduct_conn_node *next, *prev;
+};
 struct dduct_upstream;
 struct dduct_tls_server_conf;
 struct dduct_tls_client_conf;
@@ -50,7 +58,7 @@ struct dduct_proxy {
   size_t nroutes;
   struct dduct_listener *listeners;
   size_t nlisteners_open;       /* listener handles not yet closed */
-  struct dduct_conn *conns;     /* every live connection (doubly linked) */
+  struct dduct_conn_node *conns; /* every live connection (doubly linked) */
   size_t nconns;
   struct sockaddr_storage *local; /* this host's interface addresses (loop detection) */
   size_t nlocal;
@@ -76,8 +84,10 @@ int dduct__proxy_is_self(const struct dduct_proxy *p, const struct sockaddr *sa)
  * long. */
 unsigned dduct__proxy_head_timeout(const struct dduct_proxy *p);
 int dduct__proxy_port_allowed(const struct dduct_proxy *p, uint16_t port);
-/* Called by conn when a connection is gone (its handles closed): frees a slot. */
-void dduct__proxy_conn_gone(struct dduct_proxy *p, struct dduct_conn *c);
+/* Called by conn when a connection is accepted, and when it is gone (its handles closed): the
+ * second frees its slot. */
+void dduct__proxy_conn_add(struct dduct_proxy *p, struct dduct_conn_node *n, struct dduct_conn *c);
+void dduct__proxy_conn_gone(struct dduct_proxy *p, struct dduct_conn_node *n);
 /* Called when shutdown may be complete (no conns, no upstream connections). */
 void dduct__proxy_maybe_closed(struct dduct_proxy *p);
 
