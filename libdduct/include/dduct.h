@@ -93,7 +93,9 @@ enum dduct_log_level {
   DDUCT_LOG_TRACE = 5,
 };
 
-/* module is the seed's module name ("ssl_certs", "serve", "http_proxy", "tls_mitm", ...);
+/* module names the part of dduct speaking, in the names the original tool's log lines used
+ * ("ssl_certs": the CA, "serve": the cache's files, "http_proxy": the plain listener and
+ * connections, "tls_mitm": the TLS listener and interception, ...);
  * message is one line without a trailing newline, printable ASCII only: any other byte (peers'
  * bytes quoted in a message included) comes escaped as \xNN. Both are borrowed for the call. */
 typedef void (*dduct_log_cb)(void *user_data, enum dduct_log_level level, const char *module,
@@ -134,7 +136,9 @@ struct dduct_ca_options {
   unsigned days_from_now;        /* default 3072 */
   const char *ca_cn;             /* default "dduct" */
   const char *server_cn;         /* default "*.dduct.rs" */
-  const char *const *server_dns_sans; /* default: the seed's eight names */
+  const char *const *server_dns_sans; /* default: *.dduct.rs, *.docker.io, *.gcr.io,
+                                       * *.githubusercontent.com, *.k8s.io, *.quay.io,
+                                       * ghcr.io, quay.io */
   size_t server_dns_sans_count;
   const char *const *server_ip_sans;  /* default: {"127.0.0.1"} */
   size_t server_ip_sans_count;

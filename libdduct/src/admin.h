@@ -1,4 +1,4 @@
-/* The local routes (issue 13): what dduct answers itself. On the admin listener: GET /metrics
+/* The local routes: what dduct answers itself. On the admin listener: GET /metrics
  * (Prometheus text 0.0.4), /stats (JSON), /healthz, /ca.crt and / (the status page). On the
  * proxy listeners only /ca.crt, for a request addressed to dduct itself. Internal. */
 #ifndef DDUCT_ADMIN_H

@@ -1036,8 +1036,8 @@ static void start_job(struct creq *q, struct dduct__store_entry *e) {
 
 /* ---- lookups and the hook ----------------------------------------------------------------- */
 
-/* An ordinary entry answers only requests of the scheme it was fetched with. Keys have held the
- * scheme since issue 16, but an entry a plain-http request stored before then sits under the
+/* An ordinary entry answers only requests of the scheme it was fetched with. Keys hold the scheme,
+ * but an entry a plain-http request stored under the older layout without it sits under the
  * https key (its sidecar's url says http://): never give it to an https request. A complete
  * blob was verified against its digest, whatever scheme brought it; a blob still filling is
  * not (its readers get every byte but the last before the digest is checked), so an https

@@ -63,7 +63,7 @@ struct dduct_proxy {
   struct sockaddr_storage *local; /* this host's interface addresses (loop detection) */
   size_t nlocal;
   struct dduct_proxy_stats stats;
-  struct dduct__stats metrics;  /* issue 13: stats.h */
+  struct dduct__stats metrics;  /* what /metrics and /stats report (stats.h) */
   uint64_t last_emfile_log;
   uint64_t last_denied_log;
   uint64_t last_percap_log; /* a client over max_connections_per_client, logged once a second */ /* a denied tls_bind client closed at accept, logged once a second */

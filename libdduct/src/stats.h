@@ -1,4 +1,4 @@
-/* The proxy's figures (issue 13): counters, gauges, histograms, the last hour per minute, the
+/* The proxy's figures: counters, gauges, histograms, the last hour per minute, the
  * last errors and the most-hit entries, kept on the loop thread with plain increments; read by
  * dduct_proxy_metrics_each and rendered as Prometheus text and JSON (stats.c). Internal.
  *

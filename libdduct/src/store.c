@@ -1145,7 +1145,7 @@ static void abort_fill(struct dduct__store_entry *e, int why) {
   log_discard(e, why);
   degrade(e->s, why);
   /* A full or failing disk must not cut the clients already reading: they get the rest from
-   * memory, and nothing is stored (issue 16 #9). */
+   * memory, and nothing is stored: a full disk degrades to pass-through. */
   if (is_disk_error(why) && relay_start(e, why) == 0) return;
   entry_kill(e, why);
 }
