@@ -235,34 +235,7 @@ static int file_exists(const char *path) {
 
 /* Whole file, NUL-terminated (PEM parsers want the NUL counted). */
 static int read_all(const char *path, unsigned char **out, size_t *outlen) {
-  struct stat st;
-  unsigned char *buf;
-  size_t got = 0;
-  int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
-  if (fd < 0) return -errno;
-  if (fstat(fd, &st) != 0) rc = -errno;
-  else if (!S_ISREG(st.st_mode)) rc = -EISDIR;
-  else if (st.st_size > FILE_MAX) rc = DDUCT_ETOOBIG;
-  if (rc != 0) {
-    close(fd);
-    return rc;
-  }
-  buf = malloc((size_t)st.st_size + 1);
-  if (buf == NULL) {
-    close(fd);
-    return DDUCT_ENOMEM;
-  }
-  while (got < (size_t)st.st_size) {
-    ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) break;
-    got += (size_t)r;
-  }
-  close(fd);
-  buf[got] = '\0';
-  *out = buf;
-  *outlen = got;
-  return 0;
+  return dduct__read_file(path, FILE_MAX, (char **)out, outlen);
 }
 
 static int write_fd(int fd, const unsigned char *data, size_t len) {

@@ -36,4 +36,9 @@ int dduct__errf(int code, char *err, size_t errlen, const char *fmt, ...)
 /* strdup that returns NULL on NULL. */
 char *dduct__strdup(const char *s);
 
+/* A whole small regular file into a malloc'ed, NUL-terminated buffer (*len excludes the NUL; a
+ * read error ends it short). 0; -errno if it cannot be opened; -EISDIR if it is not a regular
+ * file; DDUCT_ETOOBIG if it holds more than max bytes; DDUCT_ENOMEM. */
+int dduct__read_file(const char *path, size_t max, char **out, size_t *len);
+
 #endif

@@ -52,15 +52,14 @@ static int hex64(const char *s) {
 }
 
 static void read_sidecar(const char *path, struct item *x) {
-  char buf[65536];
-  ssize_t n;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  char *buf;
+  size_t n;
   cJSON *o;
   x->side_size = -1;
-  if (fd < 0) return;
-  n = read(fd, buf, sizeof(buf) - 1);
-  close(fd);
-  if (n <= 0 || (o = cJSON_ParseWithLength(buf, (size_t)n)) == NULL) return;
+  if (dduct__read_file(path, 65535, &buf, &n) != 0) return;
+  o = n > 0 ? cJSON_ParseWithLength(buf, n) : NULL;
+  free(buf);
+  if (o == NULL) return;
   {
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(o, "url");
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "digest");

@@ -64,30 +64,9 @@ static int make_parents(const char *base) {
 /* ---- load --------------------------------------------------------------------------------- */
 
 static int read_small(const char *path, char **out, size_t *outlen) {
-  struct stat st;
-  char *buf;
-  size_t got = 0;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -errno;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > SIDECAR_MAX) {
-    close(fd);
-    return DDUCT_ECORRUPT;
-  }
-  if ((buf = malloc((size_t)st.st_size + 1)) == NULL) {
-    close(fd);
-    return DDUCT_ENOMEM;
-  }
-  while (got < (size_t)st.st_size) {
-    ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += (size_t)n;
-  }
-  close(fd);
-  buf[got] = '\0';
-  *out = buf;
-  *outlen = got;
-  return 0;
+  int rc = dduct__read_file(path, SIDECAR_MAX, out, outlen);
+  /* Not a regular file, or bigger than any sidecar we write: not one of ours. */
+  return rc == -EISDIR || rc == DDUCT_ETOOBIG ? DDUCT_ECORRUPT : rc;
 }
 
 static char *json_str(const cJSON *o, const char *name) {

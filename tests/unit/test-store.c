@@ -1408,6 +1408,28 @@ static void test_sidecar_headers(void) {
   unlink(base);
 }
 
+/* The one read-a-file helper (sidecars, the CA's PEM files, the admin listing read with it). */
+static void test_read_file(void) {
+  char path[512], *buf = NULL;
+  size_t len = 99;
+  int fd;
+  snprintf(path, sizeof(path), "%s/small", tmpdir);
+  fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  CHECK(fd >= 0 && write(fd, "{\"a\":1}", 7) == 7, "a small file is written");
+  close(fd);
+  CHECK_EQ_INT(dduct__read_file(path, 7, &buf, &len), 0, "a file of exactly max bytes is read");
+  CHECK(buf != NULL && len == 7 && memcmp(buf, "{\"a\":1}", 8) == 0,
+        "whole, with its length, NUL-terminated");
+  free(buf);
+  buf = NULL;
+  CHECK_EQ_INT(dduct__read_file(path, 6, &buf, &len), DDUCT_ETOOBIG, "one byte over max: too big");
+  CHECK_EQ_INT(dduct__read_file(tmpdir, 1 << 20, &buf, &len), -EISDIR,
+               "a directory is not a file");
+  snprintf(path, sizeof(path), "%s/absent", tmpdir);
+  CHECK_EQ_INT(dduct__read_file(path, 1 << 20, &buf, &len), -ENOENT, "a missing file: -ENOENT");
+  CHECK(buf == NULL, "nothing is handed out on failure");
+}
+
 int main(void) {
   char dir[512];
   struct dduct_store *s;
@@ -1418,6 +1440,7 @@ int main(void) {
   if (mkdtemp(tmpdir) == NULL) return 1;
   uv_loop_init(&loop);
 
+  test_read_file();
   test_keys();
   test_key_known_answers();
   test_query_rules();
