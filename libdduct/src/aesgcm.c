@@ -26,7 +26,6 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define HAVE_X86 1
-#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -412,40 +411,19 @@ AESNI static int open_x86(const struct dduct__aesgcm *c, const unsigned char *iv
 
 /* ---- Choosing the implementation ---- */
 
-#ifdef HAVE_X86
 /* AES-NI with PCLMULQDQ and the SSSE3/SSE4.1 shuffles; VAES also needs AVX-512 F, BW (byte
- * masks) and VL, VPCLMULQDQ, and the OS saving the opmask and ZMM state (XCR0 bits 1-2, 5-7). */
-static int cpu_best(void) {
-  unsigned a, b, c, d;
-  uint64_t xcr0;
-  if (!__get_cpuid(1, &a, &b, &c, &d)) return DDUCT__AESGCM_NONE;
-  if (!(c & bit_AES) || !(c & bit_PCLMUL) || !(c & bit_SSSE3) || !(c & bit_SSE4_1))
-    return DDUCT__AESGCM_NONE;
-  if (!(c & bit_OSXSAVE) || !(c & bit_AVX)) return DDUCT__AESGCM_AESNI;
-  __asm__("xgetbv" : "=a"(a), "=d"(d) : "c"(0));
-  xcr0 = (uint64_t)d << 32 | a;
-  if ((xcr0 & 0xe6) != 0xe6) return DDUCT__AESGCM_AESNI;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return DDUCT__AESGCM_AESNI;
-  if (!(b & bit_AVX512F) || !(b & bit_AVX512BW) || !(b & bit_AVX512VL) || !(b & bit_AVX2) ||
-      !(c & bit_VAES) || !(c & bit_VPCLMULQDQ))
+ * masks) and VL, AVX2 and VPCLMULQDQ. */
+static int cpu_max(void) {
+  const struct dduct_cpu *c = dduct__cpu();
+#ifdef HAVE_X86
+  if (!c->aesni || !c->pclmul || !c->ssse3 || !c->sse41) return DDUCT__AESGCM_NONE;
+  if (!c->avx512f || !c->avx512bw || !c->avx512vl || !c->avx2 || !c->vaes || !c->vpclmul)
     return DDUCT__AESGCM_AESNI;
   return DDUCT__AESGCM_VAES512;
-}
 #else
-static int cpu_best(void) {
+  (void)c;
   return DDUCT__AESGCM_NONE;
-}
 #endif
-
-/* CPUID traps to the hypervisor on a VM (microseconds), so it runs once per process. */
-static int cpu_max(void) {
-  static atomic_int known = -1;
-  int v = atomic_load_explicit(&known, memory_order_relaxed);
-  if (v < 0) {
-    v = cpu_best();
-    atomic_store_explicit(&known, v, memory_order_relaxed);
-  }
-  return v;
 }
 
 enum dduct__aesgcm_impl dduct__aesgcm_best(void) {

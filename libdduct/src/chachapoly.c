@@ -21,7 +21,6 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define HAVE_X86 1
-#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -673,40 +672,20 @@ IFMA static void poly_padded_ifma(struct poly *p, const struct powers *w, const 
 
 /* ---- Choosing the implementation ---- */
 
+/* The best the CPU and the OS support (dduct__cpu checks that the OS saves the registers). */
+static int cpu_max(void) {
+  const struct dduct_cpu *c = dduct__cpu();
 #ifdef HAVE_X86
-/* The best the CPU and the OS support: AVX needs the OS to save YMM state (XCR0 bits 1-2),
- * AVX-512 also the opmask and ZMM state (bits 5-7). */
-static int cpu_best(void) {
-  unsigned a, b, c, d;
-  uint64_t xcr0;
-  if (!__get_cpuid(1, &a, &b, &c, &d)) return DDUCT__CHACHAPOLY_PORTABLE;
-  if (!(c & bit_OSXSAVE) || !(c & bit_AVX)) return DDUCT__CHACHAPOLY_PORTABLE;
-  __asm__("xgetbv" : "=a"(a), "=d"(d) : "c"(0));
-  xcr0 = (uint64_t)d << 32 | a;
-  if ((xcr0 & 0x6) != 0x6) return DDUCT__CHACHAPOLY_PORTABLE;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & bit_AVX2))
-    return DDUCT__CHACHAPOLY_PORTABLE;
-  if (!(b & bit_AVX512F) || (xcr0 & 0xe0) != 0xe0) return DDUCT__CHACHAPOLY_AVX2;
+  if (!c->avx2) return DDUCT__CHACHAPOLY_PORTABLE;
+  if (!c->avx512f) return DDUCT__CHACHAPOLY_AVX2;
 #ifdef HAVE_IFMA
-  if (b & bit_AVX512IFMA) return DDUCT__CHACHAPOLY_AVX512IFMA;
+  if (c->avx512ifma) return DDUCT__CHACHAPOLY_AVX512IFMA;
 #endif
   return DDUCT__CHACHAPOLY_AVX512;
-}
 #else
-static int cpu_best(void) {
+  (void)c;
   return DDUCT__CHACHAPOLY_PORTABLE;
-}
 #endif
-
-/* CPUID traps to the hypervisor on a VM (microseconds), so it runs once per process. */
-static int cpu_max(void) {
-  static atomic_int known = -1;
-  int v = atomic_load_explicit(&known, memory_order_relaxed);
-  if (v < 0) {
-    v = cpu_best();
-    atomic_store_explicit(&known, v, memory_order_relaxed);
-  }
-  return v;
 }
 
 enum dduct__chachapoly_impl dduct__chachapoly_best(void) {

@@ -17,7 +17,6 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define HAVE_SHANI 1
-#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -116,19 +115,6 @@ SHANI static void blocks_shani(uint32_t state[8], const unsigned char *p, size_t
   state[0] = out[3], state[1] = out[2], state[4] = out[1], state[5] = out[0];
   state[2] = out[7], state[3] = out[6], state[6] = out[5], state[7] = out[4];
 }
-
-/* CPUID rather than __builtin_cpu_supports: clang 14 does not know "sha". SHA-NI works on XMM
- * registers only, which every x86-64 OS saves, so no XCR0 check is needed. */
-static int cpu_has_shani(void) {
-  unsigned a, b, c, d;
-  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_SSSE3) || !(c & bit_SSE4_1)) return 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-  return (b & bit_SHA) != 0;
-}
-#else
-static int cpu_has_shani(void) {
-  return 0;
-}
 #endif
 
 static blocks_fn *impl_blocks(enum dduct__sha256_impl impl) {
@@ -138,15 +124,14 @@ static blocks_fn *impl_blocks(enum dduct__sha256_impl impl) {
   return blocks_portable;
 }
 
-/* CPUID traps to the hypervisor on a VM (microseconds), so it runs once per process. */
+/* SHA-NI works on XMM registers only, which every x86-64 OS saves. */
 static int shani_usable(void) {
-  static atomic_int known = -1;
-  int v = atomic_load_explicit(&known, memory_order_relaxed);
-  if (v < 0) {
-    v = cpu_has_shani();
-    atomic_store_explicit(&known, v, memory_order_relaxed);
-  }
-  return v;
+#ifdef HAVE_SHANI
+  const struct dduct_cpu *c = dduct__cpu();
+  return c->sha && c->ssse3 && c->sse41;
+#else
+  return 0;
+#endif
 }
 
 enum dduct__sha256_impl dduct__sha256_best(void) {
