@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "dduct.h"
+#include "rig.h"
 #include "tap.h"
 
 static uv_loop_t loop;
@@ -108,74 +109,6 @@ static void oconn_cb(uv_stream_t *server, int status) {
     oclose(c);
 }
 
-/* ---- clients: one GET through the proxy each, read until the proxy closes ------------------ */
-
-struct client {
-  uv_tcp_t tcp;
-  uv_connect_t conn;
-  uv_write_t w;
-  char req[512], resp[4096];
-  size_t len;
-  int done;
-};
-
-static void cclose_cb(uv_handle_t *h) {
-  ((struct client *)h->data)->done = 1;
-}
-
-static void calloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b) {
-  struct client *c = h->data;
-  *b = uv_buf_init(c->resp + c->len, (unsigned)(sizeof(c->resp) - c->len - 1));
-}
-
-static void cread_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
-  struct client *c = s->data;
-  if (n < 0) {
-    uv_close((uv_handle_t *)s, cclose_cb);
-    return;
-  }
-  c->len += (size_t)n;
-  c->resp[c->len] = '\0';
-}
-
-static void cwrite_cb(uv_write_t *w, int status) {
-}
-
-static void cconnect_cb(uv_connect_t *req, int status) {
-  struct client *c = req->data;
-  uv_buf_t b = uv_buf_init(c->req, (unsigned)strlen(c->req));
-  if (status != 0) {
-    uv_close((uv_handle_t *)&c->tcp, cclose_cb);
-    return;
-  }
-  uv_write(&c->w, (uv_stream_t *)&c->tcp, &b, 1, cwrite_cb);
-  uv_read_start((uv_stream_t *)&c->tcp, calloc_cb, cread_cb);
-}
-
-static void start(struct client *c, uint16_t proxy_port, uint16_t origin_port, const char *path) {
-  struct sockaddr_in a;
-  memset(c, 0, sizeof(*c));
-  snprintf(c->req, sizeof(c->req),
-           "GET http://127.0.0.1:%u%s HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nConnection: close\r\n\r\n",
-           origin_port, path, origin_port);
-  uv_tcp_init(&loop, &c->tcp);
-  c->tcp.data = c;
-  c->conn.data = c;
-  uv_ip4_addr("127.0.0.1", proxy_port, &a);
-  uv_tcp_connect(&c->conn, &c->tcp, (const struct sockaddr *)&a, cconnect_cb);
-}
-
-static const char *body(struct client *c) {
-  const char *b = strstr(c->resp, "\r\n\r\n");
-  return b != NULL ? b + 4 : "";
-}
-
-static const char *fetch(uint16_t pport, uint16_t oport, const char *path, struct client *c) {
-  start(c, pport, oport, path);
-  while (!c->done) uv_run(&loop, UV_RUN_ONCE);
-  return body(c);
-}
-
 static struct dduct_store *store;
 
 static struct dduct_store_stats stats(void) {
@@ -188,20 +121,6 @@ static void closed_cb(struct dduct_proxy *p, void *ud) {
   *(int *)ud = 1;
 }
 
-static uint16_t free_port(void) {
-  struct sockaddr_in a;
-  socklen_t len = sizeof(a);
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  uint16_t port = 0;
-  memset(&a, 0, sizeof(a));
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-    port = ntohs(a.sin_port);
-  if (fd >= 0) close(fd);
-  return port;
-}
 
 int main(void) {
   char tmp[] = "/tmp/dduct-test-cache-jobs-XXXXXX", certs[64], files[64], err[256] = "";
@@ -213,7 +132,7 @@ int main(void) {
   struct dduct_proxy *proxy = NULL;
   struct dduct_store_stats st;
   struct sockaddr_in a;
-  struct client c1, c2;
+  struct rig_client c1, c2;
   uv_tcp_t origin;
   int namelen = sizeof(struct sockaddr_in), closed = 0;
   uint16_t pport, oport;
@@ -234,7 +153,7 @@ int main(void) {
   po.shutdown_grace_ms = 200; /* the fill in flight at close is cut after this */
   CHECK_EQ_INT(dduct_proxy_new(&loop, &po, ca, store, filter, &proxy, err, sizeof(err)), 0,
                "a proxy with a store and a catch-all filter");
-  pport = free_port();
+  pport = rig_free_port();
   snprintf(addr, sizeof(addr), "127.0.0.1:%u", pport);
   CHECK_EQ_INT(dduct_proxy_listen(proxy, DDUCT_LISTEN_TCP, addr, err, sizeof(err)), 0,
                "it listens");
@@ -247,7 +166,7 @@ int main(void) {
 
   /* A miss: one fill, committed. */
   mode = WHOLE;
-  CHECK_EQ_STR(fetch(pport, oport, "/one", &c1), "hello", "a miss gets the origin's body");
+  CHECK_EQ_STR(rig_fetch(&loop, &c1, pport, oport, "/one"), "hello", "a miss gets the origin's body");
   CHECK_EQ_INT(origin_requests, 1, "from one origin request");
   while ((st = stats()).fills_completed == 0 && st.fills_discarded == 0)
     uv_run(&loop, UV_RUN_ONCE);
@@ -255,7 +174,7 @@ int main(void) {
         "the miss made exactly one fill, completed");
 
   /* A hit after the completed fill: the origin is not asked. */
-  CHECK_EQ_STR(fetch(pport, oport, "/one", &c1), "hello", "a hit gets the stored body");
+  CHECK_EQ_STR(rig_fetch(&loop, &c1, pport, oport, "/one"), "hello", "a hit gets the stored body");
   CHECK_EQ_INT(origin_requests, 1, "without contacting the origin");
   CHECK_EQ_INT(stats().hits, 1, "counted as a hit");
 
@@ -263,17 +182,17 @@ int main(void) {
    * bytes until the second client is following the fill (a hit on a filling entry) or has
    * reached the origin itself (origin_requests 2: no collapsing). */
   mode = HOLD;
-  start(&c1, pport, oport, "/two");
+  rig_client_start(&loop, &c1, pport, oport, "/two");
   while (held == NULL && !c1.done) uv_run(&loop, UV_RUN_ONCE);
   CHECK(held != NULL, "the first request reached the origin, which holds its answer");
-  start(&c2, pport, oport, "/two");
+  rig_client_start(&loop, &c2, pport, oport, "/two");
   while (stats().hits < 2 && origin_requests < 3 && !c2.done) uv_run(&loop, UV_RUN_ONCE);
   CHECK_EQ_INT(origin_requests, 2, "the second request does not reach the origin");
   CHECK_EQ_INT(stats().hits, 2, "it follows the fill in flight");
   if (held != NULL) release();
   while (!c1.done || !c2.done) uv_run(&loop, UV_RUN_ONCE);
-  CHECK_EQ_STR(body(&c1), "hello", "the first client gets the whole body");
-  CHECK_EQ_STR(body(&c2), "hello", "the second too, from the same fill");
+  CHECK_EQ_STR(rig_client_body(&c1), "hello", "the first client gets the whole body");
+  CHECK_EQ_STR(rig_client_body(&c2), "hello", "the second too, from the same fill");
   while ((st = stats()).fills_completed < 2 && st.fills_discarded == 0)
     uv_run(&loop, UV_RUN_ONCE);
   CHECK(st.misses == 2 && st.fills_completed == 2, "one fill for both");
@@ -281,15 +200,15 @@ int main(void) {
 
   /* The origin closes mid-body: the fill is discarded, the client's connection is cut. */
   mode = SHORT;
-  fetch(pport, oport, "/three", &c1);
+  rig_fetch(&loop, &c1, pport, oport, "/three");
   CHECK_EQ_INT(origin_requests, 3, "a miss for /three");
-  CHECK(strncmp(c1.resp, "HTTP/1.1 200 OK\r\n", 17) == 0 && strlen(body(&c1)) < 10,
+  CHECK(strncmp(c1.resp, "HTTP/1.1 200 OK\r\n", 17) == 0 && strlen(rig_client_body(&c1)) < 10,
         "the client got the head and a short body, then its connection closed");
   while ((st = stats()).fills_discarded == 0 && st.fills_completed == 2)
     uv_run(&loop, UV_RUN_ONCE);
   CHECK(st.fills_discarded == 1 && st.fills_completed == 2, "the short fill is discarded");
   mode = WHOLE;
-  CHECK_EQ_STR(fetch(pport, oport, "/three", &c1), "hello",
+  CHECK_EQ_STR(rig_fetch(&loop, &c1, pport, oport, "/three"), "hello",
                "the next request for /three is answered whole");
   CHECK_EQ_INT(origin_requests, 4, "by the origin: nothing of the short body was stored");
   while ((st = stats()).fills_completed < 3 && st.fills_discarded == 1)
@@ -297,7 +216,7 @@ int main(void) {
 
   /* Close with a fill in flight: every handle closes and nothing is stored. */
   mode = HOLD;
-  start(&c1, pport, oport, "/four");
+  rig_client_start(&loop, &c1, pport, oport, "/four");
   while (held == NULL && !c1.done) uv_run(&loop, UV_RUN_ONCE);
   CHECK(held != NULL, "a fill in flight for /four");
   while (strstr(c1.resp, "hel") == NULL && !c1.done) uv_run(&loop, UV_RUN_ONCE);
@@ -305,7 +224,7 @@ int main(void) {
   dduct_proxy_close(proxy, closed_cb, &closed);
   while (!closed) uv_run(&loop, UV_RUN_ONCE);
   while (!c1.done) uv_run(&loop, UV_RUN_ONCE);
-  CHECK(strlen(body(&c1)) < 5, "the client of the cut fill never got a whole body");
+  CHECK(strlen(rig_client_body(&c1)) < 5, "the client of the cut fill never got a whole body");
   dduct_proxy_free(proxy);
   uv_close((uv_handle_t *)&origin, NULL);
   if (held != NULL) oclose(held);

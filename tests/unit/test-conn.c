@@ -18,24 +18,11 @@
 #include <unistd.h>
 
 #include "dduct.h"
+#include "rig.h"
 #include "tap.h"
 
 static uv_loop_t loop;
 
-static uint16_t free_port(void) {
-  struct sockaddr_in a;
-  socklen_t len = sizeof(a);
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  uint16_t port = 0;
-  memset(&a, 0, sizeof(a));
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-    port = ntohs(a.sin_port);
-  if (fd >= 0) close(fd);
-  return port;
-}
 
 static int client(uint16_t port) {
   struct sockaddr_in a;
@@ -133,7 +120,7 @@ int main(void) {
   struct dduct_ca *ca = NULL;
   struct dduct_proxy *proxy = NULL;
   struct rx *r = calloc(1, sizeof(*r));
-  uint16_t pport = free_port(), aport;
+  uint16_t pport = rig_free_port(), aport;
   int fd, closed = 0;
 
   alarm(120);
@@ -152,7 +139,7 @@ int main(void) {
   snprintf(addr, sizeof(addr), "127.0.0.1:%u", pport);
   CHECK_EQ_INT(dduct_proxy_listen(proxy, DDUCT_LISTEN_TCP, addr, err, sizeof(err)), 0,
                "a proxy listener");
-  aport = free_port(); /* after the proxy listener took pport, so never the same port */
+  aport = rig_free_port(); /* after the proxy listener took pport, so never the same port */
   snprintf(addr, sizeof(addr), "127.0.0.1:%u", aport);
   CHECK_EQ_INT(dduct_proxy_listen(proxy, DDUCT_LISTEN_ADMIN, addr, err, sizeof(err)), 0,
                "an admin listener");

@@ -11,6 +11,7 @@
 
 #include "dduct.h"
 #include "internal.h"
+#include "rig.h"
 #include "tap.h"
 
 static uv_loop_t loop;
@@ -22,21 +23,6 @@ static void freeing_close_cb(struct dduct_proxy *p, void *user_data) {
   dduct_proxy_free(p); /* the proxy must not be touched after this */
 }
 
-/* A port free right now (listen addresses name their port; 0 is refused). */
-static unsigned free_port(void) {
-  struct sockaddr_in sa;
-  socklen_t len = sizeof(sa);
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  unsigned port = 0;
-  memset(&sa, 0, sizeof(sa));
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-      getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-    port = ntohs(sa.sin_port);
-  if (fd >= 0) close(fd);
-  return port;
-}
 
 static void test_close_callback_may_free(void) {
   char dir[] = "/tmp/dduct-test-proxy-XXXXXX";
@@ -55,7 +41,7 @@ static void test_close_callback_may_free(void) {
   CHECK_EQ_INT(dduct_ca_open(&co, &ca, err, sizeof(err)), 0, "a CA in the temp dir");
   CHECK_EQ_INT(dduct_proxy_new(&loop, NULL, ca, NULL, NULL, &p, err, sizeof(err)), 0,
                "a proxy with default options");
-  snprintf(path, sizeof(path), "127.0.0.1:%u", free_port());
+  snprintf(path, sizeof(path), "127.0.0.1:%u", rig_free_port());
   CHECK_EQ_INT(dduct_proxy_listen(p, DDUCT_LISTEN_TCP, path, err, sizeof(err)), 0,
                "listening on a free port");
   dduct_proxy_close(p, freeing_close_cb, &loop);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "dduct.h"
+#include "rig.h"
 #include "tap.h"
 
 static uv_loop_t loop;
@@ -66,69 +67,6 @@ static void oconn_cb(uv_stream_t *server, int status) {
     uv_close((uv_handle_t *)&c->tcp, oclose_cb);
 }
 
-/* ---- client: one request through the proxy, the whole answer until close ------------------ */
-
-struct client {
-  uv_tcp_t tcp;
-  uv_connect_t conn;
-  uv_write_t w;
-  char req[512], resp[4096];
-  size_t len;
-  int done;
-};
-
-static void cclose_cb(uv_handle_t *h) {
-  ((struct client *)h->data)->done = 1;
-}
-
-static void calloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *b) {
-  struct client *c = h->data;
-  *b = uv_buf_init(c->resp + c->len, (unsigned)(sizeof(c->resp) - c->len - 1));
-}
-
-static void cread_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
-  struct client *c = s->data;
-  if (n < 0) {
-    uv_close((uv_handle_t *)s, cclose_cb);
-    return;
-  }
-  c->len += (size_t)n;
-  c->resp[c->len] = '\0';
-}
-
-static void cwrite_cb(uv_write_t *w, int status) {
-}
-
-static void cconnect_cb(uv_connect_t *req, int status) {
-  struct client *c = req->data;
-  uv_buf_t b = uv_buf_init(c->req, (unsigned)strlen(c->req));
-  if (status != 0) {
-    uv_close((uv_handle_t *)&c->tcp, cclose_cb);
-    return;
-  }
-  uv_write(&c->w, (uv_stream_t *)&c->tcp, &b, 1, cwrite_cb);
-  uv_read_start((uv_stream_t *)&c->tcp, calloc_cb, cread_cb);
-}
-
-/* The body of one GET through the proxy ("" on failure). */
-static const char *fetch(uint16_t proxy_port, uint16_t origin_port, const char *path,
-                         struct client *c) {
-  struct sockaddr_in a;
-  char *body;
-  memset(c, 0, sizeof(*c));
-  snprintf(c->req, sizeof(c->req),
-           "GET http://127.0.0.1:%u%s HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nConnection: close\r\n\r\n",
-           origin_port, path, origin_port);
-  uv_tcp_init(&loop, &c->tcp);
-  c->tcp.data = c;
-  c->conn.data = c;
-  uv_ip4_addr("127.0.0.1", proxy_port, &a);
-  uv_tcp_connect(&c->conn, &c->tcp, (const struct sockaddr *)&a, cconnect_cb);
-  while (!c->done) uv_run(&loop, UV_RUN_ONCE);
-  body = strstr(c->resp, "\r\n\r\n");
-  return body != NULL ? body + 4 : "";
-}
-
 /* ---- the embedder's decision -------------------------------------------------------------- */
 
 static int cb_calls;
@@ -144,21 +82,6 @@ static void closed_cb(struct dduct_proxy *p, void *ud) {
   *(int *)ud = 1;
 }
 
-/* A port free right now (the listen API wants one; a race with another binder is unlikely). */
-static uint16_t free_port(void) {
-  struct sockaddr_in a;
-  socklen_t len = sizeof(a);
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  uint16_t port = 0;
-  memset(&a, 0, sizeof(a));
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-    port = ntohs(a.sin_port);
-  if (fd >= 0) close(fd);
-  return port;
-}
 
 int main(void) {
   char tmp[] = "/tmp/dduct-test-store-cache-XXXXXX", certs[64], files[64], err[256] = "";
@@ -171,7 +94,7 @@ int main(void) {
   struct dduct_proxy *proxy = NULL;
   struct dduct_store_stats st;
   struct sockaddr_in a;
-  struct client c;
+  struct rig_client c;
   uv_tcp_t origin;
   int namelen = sizeof(struct sockaddr_in), args_ok = 0, closed = 0;
   uint16_t pport, oport;
@@ -193,7 +116,7 @@ int main(void) {
   po.cacheable_data = &args_ok;
   CHECK_EQ_INT(dduct_proxy_new(&loop, &po, ca, store, filter, &proxy, err, sizeof(err)), 0,
                "a proxy with a store, a catch-all filter and a cacheable_cb");
-  pport = free_port();
+  pport = rig_free_port();
   snprintf(addr, sizeof(addr), "127.0.0.1:%u", pport);
   CHECK_EQ_INT(dduct_proxy_listen(proxy, DDUCT_LISTEN_TCP, addr, err, sizeof(err)), 0,
                "it listens");
@@ -205,12 +128,12 @@ int main(void) {
   uv_tcp_getsockname(&origin, (struct sockaddr *)&a, &namelen);
   oport = ntohs(a.sin_port);
 
-  CHECK_EQ_STR(fetch(pport, oport, "/a.deb", &c), "hello", "first GET: the origin's body");
-  CHECK_EQ_STR(fetch(pport, oport, "/a.deb", &c), "hello", "second GET: the same body");
+  CHECK_EQ_STR(rig_fetch(&loop, &c, pport, oport, "/a.deb"), "hello", "first GET: the origin's body");
+  CHECK_EQ_STR(rig_fetch(&loop, &c, pport, oport, "/a.deb"), "hello", "second GET: the same body");
   CHECK_EQ_INT(origin_requests, 1, "a path the callback allows is cached");
   CHECK(args_ok, "the callback sees the method, scheme and host");
-  CHECK_EQ_STR(fetch(pport, oport, "/nocache.deb", &c), "hello", "a vetoed path is answered");
-  CHECK_EQ_STR(fetch(pport, oport, "/nocache.deb", &c), "hello", "twice");
+  CHECK_EQ_STR(rig_fetch(&loop, &c, pport, oport, "/nocache.deb"), "hello", "a vetoed path is answered");
+  CHECK_EQ_STR(rig_fetch(&loop, &c, pport, oport, "/nocache.deb"), "hello", "twice");
   CHECK_EQ_INT(origin_requests, 3, "a path the callback refuses is never cached");
   CHECK_EQ_INT(cb_calls, 4, "the callback is asked once per request");
   /* The commit (fsyncs included) follows the response's last byte. */
