@@ -225,6 +225,13 @@ DDUCT_EXTERN int dduct_store_open_with(uv_loop_t *loop, const char *dir,
 DDUCT_EXTERN int dduct_store_open(uv_loop_t *loop, const char *dir, struct dduct_store **out,
                                   char *err, size_t errlen);
 DDUCT_EXTERN void dduct_store_stats(const struct dduct_store *s, struct dduct_store_stats *out);
+/* Let the thread running loop use s too (s was opened on another loop). Call on loop's thread
+ * before that thread's first use of s; every callback of work started from this thread then runs
+ * on loop. dduct_store_detach(s, loop) on the same thread after the last use (it closes a
+ * handle: run loop once more before closing it). The opening loop is attached by open.
+ * 0, DDUCT_EINVAL (already attached), DDUCT_ENOMEM. */
+DDUCT_EXTERN int dduct_store_attach(struct dduct_store *s, uv_loop_t *loop);
+DDUCT_EXTERN void dduct_store_detach(struct dduct_store *s, uv_loop_t *loop);
 /* ---- inspection and purge (blocking: for tools and maintenance threads, never the loop
  * thread). Safe while dduct processes serve the same directory: removals take the sidecar first
  * and are journaled, and a running dduct stops serving a removed entry at once. */

@@ -2334,3 +2334,13 @@ void dduct_store_free(struct dduct_store *s) {
     entry_free(DDUCT_CONTAINER_OF(s->idle.next, struct dduct__store_entry, idle));
   if (s->live == 0 && s->works == 0) store_destroy(s);
 }
+
+/* Not yet shared: the opening loop's thread is the only one that may use the store. */
+int dduct_store_attach(struct dduct_store *s, uv_loop_t *loop) {
+  if (s == NULL || loop == NULL || loop == s->loop) return DDUCT_EINVAL;
+  return 0;
+}
+
+void dduct_store_detach(struct dduct_store *s, uv_loop_t *loop) {
+  (void)s, (void)loop;
+}
