@@ -74,6 +74,7 @@ static const struct key keys[] = {
     {"proxy", "parents", K_STRINGS, F(parents), 0, 0, check_parent},
     {"proxy", "parent_ca_file", K_STRING, F(parent_ca_file), 0, 0, NULL},
     {"proxy", "parent_down_time", K_UINT, F(parent_down_time), 1, 86400, NULL},
+    {"proxy", "workers", K_UINT, F(workers), 1, 256, NULL},
     {"cache", "max_size", K_SIZE, F(cache_max_size), 0, 0, NULL},
     {"cache", "min_free", K_MINFREE, F(cache_min_free), 0, 0, NULL},
     {"cache", "fsync", K_BOOL, F(cache_fsync), 0, 0, NULL},
@@ -174,6 +175,7 @@ int config_init(struct config *c) {
   rc |= strv_set(&c->parents, NULL, 0);
   rc |= set_str(&c->parent_ca_file, "");
   c->parent_down_time = 30;
+  c->workers = 1;
   c->cache_max_size = 0;
   c->cache_min_free = 0;
   c->cache_min_free_percent = 10;

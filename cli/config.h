@@ -50,6 +50,7 @@ struct config {
   struct strv parents;
   char *parent_ca_file; /* "" for upstream_ca_file */
   unsigned parent_down_time; /* seconds */
+  unsigned workers;          /* event loops (threads) serving the listeners, 1..256 */
   /* [cache] */
   uint64_t cache_max_size;         /* bytes; 0: no budget */
   uint64_t cache_min_free;         /* bytes; 0: cache_min_free_percent applies */

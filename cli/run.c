@@ -114,6 +114,7 @@ static void proxy_options(const struct config *cfg, struct dduct_proxy_options *
   o->parent_ca_file = cfg->parent_ca_file[0] != '\0' ? cfg->parent_ca_file : NULL;
   o->parent_down_ms = cfg->parent_down_time * 1000u;
   o->stale_if_error = cfg->cache_stale_if_error;
+  o->workers = cfg->workers;
 }
 
 /* The admin listener is a convenience: when its address is taken (by default a fixed loopback

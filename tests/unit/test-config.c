@@ -404,6 +404,21 @@ static void test_chain_keys(void) {
   config_free(&c);
 }
 
+static void test_workers(void) {
+  struct config c;
+  char err[512] = "", *p;
+  config_init(&c);
+  CHECK_EQ_INT(c.workers, 1, "one event loop by default");
+  CHECK_EQ_INT(load(&c, "[proxy]\nworkers = 4\n", err, sizeof(err)), 0, "workers loads");
+  CHECK_EQ_INT(c.workers, 4, "value");
+  p = print(&c);
+  CHECK(strstr(p, "\nworkers ") != NULL && strstr(p, " = 4\n") != NULL, "--check prints it");
+  free(p);
+  config_free(&c);
+  bad("[proxy]\nworkers = 0\n", "2:11: workers: 0 is out of range (1..256)", "workers 0");
+  bad("[proxy]\nworkers = 257\n", "2:11: workers: 257 is out of range (1..256)", "workers 257");
+}
+
 static void test_files(void) {
   struct config c;
   char err[512] = "", path[] = "/tmp/dduct-test-config-XXXXXX";
@@ -469,5 +484,6 @@ int main(void) {
   test_files();
   test_checks();
   test_chain_keys();
+  test_workers();
   return tap_done();
 }
