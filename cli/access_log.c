@@ -56,7 +56,9 @@ static void flush(struct access_log *a) {
 
 static void timer_cb(uv_timer_t *t) {
   struct access_log *a = t->data;
+  uv_mutex_lock(&a->mu);
   if (a->len > 0) flush(a);
+  uv_mutex_unlock(&a->mu);
 }
 
 int access_log_open(struct access_log *a, uv_loop_t *loop, const char *path, char *err,
@@ -74,6 +76,14 @@ int access_log_open(struct access_log *a, uv_loop_t *loop, const char *path, cha
     free(a->buf);
     return rc;
   }
+  if ((rc = uv_mutex_init(&a->mu)) != 0) {
+    snprintf(err, errlen, "access_log: %s", uv_strerror(rc));
+    if (a->fd != STDERR_FILENO) close(a->fd);
+    a->fd = -1;
+    free(a->path);
+    free(a->buf);
+    return rc;
+  }
   uv_timer_init(loop, &a->timer);
   a->timer.data = a;
   a->timer_open = 1;
@@ -84,27 +94,33 @@ int access_log_open(struct access_log *a, uv_loop_t *loop, const char *path, cha
 
 void access_log_record(void *user_data, const struct dduct_access_record *r) {
   struct access_log *a = user_data;
-  size_t room = FLUSH_AT + LINE_MAX_LEN - a->len;
-  size_t n = dduct_access_record_json(r, a->buf + a->len, room);
+  size_t room, n;
+  uv_mutex_lock(&a->mu);
+  room = FLUSH_AT + LINE_MAX_LEN - a->len;
+  n = dduct_access_record_json(r, a->buf + a->len, room);
   if (n >= room) { /* longer than LINE_MAX_LEN: cannot happen with URLs cut at 4 KiB */
     a->lost++;
-    return;
+  } else {
+    a->len += n;
+    if (a->len >= FLUSH_AT) flush(a);
   }
-  a->len += n;
-  if (a->len >= FLUSH_AT) flush(a);
+  uv_mutex_unlock(&a->mu);
 }
 
 void access_log_reopen(struct access_log *a) {
   char err[600];
   int fd;
   if (a->fd < 0 || a->fd == STDERR_FILENO) return;
+  uv_mutex_lock(&a->mu);
   if (a->len > 0) flush(a); /* what was logged before the signal goes to the old file */
   if (open_file(a->path, &fd, err, sizeof(err)) != 0) {
+    uv_mutex_unlock(&a->mu);
     log_line(DDUCT_LOG_ERROR, "access_log", "%s; still writing the old file", err);
     return;
   }
   close(a->fd);
   a->fd = fd;
+  uv_mutex_unlock(&a->mu);
   log_line(DDUCT_LOG_INFO, "access_log", "Reopened \"%s\"", a->path);
 }
 
@@ -118,4 +134,5 @@ void access_log_close(struct access_log *a) {
   free(a->buf);
   free(a->path);
   a->buf = a->path = NULL;
+  uv_mutex_destroy(&a->mu);
 }

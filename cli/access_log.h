@@ -1,7 +1,8 @@
 /* The access log ([misc] access_log): one JSON line per request (dduct_access_record_json),
  * gathered in one fixed buffer and written with one write() once 64 KiB wait or once a second,
  * so the loop makes one system call per few hundred requests, never one per request. "-" is
- * stderr. Reopened on SIGHUP (logrotate). */
+ * stderr. Reopened on SIGHUP (logrotate). Records come from every event loop's thread (workers):
+ * a mutex guards the buffer and the file. */
 #ifndef DDUCT_CLI_ACCESS_LOG_H
 #define DDUCT_CLI_ACCESS_LOG_H
 
@@ -11,6 +12,7 @@
 #include "dduct.h"
 
 struct access_log {
+  uv_mutex_t mu;      /* the buffer, fd and counters below */
   char *path;
   int fd;
   char *buf;          /* FLUSH_AT + one line at most */

@@ -16,7 +16,8 @@
  *   same cert_dir); a dduct_filter is read-only once given to a proxy, but matching uses
  *   per-pattern scratch space, so one thread at a time too. dduct_ca_open may run on any thread
  *   before the CA is handed to a proxy. dduct_log_set's callback may be called from any of
- *   these threads.
+ *   these threads. A proxy with workers > 1 (struct dduct_proxy_options) runs its own threads:
+ *   it uses its ca, store and filter, and calls the embedder's callbacks, from each of them.
  */
 #ifndef DDUCT_H
 #define DDUCT_H
@@ -347,6 +348,16 @@ struct dduct_proxy_options {
    * CONNECTs included) with a record borrowed for the call; NULL: no records are made. */
   void (*access_cb)(void *user_data, const struct dduct_access_record *r);
   void *access_data;
+  /* Event loops serving the listeners. 0 and 1 (default): the loop given to dduct_proxy_new
+   * only, no threads. N > 1: that loop plus N-1 threads started by dduct_proxy_new, each running
+   * its own loop with its own connections, origin pool and TLS state; every listener is bound
+   * on each loop with SO_REUSEPORT and the kernel spreads new connections over them (the admin
+   * listener stays on the caller's loop). ca, store and filter are then used from every loop's
+   * thread, and access_cb, cacheable_cb and the log callback run on any of those threads, for
+   * any of them at once. max_connections is split evenly between the loops (at least 1 each);
+   * max_connections_per_client counts the whole process. For now N > 1 with a store fails with
+   * DDUCT_ECONFIG: the store is not yet shared between loops. */
+  unsigned workers;
 };
 
 /* Fill o with the defaults above (pointers to static storage). */

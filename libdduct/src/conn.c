@@ -151,7 +151,7 @@ static void conn_free(struct dduct_conn *c) {
   dduct__http_parser_free(&c->parser);
   free(c->rpath);
   free(c->in);
-  if (c->counted) dduct__clients_release(&p->clients, (struct sockaddr *)&c->addr);
+  if (c->counted) dduct__proxy_client_release(p, (struct sockaddr *)&c->addr);
   dduct__proxy_conn_gone(p, &c->node);
   free(c);
 }
@@ -1116,8 +1116,7 @@ void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int kind) {
   (void)uv_tcp_nodelay(h, 1);
   /* One address cannot take every slot (idle sockets locked everyone else out until
    * head_timeout). Closed at once: a slot held for an answer is what it must not get. */
-  if (dduct__clients_take(&p->clients, (struct sockaddr *)&ss,
-                          p->o.max_connections_per_client) == DDUCT_EAGAIN) {
+  if (dduct__proxy_client_take(p, (struct sockaddr *)&ss) == DDUCT_EAGAIN) {
     uint64_t now = uv_now(p->loop);
     p->stats.errors++;
     if (now - p->last_percap_log >= 1000) {

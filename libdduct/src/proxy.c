@@ -1,7 +1,10 @@
 /* The proxy context: options, listeners, connection slots, shutdown. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "cache.h"
 #include "conn.h"
@@ -130,6 +133,7 @@ static void free_parts(struct dduct_proxy *p) {
   free(p->local);
   dduct__acl_free(&p->allow);
   dduct__clients_free(&p->clients);
+  if (p->clients_mu == &p->clients_mu_own) uv_mutex_destroy(&p->clients_mu_own);
   dduct__pins_free(&p->pins);
   dduct__query_rules_free(p->query_rules);
   dduct__tls_server_conf_free(p->tls_server);
@@ -176,6 +180,7 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
   if (rc != 0) return rc;
   rc = dduct__tls_server_conf_new(p->ca, &p->tls_server, err, errlen);
   if (rc != 0) return rc;
+  if (p->parent != NULL) dduct__tls_server_conf_share_tickets(p->tls_server, p->parent->tls_server);
   rc = dduct__tls_client_conf_new(p->o.system_ca_file, p->o.upstream_ca_file,
                                   p->o.upstream_insecure, &p->tls_client, err, errlen);
   if (rc != 0) return rc;
@@ -185,11 +190,11 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
   rc = dduct__parents_init(&p->parents, o->parents, o->parents != NULL ? o->parents_count : 0,
                            p->o.parent_down_ms, err, errlen);
   if (rc != 0) return rc;
-  if (p->uproxy.host[0] != '\0')
+  if (p->uproxy.host[0] != '\0' && p->parent == NULL)
     LOG_INFO("http_proxy", "Upstream proxy %s%s for origins%s", p->uproxy.shown,
              p->uproxy.auth != NULL ? " (Basic credentials)" : "",
              p->uproxy.nglobs + p->uproxy.cidrs.n > 0 ? " outside no_upstream_proxy" : "");
-  for (size_t i = 0; i < p->parents.n; i++)
+  for (size_t i = 0; i < p->parents.n && p->parent == NULL; i++)
     LOG_INFO("http_proxy", "Parent %s%s", p->parents.v[i].shown,
              p->parents.v[i].https ? "" : " (plain http: asked for http:// files only)");
   if (p->parents.n > 0) {
@@ -233,12 +238,294 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
   return 0;
 }
 
+/* ---- event loops ---------------------------------------------------------------------------
+ *
+ * With workers = N > 1 the parent (the caller's loop) starts N-1 threads, each running its own
+ * loop and its own proxy (a worker) made from the same options. The parent talks to a worker
+ * through its wake handle: a call (a function the worker runs on its own thread while the parent
+ * waits: binding a listener, copying its figures) or the request to close. A worker whose proxy
+ * has closed keeps a last copy of its figures (final) and takes no more calls. */
+
+enum { W_STARTING, W_RUNNING, W_CLOSED, W_ENDED };
+
+struct dduct__worker {
+  struct dduct_proxy *parent, *p;
+  const struct dduct_proxy_options *o; /* the caller's options, while starting */
+  unsigned index;
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_async_t wake;
+  uv_mutex_t mu;
+  uv_cond_t cv;
+  /* Under mu. */
+  int state;
+  int start_rc;
+  char start_err[256];
+  void (*call)(struct dduct__worker *w, void *arg);
+  void *call_arg;
+  int call_done;
+  int close_asked, close_started;
+  int notify; /* tell the parent when the thread ends */
+  struct dduct__figures *final;
+  /* Parent's thread only. */
+  int thread_started, joined;
+};
+
+static void take_figures(const struct dduct_proxy *p, struct dduct__figures *f);
+
+static void run_call(struct dduct__worker *w) {
+  void (*call)(struct dduct__worker *, void *) = w->call;
+  void *arg = w->call_arg;
+  uv_mutex_unlock(&w->mu);
+  call(w, arg);
+  uv_mutex_lock(&w->mu);
+  w->call = NULL;
+  w->call_done = 1;
+  uv_cond_broadcast(&w->cv);
+}
+
+static void worker_closed_cb(struct dduct_proxy *wp, void *arg) {
+  struct dduct__worker *w = arg;
+  struct dduct__figures *final = calloc(1, sizeof(*final));
+  if (final != NULL) take_figures(wp, final);
+  uv_mutex_lock(&w->mu);
+  if (w->call != NULL) run_call(w); /* the parent waits on it: its wake will not come now */
+  w->final = final;
+  w->state = W_CLOSED;
+  uv_mutex_unlock(&w->mu);
+  uv_close((uv_handle_t *)&w->wake, NULL);
+}
+
+static void wake_cb(uv_async_t *h) {
+  struct dduct__worker *w = h->data;
+  int close;
+  uv_mutex_lock(&w->mu);
+  if (w->call != NULL) run_call(w);
+  close = w->close_asked && !w->close_started;
+  w->close_started |= close;
+  uv_mutex_unlock(&w->mu);
+  if (close) dduct_proxy_close(w->p, worker_closed_cb, w);
+}
+
+/* Run fn(w, arg) on w's thread and wait for it. 0 when it ran; 1 when w's proxy is closed
+ * (w->final holds its last figures, and nothing there changes any more). */
+static int on_worker(struct dduct__worker *w, void (*fn)(struct dduct__worker *, void *),
+                     void *arg) {
+  uv_mutex_lock(&w->mu);
+  if (w->state != W_RUNNING) {
+    uv_mutex_unlock(&w->mu);
+    return 1;
+  }
+  w->call = fn;
+  w->call_arg = arg;
+  w->call_done = 0;
+  uv_async_send(&w->wake);
+  while (!w->call_done) uv_cond_wait(&w->cv, &w->mu);
+  uv_mutex_unlock(&w->mu);
+  return 0;
+}
+
+static int proxy_create(uv_loop_t *loop, const struct dduct_proxy_options *o, struct dduct_ca *ca,
+                        struct dduct_store *store, struct dduct_filter *filter,
+                        struct dduct_proxy *parent, struct dduct_proxy **out, char *err,
+                        size_t errlen);
+
+static void worker_main(void *arg) {
+  struct dduct__worker *w = arg;
+  struct dduct_proxy *parent = w->parent;
+  struct dduct_proxy_options o = *w->o;
+  int rc, attached = 0;
+  o.workers = 1;
+  o.max_connections = parent->o.max_connections; /* the parent's share */
+  rc = uv_async_init(&w->loop, &w->wake, wake_cb);
+  w->wake.data = w;
+  if (rc == 0 && parent->store != NULL) {
+    rc = dduct_store_attach(parent->store, &w->loop);
+    if (rc != 0) dduct__errf(rc, w->start_err, sizeof(w->start_err), "event loop %u: store: %s",
+                             w->index, dduct_strerror(rc));
+    attached = rc == 0;
+  }
+  if (rc == 0)
+    rc = proxy_create(&w->loop, &o, parent->ca, parent->store, parent->filter, parent, &w->p,
+                      w->start_err, sizeof(w->start_err));
+  uv_mutex_lock(&w->mu);
+  w->start_rc = rc;
+  w->state = rc == 0 ? W_RUNNING : W_CLOSED;
+  uv_cond_broadcast(&w->cv);
+  uv_mutex_unlock(&w->mu);
+  if (rc != 0 && uv_is_active((uv_handle_t *)&w->wake)) uv_close((uv_handle_t *)&w->wake, NULL);
+  uv_run(&w->loop, UV_RUN_DEFAULT); /* until the proxy closed and wake with it */
+  dduct_proxy_free(w->p);
+  w->p = NULL;
+  uv_run(&w->loop, UV_RUN_DEFAULT); /* what the free closed */
+  if (attached) {
+    dduct_store_detach(parent->store, &w->loop);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+  }
+  (void)uv_loop_close(&w->loop);
+  uv_mutex_lock(&w->mu);
+  w->state = W_ENDED;
+  if (w->notify) uv_async_send(&parent->workers_done);
+  uv_mutex_unlock(&w->mu);
+}
+
+/* The parent's thread: join the workers whose threads ended. */
+static void workers_done_cb(uv_async_t *h) {
+  struct dduct_proxy *p = DDUCT_CONTAINER_OF(h, struct dduct_proxy, workers_done);
+  for (unsigned i = 0; i < p->nworkers; i++) {
+    struct dduct__worker *w = &p->workers[i];
+    int ended;
+    if (!w->thread_started || w->joined) continue;
+    uv_mutex_lock(&w->mu);
+    ended = w->state == W_ENDED;
+    uv_mutex_unlock(&w->mu);
+    if (!ended) continue;
+    uv_thread_join(&w->thread);
+    w->joined = 1;
+    p->nworkers_running--;
+  }
+  dduct__proxy_maybe_closed(p);
+}
+
+static void ask_close(struct dduct__worker *w) {
+  uv_mutex_lock(&w->mu);
+  w->close_asked = 1;
+  if (w->state == W_RUNNING) uv_async_send(&w->wake);
+  uv_mutex_unlock(&w->mu);
+}
+
+/* Stop and join the workers started so far without the parent's loop (start-up failed). */
+static void workers_stop_now(struct dduct_proxy *p) {
+  for (unsigned i = 0; i < p->nworkers; i++) {
+    struct dduct__worker *w = &p->workers[i];
+    if (!w->thread_started || w->joined) continue;
+    ask_close(w);
+    uv_thread_join(&w->thread);
+    w->joined = 1;
+  }
+}
+
+static void workers_free(struct dduct_proxy *p) {
+  if (p->workers == NULL) return;
+  workers_stop_now(p); /* nothing to do after a close */
+  for (unsigned i = 0; i < p->nworkers; i++) {
+    struct dduct__worker *w = &p->workers[i];
+    if (w->final != NULL) free(w->final->parent);
+    free(w->final);
+    uv_mutex_destroy(&w->mu);
+    uv_cond_destroy(&w->cv);
+  }
+  free(p->workers);
+  p->workers = NULL;
+}
+
+/* Start workers - 1 threads, each with its proxy built (the caller's options o are read while
+ * starting). */
+static int workers_start(struct dduct_proxy *p, const struct dduct_proxy_options *o, char *err,
+                         size_t errlen) {
+  unsigned n = o->workers - 1;
+  int rc = 0;
+  p->workers = calloc(n, sizeof(*p->workers));
+  if (p->workers == NULL) return DDUCT_ENOMEM;
+  p->nworkers = n;
+  for (unsigned i = 0; i < n; i++) {
+    struct dduct__worker *w = &p->workers[i];
+    w->parent = p;
+    w->o = o;
+    w->index = i + 1;
+    if (uv_mutex_init(&w->mu) != 0 || uv_cond_init(&w->cv) != 0) abort();
+  }
+  for (unsigned i = 0; i < n && rc == 0; i++) {
+    struct dduct__worker *w = &p->workers[i];
+    if ((rc = uv_loop_init(&w->loop)) != 0) {
+      dduct__errf(rc, err, errlen, "event loop %u: %s", w->index, uv_strerror(rc));
+      break;
+    }
+    if ((rc = uv_thread_create(&w->thread, worker_main, w)) != 0) {
+      (void)uv_loop_close(&w->loop);
+      dduct__errf(rc, err, errlen, "event loop %u: thread: %s", w->index, uv_strerror(rc));
+      break;
+    }
+    w->thread_started = 1;
+    uv_mutex_lock(&w->mu);
+    while (w->state == W_STARTING) uv_cond_wait(&w->cv, &w->mu);
+    rc = w->start_rc;
+    if (rc != 0) dduct__errf(rc, err, errlen, "%s", w->start_err);
+    uv_mutex_unlock(&w->mu);
+  }
+  if (rc == 0) rc = uv_async_init(p->loop, &p->workers_done, workers_done_cb);
+  if (rc != 0) {
+    workers_stop_now(p);
+    return rc;
+  }
+  p->workers_done_open = 1;
+  uv_unref((uv_handle_t *)&p->workers_done);
+  p->nworkers_running = n;
+  for (unsigned i = 0; i < n; i++) {
+    struct dduct__worker *w = &p->workers[i];
+    uv_mutex_lock(&w->mu);
+    w->notify = 1;
+    w->o = NULL;
+    uv_mutex_unlock(&w->mu);
+  }
+  return 0;
+}
+
+/* What several loops would share that is not safe to share yet (NULL: nothing). */
+static const char *unshareable(const struct dduct_store *store) {
+  if (store != NULL) return "a cache store shared by several event loops";
+  return NULL;
+}
+
+static int proxy_create(uv_loop_t *loop, const struct dduct_proxy_options *o, struct dduct_ca *ca,
+                        struct dduct_store *store, struct dduct_filter *filter,
+                        struct dduct_proxy *parent, struct dduct_proxy **out, char *err,
+                        size_t errlen) {
+  struct dduct_proxy *p;
+  int rc;
+  p = calloc(1, sizeof(*p));
+  if (p == NULL) return DDUCT_ENOMEM;
+  p->loop = loop;
+  p->ca = ca;
+  p->store = store;
+  p->filter = filter;
+  p->parent = parent;
+  if (parent != NULL) {
+    p->clientsp = parent->clientsp;
+    p->clients_mu = parent->clients_mu;
+  } else {
+    p->clientsp = &p->clients;
+    if (o->workers > 1) {
+      if (uv_mutex_init(&p->clients_mu_own) != 0) {
+        free(p);
+        return DDUCT_ENOMEM;
+      }
+      p->clients_mu = &p->clients_mu_own;
+    }
+  }
+  dduct__stats_init(&p->metrics);
+  rc = build(p, o, err, errlen);
+  if (rc == 0 && parent == NULL && o->workers > 1) {
+    /* max_connections is the whole process's: each loop takes an equal share. */
+    p->o.max_connections = DDUCT_MAX(p->o.max_connections / o->workers, 1u);
+    rc = workers_start(p, o, err, errlen);
+  }
+  if (rc != 0) {
+    if (err != NULL && errlen > 0 && err[0] == '\0') dduct__errf(rc, err, errlen, "%s", dduct_strerror(rc));
+    workers_free(p);
+    free_parts(p);
+    free(p);
+    return rc;
+  }
+  *out = p;
+  return 0;
+}
+
 int dduct_proxy_new(uv_loop_t *loop, const struct dduct_proxy_options *o, struct dduct_ca *ca,
                     struct dduct_store *store, struct dduct_filter *filter,
                     struct dduct_proxy **out, char *err, size_t errlen) {
   struct dduct_proxy_options defaults;
-  struct dduct_proxy *p;
-  int rc;
+  const char *why;
 
   *out = NULL;
   if (loop == NULL || ca == NULL) return dduct__errf(DDUCT_EINVAL, err, errlen, "loop and CA are required");
@@ -246,22 +533,119 @@ int dduct_proxy_new(uv_loop_t *loop, const struct dduct_proxy_options *o, struct
     dduct_proxy_options_init(&defaults);
     o = &defaults;
   }
-  p = calloc(1, sizeof(*p));
-  if (p == NULL) return DDUCT_ENOMEM;
-  p->loop = loop;
-  p->ca = ca;
-  p->store = store;
-  p->filter = filter;
-  dduct__stats_init(&p->metrics);
-  rc = build(p, o, err, errlen);
-  if (rc != 0) {
-    if (err != NULL && errlen > 0 && err[0] == '\0') dduct__errf(rc, err, errlen, "%s", dduct_strerror(rc));
-    free_parts(p);
-    free(p);
-    return rc;
+  if (o->workers > 256)
+    return dduct__errf(DDUCT_ECONFIG, err, errlen, "workers %u: at most 256", o->workers);
+  if (o->workers > 1 && (why = unshareable(store)) != NULL)
+    return dduct__errf(DDUCT_ECONFIG, err, errlen, "workers %u: %s is not supported yet",
+                       o->workers, why);
+  return proxy_create(loop, o, ca, store, filter, NULL, out, err, errlen);
+}
+
+int dduct__proxy_client_take(struct dduct_proxy *p, const struct sockaddr *sa) {
+  int rc;
+  if (p->clients_mu != NULL) uv_mutex_lock(p->clients_mu);
+  rc = dduct__clients_take(p->clientsp, sa, p->o.max_connections_per_client);
+  if (p->clients_mu != NULL) uv_mutex_unlock(p->clients_mu);
+  return rc;
+}
+
+void dduct__proxy_client_release(struct dduct_proxy *p, const struct sockaddr *sa) {
+  if (p->clients_mu != NULL) uv_mutex_lock(p->clients_mu);
+  dduct__clients_release(p->clientsp, sa);
+  if (p->clients_mu != NULL) uv_mutex_unlock(p->clients_mu);
+}
+
+/* ---- figures ------------------------------------------------------------------------------ */
+
+/* p's own figures (on p's thread). */
+static void take_figures(const struct dduct_proxy *p, struct dduct__figures *f) {
+  f->m = p->metrics;
+  f->s = p->stats;
+  f->s.connections_active = p->nconns;
+  dduct__tls_client_handshakes(p->tls_client, f->hs_client);
+  dduct__tls_server_handshakes(p->tls_server, f->hs_server);
+  f->nparents = 0;
+  f->parent = p->parents.n > 0 ? calloc(p->parents.n, sizeof(*f->parent)) : NULL;
+  if (f->parent == NULL) return;
+  f->nparents = p->parents.n;
+  for (size_t i = 0; i < p->parents.n; i++) {
+    f->parent[i][0] = p->parents.v[i].asked;
+    f->parent[i][1] = p->parents.v[i].failed;
+    f->parent[i][2] = p->parents.v[i].resumed;
   }
-  *out = p;
-  return 0;
+}
+
+static void add_figures(struct dduct__figures *to, const struct dduct__figures *from) {
+  dduct__stats_add(&to->m, &from->m);
+  to->s.connections_accepted += from->s.connections_accepted;
+  to->s.connections_active += from->s.connections_active;
+  to->s.requests += from->s.requests;
+  to->s.tunnels += from->s.tunnels;
+  to->s.intercepts += from->s.intercepts;
+  to->s.errors += from->s.errors;
+  to->s.upstream_connects += from->s.upstream_connects;
+  to->s.upstream_reuses += from->s.upstream_reuses;
+  for (int i = 0; i < 2; i++) {
+    to->hs_client[i] += from->hs_client[i];
+    to->hs_server[i] += from->hs_server[i];
+  }
+  for (size_t i = 0; i < to->nparents && i < from->nparents; i++)
+    for (int k = 0; k < 3; k++) to->parent[i][k] += from->parent[i][k];
+}
+
+static void brief(struct dduct__loop_brief *b, const struct dduct__figures *f) {
+  b->connections_active = f->s.connections_active;
+  b->connections_accepted = f->s.connections_accepted;
+  b->requests = f->s.requests;
+}
+
+static void figures_call(struct dduct__worker *w, void *arg) {
+  take_figures(w->p, arg);
+}
+
+size_t dduct__proxy_figures(const struct dduct_proxy *p, struct dduct__figures *f,
+                            struct dduct__loop_brief *loops, size_t nloops, int *rc) {
+  struct dduct__figures *one = NULL;
+  *rc = 0;
+  take_figures(p, f);
+  if (p->parents.n > 0 && f->parent == NULL) *rc = DDUCT_ENOMEM;
+  if (loops != NULL && nloops > 0) brief(&loops[0], f);
+  if (p->nworkers > 0 && (one = malloc(sizeof(*one))) == NULL) *rc = DDUCT_ENOMEM;
+  for (unsigned i = 0; i < p->nworkers && one != NULL; i++) {
+    struct dduct__worker *w = &p->workers[i];
+    const struct dduct__figures *x = one;
+    if (on_worker(w, figures_call, one) != 0) {
+      if (w->final == NULL) continue; /* never started, or no memory at its end */
+      x = w->final;
+    }
+    add_figures(f, x);
+    if (loops != NULL && i + 1 < nloops) brief(&loops[i + 1], x);
+    if (x == one) free(one->parent);
+  }
+  free(one);
+  return 1 + p->nworkers;
+}
+
+void dduct__proxy_figures_free(struct dduct__figures *f) {
+  free(f->parent);
+  f->parent = NULL;
+}
+
+struct fill_walk {
+  void (*cb)(void *arg, const struct dduct__fill_info *fi);
+  void *arg;
+};
+
+static void fills_call(struct dduct__worker *w, void *arg) {
+  struct fill_walk *fw = arg;
+  if (w->p->cache != NULL) dduct__cache_each_fill(w->p->cache, fw->cb, fw->arg);
+}
+
+void dduct__proxy_each_fill(const struct dduct_proxy *p,
+                            void (*cb)(void *arg, const struct dduct__fill_info *fi), void *arg) {
+  struct fill_walk fw = {cb, arg};
+  if (p->cache != NULL) dduct__cache_each_fill(p->cache, cb, arg);
+  for (unsigned i = 0; i < p->nworkers; i++) (void)on_worker(&p->workers[i], fills_call, &fw);
 }
 
 /* ---- listening ----------------------------------------------------------------------------- */
@@ -355,16 +739,29 @@ static void listener_close_cb(uv_handle_t *h) {
   dduct__proxy_maybe_closed(p);
 }
 
-int dduct_proxy_listen(struct dduct_proxy *p, enum dduct_listen_kind kind, const char *addr,
-                       char *err, size_t errlen) {
-  struct dduct_listener *l;
-  struct sockaddr_storage ss;
-  int rc, len = sizeof(ss);
+/* A socket bound to ss with SO_REUSEPORT (libuv has no flag for it): every loop binds the same
+ * address and the kernel spreads new connections over them. A file descriptor, or a negative
+ * errno as libuv reports it. */
+static int reuseport_socket(const struct sockaddr_storage *ss) {
+  int one = 1, err;
+  socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == 0 &&
+      bind(fd, (const struct sockaddr *)ss, len) == 0)
+    return fd;
+  err = -errno;
+  close(fd);
+  return err;
+}
 
-  if (p == NULL || addr == NULL) return DDUCT_EINVAL;
-  if (p->closing) return DDUCT_ECLOSED;
-  if (parse_listen_addr(addr, &ss) != 0)
-    return dduct__errf(DDUCT_ECONFIG, err, errlen, "listen address \"%s\" is not ip:port", addr);
+/* A listener of p on ss (reuseport: bound with SO_REUSEPORT). No log line. */
+static int listener_open(struct dduct_proxy *p, enum dduct_listen_kind kind,
+                         const struct sockaddr_storage *ss, int reuseport, const char *addr,
+                         char *err, size_t errlen) {
+  struct dduct_listener *l;
+  int rc, len = sizeof(l->addr);
   l = calloc(1, sizeof(*l));
   if (l == NULL) return DDUCT_ENOMEM;
   l->p = p;
@@ -377,7 +774,13 @@ int dduct_proxy_listen(struct dduct_proxy *p, enum dduct_listen_kind kind, const
   p->nlisteners_open++;
   l->next = p->listeners;
   p->listeners = l; /* closed and freed with the proxy even when bind fails */
-  rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
+  if (reuseport) {
+    int fd = reuseport_socket(ss);
+    rc = fd < 0 ? fd : uv_tcp_open(&l->tcp, fd);
+    if (fd >= 0 && rc != 0) close(fd);
+  } else {
+    rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)ss, 0);
+  }
   if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 511, connection_cb);
   if (rc == 0) rc = uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&l->addr, &len);
   if (rc != 0) {
@@ -387,6 +790,60 @@ int dduct_proxy_listen(struct dduct_proxy *p, enum dduct_listen_kind kind, const
     return dduct__errf(rc, err, errlen, "listen %s: %s", addr, uv_strerror(rc));
   }
   load_local_addresses(p);
+  return 0;
+}
+
+/* The parent's admin listener, known to a worker by its address only (is_self). */
+static int listener_shadow(struct dduct_proxy *p, enum dduct_listen_kind kind,
+                           const struct sockaddr_storage *ss) {
+  struct dduct_listener *l = calloc(1, sizeof(*l));
+  if (l == NULL) return DDUCT_ENOMEM;
+  l->p = p;
+  l->kind = kind;
+  l->shadow = 1;
+  l->waiting = -1;
+  memcpy(&l->addr, ss, sizeof(*ss));
+  l->next = p->listeners;
+  p->listeners = l;
+  load_local_addresses(p);
+  return 0;
+}
+
+struct listen_call {
+  enum dduct_listen_kind kind;
+  const struct sockaddr_storage *ss; /* as the parent bound it */
+  const char *addr;
+  char *err;
+  size_t errlen;
+  int rc;
+};
+
+static void listen_call(struct dduct__worker *w, void *arg) {
+  struct listen_call *lc = arg;
+  if (w->p->closing) lc->rc = DDUCT_ECLOSED;
+  else if (lc->kind == DDUCT_LISTEN_ADMIN) lc->rc = listener_shadow(w->p, lc->kind, lc->ss);
+  else lc->rc = listener_open(w->p, lc->kind, lc->ss, 1, lc->addr, lc->err, lc->errlen);
+}
+
+int dduct_proxy_listen(struct dduct_proxy *p, enum dduct_listen_kind kind, const char *addr,
+                       char *err, size_t errlen) {
+  struct sockaddr_storage ss;
+  int rc, shared;
+
+  if (p == NULL || addr == NULL) return DDUCT_EINVAL;
+  if (p->closing) return DDUCT_ECLOSED;
+  if (parse_listen_addr(addr, &ss) != 0)
+    return dduct__errf(DDUCT_ECONFIG, err, errlen, "listen address \"%s\" is not ip:port", addr);
+  shared = p->nworkers > 0 && kind != DDUCT_LISTEN_ADMIN;
+  rc = listener_open(p, kind, &ss, shared, addr, err, errlen);
+  if (rc != 0) return rc;
+  /* Every worker binds what the parent bound (port 0 resolved once). */
+  for (unsigned i = 0; i < p->nworkers && rc == 0; i++) {
+    struct listen_call lc = {kind, &p->listeners->addr, addr, err, errlen, 0};
+    if (on_worker(&p->workers[i], listen_call, &lc) != 0) lc.rc = DDUCT_ECLOSED;
+    rc = lc.rc;
+  }
+  if (rc != 0) return rc;
   if (kind == DDUCT_LISTEN_ADMIN) LOG_INFO("admin", "Admin listening on %s", addr);
   else LOG_INFO(kind == DDUCT_LISTEN_TLS ? "tls_mitm" : "http_proxy", "Listening on %s", addr);
   return 0;
@@ -429,6 +886,12 @@ static void grace_close_cb(uv_handle_t *h) {
   dduct__proxy_maybe_closed(p);
 }
 
+static void workers_done_close_cb(uv_handle_t *h) {
+  struct dduct_proxy *p = DDUCT_CONTAINER_OF((uv_async_t *)h, struct dduct_proxy, workers_done);
+  p->workers_done_open = 0;
+  dduct__proxy_maybe_closed(p);
+}
+
 static void upstream_idle_cb(void *arg) {
   dduct__proxy_maybe_closed(arg);
 }
@@ -437,7 +900,13 @@ void dduct__proxy_maybe_closed(struct dduct_proxy *p) {
   if (!p->closing) return;
   if (p->nconns > 0 || p->nlisteners_open > 0) return;
   dduct__upstream_close_idle(p->up);
-  if (dduct__upstream_live(p->up) > 0) return;
+  if (dduct__upstream_live(p->up) > 0 || p->nworkers_running > 0) return;
+  if (p->workers_done_open == 1) {
+    p->workers_done_open = 2; /* closing */
+    uv_close((uv_handle_t *)&p->workers_done, workers_done_close_cb);
+    return;
+  }
+  if (p->workers_done_open != 0) return;
   if (p->grace_open == 1) {
     p->grace_open = 2; /* closing */
     uv_close((uv_handle_t *)&p->grace, grace_close_cb);
@@ -473,10 +942,12 @@ void dduct_proxy_close(struct dduct_proxy *p, dduct_proxy_close_cb cb, void *use
   p->close_cb = cb;
   p->close_arg = user_data;
   for (struct dduct_listener *l = p->listeners; l != NULL; l = l->next) {
-    if (l->waiting == -1) continue; /* already closed (bind failed) */
+    if (l->waiting == -1) continue; /* already closed (bind failed), or a shadow */
     l->waiting = -1;
     uv_close((uv_handle_t *)&l->tcp, listener_close_cb);
   }
+  for (unsigned i = 0; i < p->nworkers; i++) ask_close(&p->workers[i]);
+  if (p->workers_done_open == 1) uv_ref((uv_handle_t *)&p->workers_done); /* wait for them */
   dduct__upstream_on_idle(p->up, upstream_idle_cb, p);
   dduct__upstream_close_idle(p->up);
   if (uv_timer_init(p->loop, &p->grace) == 0) {
@@ -495,11 +966,34 @@ void dduct_proxy_close(struct dduct_proxy *p, dduct_proxy_close_cb cb, void *use
 
 void dduct_proxy_free(struct dduct_proxy *p) {
   if (p == NULL) return;
+  workers_free(p);
   free_parts(p);
   free(p);
+}
+
+static void stats_call(struct dduct__worker *w, void *arg) {
+  struct dduct_proxy_stats *s = arg;
+  *s = w->p->stats;
+  s->connections_active = w->p->nconns;
 }
 
 void dduct_proxy_stats(const struct dduct_proxy *p, struct dduct_proxy_stats *out) {
   *out = p->stats;
   out->connections_active = p->nconns;
+  for (unsigned i = 0; i < p->nworkers; i++) {
+    struct dduct__worker *w = &p->workers[i];
+    struct dduct_proxy_stats s;
+    if (on_worker(w, stats_call, &s) != 0) {
+      if (w->final == NULL) continue;
+      s = w->final->s;
+    }
+    out->connections_accepted += s.connections_accepted;
+    out->connections_active += s.connections_active;
+    out->requests += s.requests;
+    out->tunnels += s.tunnels;
+    out->intercepts += s.intercepts;
+    out->errors += s.errors;
+    out->upstream_connects += s.upstream_connects;
+    out->upstream_reuses += s.upstream_reuses;
+  }
 }

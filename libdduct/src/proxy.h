@@ -25,6 +25,8 @@ struct dduct_tls_server_conf;
 struct dduct_tls_client_conf;
 struct dduct__query_rules;
 
+struct dduct__worker;
+
 struct dduct_listener {
   struct dduct_proxy *p;
   struct dduct_listener *next;
@@ -32,6 +34,7 @@ struct dduct_listener {
   enum dduct_listen_kind kind;
   struct sockaddr_storage addr; /* as bound (port 0 resolved) */
   int waiting;                  /* a connection waits for a slot (max_connections) */
+  int shadow;                   /* only an address (the parent's admin listener, for is_self) */
 };
 
 struct dduct_proxy {
@@ -45,7 +48,10 @@ struct dduct_proxy {
   struct dduct_filter *filter;
   struct dduct__query_rules *query_rules; /* query parameters left out of keys; NULL: none */
   struct dduct_acl allow;
-  struct dduct_clients clients; /* connections per client address */
+  struct dduct_clients clients; /* connections per client address (the parent's serves all) */
+  struct dduct_clients *clientsp; /* the table used: the parent's */
+  uv_mutex_t *clients_mu;         /* its lock when several loops share it; NULL: one loop */
+  uv_mutex_t clients_mu_own;
   struct dduct_pins pins;
   struct dduct_tls_server_conf *tls_server;
   struct dduct_tls_client_conf *tls_client;
@@ -67,6 +73,13 @@ struct dduct_proxy {
   uint64_t last_emfile_log;
   uint64_t last_denied_log;
   uint64_t last_percap_log; /* a client over max_connections_per_client, logged once a second */ /* a denied tls_bind client closed at accept, logged once a second */
+  /* Event loops (workers > 1, docs/architecture.md#event-loops). */
+  struct dduct_proxy *parent;      /* a worker's parent; NULL on the parent */
+  struct dduct__worker *workers;   /* the parent's other loops */
+  unsigned nworkers;               /* workers - 1 */
+  unsigned nworkers_running;       /* not joined yet */
+  uv_async_t workers_done;         /* a worker's thread ended */
+  int workers_done_open;           /* 0 none, 1 open, 2 closing */
   /* Shutdown. */
   int closing;
   uv_timer_t grace;
@@ -88,6 +101,33 @@ int dduct__proxy_port_allowed(const struct dduct_proxy *p, uint16_t port);
  * second frees its slot. */
 void dduct__proxy_conn_add(struct dduct_proxy *p, struct dduct_conn_node *n, struct dduct_conn *c);
 void dduct__proxy_conn_gone(struct dduct_proxy *p, struct dduct_conn_node *n);
+/* A connection from sa takes / gives back its place in the per-client table (shared by every
+ * loop). dduct__proxy_client_take returns 0 or DDUCT_EAGAIN (sa has max_connections_per_client). */
+int dduct__proxy_client_take(struct dduct_proxy *p, const struct sockaddr *sa);
+void dduct__proxy_client_release(struct dduct_proxy *p, const struct sockaddr *sa);
+
+/* Every loop's figures summed (the parent asks each worker for a copy on its own thread and
+ * waits; see proxy.c). Called on the parent's loop thread. */
+struct dduct__figures {
+  struct dduct__stats m;
+  struct dduct_proxy_stats s; /* connections_active: live connections */
+  uint64_t hs_client[2], hs_server[2]; /* TLS handshakes: failed, ok */
+  size_t nparents;
+  uint64_t (*parent)[3]; /* per parent: asked, failed, resumed */
+};
+/* Per loop, for /stats. */
+struct dduct__loop_brief {
+  uint64_t connections_active, connections_accepted, requests;
+};
+/* f->parent is malloc'd (free it with dduct__proxy_figures_free). loops (may be NULL) gets one
+ * entry per loop, up to nloops; returns the number of loops. 0 or DDUCT_ENOMEM in *rc. */
+size_t dduct__proxy_figures(const struct dduct_proxy *p, struct dduct__figures *f,
+                            struct dduct__loop_brief *loops, size_t nloops, int *rc);
+void dduct__proxy_figures_free(struct dduct__figures *f);
+/* cb for every fill in flight on every loop. */
+void dduct__proxy_each_fill(const struct dduct_proxy *p,
+                            void (*cb)(void *arg, const struct dduct__fill_info *fi), void *arg);
+
 /* Called when shutdown may be complete (no conns, no upstream connections). */
 void dduct__proxy_maybe_closed(struct dduct_proxy *p);
 

@@ -235,6 +235,82 @@ void dduct__stats_entry_served(struct dduct__stats *st, const char *url, uint64_
   }
 }
 
+/* ---- summing loops ------------------------------------------------------------------------ */
+
+static void hist_add(struct dduct__hist *to, const struct dduct__hist *from) {
+  for (size_t i = 0; i <= DDUCT__HIST_MAX; i++) to->counts[i] += from->counts[i];
+  to->count += from->count;
+  to->sum += from->sum;
+}
+
+static int newer_err(const void *a, const void *b) {
+  const struct dduct__err *x = a, *y = b;
+  return x->time_us < y->time_us ? -1 : x->time_us > y->time_us;
+}
+
+static void top_add(struct dduct__top *to, size_t n, const struct dduct__top *from, size_t m,
+                    int by_size) {
+  for (size_t j = 0; j < m; j++) {
+    const struct dduct__top *x = &from[j];
+    struct dduct__top *slot = NULL, *min = &to[0];
+    if (x->id == 0) continue;
+    for (size_t i = 0; i < n; i++) {
+      if (to[i].id == x->id) {
+        slot = &to[i];
+        break;
+      }
+      if (by_size ? to[i].size < min->size : to[i].hits < min->hits) min = &to[i];
+    }
+    if (slot != NULL) {
+      slot->hits += x->hits;
+      if (x->size > slot->size) slot->size = x->size;
+    } else if (min->id == 0 || (by_size ? x->size > min->size : x->hits > min->hits)) {
+      *min = *x;
+    }
+  }
+}
+
+void dduct__stats_add(struct dduct__stats *to, const struct dduct__stats *from) {
+  struct dduct__err errs[2 * DDUCT__ERRORS];
+  size_t ne = 0, keep;
+  for (int r = 0; r < DDUCT_ROUTE_COUNT; r++)
+    for (int c = 0; c < DDUCT__CODES; c++) to->requests[r][c] += from->requests[r][c];
+  for (int i = 0; i < DDUCT_CACHE_STATUS_COUNT; i++) to->cache[i] += from->cache[i];
+  to->served_cache += from->served_cache;
+  to->served_origin += from->served_origin;
+  to->tunnel_bytes += from->tunnel_bytes;
+  for (int c = 0; c < DDUCT__CODES; c++) to->upstream[c] += from->upstream[c];
+  to->fills_started += from->fills_started;
+  to->fills_in_flight += from->fills_in_flight;
+  hist_add(&to->connect, &from->connect);
+  hist_add(&to->duration, &from->duration);
+  for (int i = 0; i < DDUCT__MINUTES; i++) {
+    struct dduct__minute *t = &to->minutes[i];
+    const struct dduct__minute *f = &from->minutes[i];
+    if (f->minute > t->minute) {
+      *t = *f;
+    } else if (f->minute == t->minute) {
+      t->requests += f->requests;
+      t->hits += f->hits;
+      t->misses += f->misses;
+      t->collapsed += f->collapsed;
+      t->bytes_cache += f->bytes_cache;
+      t->bytes_origin += f->bytes_origin;
+    }
+  }
+  /* The newest DDUCT__ERRORS of both, oldest first, as a fresh ring. */
+  for (const struct dduct__stats *st = to; st != NULL; st = st == to ? from : NULL) {
+    uint64_t n = DDUCT_MIN(st->nerrs, (uint64_t)DDUCT__ERRORS);
+    for (uint64_t i = 0; i < n; i++) errs[ne++] = st->errs[(st->nerrs - n + i) % DDUCT__ERRORS];
+  }
+  qsort(errs, ne, sizeof(errs[0]), newer_err);
+  keep = DDUCT_MIN(ne, (size_t)DDUCT__ERRORS);
+  memcpy(to->errs, errs + ne - keep, keep * sizeof(errs[0]));
+  to->nerrs = keep;
+  top_add(to->top, DDUCT__TOP, from->top, DDUCT__TOP, 0);
+  top_add(to->largest, DDUCT__LARGEST, from->largest, DDUCT__LARGEST, 1);
+}
+
 /* ---- the access record as JSON ------------------------------------------------------------ */
 
 struct sbuf {
@@ -422,8 +498,8 @@ static int walk_requests(struct walk *w, const struct dduct__stats *st) {
   return 0;
 }
 
-static int walk_cache(struct walk *w, const struct dduct_proxy *p) {
-  const struct dduct__stats *st = &p->metrics;
+static int walk_cache(struct walk *w, const struct dduct_proxy *p, const struct dduct__figures *f) {
+  const struct dduct__stats *st = &f->m;
   struct dduct_store_stats ss;
   static const char *const src[] = {"source"}, *const why[] = {"reason"}, *const cs[] = {"status"};
   const char *lv[1];
@@ -475,7 +551,8 @@ static int walk_cache(struct walk *w, const struct dduct_proxy *p) {
 }
 
 /* The parent tier (docs/cluster.md): one family at a time, a sample per parent. */
-static int walk_parents(struct walk *w, const struct dduct_proxy *p) {
+static int walk_parents(struct walk *w, const struct dduct_proxy *p,
+                        const struct dduct__figures *fig) {
   static const char *const pl[] = {"parent"};
   static const struct {
     const char *name, *help;
@@ -492,17 +569,17 @@ static int walk_parents(struct walk *w, const struct dduct_proxy *p) {
     for (size_t i = 0; i < p->parents.n; i++) {
       const struct dduct_parent *pa = &p->parents.v[i];
       const char *lv[1] = {pa->shown};
-      double v = f == 0   ? (pa->down_until <= uv_now(p->loop) ? 1.0 : 0.0)
-                 : f == 1 ? (double)pa->asked
-                 : f == 2 ? (double)pa->failed
-                          : (double)pa->resumed;
+      double v = f == 0 ? (pa->down_until <= uv_now(p->loop) ? 1.0 : 0.0)
+                 : i < fig->nparents ? (double)fig->parent[i][f - 1]
+                                     : 0.0;
       emit(w, fam[f].name, i == 0 ? fam[f].help : NULL, fam[f].type, 1, pl, lv, v, NULL);
     }
   return w->rc;
 }
 
-static int walk_upstream(struct walk *w, const struct dduct_proxy *p) {
-  const struct dduct__stats *st = &p->metrics;
+static int walk_upstream(struct walk *w, const struct dduct_proxy *p,
+                         const struct dduct__figures *f) {
+  const struct dduct__stats *st = &f->m;
   static const char *const ln[] = {"code"};
   for (int c = 0; c < DDUCT__CODES; c++) {
     char code[4];
@@ -513,21 +590,19 @@ static int walk_upstream(struct walk *w, const struct dduct_proxy *p) {
          DDUCT_METRIC_COUNTER, 1, ln, lv, (double)st->upstream[c], NULL);
   }
   scalar(w, "dduct_upstream_connections_total", "Origin connections opened",
-         DDUCT_METRIC_COUNTER, (double)p->stats.upstream_connects);
+         DDUCT_METRIC_COUNTER, (double)f->s.upstream_connects);
   scalar(w, "dduct_upstream_reuses_total", "Requests sent on a pooled origin connection",
-         DDUCT_METRIC_COUNTER, (double)p->stats.upstream_reuses);
+         DDUCT_METRIC_COUNTER, (double)f->s.upstream_reuses);
   hist(w, "dduct_upstream_connect_seconds", "Origin connection set-up: DNS, TCP and TLS",
        &st->connect, connect_bounds, DDUCT_ARRAY_SIZE(connect_bounds));
-  walk_parents(w, p);
+  walk_parents(w, p, f);
   return w->rc;
 }
 
-static int walk_conns(struct walk *w, const struct dduct_proxy *p) {
-  const struct dduct__stats *st = &p->metrics;
+static int walk_conns(struct walk *w, const struct dduct__figures *f) {
+  const struct dduct__stats *st = &f->m;
   static const char *const ln[] = {"side", "result"};
-  uint64_t hs[2][2] = {{0, 0}, {0, 0}};
-  dduct__tls_client_handshakes(p->tls_client, hs[0]);
-  dduct__tls_server_handshakes(p->tls_server, hs[1]);
+  const uint64_t *hs[2] = {f->hs_client, f->hs_server};
   for (int side = 0; side < 2; side++)
     for (int ok = 1; ok >= 0; ok--) {
       const char *lv[2] = {side ? "server" : "client", ok ? "ok" : "failed"};
@@ -536,9 +611,9 @@ static int walk_conns(struct walk *w, const struct dduct_proxy *p) {
            DDUCT_METRIC_COUNTER, 2, ln, lv, (double)hs[side][ok], NULL);
     }
   scalar(w, "dduct_connections_active", "Client connections open now", DDUCT_METRIC_GAUGE,
-         (double)p->nconns);
+         (double)f->s.connections_active);
   scalar(w, "dduct_connections_accepted_total", "Client connections accepted",
-         DDUCT_METRIC_COUNTER, (double)p->stats.connections_accepted);
+         DDUCT_METRIC_COUNTER, (double)f->s.connections_accepted);
   scalar(w, "dduct_tunnel_bytes_total", "Bytes relayed through blind tunnels (both ways)",
          DDUCT_METRIC_COUNTER, (double)st->tunnel_bytes);
   hist(w, "dduct_request_duration_seconds", "From routing a request head to its last byte",
@@ -618,14 +693,26 @@ static int walk_process(struct walk *w) {
   return w->rc;
 }
 
-int dduct_proxy_metrics_each(const struct dduct_proxy *p, unsigned flags, dduct_metric_cb cb,
-                             void *user_data) {
+static int metrics_walk(const struct dduct_proxy *p, const struct dduct__figures *f,
+                        unsigned flags, dduct_metric_cb cb, void *user_data) {
   struct walk w = {cb, user_data, 0};
-  if (p == NULL || cb == NULL) return DDUCT_EINVAL;
-  if (walk_requests(&w, &p->metrics) == 0 && walk_cache(&w, p) == 0 &&
-      walk_upstream(&w, p) == 0 && walk_conns(&w, p) == 0 && (flags & DDUCT_METRICS_PROCESS))
+  if (walk_requests(&w, &f->m) == 0 && walk_cache(&w, p, f) == 0 &&
+      walk_upstream(&w, p, f) == 0 && walk_conns(&w, f) == 0 && (flags & DDUCT_METRICS_PROCESS))
     walk_process(&w);
   return w.rc;
+}
+
+int dduct_proxy_metrics_each(const struct dduct_proxy *p, unsigned flags, dduct_metric_cb cb,
+                             void *user_data) {
+  struct dduct__figures *f;
+  int rc;
+  if (p == NULL || cb == NULL) return DDUCT_EINVAL;
+  if ((f = malloc(sizeof(*f))) == NULL) return DDUCT_ENOMEM;
+  (void)dduct__proxy_figures(p, f, NULL, 0, &rc);
+  if (rc == 0) rc = metrics_walk(p, f, flags, cb, user_data);
+  dduct__proxy_figures_free(f);
+  free(f);
+  return rc;
 }
 
 /* ---- Prometheus text 0.0.4 ---------------------------------------------------------------- */
@@ -810,8 +897,8 @@ static int json_cb(void *ud, const struct dduct_metric *m) {
   return 0;
 }
 
-static void add_summary(cJSON *root, const struct dduct_proxy *p) {
-  const struct dduct__stats *st = &p->metrics;
+static void add_summary(cJSON *root, const struct dduct_proxy *p, const struct dduct__figures *f) {
+  const struct dduct__stats *st = &f->m;
   struct dduct_store_stats ss;
   cJSON *s = cJSON_AddObjectToObject(root, "summary");
   uint64_t hits = st->cache[DDUCT_CACHE_HIT] + st->cache[DDUCT_CACHE_REVALIDATED] +
@@ -833,7 +920,7 @@ static void add_summary(cJSON *root, const struct dduct_proxy *p) {
   cJSON_AddNumberToObject(s, "bytes_cache", (double)st->served_cache);
   cJSON_AddNumberToObject(s, "bytes_origin", (double)st->served_origin);
   cJSON_AddNumberToObject(s, "wan_bytes_saved", (double)st->served_cache);
-  cJSON_AddNumberToObject(s, "connections_active", (double)p->nconns);
+  cJSON_AddNumberToObject(s, "connections_active", (double)f->s.connections_active);
   cJSON_AddNumberToObject(s, "fills_in_flight", (double)st->fills_in_flight);
   cJSON_AddNumberToObject(s, "size_bytes", (double)ss.size_bytes);
   cJSON_AddNumberToObject(s, "entries", (double)ss.entries);
@@ -911,27 +998,52 @@ static void add_top(cJSON *root, const char *name, const struct dduct__top *t, s
   }
 }
 
+static void add_loops(cJSON *root, const struct dduct__loop_brief *loops, size_t n) {
+  cJSON *a = cJSON_AddArrayToObject(root, "loops");
+  for (size_t i = 0; i < n; i++) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "loop", (double)i);
+    cJSON_AddNumberToObject(o, "connections_active", (double)loops[i].connections_active);
+    cJSON_AddNumberToObject(o, "connections_accepted", (double)loops[i].connections_accepted);
+    cJSON_AddNumberToObject(o, "requests", (double)loops[i].requests);
+    cJSON_AddItemToArray(a, o);
+  }
+}
+
 int dduct_proxy_stats_json(const struct dduct_proxy *p, unsigned flags, char **out,
                            size_t *len) {
-  cJSON *root = cJSON_CreateObject(), *metrics, *fills;
+  cJSON *root, *metrics, *fills;
+  struct dduct__figures *f;
+  struct dduct__loop_brief loops[256];
+  size_t nloops;
   char *s;
   int rc;
   *out = NULL;
   *len = 0;
-  if (root == NULL) return DDUCT_ENOMEM;
+  if ((f = malloc(sizeof(*f))) == NULL) return DDUCT_ENOMEM;
+  nloops = dduct__proxy_figures(p, f, loops, DDUCT_ARRAY_SIZE(loops), &rc);
+  root = rc == 0 ? cJSON_CreateObject() : NULL;
+  if (root == NULL) {
+    dduct__proxy_figures_free(f);
+    free(f);
+    return rc != 0 ? rc : DDUCT_ENOMEM;
+  }
   cJSON_AddStringToObject(root, "version", dduct_version());
   cJSON_AddNumberToObject(root, "time", (double)dduct__stats_wall_us(&p->metrics, uv_hrtime()) / 1e6);
-  add_summary(root, p);
+  add_summary(root, p, f);
+  add_loops(root, loops, DDUCT_MIN(nloops, DDUCT_ARRAY_SIZE(loops)));
   metrics = cJSON_AddObjectToObject(root, "metrics");
-  rc = dduct_proxy_metrics_each(p, flags, json_cb, metrics);
+  rc = metrics_walk(p, f, flags, json_cb, metrics);
   fills = cJSON_AddArrayToObject(root, "fills");
-  if (p->cache != NULL) dduct__cache_each_fill(p->cache, fill_cb, fills);
-  add_errors(root, &p->metrics);
-  add_history(root, &p->metrics);
-  add_top(root, "most_hit", p->metrics.top, DDUCT__TOP, by_hits, 10);
-  add_top(root, "largest", p->metrics.largest, DDUCT__LARGEST, by_size, 10);
+  dduct__proxy_each_fill(p, fill_cb, fills);
+  add_errors(root, &f->m);
+  add_history(root, &f->m);
+  add_top(root, "most_hit", f->m.top, DDUCT__TOP, by_hits, 10);
+  add_top(root, "largest", f->m.largest, DDUCT__LARGEST, by_size, 10);
   s = rc == 0 ? cJSON_PrintUnformatted(root) : NULL;
   cJSON_Delete(root);
+  dduct__proxy_figures_free(f);
+  free(f);
   if (s == NULL) return rc != 0 ? rc : DDUCT_ENOMEM;
   *out = s;
   *len = strlen(s);

@@ -114,6 +114,10 @@ void dduct__stats_error(struct dduct__stats *st, int status, const char *client,
 /* A cached entry is served (hit, collapsed or the filler's own read). */
 void dduct__stats_entry_served(struct dduct__stats *st, const char *url, uint64_t size);
 
+/* Add from's figures to to's (another loop's): counters and histograms add, the minutes, the
+ * last errors and the most-hit tables merge. */
+void dduct__stats_add(struct dduct__stats *to, const struct dduct__stats *from);
+
 /* Fill in flight, as /stats shows it. */
 struct dduct__fill_info {
   const char *url;

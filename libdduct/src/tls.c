@@ -747,6 +747,12 @@ fail:
   return dduct__errf(DDUCT_ETLS, err, errlen, "TLS server configuration failed (%d)", rc);
 }
 
+void dduct__tls_server_conf_share_tickets(struct dduct_tls_server_conf *c,
+                                          struct dduct_tls_server_conf *from) {
+  mbedtls_ssl_conf_session_tickets_cb(&c->conf, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
+                                      &from->ticket);
+}
+
 void dduct__tls_server_conf_free(struct dduct_tls_server_conf *c) {
   if (c == NULL) return;
   mbedtls_ssl_config_free(&c->conf);

@@ -40,6 +40,10 @@ struct dduct_tls_client_conf;
 int dduct__tls_server_conf_new(struct dduct_ca *ca, struct dduct_tls_server_conf **out, char *err,
                                size_t errlen);
 void dduct__tls_server_conf_free(struct dduct_tls_server_conf *c);
+/* c issues and reads session tickets with from's keys (from outlives c): a ticket one event loop
+ * issued resumes on another. mbedTLS locks the ticket context (MBEDTLS_THREADING_C). */
+void dduct__tls_server_conf_share_tickets(struct dduct_tls_server_conf *c,
+                                          struct dduct_tls_server_conf *from);
 
 /* system_ca_file may be NULL or missing (then only extra_ca_file is trusted); a given
  * extra_ca_file that cannot be loaded is an error. */

@@ -2,7 +2,8 @@
 
 Environment: DDUCT_BIN (the dduct executable, required), DDUCT_E2E_CACHE (where dduct's
 generated cert_dir is kept between test files; default under the system temp dir),
-DDUCT_E2E_KEEP=1 (keep temp dirs for inspection).
+DDUCT_E2E_KEEP=1 (keep temp dirs for inspection), DDUCT_E2E_WORKERS=N (every dduct runs with
+[proxy] workers = N unless its test sets workers itself).
 """
 import fcntl
 import hashlib
@@ -175,6 +176,8 @@ class Dduct:
             "upstream_timeout": 20,
             "shutdown_grace": 5,
         }
+        if os.environ.get("DDUCT_E2E_WORKERS"):  # the whole suite on N event loops
+            proxy["workers"] = int(os.environ["DDUCT_E2E_WORKERS"])
         proxy.update(self.proxy_overrides)
         misc = {"log_level": "debug", "cert_dir": self.cert_dir + "/",
                 "file_dir": self.file_dir + "/"}
