@@ -3,7 +3,10 @@
  * Each client: TCP connect to the proxy, CONNECT host:port, a full TLS handshake (OpenSSL, no
  * session reuse, SNI = host, the proxy's CA verified, host name checked), one GET, the whole
  * response read (Content-Length), close. One thread, epoll, non-blocking OpenSSL, so a few
- * hundred connections at once cost the machine far less than hey's or Python's.
+ * hundred connections at once cost the machine far less than hey's or Python's. --procs (2)
+ * processes share the clients (client i in process i % procs), released together through a
+ * pipe: on a machine shared with other work one thread gets one scheduler share, and the load
+ * generator must not be what waits.
  *
  * Two modes:
  *   burst:  --clients N start at once (one connect() after another, then the event loop);
@@ -33,6 +36,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -60,6 +64,7 @@ static double *hs_ms, *ttfb_ms, *total_ms;
 static int loop_mode;
 static double cut_at;
 static int verbose;
+static FILE *part_out;
 
 static double now(void) {
   struct timespec ts;
@@ -112,9 +117,8 @@ static void finish(struct client *c, int good, const char *why) {
   c->fd = -1;
   if (good) {
     if (!loop_mode) {
-      hs_ms[c->idx] = (c->t_hs - c->t_start) * 1e3;
-      ttfb_ms[c->idx] = (c->t_ttfb - c->t_start) * 1e3;
-      total_ms[c->idx] = (t - c->t_start) * 1e3;
+      fprintf(part_out, "r %d %.3f %.3f %.3f\n", c->idx, (c->t_hs - c->t_start) * 1e3,
+              (c->t_ttfb - c->t_start) * 1e3, (t - c->t_start) * 1e3);
     } else if (t >= cut_at) {
       ok_after_cut++;
     }
@@ -299,10 +303,48 @@ static void step(struct client *c) {
   }
 }
 
+/* One process's share of the clients (index i with i % procs == k): runs them, writes a line
+ * "r i handshake ttfb total" (ms) per finished client in burst mode, then "s ok failed counted". */
+static void run_part(int k, int procs, int clients, double seconds, double cut, double timeout,
+                     FILE *out) {
+  ep = epoll_create1(EPOLL_CLOEXEC);
+  int mine = 0;
+  for (int i = k; i < clients; i += procs) mine++;
+  struct client *cs = calloc((size_t)mine, sizeof *cs);
+  part_out = out;
+  double t0 = now();
+  double end = loop_mode ? t0 + seconds : t0 + timeout;
+  cut_at = t0 + cut;
+  for (int m = 0; m < mine; m++) {
+    cs[m].idx = k + m * procs;
+    if (start(&cs[m]) != 0) finish(&cs[m], 0, "start");
+  }
+  struct epoll_event evs[256];
+  long active = mine;
+  while (active > 0) {
+    double t = now();
+    if (t >= end) break;
+    int n = epoll_wait(ep, evs, 256, (int)((end - t) * 1e3) + 1);
+    if (n < 0 && errno == EINTR) continue;
+    for (int e = 0; e < n; e++) {
+      struct client *c = evs[e].data.ptr;
+      step(c);
+      if (c->fd < 0) {
+        if (loop_mode && now() < end) {
+          if (start(c) != 0) finish(c, 0, "start");
+        } else {
+          active--;
+        }
+      }
+    }
+  }
+  fprintf(out, "s %ld %ld %ld\n", ok_count, fail_count, ok_after_cut);
+}
+
 static void usage(void) {
   fprintf(stderr, "usage: burst --proxy IP:PORT --ca FILE [--host-fmt FMT] [--host-base N] "
                   "[--hosts N] [--port N] [--path P] [--clients N] [--seconds S --cut C] "
-                  "[--timeout S] [-v]\n");
+                  "[--timeout S] [--procs N] [-v]\n");
   exit(2);
 }
 
@@ -319,7 +361,7 @@ static void print_array(const char *name, double *a, int n, int last) {
 
 int main(int argc, char **argv) {
   const char *proxy = NULL, *ca = NULL;
-  int clients = 500;
+  int clients = 500, procs = 2;
   double seconds = 0, cut = 0, timeout = 120;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -340,6 +382,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--seconds")) seconds = atof(v);
     else if (!strcmp(a, "--cut")) cut = atof(v);
     else if (!strcmp(a, "--timeout")) timeout = atof(v);
+    else if (!strcmp(a, "--procs")) procs = atoi(v);
     else usage();
   }
   if (!proxy || !ca || clients < 1 || nhosts < 1) usage();
@@ -365,50 +408,74 @@ int main(int argc, char **argv) {
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF); /* every handshake a full one */
   SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-  ep = epoll_create1(EPOLL_CLOEXEC);
 
   loop_mode = seconds > 0;
-  struct client *cs = calloc((size_t)clients, sizeof *cs);
+  if (procs < 1 || procs > clients) procs = clients < 2 ? 1 : 2;
+  int go[2];
+  if (pipe(go) != 0) {
+    perror("pipe");
+    return 2;
+  }
+  int *res = calloc((size_t)procs, sizeof *res);
+  pid_t *kids = calloc((size_t)procs, sizeof *kids);
+  for (int k = 0; k < procs; k++) {
+    int fds[2];
+    if (pipe(fds) != 0) {
+      perror("pipe");
+      return 2;
+    }
+    kids[k] = fork();
+    if (kids[k] < 0) {
+      perror("fork");
+      return 2;
+    }
+    if (kids[k] == 0) {
+      close(fds[0]);
+      close(go[1]);
+      char b;
+      if (read(go[0], &b, 1) < 0) _exit(2); /* EOF: the parent closed it, everybody starts */
+      FILE *out = fdopen(fds[1], "w");
+      run_part(k, procs, clients, seconds, cut, timeout, out);
+      fclose(out);
+      _exit(0);
+    }
+    close(fds[1]);
+    res[k] = fds[0];
+  }
+  close(go[0]);
   hs_ms = malloc(sizeof(double) * (size_t)clients);
   ttfb_ms = malloc(sizeof(double) * (size_t)clients);
   total_ms = malloc(sizeof(double) * (size_t)clients);
+  for (int i = 0; i < clients; i++) hs_ms[i] = ttfb_ms[i] = total_ms[i] = -1;
   double t0 = now();
-  double end = loop_mode ? t0 + seconds : t0 + timeout;
-  cut_at = t0 + cut;
-  for (int i = 0; i < clients; i++) {
-    cs[i].idx = i;
-    hs_ms[i] = ttfb_ms[i] = total_ms[i] = -1;
-    if (start(&cs[i]) != 0) finish(&cs[i], 0, "start");
-  }
-  struct epoll_event evs[256];
-  long active = clients;
-  while (active > 0) {
-    double t = now();
-    if (t >= end) break;
-    int n = epoll_wait(ep, evs, 256, (int)((end - t) * 1e3) + 1);
-    if (n < 0 && errno == EINTR) continue;
-    for (int k = 0; k < n; k++) {
-      struct client *c = evs[k].data.ptr;
-      step(c);
-      if (c->fd < 0) {
-        if (loop_mode && now() < end) {
-          if (start(c) != 0) finish(c, 0, "start");
-        } else {
-          active--;
-        }
+  close(go[1]); /* go */
+  long counted = 0;
+  for (int k = 0; k < procs; k++) {
+    FILE *in = fdopen(res[k], "r");
+    char line[256];
+    while (fgets(line, sizeof line, in)) {
+      int i;
+      double a, b, c;
+      long ok, failed, cnt;
+      if (sscanf(line, "r %d %lf %lf %lf", &i, &a, &b, &c) == 4 && i >= 0 && i < clients) {
+        hs_ms[i] = a, ttfb_ms[i] = b, total_ms[i] = c;
+      } else if (sscanf(line, "s %ld %ld %ld", &ok, &failed, &cnt) == 3) {
+        ok_count += ok, fail_count += failed, counted += cnt;
       }
     }
+    fclose(in);
   }
+  for (int k = 0; k < procs; k++) waitpid(kids[k], NULL, 0);
   double wall = now() - t0;
   if (loop_mode) {
     double span = seconds - cut;
     printf("{\"ok\":%ld,\"failed\":%ld,\"seconds\":%.3f,\"cut\":%.3f,\"counted\":%ld,"
-           "\"conn_s\":%.2f}\n",
-           ok_count, fail_count, seconds, cut, ok_after_cut, span > 0 ? ok_after_cut / span : 0);
+           "\"conn_s\":%.2f,\"procs\":%d}\n",
+           ok_count, fail_count, seconds, cut, counted, span > 0 ? counted / span : 0, procs);
   } else {
     long unfinished = clients - ok_count - fail_count;
-    printf("{\"ok\":%ld,\"failed\":%ld,\"unfinished\":%ld,\"wall_ms\":%.3f,", ok_count,
-           fail_count, unfinished, wall * 1e3);
+    printf("{\"ok\":%ld,\"failed\":%ld,\"unfinished\":%ld,\"wall_ms\":%.3f,\"procs\":%d,",
+           ok_count, fail_count, unfinished, wall * 1e3, procs);
     print_array("handshake_ms", hs_ms, clients, 0);
     print_array("ttfb_ms", ttfb_ms, clients, 0);
     print_array("total_ms", total_ms, clients, 1);
