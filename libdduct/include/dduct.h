@@ -9,13 +9,12 @@
  * - Functions that can fail with a detail a human needs take `char *err, size_t errlen`: on
  *   failure a NUL-terminated one-line message is written there (err may be NULL).
  * - The embedder owns the uv_loop_t; every object bound to a loop is used from that loop's thread.
- * - Threads. Nothing here takes a lock, so each object below belongs to one thread at a time:
- *   a dduct_proxy and a dduct_store, and everything they hand out, to the thread running the
- *   loop they were created on; a dduct_ca to the loop thread of the proxies using it (its table
- *   of minted leaves has no lock: proxies on different loops need a CA each, opened from the
- *   same cert_dir); a dduct_filter is read-only once given to a proxy, but matching uses
- *   per-pattern scratch space, so one thread at a time too. dduct_ca_open may run on any thread
- *   before the CA is handed to a proxy. dduct_log_set's callback may be called from any of
+ * - Threads. A dduct_proxy and a dduct_store, and everything they hand out, belong to the
+ *   thread running the loop they were created on. A dduct_ca may be shared by proxies on any
+ *   number of loops (its table of minted leaves is locked; dduct_ca_covers and dduct_ca_cert_pem
+ *   only read): open it on any thread before handing it out, free it after every loop using it
+ *   is done. A dduct_filter is read-only once given to a proxy, but matching uses per-pattern
+ *   scratch space, so one thread at a time. dduct_log_set's callback may be called from any of
  *   these threads. A proxy with workers > 1 (struct dduct_proxy_options) runs its own threads:
  *   it uses its ca, store and filter, and calls the embedder's callbacks, from each of them.
  */
@@ -168,8 +167,11 @@ DDUCT_EXTERN int dduct_ca_open(const struct dduct_ca_options *o, struct dduct_ca
 /* 1 if host (a DNS name or an IP literal, no port) is covered by server_dns_sans ("*.x" matches
  * exactly one label) or server_ip_sans: such CONNECT targets are intercepted. */
 DDUCT_EXTERN int dduct_ca_covers(const struct dduct_ca *ca, const char *host);
-/* The CA certificate as PEM, NUL-terminated, owned by ca. */
+/* The CA certificate as PEM, NUL-terminated, owned by ca. Like dduct_ca_covers, safe from any
+ * thread at once. */
 DDUCT_EXTERN const char *dduct_ca_cert_pem(const struct dduct_ca *ca);
+/* After every proxy using ca is freed and its loop has run to the end (a leaf still being minted
+ * on the thread pool keeps its loop alive). */
 DDUCT_EXTERN void dduct_ca_free(struct dduct_ca *ca);
 
 /* ---- cache store -------------------------------------------------------------------------- */

@@ -53,10 +53,13 @@ static const char *const file_names[F_N] = {"ca.key",     "ca.crt",     "server.
                                             "client.crt", "client.p12"};
 
 /* A minted leaf. Linked leaves sit in a hash chain and in the LRU list (most recent first); an
- * evicted leaf still held by a handshake (refs > 0) is unlinked and freed by its last put. */
+ * evicted leaf still held by a handshake (refs > 0) is unlinked and freed by its last put. The
+ * links, refs and linked are the CA's (under ca->lock); host, chain, key and renew_at are written
+ * once before the leaf is published and only read afterwards, from any thread. */
 struct dduct__leaf {
   struct dduct__leaf *next;           /* hash chain */
   struct dduct__leaf *newer, *older;  /* LRU list */
+  struct dduct_ca *ca;
   char *host;
   mbedtls_x509_crt chain; /* leaf, then the CA certificate */
   mbedtls_pk_context key;
@@ -66,21 +69,29 @@ struct dduct__leaf {
 };
 #define leaf dduct__leaf
 
-/* A mint on the thread pool (dduct__ca_leaf_async) and the handshakes waiting for it. */
+/* A mint on the thread pool (dduct__ca_leaf_async), started from one loop, and the calls waiting
+ * for it, from any loop. */
 struct mint_job {
   struct mint_job *next;
   uv_work_t work;
   struct dduct_ca *ca;
-  struct leaf *l; /* minted on the pool; the loop links it */
+  struct leaf *l; /* minted on the pool; linked by mint_done */
   int rc;
   struct dduct__leaf_wait *waiters;
 };
 
+/* One waiting call. Its async handle belongs to the caller's loop (initialised there), so the
+ * caller is woken on its own loop whichever loop ran the mint. job != NULL while it waits;
+ * mint_done sets job = NULL, status and l (held for the caller) under ca->lock and sends. */
 struct dduct__leaf_wait {
   struct dduct__leaf_wait *next;
   struct mint_job *job;
+  struct dduct_ca *ca;
+  uv_async_t async;
   dduct__leaf_cb cb;
   void *arg;
+  int status;
+  struct leaf *l;
 };
 
 struct dduct_ca {
@@ -93,11 +104,16 @@ struct dduct_ca {
   size_t ndns;
   struct dduct__ip *ips;
   size_t nips;
+  time_t ca_not_after;
+  size_t max_leaves;
+  /* Everything above is written by dduct_ca_open and only read afterwards (any thread). The
+   * leaf table, the LRU list, the mints in flight and every leaf's refs are under lock: proxies
+   * on several loops share one CA. Minting (ms of CPU) never runs under it. */
+  uv_mutex_t lock;
   struct leaf *leaves[LEAF_BUCKETS];
   struct leaf *newest, *oldest; /* LRU list of the linked leaves */
   struct mint_job *minting;     /* mints on the pool, one per host */
-  size_t nleaves, max_leaves;
-  time_t ca_not_after;
+  size_t nleaves;
 };
 
 /* State of one dduct_ca_open call. */
@@ -643,6 +659,10 @@ static struct dduct_ca *ca_alloc(void) {
   mbedtls_pk_init(&ca->server_key);
   mbedtls_x509_crt_init(&ca->ca_crt);
   mbedtls_x509_crt_init(&ca->server_chain);
+  if (uv_mutex_init(&ca->lock) != 0) {
+    free(ca);
+    return NULL;
+  }
   return ca;
 }
 
@@ -722,6 +742,20 @@ static void leaf_free(struct leaf *l) {
   free(l);
 }
 
+static struct leaf *leaf_new(struct dduct_ca *ca, const char *h) {
+  struct leaf *l = calloc(1, sizeof(*l));
+  if (l == NULL) return NULL;
+  mbedtls_x509_crt_init(&l->chain);
+  mbedtls_pk_init(&l->key);
+  l->ca = ca;
+  if ((l->host = dduct__strdup(h)) == NULL) {
+    free(l);
+    return NULL;
+  }
+  return l;
+}
+
+/* Any thread, no lock: touches only l, and reads the CA's key and certificate. */
 static int mint(struct dduct_ca *ca, struct leaf *l) {
   struct dduct__ip ip;
   const char *dns[1] = {l->host};
@@ -735,6 +769,8 @@ static int mint(struct dduct_ca *ca, struct leaf *l) {
   int rc;
   if (is_ip) s.ips = &ip, s.nips = 1;
   else s.dns = dns, s.ndns = 1;
+  /* Generating the key also leaves P-256's comb table in the key's group, so the handshakes that
+   * sign with it later (on any loop, at once) only read the group. */
   if ((rc = dduct__x509_gen_p256(&l->key)) != 0) return rc;
   if ((rc = dduct__x509_issue(&s, &l->chain)) != 0) return rc;
   /* Renewed a month before it expires (or at two thirds of a short life), so a long-running
@@ -744,6 +780,8 @@ static int mint(struct dduct_ca *ca, struct leaf *l) {
     return DDUCT_ECRYPTO;
   return 0;
 }
+
+/* ---- the table: everything from here to the pool section runs under ca->lock ---- */
 
 static void lru_unlink(struct dduct_ca *ca, struct leaf *l) {
   if (l->newer != NULL) l->newer->older = l->older;
@@ -761,6 +799,10 @@ static void lru_push(struct dduct_ca *ca, struct leaf *l) {
   if (ca->oldest == NULL) ca->oldest = l;
 }
 
+static void put_locked(struct leaf *l) {
+  if (--l->refs == 0 && !l->linked) leaf_free(l);
+}
+
 /* Out of the table; freed now, or by the last dduct__ca_leaf_put of a handshake using it. */
 static void leaf_unlink(struct dduct_ca *ca, struct leaf *l) {
   struct leaf **pp = &ca->leaves[bucket_of(l->host)];
@@ -772,24 +814,26 @@ static void leaf_unlink(struct dduct_ca *ca, struct leaf *l) {
   if (l->refs == 0) leaf_free(l);
 }
 
-/* Into the table and the LRU list as the newest; a leaf for the same host (a stale one, when a
- * renewal minted on the pool) goes out. Full: the least recently used leaf makes room (never a
- * refusal: a client that minted many names must not stop others from being intercepted). */
-static void link_leaf(struct dduct_ca *ca, struct leaf *l) {
-  size_t b = bucket_of(l->host);
+/* Into the table and the LRU list as the newest; a leaf for the same host (a stale one, or one
+ * another loop minted meanwhile) goes out. Full: the least recently used leaf makes room (never a
+ * refusal: a client that minted many names must not stop others from being intercepted).
+ * Returns how many leaves were dropped to make room (logged by the caller, outside the lock). */
+static size_t link_leaf(struct dduct_ca *ca, struct leaf *l) {
+  size_t b = bucket_of(l->host), dropped = 0;
   struct leaf *old;
   for (old = ca->leaves[b]; old != NULL; old = old->next)
     if (strcmp(old->host, l->host) == 0) break;
   if (old != NULL) leaf_unlink(ca, old);
   while (ca->nleaves >= ca->max_leaves && ca->oldest != NULL) {
-    LOG_DEBUG(MOD, "Leaf cache full (%zu): dropping \"%s\"", ca->nleaves, ca->oldest->host);
     leaf_unlink(ca, ca->oldest);
+    dropped++;
   }
   l->next = ca->leaves[b];
   ca->leaves[b] = l;
   l->linked = 1;
   lru_push(ca, l);
   ca->nleaves++;
+  return dropped;
 }
 
 /* The cached leaf for normalised host h, made the most recent; NULL if there is none or it is
@@ -816,45 +860,42 @@ static void hand_out(struct leaf *l, struct dduct__leaf **ref, mbedtls_x509_crt 
   *key = &l->key;
 }
 
+/* ---- end of the locked part ---- */
+
+static void log_minted(const char *h, const char *how, size_t dropped) {
+  if (dropped > 0) LOG_DEBUG(MOD, "Leaf cache full: dropped %zu least recently used", dropped);
+  LOG_DEBUG(MOD, "Minted a certificate for \"%s\"%s", h, how);
+}
+
 int dduct__ca_leaf(struct dduct_ca *ca, const char *host, struct dduct__leaf **ref,
                    mbedtls_x509_crt **chain, mbedtls_pk_context **key) {
   char h[HOST_MAX + 3];
-  struct leaf *l;
-  size_t b;
+  struct leaf *l, *fresh;
+  size_t dropped = 0;
   int rc;
 
   if (ref != NULL) *ref = NULL;
   if (ca == NULL || normalise(host, h, sizeof(h), 0) != 0) return DDUCT_EINVAL;
-  b = bucket_of(h);
-  for (l = ca->leaves[b]; l != NULL; l = l->next)
-    if (strcmp(l->host, h) == 0) break;
-  if (l != NULL && now() >= l->renew_at) {
-    LOG_DEBUG(MOD, "Renewing the certificate for \"%s\"", h);
-    leaf_unlink(ca, l);
-    l = NULL;
+  uv_mutex_lock(&ca->lock);
+  if ((l = cached(ca, h)) != NULL) hand_out(l, ref, chain, key);
+  uv_mutex_unlock(&ca->lock);
+  if (l != NULL) return 0;
+  /* Minted outside the lock: other loops keep finding their leaves meanwhile. */
+  if ((fresh = leaf_new(ca, h)) == NULL) return DDUCT_ENOMEM;
+  if ((rc = mint(ca, fresh)) != 0) {
+    leaf_free(fresh);
+    return rc;
   }
-  if (l == NULL) {
-    if ((l = calloc(1, sizeof(*l))) == NULL) return DDUCT_ENOMEM;
-    mbedtls_x509_crt_init(&l->chain);
-    mbedtls_pk_init(&l->key);
-    l->host = dduct__strdup(h);
-    rc = l->host == NULL ? DDUCT_ENOMEM : mint(ca, l);
-    if (rc != 0) {
-      leaf_free(l);
-      return rc;
-    }
-    LOG_DEBUG(MOD, "Minted a certificate for \"%s\"", h);
-    link_leaf(ca, l);
-  } else if (ca->newest != l) {
-    lru_unlink(ca, l);
-    lru_push(ca, l);
+  uv_mutex_lock(&ca->lock);
+  if ((l = cached(ca, h)) == NULL) { /* else another loop minted it meanwhile: one leaf per host */
+    dropped = link_leaf(ca, fresh);
+    l = fresh;
+    fresh = NULL;
   }
-  if (ref != NULL) {
-    l->refs++;
-    *ref = l;
-  }
-  *chain = &l->chain;
-  *key = &l->key;
+  hand_out(l, ref, chain, key);
+  uv_mutex_unlock(&ca->lock);
+  if (fresh == NULL) log_minted(h, "", dropped);
+  leaf_free(fresh);
   return 0;
 }
 
@@ -862,48 +903,72 @@ int dduct__ca_leaf(struct dduct_ca *ca, const char *host, struct dduct__leaf **r
  * A leaf costs 2.6-8.8 ms to mint here (a P-256 key and the CA's RSA signature), during which the
  * loop served nobody; a burst of CONNECTs to one new host minted it once per connection until the
  * first was cached. Now the handshake waits while a pool thread mints, and every handshake for
- * that host waits for the same mint. What the pool thread touches: the new leaf, the CA's key and
- * certificate (read; mbedTLS 2.28 is built with MBEDTLS_THREADING_C, so the RSA context's
- * blinding values are under its own mutex, also against a mint on the loop), the RNG (locked). The
- * table and the LRU list are only touched on the loop, in mint_done. */
+ * that host, on whichever loop, waits for the same mint. What the pool thread touches: the new
+ * leaf, the CA's key and certificate (read; mbedTLS 2.28 is built with MBEDTLS_THREADING_C, so the
+ * RSA context's blinding values are under its own mutex, also against a mint on a loop), the RNG
+ * (locked). The table is touched under ca->lock, in mint_done on the loop that started the mint;
+ * each waiter is woken on its own loop through its async handle. */
 
 static void mint_work(uv_work_t *w) {
   struct mint_job *j = DDUCT_CONTAINER_OF(w, struct mint_job, work);
   j->rc = mint(j->ca, j->l);
 }
 
+static void wait_closed(uv_handle_t *h) {
+  free(DDUCT_CONTAINER_OF((uv_async_t *)h, struct dduct__leaf_wait, async));
+}
+
+/* On the waiting call's own loop: the mint is done (mint_done set status and l, then sent). */
+static void wait_woken(uv_async_t *a) {
+  struct dduct__leaf_wait *q = DDUCT_CONTAINER_OF(a, struct dduct__leaf_wait, async);
+  dduct__leaf_cb cb = q->cb;
+  void *arg = q->arg;
+  struct leaf *l;
+  int status;
+  uv_mutex_lock(&q->ca->lock);
+  l = q->l;
+  status = q->status;
+  q->l = NULL;
+  uv_mutex_unlock(&q->ca->lock);
+  uv_close((uv_handle_t *)a, wait_closed);
+  if (l != NULL) cb(arg, 0, l, &l->chain, &l->key);
+  else cb(arg, status != 0 ? status : DDUCT_ECRYPTO, NULL, NULL, NULL);
+}
+
 static void mint_done(uv_work_t *w, int status) {
   struct mint_job *j = DDUCT_CONTAINER_OF(w, struct mint_job, work);
   struct dduct_ca *ca = j->ca;
-  struct mint_job **pp = &ca->minting;
+  struct mint_job **pp;
   struct dduct__leaf_wait *q;
   struct leaf *l = j->l;
   int rc = status != 0 ? DDUCT_ECRYPTO : j->rc;
-  while (*pp != j) pp = &(*pp)->next;
-  *pp = j->next;
-  if (rc == 0) {
-    LOG_DEBUG(MOD, "Minted a certificate for \"%s\" (off the loop)", l->host);
-    link_leaf(ca, l);
-    l->refs++; /* held while the waiters are called (one may release the last other hold) */
-  } else {
-    LOG_WARN(MOD, "Cannot mint a certificate for \"%s\" (%d)", l->host, rc);
-    leaf_free(l);
-    l = NULL;
+  size_t dropped = 0;
+  char host[HOST_MAX + 3];
+  snprintf(host, sizeof(host), "%s", l->host);
+  uv_mutex_lock(&ca->lock);
+  for (pp = &ca->minting; *pp != j; pp = &(*pp)->next) {
   }
-  /* Waiters leave the job's list one at a time and the job is freed after the last: a callback
-   * that closes another connection waiting on this mint cancels it from a list still alive. */
+  *pp = j->next;
+  if (rc == 0) dropped = link_leaf(ca, l);
+  /* Every waiter, on whichever loop, gets its own hold and is woken on its loop. */
   while ((q = j->waiters) != NULL) {
     j->waiters = q->next;
-    if (l != NULL) {
+    q->job = NULL;
+    q->status = rc;
+    if (rc == 0) {
       l->refs++;
-      q->cb(q->arg, 0, l, &l->chain, &l->key);
-    } else {
-      q->cb(q->arg, rc, NULL, NULL, NULL);
+      q->l = l;
     }
-    free(q);
+    uv_async_send(&q->async);
   }
+  uv_mutex_unlock(&ca->lock);
   free(j);
-  if (l != NULL) dduct__ca_leaf_put(l);
+  if (rc == 0) {
+    log_minted(host, " (off the loop)", dropped);
+  } else {
+    LOG_WARN(MOD, "Cannot mint a certificate for \"%s\" (%d)", host, rc);
+    leaf_free(l);
+  }
 }
 
 int dduct__ca_leaf_async(struct dduct_ca *ca, uv_loop_t *loop, const char *host,
@@ -914,69 +979,100 @@ int dduct__ca_leaf_async(struct dduct_ca *ca, uv_loop_t *loop, const char *host,
   struct dduct__leaf_wait *q;
   struct mint_job *j;
   struct leaf *l;
+  int rc = 0;
 
   *ref = NULL;
   *wait = NULL;
   if (ca == NULL || normalise(host, h, sizeof(h), 0) != 0) return DDUCT_EINVAL;
+  uv_mutex_lock(&ca->lock);
   if ((l = cached(ca, h)) != NULL) {
     hand_out(l, ref, chain, key);
+    uv_mutex_unlock(&ca->lock);
     return 0;
   }
-  if ((q = calloc(1, sizeof(*q))) == NULL) return DDUCT_ENOMEM;
-  for (j = ca->minting; j != NULL; j = j->next)
-    if (strcmp(j->l->host, h) == 0) break;
-  if (j == NULL) {
-    if ((j = calloc(1, sizeof(*j))) == NULL || (j->l = calloc(1, sizeof(*j->l))) == NULL ||
-        (j->l->host = dduct__strdup(h)) == NULL) {
-      if (j != NULL) free(j->l);
-      free(j);
-      free(q);
-      return DDUCT_ENOMEM;
-    }
-    mbedtls_x509_crt_init(&j->l->chain);
-    mbedtls_pk_init(&j->l->key);
-    j->ca = ca;
-    if (uv_queue_work(loop, &j->work, mint_work, mint_done) != 0) {
-      leaf_free(j->l);
-      free(j);
-      free(q);
-      return dduct__ca_leaf(ca, h, ref, chain, key); /* no pool: mint here, as before */
-    }
-    j->next = ca->minting;
-    ca->minting = j;
+  if ((q = calloc(1, sizeof(*q))) == NULL) {
+    uv_mutex_unlock(&ca->lock);
+    return DDUCT_ENOMEM;
   }
-  q->job = j;
-  q->cb = cb;
-  q->arg = arg;
-  q->next = j->waiters;
-  j->waiters = q;
-  *wait = q;
-  return DDUCT__CA_MINTING;
+  /* On the caller's thread, for the caller's loop: the wake-up comes there. */
+  if (uv_async_init(loop, &q->async, wait_woken) != 0) {
+    free(q);
+    q = NULL;
+    rc = 1;
+  }
+  for (j = ca->minting; rc == 0 && j != NULL; j = j->next)
+    if (strcmp(j->l->host, h) == 0) break;
+  if (rc == 0 && j == NULL) {
+    if ((j = calloc(1, sizeof(*j))) == NULL || (j->l = leaf_new(ca, h)) == NULL) {
+      free(j);
+      rc = DDUCT_ENOMEM;
+    } else {
+      j->ca = ca;
+      if (uv_queue_work(loop, &j->work, mint_work, mint_done) != 0) {
+        leaf_free(j->l);
+        free(j);
+        rc = 1;
+      } else {
+        j->next = ca->minting;
+        ca->minting = j;
+      }
+    }
+  }
+  if (rc == 0) {
+    q->job = j;
+    q->ca = ca;
+    q->cb = cb;
+    q->arg = arg;
+    q->next = j->waiters;
+    j->waiters = q;
+    *wait = q;
+  }
+  uv_mutex_unlock(&ca->lock);
+  if (rc == 0) return DDUCT__CA_MINTING;
+  if (q != NULL) uv_close((uv_handle_t *)&q->async, wait_closed);
+  if (rc == 1) return dduct__ca_leaf(ca, h, ref, chain, key); /* no pool: mint here, as before */
+  return rc;
 }
 
 void dduct__ca_leaf_cancel(struct dduct__leaf_wait *q) {
   struct dduct__leaf_wait **pp;
   if (q == NULL) return;
-  for (pp = &q->job->waiters; *pp != q; pp = &(*pp)->next) {
+  uv_mutex_lock(&q->ca->lock);
+  if (q->job != NULL) {
+    for (pp = &q->job->waiters; *pp != q; pp = &(*pp)->next) {
+    }
+    *pp = q->next;
+  } else if (q->l != NULL) { /* woken, not yet called back: its hold goes */
+    put_locked(q->l);
+    q->l = NULL;
   }
-  *pp = q->next;
-  free(q);
+  uv_mutex_unlock(&q->ca->lock);
+  uv_close((uv_handle_t *)&q->async, wait_closed); /* wait_woken never runs after this */
 }
 
 void dduct__ca_leaf_put(struct dduct__leaf *l) {
+  struct dduct_ca *ca;
   if (l == NULL) return;
-  if (--l->refs == 0 && !l->linked) leaf_free(l);
+  ca = l->ca;
+  uv_mutex_lock(&ca->lock);
+  put_locked(l);
+  uv_mutex_unlock(&ca->lock);
 }
 
-size_t dduct__ca_leaf_count(const struct dduct_ca *ca) {
-  return ca != NULL ? ca->nleaves : 0;
+size_t dduct__ca_leaf_count(struct dduct_ca *ca) {
+  size_t n;
+  if (ca == NULL) return 0;
+  uv_mutex_lock(&ca->lock);
+  n = ca->nleaves;
+  uv_mutex_unlock(&ca->lock);
+  return n;
 }
 
 void dduct_ca_free(struct dduct_ca *ca) {
   if (ca == NULL) return;
   if (ca->minting != NULL) { /* a pool thread may be signing with ca_key: leak rather than race */
     LOG_ERROR(MOD, "dduct_ca_free with a certificate still being minted: the CA is not freed "
-                   "(run the loop until the proxy has closed first)");
+                   "(run the loops until the proxies have closed first)");
     return;
   }
   for (size_t b = 0; b < LEAF_BUCKETS; b++) {
@@ -994,6 +1090,7 @@ void dduct_ca_free(struct dduct_ca *ca) {
   mbedtls_x509_crt_free(&ca->ca_crt);
   mbedtls_pk_free(&ca->server_key);
   mbedtls_pk_free(&ca->ca_key);
+  uv_mutex_destroy(&ca->lock);
   free(ca->dir);
   free(ca);
 }

@@ -1,6 +1,7 @@
 /* The certificate authority against real openssl processes: the eight files, their modes and
  * log lines (first run, restart, `rm server.*`), chains, SANs and EKUs, PKCS#12 files, refusals
  * that name the file and leave it untouched, minted leaves, and the interception rule. */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -546,6 +547,7 @@ struct mint_seen {
   int calls, status;
   struct dduct__leaf *ref;
   mbedtls_x509_crt *chain;
+  pthread_t thread; /* where the callback ran */
 };
 
 static void mint_seen_cb(void *arg, int status, struct dduct__leaf *ref, mbedtls_x509_crt *chain,
@@ -556,6 +558,7 @@ static void mint_seen_cb(void *arg, int status, struct dduct__leaf *ref, mbedtls
   m->status = status;
   m->ref = ref;
   m->chain = chain;
+  m->thread = pthread_self();
 }
 
 static void test_leaf_async(void) {
@@ -605,6 +608,151 @@ static void test_leaf_async(void) {
   dduct__ca_leaf_put(r4);
   dduct_ca_free(ca);
   CHECK_EQ_INT(uv_loop_close(&loop), 0, "the loop closes with nothing left on it");
+}
+
+/* Two loops on two threads share one CA, as the proxy's workers do. */
+struct other_loop {
+  struct dduct_ca *ca;
+  uv_sem_t called;
+  int rc, closed;
+  struct dduct__leaf_wait *w;
+  struct mint_seen m;
+  pthread_t tid;
+};
+
+static void *other_loop_main(void *arg) {
+  struct other_loop *o = arg;
+  struct dduct__leaf *r;
+  mbedtls_x509_crt *c;
+  mbedtls_pk_context *k;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  o->rc = dduct__ca_leaf_async(o->ca, &loop, "shared.test", &r, &c, &k, mint_seen_cb, &o->m, &o->w);
+  uv_sem_post(&o->called);
+  uv_run(&loop, UV_RUN_DEFAULT); /* the wait's handle keeps it running until the wake-up */
+  o->closed = uv_loop_close(&loop);
+  return NULL;
+}
+
+/* Many threads, each its own loop, over more hosts than the table holds: sync and async calls,
+ * holds, withdrawn waits, evictions and re-mints all at once (ASan checks every free). */
+struct hammer {
+  struct dduct_ca *ca;
+  int id, bad;
+  unsigned mints_waited;
+};
+
+static void hammer_check(struct hammer *h, const char *host, mbedtls_x509_crt *c) {
+  char dn[512];
+  if (c == NULL || mbedtls_x509_dn_gets(dn, sizeof(dn), &c->subject) < 0 || strstr(dn, host) == NULL ||
+      c->next == NULL)
+    h->bad++;
+}
+
+static void *hammer_main(void *arg) {
+  struct hammer *h = arg;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  for (int i = 0; i < 24; i++) {
+    char host[64];
+    struct dduct__leaf *r = NULL;
+    struct dduct__leaf_wait *w = NULL;
+    struct mint_seen m = {0};
+    mbedtls_x509_crt *c = NULL;
+    mbedtls_pk_context *k;
+    int rc;
+    snprintf(host, sizeof(host), "h%d.hammer.test", (i * 7 + h->id * 3) % 12);
+    if ((i + h->id) % 5 == 0) {
+      rc = dduct__ca_leaf(h->ca, host, &r, &c, &k);
+      if (rc != 0) h->bad++;
+      else hammer_check(h, host, c);
+      dduct__ca_leaf_put(r);
+      continue;
+    }
+    rc = dduct__ca_leaf_async(h->ca, &loop, host, &r, &c, &k, mint_seen_cb, &m, &w);
+    if (rc == 0) {
+      hammer_check(h, host, c);
+      dduct__ca_leaf_put(r);
+    } else if (rc == DDUCT__CA_MINTING && (i + h->id) % 7 == 3) {
+      dduct__ca_leaf_cancel(w); /* a handshake that closed while waiting */
+      uv_run(&loop, UV_RUN_DEFAULT);
+      if (m.calls != 0) h->bad++;
+    } else if (rc == DDUCT__CA_MINTING) {
+      uv_run(&loop, UV_RUN_DEFAULT);
+      h->mints_waited++;
+      if (m.calls != 1 || m.status != 0 || !pthread_equal(m.thread, pthread_self())) h->bad++;
+      else hammer_check(h, host, m.chain);
+      dduct__ca_leaf_put(m.ref);
+    } else {
+      h->bad++;
+    }
+  }
+  if (uv_loop_close(&loop) != 0) h->bad++;
+  return NULL;
+}
+
+static void test_leaf_loops(void) {
+  struct dduct_ca_options o;
+  struct dduct_ca *ca = NULL;
+  struct dduct__leaf_wait *w;
+  struct dduct__leaf *r;
+  struct mint_seen m = {0};
+  struct other_loop other = {0};
+  struct hammer hs[4];
+  pthread_t th[4];
+  mbedtls_x509_crt *c;
+  mbedtls_pk_context *k;
+  uv_loop_t loop;
+  char err[512] = "";
+  unsigned waited = 0;
+  int bad = 0;
+  options(&o);
+  if (uv_loop_init(&loop) != 0 || dduct_ca_open(&o, &ca, err, sizeof(err)) != 0 ||
+      uv_sem_init(&other.called, 0) != 0) {
+    fprintf(stderr, "# %s\n", err);
+    CHECK(0, "open a CA and a loop");
+    return;
+  }
+  CHECK_EQ_INT(dduct__ca_leaf_async(ca, &loop, "shared.test", &r, &c, &k, mint_seen_cb, &m, &w),
+               DDUCT__CA_MINTING, "loop A starts a mint for shared.test");
+  other.ca = ca;
+  pthread_create(&other.tid, NULL, other_loop_main, &other);
+  uv_sem_wait(&other.called); /* loop A has not run: its mint cannot have been linked yet */
+  CHECK_EQ_INT(other.rc, DDUCT__CA_MINTING, "loop B, on another thread, waits for the same mint");
+  uv_run(&loop, UV_RUN_DEFAULT);
+  pthread_join(other.tid, NULL);
+  CHECK(m.calls == 1 && other.m.calls == 1 && m.status == 0 && other.m.status == 0,
+        "both loops are called back once, with success");
+  CHECK(pthread_equal(m.thread, pthread_self()) && pthread_equal(other.m.thread, other.tid),
+        "each callback ran on its own loop's thread (B was woken on B)");
+  CHECK(m.ref != NULL && m.ref == other.m.ref && dduct__ca_leaf_count(ca) == 1,
+        "one mint for both loops: the same leaf, cached once");
+  CHECK_EQ_INT(other.closed, 0, "loop B closes with nothing left on it");
+  dduct__ca_leaf_put(m.ref);
+  dduct__ca_leaf_put(other.m.ref);
+  uv_sem_destroy(&other.called);
+  dduct_ca_free(ca);
+
+  o.max_leaves = 8;
+  if (dduct_ca_open(&o, &ca, err, sizeof(err)) != 0) {
+    CHECK(0, "open a CA with max_leaves 8");
+    return;
+  }
+  for (int i = 0; i < 4; i++) {
+    hs[i] = (struct hammer){.ca = ca, .id = i};
+    pthread_create(&th[i], NULL, hammer_main, &hs[i]);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    bad += hs[i].bad;
+    waited += hs[i].mints_waited;
+  }
+  printf("# 4 loops x 24 calls over 12 hosts (8 kept): %u waited for a mint\n", waited);
+  CHECK_EQ_INT(bad, 0, "4 loops at once over 12 hosts with 8 kept: every leaf names its host, "
+                       "every wake-up on the caller's thread, no withdrawn wait called");
+  CHECK(dduct__ca_leaf_count(ca) <= 8, "the table stays within max_leaves");
+  dduct_ca_free(ca);
+  CHECK_EQ_INT(uv_loop_close(&loop), 0, "loop A closes with nothing left on it");
 }
 
 static void test_bad_options(void) {
@@ -659,6 +807,7 @@ int main(void) {
     dduct_ca_free(ca);
     test_leaf_lru();
     test_leaf_async();
+    test_leaf_loops();
     test_restart();
     test_refusals();
   }
