@@ -13,10 +13,10 @@
  *   thread running the loop they were created on. A dduct_ca may be shared by proxies on any
  *   number of loops (its table of minted leaves is locked; dduct_ca_covers and dduct_ca_cert_pem
  *   only read): open it on any thread before handing it out, free it after every loop using it
- *   is done. A dduct_filter is read-only once given to a proxy, but matching uses per-pattern
- *   scratch space, so one thread at a time. dduct_log_set's callback may be called from any of
- *   these threads. A proxy with workers > 1 (struct dduct_proxy_options) runs its own threads:
- *   it uses its ca, store and filter, and calls the embedder's callbacks, from each of them.
+ *   is done. A dduct_filter is read-only once given to a proxy and matched from any number of
+ *   threads at once. dduct_log_set's callback may be called from any of these threads. A proxy
+ *   with workers > 1 (struct dduct_proxy_options) runs its own threads: it uses its ca, store
+ *   and filter, and calls the embedder's callbacks, from each of them.
  */
 #ifndef DDUCT_H
 #define DDUCT_H
@@ -112,8 +112,9 @@ DDUCT_EXTERN const char *dduct_log_level_name(enum dduct_log_level level);
 /* ---- filter set --------------------------------------------------------------------------- */
 
 /* An ordered set of PCRE2 patterns matched against URL paths (JIT-compiled where available).
- * Immutable once handed to a proxy. Matching uses per-pattern scratch space: match from one
- * thread at a time. */
+ * Immutable once handed to a proxy. dduct_filter_match is safe from any number of threads at
+ * once, without a lock (each thread matches with scratch space of its own, freed when the
+ * thread ends); dduct_filter_new, _add and _free from one thread, before or after matching. */
 struct dduct_filter;
 
 DDUCT_EXTERN int dduct_filter_new(struct dduct_filter **out);

@@ -1,4 +1,7 @@
-/* The seed's default filters against real registry, package and archive paths. */
+/* The seed's default filters against real registry, package and archive paths, and one set
+ * matched from many threads at once (the proxy's loops share it). */
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +17,57 @@ static const char *const seed[] = {
 
 static int match(struct dduct_filter *f, const char *p) {
   return dduct_filter_match(f, p, strlen(p));
+}
+
+/* Paths and their answers under the seed patterns; long ones so a match takes a while. */
+static const struct {
+  const char *path;
+  int want;
+} cases[] = {
+    {"/v2/library/alpine/blobs/sha256:c6a83fedfae6ed8a4f5f7cbb6a7b6f1c1ec3d86fea8cb9e5ba2e4f6a1c0d8e9f", 1},
+    {"/v2/library/alpine/manifests/latest", 0},
+    {"/debian/pool/main/c/curl/curl_7.88.1-10_amd64.deb", 1},
+    {"/debian/dists/bookworm/main/binary-amd64/Packages", 0},
+    {"/releases/node-v20.9.0-linux-x64.tar.xz", 1},
+    {"/file.deb.sig", 0},
+    {"/x\xff\xfe.deb", 0}, /* invalid UTF-8: no match, no error */
+    {"/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s/t/u/v/w/x/y/z/0/1/2/3/4/5/6/7/8/9/archive.zip", 1},
+};
+
+struct worker {
+  const struct dduct_filter *f;
+  int wrong;
+};
+
+static void *worker_main(void *arg) {
+  struct worker *w = arg;
+  for (int i = 0; i < 4000; i++) {
+    size_t c = (size_t)i % (sizeof(cases) / sizeof(cases[0]));
+    if (dduct_filter_match(w->f, cases[c].path, strlen(cases[c].path)) != cases[c].want)
+      w->wrong++;
+  }
+  return NULL; /* the thread's match data goes with the thread (LeakSanitizer checks) */
+}
+
+/* One set, eight threads matching at once, each ending afterwards; then again on fresh threads. */
+static void test_threads(struct dduct_filter *f) {
+  struct worker w[8];
+  pthread_t th[8];
+  int wrong = 0, started = 0;
+  for (int round = 0; round < 2; round++) {
+    for (int i = 0; i < 8; i++) {
+      w[i] = (struct worker){.f = f};
+      if (pthread_create(&th[i], NULL, worker_main, &w[i]) == 0) started++;
+      else th[i] = pthread_self();
+    }
+    for (int i = 0; i < 8; i++) {
+      if (pthread_equal(th[i], pthread_self())) continue;
+      pthread_join(th[i], NULL);
+      wrong += w[i].wrong;
+    }
+  }
+  CHECK_EQ_INT(started, 16, "sixteen matching threads started");
+  CHECK_EQ_INT(wrong, 0, "8 threads x 4000 matches at once on one set: every answer right");
 }
 
 int main(void) {
@@ -51,6 +105,7 @@ int main(void) {
   CHECK(strstr(err, "^/(unclosed") != NULL, "the error names the pattern");
   CHECK(strstr(err, "offset 11") != NULL, "the error names the offset");
   CHECK_EQ_INT(dduct_filter_count(f), 4, "a rejected pattern is not added");
+  test_threads(f);
 
   dduct_filter_free(f);
   dduct_filter_free(NULL);
