@@ -146,7 +146,8 @@ struct dduct_ca_options {
   const char *client_cn;         /* default "client.dduct.rs" */
   const char *p12_pass;          /* default "dduct" */
   /* Minted leaves kept for intercepted hosts; the least recently used is dropped (and minted
-   * again on its next use) when a new host needs room. 0: 4096. */
+   * again on its next use) when a new host needs room. 0: 4096. Also about the number of leaf
+   * files kept in cert_dir/leaves/ (see dduct_ca_open). */
   size_t max_leaves;
   /* 1: a CA created now carries nameConstraints permitting exactly server_dns_sans (a "*.x"
    * entry permits x and its subdomains) and server_ip_sans, so its key cannot sign for any
@@ -162,7 +163,11 @@ DDUCT_EXTERN void dduct_ca_options_init(struct dduct_ca_options *o);
  * in cert_dir, in that order, logging `Read "path"` or `Write "path"` (module "ssl_certs") for
  * each. Keys are written 0600 and atomically. Missing server.* files are regenerated from the
  * existing CA. A corrupt or unreadable file fails with a message naming it; nothing is
- * overwritten. Blocking (key generation takes seconds at 3072 bits): call at start-up. */
+ * overwritten. Blocking (key generation takes seconds at 3072 bits): call at start-up.
+ * Leaves minted later for intercepted hosts are kept in cert_dir/leaves/ (0700; one file per
+ * host named by the SHA-256 of its name, leaf and key, 0600) and read back, checked against this
+ * CA, the host and the key, instead of minting again after a restart; a cert_dir where leaves/
+ * cannot be made keeps them in memory only (logged at INFO). */
 DDUCT_EXTERN int dduct_ca_open(const struct dduct_ca_options *o, struct dduct_ca **out, char *err,
                                size_t errlen);
 /* 1 if host (a DNS name or an IP literal, no port) is covered by server_dns_sans ("*.x" matches

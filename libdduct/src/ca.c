@@ -15,6 +15,7 @@
  *   a server/client certificate that does not chain to ca.crt, or a .p12 whose MAC fails with
  *   p12_pass: error naming the file; nothing is overwritten. */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -26,7 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <mbedtls/ecp.h>
 #include <mbedtls/error.h>
+#include <mbedtls/oid.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/platform_util.h>
 #include <mbedtls/x509_crt.h>
@@ -35,6 +38,7 @@
 #include "internal.h"
 #include "pkcs12.h"
 #include "rng.h"
+#include "sha256.h"
 #include "x509.h"
 
 #define MOD "ssl_certs"
@@ -75,8 +79,8 @@ struct mint_job {
   struct mint_job *next;
   uv_work_t work;
   struct dduct_ca *ca;
-  struct leaf *l; /* minted on the pool; linked by mint_done */
-  int rc;
+  struct leaf *l; /* loaded or minted on the pool; linked by mint_done */
+  int rc, loaded;
   struct dduct__leaf_wait *waiters;
 };
 
@@ -106,6 +110,7 @@ struct dduct_ca {
   size_t nips;
   time_t ca_not_after;
   size_t max_leaves;
+  char *leaf_dir; /* cert_dir + "leaves/"; NULL: minted leaves are kept in memory only */
   /* Everything above is written by dduct_ca_open and only read afterwards (any thread). The
    * leaf table, the LRU list, the mints in flight and every leaf's refs are under lock: proxies
    * on several loops share one CA. Minting (ms of CPU) never runs under it. */
@@ -114,6 +119,8 @@ struct dduct_ca {
   struct leaf *newest, *oldest; /* LRU list of the linked leaves */
   struct mint_job *minting;     /* mints on the pool, one per host */
   size_t nleaves;
+  size_t leaf_writes; /* leaf files written since the last prune */
+  int pruning;
 };
 
 /* State of one dduct_ca_open call. */
@@ -266,9 +273,10 @@ static int write_fd(int fd, const unsigned char *data, size_t len) {
 }
 
 /* Temp file in the same directory, fsync, rename, fsync the directory: a crash leaves either
- * no file or the whole file, never a truncated key. */
+ * no file or the whole file, never a truncated key. Without durable, no fsync: a crash may leave
+ * an empty or partial file under the name (for files checked on every read, such as leaves). */
 static int write_atomic(const char *dir, const char *name, const char *path,
-                        const unsigned char *data, size_t len, mode_t mode) {
+                        const unsigned char *data, size_t len, mode_t mode, int durable) {
   char tmp[PATH_MAX];
   int fd, rc;
   if (snprintf(tmp, sizeof(tmp), "%s.%s.XXXXXX", dir, name) >= (int)sizeof(tmp))
@@ -277,13 +285,14 @@ static int write_atomic(const char *dir, const char *name, const char *path,
   if (fd < 0) return -errno;
   rc = fchmod(fd, mode) != 0 ? -errno : 0;
   if (rc == 0) rc = write_fd(fd, data, len);
-  if (rc == 0 && fsync(fd) != 0) rc = -errno;
+  if (rc == 0 && durable && fsync(fd) != 0) rc = -errno;
   if (close(fd) != 0 && rc == 0) rc = -errno;
   if (rc == 0 && rename(tmp, path) != 0) rc = -errno;
   if (rc != 0) {
     unlink(tmp);
     return rc;
   }
+  if (!durable) return 0;
   fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd >= 0) {
     (void)fsync(fd); /* best effort: some file systems refuse fsync on directories */
@@ -293,7 +302,7 @@ static int write_atomic(const char *dir, const char *name, const char *path,
 }
 
 static int save(struct opener *op, int f, const void *data, size_t len, mode_t mode) {
-  int rc = write_atomic(op->ca->dir, file_names[f], op->path[f], data, len, mode);
+  int rc = write_atomic(op->ca->dir, file_names[f], op->path[f], data, len, mode, 1);
   if (rc != 0)
     return fail(op, rc, "cannot write \"%s\": %s", op->path[f], dduct_strerror(rc));
   LOG_INFO(MOD, "Write \"%s\"", op->path[f]);
@@ -607,6 +616,8 @@ static int copy_sans(struct dduct_ca *ca, const struct dduct_ca_options *o, char
   return 0;
 }
 
+static void leaf_dir_open(struct dduct_ca *ca); /* with the leaves, below */
+
 static int check_options(const struct dduct_ca_options *o, char *err, size_t errlen) {
   if (o->cert_dir == NULL || o->cert_dir[0] == '\0' || strlen(o->cert_dir) > PATH_MAX - 64)
     return dduct__errf(DDUCT_ECONFIG, err, errlen, "cert_dir: must be a directory path");
@@ -686,6 +697,7 @@ int dduct_ca_open(const struct dduct_ca_options *o, struct dduct_ca **out, char 
     rc = copy_sans(op->ca, o, err, errlen);
   }
   if (rc == 0) rc = open_files(op);
+  if (rc == 0) leaf_dir_open(op->ca);
   if (rc == 0) *out = op->ca;
   else dduct_ca_free(op->ca);
   free(op);
@@ -781,6 +793,273 @@ static int mint(struct dduct_ca *ca, struct leaf *l) {
   return 0;
 }
 
+/* ---- minted leaves on disk ----
+ * cert_dir/leaves/<sha256 of the normalised host, hex>.pem holds a leaf and its key (0600, in a
+ * 0700 directory), so a restart does not mint again. Written after a mint on the thread that
+ * minted (the pool for dduct__ca_leaf_async), atomically (temp + rename; not fsynced: a file a
+ * crash cut short fails the checks below and is minted again). Read on a miss in the table, on
+ * the same thread, and used only if it is one leaf signed by this CA for serverAuth, naming the
+ * host, not within its renewal window, with the P-256 key of the certificate; anything else is
+ * ignored and replaced by the next mint. The directory holds at most max_leaves files: every
+ * prune_every writes, the oldest (by mtime; a load touches its file) go. A cert_dir that cannot
+ * hold the directory (read-only) keeps leaves in memory only. */
+
+#define LEAF_NAME_LEN 68 /* 64 hex + ".pem" */
+#define TEMP_MAX_AGE 600 /* a temp file older than this was left by a crash */
+
+/* The file of normalised host h: a hash, so no host name can reach outside the directory. */
+static void leaf_file(const struct dduct_ca *ca, const char *h, char name[LEAF_NAME_LEN + 1],
+                      char *path, size_t pathlen) {
+  static const char hex[] = "0123456789abcdef";
+  unsigned char d[32];
+  dduct__sha256(h, strlen(h), d);
+  for (int i = 0; i < 32; i++) name[2 * i] = hex[d[i] >> 4], name[2 * i + 1] = hex[d[i] & 15];
+  memcpy(name + 64, ".pem", 5);
+  snprintf(path, pathlen, "%s%s", ca->leaf_dir, name);
+}
+
+static time_t crt_not_before(const mbedtls_x509_crt *crt) {
+  struct tm tm = {0};
+  tm.tm_year = crt->valid_from.year - 1900;
+  tm.tm_mon = crt->valid_from.mon - 1;
+  tm.tm_mday = crt->valid_from.day;
+  tm.tm_hour = crt->valid_from.hour;
+  tm.tm_min = crt->valid_from.min;
+  tm.tm_sec = crt->valid_from.sec;
+  return timegm(&tm);
+}
+
+static time_t renew_time(time_t not_before, time_t not_after) {
+  /* As minted: a month before the end, or at two thirds of a short life. */
+  time_t minted = not_before + DAY;
+  return not_after - DDUCT_MIN((time_t)LEAF_RENEW_DAYS * DAY, (not_after - minted) / 3);
+}
+
+static int names_host(const mbedtls_x509_crt *crt, const char *h) {
+  const mbedtls_x509_sequence *san;
+  struct dduct__ip ip;
+  int is_ip = dduct__x509_parse_ip(h, &ip) == 0;
+  size_t n = strlen(h);
+  for (san = &crt->subject_alt_names; san != NULL && san->buf.p != NULL; san = san->next) {
+    int tag = san->buf.tag & MBEDTLS_ASN1_TAG_VALUE_MASK;
+    if (is_ip && tag == MBEDTLS_X509_SAN_IP_ADDRESS && san->buf.len == ip.len &&
+        memcmp(san->buf.p, ip.b, ip.len) == 0)
+      return 1;
+    if (!is_ip && tag == MBEDTLS_X509_SAN_DNS_NAME && san->buf.len == n &&
+        memcmp(san->buf.p, h, n) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+/* The checks a leaf read from disk passes before it is used; NULL or why not. On success the
+ * key's group holds its comb table (computing the public point from the private key both
+ * checks the pair and leaves the table there), so concurrent handshakes only read the key. */
+static const char *leaf_check(struct dduct_ca *ca, struct leaf *l) {
+  static const mbedtls_x509_crt_profile any = {
+      .allowed_mds = 0xffffff, .allowed_pks = 0xffffff, .allowed_curves = 0xffffff,
+      .rsa_min_bitlen = 1024};
+  mbedtls_x509_crt *crt = &l->chain;
+  mbedtls_ecp_keypair *kp;
+  mbedtls_ecp_point q;
+  uint32_t flags = 0;
+  int same;
+  if (crt->next != NULL) return "more than one certificate";
+  if (mbedtls_x509_crt_verify_with_profile(crt, &ca->ca_crt, NULL, &any, NULL, &flags, NULL,
+                                           NULL) != 0 || flags != 0)
+    return "not signed by this CA, or outside its validity";
+  if (crt->ca_istrue || mbedtls_x509_crt_check_extended_key_usage(
+                            crt, MBEDTLS_OID_SERVER_AUTH, MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH)) != 0)
+    return "not a TLS server certificate";
+  if (!names_host(crt, l->host)) return "does not name the host";
+  l->renew_at = renew_time(crt_not_before(crt), dduct__x509_not_after(crt));
+  if (now() >= l->renew_at) return "due for renewal";
+  if (mbedtls_pk_get_type(&l->key) != MBEDTLS_PK_ECKEY ||
+      mbedtls_pk_get_type(&crt->pk) != MBEDTLS_PK_ECKEY ||
+      mbedtls_pk_ec(l->key)->grp.id != MBEDTLS_ECP_DP_SECP256R1 ||
+      mbedtls_pk_ec(crt->pk)->grp.id != MBEDTLS_ECP_DP_SECP256R1)
+    return "not a P-256 key";
+  kp = mbedtls_pk_ec(l->key);
+  mbedtls_ecp_point_init(&q);
+  same = mbedtls_ecp_mul(&kp->grp, &q, &kp->d, &kp->grp.G, dduct__rng, NULL) == 0 &&
+         mbedtls_ecp_point_cmp(&q, &mbedtls_pk_ec(crt->pk)->Q) == 0;
+  mbedtls_ecp_point_free(&q);
+  return same ? NULL : "the key does not match the certificate";
+}
+
+/* l (host set, chain and key empty) from its file: 0, or nonzero (l is then emptied again). */
+static int leaf_load(struct dduct_ca *ca, struct leaf *l) {
+  char path[PATH_MAX], name[LEAF_NAME_LEN + 1];
+  unsigned char *buf;
+  size_t len;
+  const char *why = NULL;
+  int rc;
+  if (ca->leaf_dir == NULL) return UV_ENOENT;
+  leaf_file(ca, l->host, name, path, sizeof(path));
+  if ((rc = read_all(path, &buf, &len)) != 0) {
+    if (rc != UV_ENOENT) LOG_DEBUG(MOD, "Cannot read \"%s\": %s", path, dduct_strerror(rc));
+    return rc;
+  }
+  if (dduct__x509_parse(&l->chain, buf, len + 1) != 0) why = "no certificate";
+  else if (mbedtls_pk_parse_key(&l->key, buf, len + 1, NULL, 0) != 0) why = "no private key";
+  mbedtls_platform_zeroize(buf, len);
+  free(buf);
+  if (why == NULL) why = leaf_check(ca, l);
+  if (why == NULL && dduct__x509_parse_der(&l->chain, ca->ca_crt.raw.p, ca->ca_crt.raw.len) != 0)
+    why = "out of memory";
+  if (why != NULL) {
+    LOG_INFO(MOD, "Ignoring \"%s\" for \"%s\" (%s): a new certificate replaces it", path, l->host,
+             why);
+    mbedtls_x509_crt_free(&l->chain);
+    mbedtls_pk_free(&l->key);
+    mbedtls_x509_crt_init(&l->chain);
+    mbedtls_pk_init(&l->key);
+    return DDUCT_ECORRUPT;
+  }
+  (void)utimensat(AT_FDCWD, path, NULL, 0); /* recently used: the prune keeps it */
+  return 0;
+}
+
+struct aged {
+  struct timespec mtime;
+  char name[LEAF_NAME_LEN + 1];
+};
+
+static int older_first(const void *a, const void *b) {
+  const struct timespec *x = &((const struct aged *)a)->mtime, *y = &((const struct aged *)b)->mtime;
+  if (x->tv_sec != y->tv_sec) return x->tv_sec < y->tv_sec ? -1 : 1;
+  return x->tv_nsec < y->tv_nsec ? -1 : x->tv_nsec > y->tv_nsec;
+}
+
+/* s starts with 64 lower-case hex digits and ".pem". */
+static int leaf_name_at(const char *s) {
+  for (int i = 0; i < 64; i++)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+  return strncmp(s + 64, ".pem", 4) == 0;
+}
+
+static int is_leaf_name(const char *s) {
+  return strlen(s) == LEAF_NAME_LEN && leaf_name_at(s);
+}
+
+/* write_atomic's temp file for a leaf: "." name ".XXXXXX". */
+static int is_temp_name(const char *s) {
+  return strlen(s) == LEAF_NAME_LEN + 8 && s[0] == '.' && leaf_name_at(s + 1) &&
+         s[LEAF_NAME_LEN + 1] == '.';
+}
+
+/* Down to max_leaves files, the least recently written or loaded first; temp files a crash left
+ * go too. Files that are not ours are left alone. */
+static void leaves_prune(struct dduct_ca *ca) {
+  DIR *d = opendir(ca->leaf_dir);
+  struct aged *v = NULL;
+  size_t n = 0, cap = 0, gone = 0;
+  time_t t = time(NULL);
+  struct dirent *e;
+  if (d == NULL) return;
+  while ((e = readdir(d)) != NULL) {
+    struct stat st;
+    if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    if (is_temp_name(e->d_name)) {
+      if (t - st.st_mtime > TEMP_MAX_AGE) (void)unlinkat(dirfd(d), e->d_name, 0);
+      continue;
+    }
+    if (!is_leaf_name(e->d_name)) continue;
+    if (n == cap) {
+      size_t c = cap ? cap * 2 : 256;
+      struct aged *nv = realloc(v, c * sizeof(*v));
+      if (nv == NULL) break;
+      v = nv, cap = c;
+    }
+    v[n].mtime = st.st_mtim;
+    memcpy(v[n].name, e->d_name, LEAF_NAME_LEN + 1);
+    n++;
+  }
+  if (n > ca->max_leaves) {
+    qsort(v, n, sizeof(*v), older_first);
+    for (size_t i = 0; i < n - ca->max_leaves; i++)
+      if (unlinkat(dirfd(d), v[i].name, 0) == 0) gone++;
+  }
+  closedir(d);
+  free(v);
+  if (gone > 0) LOG_DEBUG(MOD, "Removed %zu least recently used certificates from \"%s\"", gone,
+                          ca->leaf_dir);
+}
+
+/* After a mint, on the minting thread; a failure (full disk, read-only) only costs a mint after
+ * the next restart. */
+static void leaf_save(struct dduct_ca *ca, const struct leaf *l) {
+  char path[PATH_MAX], name[LEAF_NAME_LEN + 1], *crt_pem = NULL;
+  unsigned char key_pem[1024];
+  unsigned char *buf = NULL;
+  size_t crt_len = 0, key_len = 0;
+  int rc, prune = 0;
+  if (ca->leaf_dir == NULL) return;
+  leaf_file(ca, l->host, name, path, sizeof(path));
+  rc = dduct__x509_crt_pem(&l->chain, &crt_pem, &crt_len);
+  if (rc == 0) rc = mbedtls_pk_write_key_pem((mbedtls_pk_context *)&l->key, key_pem, sizeof(key_pem)) == 0 ? 0 : DDUCT_ECRYPTO;
+  if (rc == 0) {
+    key_len = strlen((char *)key_pem);
+    rc = (buf = malloc(crt_len + key_len)) != NULL ? 0 : DDUCT_ENOMEM;
+  }
+  if (rc == 0) {
+    memcpy(buf, crt_pem, crt_len);
+    memcpy(buf + crt_len, key_pem, key_len);
+    rc = write_atomic(ca->leaf_dir, name, path, buf, crt_len + key_len, 0600, 0);
+    mbedtls_platform_zeroize(buf, crt_len + key_len);
+  }
+  mbedtls_platform_zeroize(key_pem, sizeof(key_pem));
+  free(buf);
+  free(crt_pem);
+  if (rc != 0) {
+    LOG_DEBUG(MOD, "Cannot write \"%s\": %s", path, dduct_strerror(rc));
+    return;
+  }
+  LOG_DEBUG(MOD, "Wrote \"%s\" for \"%s\"", path, l->host);
+  uv_mutex_lock(&ca->lock);
+  if (++ca->leaf_writes >= DDUCT_MAX((size_t)1, ca->max_leaves / 8) && !ca->pruning) {
+    ca->leaf_writes = 0;
+    ca->pruning = prune = 1;
+  }
+  uv_mutex_unlock(&ca->lock);
+  if (prune) {
+    leaves_prune(ca);
+    uv_mutex_lock(&ca->lock);
+    ca->pruning = 0;
+    uv_mutex_unlock(&ca->lock);
+  }
+}
+
+/* l from its file, else minted and written: any thread, no lock. *loaded says which. */
+static int obtain(struct dduct_ca *ca, struct leaf *l, int *loaded) {
+  int rc;
+  *loaded = leaf_load(ca, l) == 0;
+  if (*loaded) return 0;
+  if ((rc = mint(ca, l)) != 0) return rc;
+  leaf_save(ca, l);
+  return 0;
+}
+
+/* cert_dir/leaves/, made like cert_dir (0700); NULL when it cannot be (leaves then live in
+ * memory only). */
+static void leaf_dir_open(struct dduct_ca *ca) {
+  size_t n = strlen(ca->dir) + sizeof("leaves/");
+  char *p = malloc(n);
+  int rc;
+  if (p == NULL) return;
+  snprintf(p, n, "%sleaves/", ca->dir);
+  if ((rc = make_dir(p)) != 0) {
+    /* A read-only cert_dir (a Kubernetes Secret) is a setup of its own, not a fault. */
+    LOG_INFO(MOD, "Minted certificates are kept in memory only: cannot create \"%s\" (%s)", p,
+             dduct_strerror(rc));
+    free(p);
+    return;
+  }
+  ca->leaf_dir = p;
+  leaves_prune(ca);
+}
+
 /* ---- the table: everything from here to the pool section runs under ca->lock ---- */
 
 static void lru_unlink(struct dduct_ca *ca, struct leaf *l) {
@@ -862,9 +1141,10 @@ static void hand_out(struct leaf *l, struct dduct__leaf **ref, mbedtls_x509_crt 
 
 /* ---- end of the locked part ---- */
 
-static void log_minted(const char *h, const char *how, size_t dropped) {
+static void log_minted(const char *h, int loaded, const char *how, size_t dropped) {
   if (dropped > 0) LOG_DEBUG(MOD, "Leaf cache full: dropped %zu least recently used", dropped);
-  LOG_DEBUG(MOD, "Minted a certificate for \"%s\"%s", h, how);
+  if (loaded) LOG_DEBUG(MOD, "Loaded the certificate for \"%s\" from its file%s", h, how);
+  else LOG_DEBUG(MOD, "Minted a certificate for \"%s\"%s", h, how);
 }
 
 int dduct__ca_leaf(struct dduct_ca *ca, const char *host, struct dduct__leaf **ref,
@@ -872,7 +1152,7 @@ int dduct__ca_leaf(struct dduct_ca *ca, const char *host, struct dduct__leaf **r
   char h[HOST_MAX + 3];
   struct leaf *l, *fresh;
   size_t dropped = 0;
-  int rc;
+  int rc, loaded;
 
   if (ref != NULL) *ref = NULL;
   if (ca == NULL || normalise(host, h, sizeof(h), 0) != 0) return DDUCT_EINVAL;
@@ -880,9 +1160,9 @@ int dduct__ca_leaf(struct dduct_ca *ca, const char *host, struct dduct__leaf **r
   if ((l = cached(ca, h)) != NULL) hand_out(l, ref, chain, key);
   uv_mutex_unlock(&ca->lock);
   if (l != NULL) return 0;
-  /* Minted outside the lock: other loops keep finding their leaves meanwhile. */
+  /* Read or minted outside the lock: other loops keep finding their leaves meanwhile. */
   if ((fresh = leaf_new(ca, h)) == NULL) return DDUCT_ENOMEM;
-  if ((rc = mint(ca, fresh)) != 0) {
+  if ((rc = obtain(ca, fresh, &loaded)) != 0) {
     leaf_free(fresh);
     return rc;
   }
@@ -894,7 +1174,7 @@ int dduct__ca_leaf(struct dduct_ca *ca, const char *host, struct dduct__leaf **r
   }
   hand_out(l, ref, chain, key);
   uv_mutex_unlock(&ca->lock);
-  if (fresh == NULL) log_minted(h, "", dropped);
+  if (fresh == NULL) log_minted(h, loaded, "", dropped);
   leaf_free(fresh);
   return 0;
 }
@@ -911,7 +1191,7 @@ int dduct__ca_leaf(struct dduct_ca *ca, const char *host, struct dduct__leaf **r
 
 static void mint_work(uv_work_t *w) {
   struct mint_job *j = DDUCT_CONTAINER_OF(w, struct mint_job, work);
-  j->rc = mint(j->ca, j->l);
+  j->rc = obtain(j->ca, j->l, &j->loaded);
 }
 
 static void wait_closed(uv_handle_t *h) {
@@ -941,7 +1221,7 @@ static void mint_done(uv_work_t *w, int status) {
   struct mint_job **pp;
   struct dduct__leaf_wait *q;
   struct leaf *l = j->l;
-  int rc = status != 0 ? DDUCT_ECRYPTO : j->rc;
+  int rc = status != 0 ? DDUCT_ECRYPTO : j->rc, loaded = j->loaded;
   size_t dropped = 0;
   char host[HOST_MAX + 3];
   snprintf(host, sizeof(host), "%s", l->host);
@@ -964,7 +1244,7 @@ static void mint_done(uv_work_t *w, int status) {
   uv_mutex_unlock(&ca->lock);
   free(j);
   if (rc == 0) {
-    log_minted(host, " (off the loop)", dropped);
+    log_minted(host, loaded, " (off the loop)", dropped);
   } else {
     LOG_WARN(MOD, "Cannot mint a certificate for \"%s\" (%d)", host, rc);
     leaf_free(l);
@@ -1091,6 +1371,7 @@ void dduct_ca_free(struct dduct_ca *ca) {
   mbedtls_pk_free(&ca->server_key);
   mbedtls_pk_free(&ca->ca_key);
   uv_mutex_destroy(&ca->lock);
+  free(ca->leaf_dir);
   free(ca->dir);
   free(ca);
 }

@@ -24,7 +24,8 @@ int dduct__ca_server_identity(struct dduct_ca *ca, mbedtls_x509_crt **chain,
 /* A leaf certificate for exactly host (DNS name -> dNSName SAN, IP literal -> iPAddress SAN,
  * CN = host): ECDSA P-256 key, signed by the CA with SHA-256, extendedKeyUsage serverAuth,
  * subject/authority key identifiers, valid from now - 1 day to now + 365 days (capped at the
- * CA's notAfter), random serial. Minted on first use (a few ms) and cached; later calls for the
+ * CA's notAfter), random serial. Read from cert_dir/leaves/ (if a valid file for the host is there)
+ * or minted (a few ms, then written there) on first use, and cached; later calls for the
  * same normalised host return the same pointers until the leaf is within 30 days of its end
  * (then a new one is minted: a long-running process never presents an expired leaf) or was
  * dropped from the cache. The cache holds max_leaves (dduct_ca_options, default

@@ -213,8 +213,11 @@ server_ip_sans  = ['127.0.0.1', '::1']
             self.assertIn(b"-----BEGIN", self.read(name), "%s is PEM" % name)
             r = openssl("pkey", "-in", os.path.join(self.certs, name), "-noout", "-text")
             self.assertIn("2048 bit", r.stdout, "%s has rsa_key_bits bits" % name)
-        leftovers = [n for n in os.listdir(self.certs) if n not in FILES]
+        leftovers = [n for n in os.listdir(self.certs) if n not in FILES + ["leaves"]]
         self.assertEqual(leftovers, [], "no temporary files are left in cert_dir")
+        leaves = os.path.join(self.certs, "leaves")
+        self.assertEqual(stat.S_IMODE(os.stat(leaves).st_mode), 0o700,
+                         "leaves/ (minted leaves and their keys) is 0700")
 
     def test_2_openssl_verifies_server_and_client(self):
         r = subprocess.run(["openssl", "verify", "-CAfile", "ca.crt", "server.crt", "client.crt"],

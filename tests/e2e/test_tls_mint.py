@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Leaves minted off the loop (issue 17): a CONNECT to a host with no cached leaf has it minted on
 libuv's thread pool while its handshake waits, and a burst of CONNECTs to one new host mints it
-once; every client of the burst gets a verified leaf and its response."""
+once; every client of the burst gets a verified leaf and its response. Minted leaves are kept
+under cert_dir/leaves/, so a restarted dduct presents the same leaf without minting it."""
 import os
+import subprocess
 import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from dductlib.harness import check, check_eq, curl, run, via  # noqa: E402
+from dductlib.harness import check, check_eq, curl, run, s_client_cert, via  # noqa: E402
 from dductlib.origin import pattern_sha256  # noqa: E402
 
 MINTED = 'Minted a certificate for "origin.test"'
@@ -42,5 +44,60 @@ def test_burst_to_a_new_host_mints_once(rig):
     check(MINTED + " (off the loop)" in log, "the leaf was minted off the loop", log[-2000:])
 
 
+LOADED = 'Loaded the certificate for "origin.test"'
+
+
+def serial(pem):
+    p = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=pem.encode(),
+                       capture_output=True, check=True)
+    return p.stdout.decode().strip()
+
+
+def test_restart_presents_the_leaf_from_disk(rig):
+    """A leaf minted by one dduct is written under cert_dir/leaves/ (0600, directory 0700); a
+    restarted dduct on the same cert_dir presents the same leaf (same serial) and mints nothing
+    for the host; a corrupted leaf file is ignored, minted again and replaced by a valid one."""
+    o = rig.origin
+    cert_dir = os.path.join(rig.tmp, "certs-restart")
+    rig.install_cert_dir(cert_dir)
+    leaves = os.path.join(cert_dir, "leaves")
+    connect = "origin.test:%d" % o.port
+
+    def present():
+        with rig.dduct(cert_dir=cert_dir) as d:
+            info = s_client_cert(rig, connect, "origin.test", proxy="127.0.0.1:%d" % d.tcp_port,
+                                 cafile=d.ca_crt)
+            check_eq((info["san"], info["verify"]), (["DNS:origin.test"], (0, "ok")),
+                     "the leaf verifies for origin.test")
+            log = d.log()
+        return serial(info["pem"]), log
+
+    first, log = present()
+    check_eq(log.count(MINTED), 1, "the first dduct mints the leaf")
+    files = sorted(os.listdir(leaves))
+    check_eq(len(files), 1, "one file under cert_dir/leaves/")
+    path = os.path.join(leaves, files[0])
+    check_eq(oct(os.stat(path).st_mode & 0o777), "0o600", "the leaf file (it holds the key) is 0600")
+    check_eq(oct(os.stat(leaves).st_mode & 0o777), "0o700", "the leaves directory is 0700")
+    with open(path) as f:
+        text = f.read()
+    check("BEGIN CERTIFICATE" in text and "PRIVATE KEY" in text, "the file holds leaf and key")
+
+    second, log = present()
+    check_eq(second, first, "after a restart the same leaf (serial) is presented")
+    check_eq(log.count(MINTED), 0, "the restarted dduct mints nothing for origin.test")
+    check(LOADED in log, "it loaded the leaf from its file", log[-2000:])
+
+    with open(path, "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
+    third, log = present()
+    check(third != first, "a corrupted file is not used: a new leaf is presented")
+    check_eq(log.count(MINTED), 1, "the leaf is minted again")
+    check('Ignoring "%s"' % path in log, "the log names the ignored file", log[-2000:])
+    with open(path) as f:
+        check_eq(serial(f.read()), third, "the file now holds the new leaf")
+    check_eq(oct(os.stat(path).st_mode & 0o777), "0o600", "the replaced file is 0600")
+
+
 if __name__ == "__main__":
-    run([test_burst_to_a_new_host_mints_once])
+    run([test_burst_to_a_new_host_mints_once, test_restart_presents_the_leaf_from_disk])

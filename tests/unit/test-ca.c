@@ -19,6 +19,7 @@
 #include <mbedtls/x509_crt.h>
 
 #include "ca.h"
+#include "sha256.h"
 #include "x509.h"
 #include "rng.h"
 #include "dduct.h"
@@ -174,8 +175,9 @@ static void test_first_run(struct dduct_ca **ca) {
   CHECK_EQ_INT(mode_of(path("server.key")), 0600, "server.key is 0600");
   CHECK_EQ_INT(mode_of(path("client.key")), 0600, "client.key is 0600");
   CHECK_EQ_INT(mode_of(path("server.p12")), 0600, "server.p12 (it holds the key) is 0600");
-  CHECK(run("ls -A '%s' | wc -l", dir) == 0 && atoi(out) == 8,
-        "exactly the eight files, no temp files left");
+  CHECK(run("ls -A '%s' | wc -l", dir) == 0 && atoi(out) == 9,
+        "exactly the eight files and leaves/, no temp files left");
+  CHECK_EQ_INT(mode_of(path("leaves")), 0700, "leaves/ (minted leaves and their keys) is 0700");
   CHECK(*ca != NULL && strcmp(dduct_ca_cert_pem(*ca), slurp(path("ca.crt"))) == 0,
         "dduct_ca_cert_pem is ca.crt's content");
   CHECK(strstr(slurp(path("ca.key")), "PRIVATE KEY-----") != NULL, "keys are PEM");
@@ -755,6 +757,181 @@ static void test_leaf_loops(void) {
   CHECK_EQ_INT(uv_loop_close(&loop), 0, "loop A closes with nothing left on it");
 }
 
+/* ---- minted leaves on disk: cert_dir/leaves/<sha256(host)>.pem ---- */
+
+static const char *leaf_path(const char *host) {
+  static char buf[600];
+  unsigned char d[32];
+  int n = snprintf(buf, sizeof(buf), "%sleaves/", dir);
+  dduct__sha256(host, strlen(host), d);
+  for (int i = 0; i < 32; i++) n += snprintf(buf + n, sizeof(buf) - (size_t)n, "%02x", d[i]);
+  snprintf(buf + n, sizeof(buf) - (size_t)n, ".pem");
+  return buf;
+}
+
+/* The DER of host's leaf from a CA opened now (a fresh process, as far as the CA knows). */
+static int leaf_der(const char *host, unsigned char *der, size_t *len, int async) {
+  struct dduct_ca_options o;
+  struct dduct_ca *ca = NULL;
+  struct dduct__leaf *ref = NULL;
+  struct dduct__leaf_wait *w;
+  struct mint_seen m = {0};
+  mbedtls_x509_crt *c = NULL;
+  mbedtls_pk_context *k = NULL;
+  uv_loop_t loop;
+  char err[512];
+  int rc = -1;
+  options(&o);
+  nlines = 0;
+  if (dduct_ca_open(&o, &ca, err, sizeof(err)) != 0) return -1;
+  if (!async) {
+    rc = dduct__ca_leaf(ca, host, &ref, &c, &k);
+  } else if (uv_loop_init(&loop) == 0) {
+    rc = dduct__ca_leaf_async(ca, &loop, host, &ref, &c, &k, mint_seen_cb, &m, &w);
+    if (rc == DDUCT__CA_MINTING) {
+      uv_run(&loop, UV_RUN_DEFAULT);
+      rc = m.calls == 1 ? m.status : -1;
+      ref = m.ref, c = m.chain;
+      if (c != NULL) k = (mbedtls_pk_context *)&m; /* not used below: the pair is checked on ref */
+    }
+    uv_loop_close(&loop);
+  }
+  if (rc == 0 && c != NULL && c->raw.len <= *len && c->next != NULL && c->next->ca_istrue) {
+    memcpy(der, c->raw.p, c->raw.len);
+    *len = c->raw.len;
+  } else {
+    rc = -1;
+  }
+  dduct__ca_leaf_put(ref);
+  dduct_ca_free(ca);
+  return rc;
+}
+
+static int logged(const char *what) {
+  for (int i = 0; i < nlines; i++)
+    if (strstr(lines[i], what) != NULL) return 1;
+  return 0;
+}
+
+static void test_leaf_files(void) {
+  unsigned char a[4096], b[4096], c[4096];
+  size_t alen = sizeof(a), blen = sizeof(b), clen = sizeof(c);
+  char f[600], other[600], keep[600];
+
+  snprintf(f, sizeof(f), "%s", leaf_path("disk.test"));
+  run("rm -f '%sleaves/'*.pem", dir);
+  CHECK(leaf_der("Disk.Test.", a, &alen, 0) == 0, "disk.test minted");
+  CHECK_EQ_INT(mode_of(f), 0600, "its file (leaf and key) is 0600, named by the host's hash");
+  CHECK(run("openssl verify -CAfile '%s' -purpose sslserver -verify_hostname disk.test '%s'",
+            path("ca.crt"), f) == 0 &&
+            run("openssl pkey -in '%s' -noout", f) == 0,
+        "openssl reads the file: a leaf for disk.test signed by ca.crt, and its key");
+  CHECK(leaf_der("disk.test", b, &blen, 0) == 0 && blen == alen && memcmp(a, b, alen) == 0,
+        "a CA opened again presents the same leaf from the file (sync path)");
+  blen = sizeof(b);
+  CHECK(leaf_der("disk.test", b, &blen, 1) == 0 && blen == alen && memcmp(a, b, alen) == 0,
+        "and on the async path (read on the pool)");
+  CHECK(!logged("Ignoring"), "nothing was ignored");
+  {
+    unsigned char x[4096], y[4096];
+    size_t xlen = sizeof(x), ylen = sizeof(y);
+    int same = leaf_der("127.0.0.1", x, &xlen, 0) == 0 && leaf_der("127.0.0.1", y, &ylen, 1) == 0 &&
+               xlen == ylen && memcmp(x, y, xlen) == 0;
+    xlen = sizeof(x), ylen = sizeof(y);
+    same = same && leaf_der("[::1]", x, &xlen, 0) == 0 && leaf_der("0:0::1", y, &ylen, 1) == 0 &&
+           xlen == ylen && memcmp(x, y, xlen) == 0;
+    CHECK(same && !logged("Ignoring"), "IP leaves (iPAddress SANs) are kept and read back too");
+  }
+
+  spit(f, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n");
+  CHECK(leaf_der("disk.test", b, &blen, 1) == 0 && (blen != alen || memcmp(a, b, alen) != 0),
+        "a corrupted file is not used: a new leaf");
+  CHECK(logged("Ignoring") && logged("disk.test"), "the ignored file is logged");
+  clen = sizeof(c);
+  CHECK(leaf_der("disk.test", c, &clen, 0) == 0 && clen == blen && memcmp(b, c, blen) == 0 &&
+            mode_of(f) == 0600,
+        "the corrupted file was replaced by the new leaf (0600)");
+
+  /* A leaf of this CA for another host, under disk.test's name. */
+  alen = sizeof(a);
+  CHECK(leaf_der("other.test", a, &alen, 0) == 0, "other.test minted");
+  snprintf(other, sizeof(other), "%s", leaf_path("other.test"));
+  run("cp '%s' '%s'", other, f);
+  blen = sizeof(b);
+  CHECK(leaf_der("disk.test", b, &blen, 0) == 0 && (blen != alen || memcmp(a, b, alen) != 0) &&
+            logged("does not name the host"),
+        "another host's leaf under disk.test's name is ignored and replaced");
+
+  /* Signed by another CA: a self-signed P-256 certificate for disk.test. */
+  CHECK(run("cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+            "-subj /CN=disk.test -addext subjectAltName=DNS:disk.test -addext "
+            "extendedKeyUsage=serverAuth -days 30 -keyout fk.pem -out fc.pem && cat fc.pem fk.pem "
+            "> '%s' && rm fk.pem fc.pem", dir, f) == 0,
+        "a foreign leaf for disk.test is planted");
+  CHECK(leaf_der("disk.test", b, &blen, 0) == 0 && logged("not signed by this CA"),
+        "a leaf not signed by this CA is ignored");
+  CHECK(run("openssl verify -CAfile '%s' '%s'", path("ca.crt"), f) == 0,
+        "and replaced by one that is");
+
+  /* This CA's leaf for disk.test with another leaf's key. */
+  CHECK(run("cd '%sleaves' && openssl x509 -in '%s' > x.pem && openssl pkey -in '%s' >> x.pem && "
+            "mv x.pem '%s'", dir, f, other, f) == 0,
+        "disk.test's certificate with other.test's key is planted");
+  blen = sizeof(b);
+  CHECK(leaf_der("disk.test", b, &blen, 0) == 0 && logged("key does not match"),
+        "a key that does not match its certificate is refused");
+
+  /* Renewal: 340 days on, the year-long leaf on disk is due and minted again. */
+  alen = sizeof(a);
+  leaf_der("disk.test", a, &alen, 0);
+  dduct__ca_clock_skew = 340 * 86400;
+  blen = sizeof(b);
+  CHECK(leaf_der("disk.test", b, &blen, 0) == 0 && (blen != alen || memcmp(a, b, alen) != 0) &&
+            logged("due for renewal"),
+        "a leaf file within 30 days of its end is not used: minted again");
+  dduct__ca_clock_skew = 0;
+
+  /* Bounded: max_leaves files, the oldest go; temp files a crash left go, others' files stay. */
+  snprintf(keep, sizeof(keep), "%sleaves/README", dir);
+  spit(keep, "not ours\n");
+  run("cd '%sleaves' && touch -d '1 hour ago' .%064d.pem.AbC123", dir, 0);
+  for (int i = 0; i < 4; i++) {
+    char host[32];
+    alen = sizeof(a);
+    snprintf(host, sizeof(host), "q%d.test", i);
+    leaf_der(host, a, &alen, 0);
+  }
+  {
+    struct dduct_ca_options o;
+    struct dduct_ca *ca = NULL;
+    mbedtls_x509_crt *x;
+    mbedtls_pk_context *k;
+    char err[512], host[32];
+    int ok = 1;
+    options(&o);
+    o.max_leaves = 3;
+    if (dduct_ca_open(&o, &ca, err, sizeof(err)) != 0) ok = 0;
+    CHECK(ok && run("ls -A '%sleaves' | grep -c pem", dir) == 0 && atoi(out) == 3,
+          "6 leaf files: opening with max_leaves 3 prunes the directory to 3");
+    for (int i = 0; ok && i < 6; i++) {
+      snprintf(host, sizeof(host), "p%d.test", i);
+      ok = dduct__ca_leaf(ca, host, NULL, &x, &k) == 0;
+    }
+    CHECK(ok && run("ls -A '%sleaves' | grep -c pem", dir) == 0 && atoi(out) == 3 &&
+              mode_of(leaf_path("p5.test")) == 0600 && mode_of(leaf_path("p4.test")) == 0600 &&
+              mode_of(leaf_path("p3.test")) == 0600,
+          "six more hosts: still 3 files, the three newest");
+    CHECK(mode_of(keep) != -1, "a file that is not a leaf is left alone");
+    CHECK(run("ls -A '%sleaves' | grep -c '^[.]'", dir) != 0 || atoi(out) == 0,
+          "a temp file a crash left an hour ago is removed");
+    CHECK(run("ls -A '%sleaves' | grep -v README | grep -vcE '^[0-9a-f]{64}[.]pem$'", dir) != 0 ||
+              atoi(out) == 0,
+          "every file is named <64 hex>.pem: no host name reaches the file system");
+    dduct_ca_free(ca);
+  }
+  remove(keep);
+}
+
 static void test_bad_options(void) {
   struct dduct_ca_options o;
   struct dduct_ca *ca = NULL;
@@ -808,6 +985,7 @@ int main(void) {
     test_leaf_lru();
     test_leaf_async();
     test_leaf_loops();
+    test_leaf_files();
     test_restart();
     test_refusals();
   }
