@@ -15,7 +15,9 @@
  *            "wall_ms":W}, times from that client's connect() call.
  *   loop:   --seconds S: --clients N slots, each starts a new connection as soon as its last
  *           one is done; prints {"ok":N,"failed":N,"seconds":S,"conn_s":R,"cut":C} counting
- *           only connections finished after --cut seconds (steady state).
+ *           only connections finished after --cut seconds (steady state). With --keepalive 1
+ *           each slot keeps its connection and sends its next GET as soon as a response is
+ *           whole: then ok and conn_s count requests (keep-alive hits).
  *
  * Build: cc -O2 -o burst bench/burst.c -lssl -lcrypto
  * Run by bench/run (workloads 5 and 7); by hand:
@@ -64,6 +66,8 @@ static double *hs_ms, *ttfb_ms, *total_ms;
 static int loop_mode;
 static double cut_at;
 static int verbose;
+static int keepalive; /* loop mode: requests one after another on each connection */
+static double end_at;
 static FILE *part_out;
 
 static double now(void) {
@@ -174,9 +178,9 @@ static void step(struct client *c) {
         finish(c, 0, strerror(err));
         return;
       }
-      c->len = (size_t)snprintf(c->buf, sizeof c->buf,
-                                "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n", c->host, port,
-                                c->host, port);
+      c->len =
+          (size_t)snprintf(c->buf, sizeof c->buf, "CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n",
+                           c->host, port, c->host, port);
       c->off = 0;
       c->st = S_SEND_CONNECT;
       break;
@@ -211,13 +215,12 @@ static void step(struct client *c) {
       c->len += (size_t)n;
       if (!memmem(c->buf, c->len, "\r\n\r\n", 4)) {
         if (c->len >= sizeof c->buf - 1) {
-        finish(c, 0, "CONNECT answer too long");
-        return;
-      }
+          finish(c, 0, "CONNECT answer too long");
+          return;
+        }
         break;
       }
-      if (c->len < 12 || memcmp(c->buf + 9, "200", 3) != 0)
-        {
+      if (c->len < 12 || memcmp(c->buf + 9, "200", 3) != 0) {
         finish(c, 0, "CONNECT refused");
         return;
       }
@@ -233,16 +236,14 @@ static void step(struct client *c) {
       int rc = SSL_do_handshake(c->ssl);
       if (rc != 1) {
         if (ssl_wait(c, rc)) return;
-        {
         finish(c, 0, "TLS handshake");
         return;
       }
-      }
       c->t_hs = now();
       c->len = (size_t)snprintf(c->buf, sizeof c->buf,
-                                "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n"
+                                "GET %s HTTP/1.1\r\nHost: %s\r\n%s"
                                 "User-Agent: dduct-bench-burst\r\n\r\n",
-                                path, c->host);
+                                path, c->host, keepalive ? "" : "Connection: close\r\n");
       c->st = S_SEND_GET;
       break;
     }
@@ -250,10 +251,8 @@ static void step(struct client *c) {
       int rc = SSL_write(c->ssl, c->buf, (int)c->len);
       if (rc <= 0) {
         if (ssl_wait(c, rc)) return;
-        {
         finish(c, 0, "TLS write");
         return;
-      }
       }
       c->len = 0;
       c->st = S_READ_RESP;
@@ -264,32 +263,41 @@ static void step(struct client *c) {
         int rc = SSL_read(c->ssl, c->buf + c->len, (int)(sizeof c->buf - 1 - c->len));
         if (rc <= 0) {
           if (ssl_wait(c, rc)) return;
-          {
-        finish(c, 0, "TLS read head");
-        return;
-      }
+          finish(c, 0, "TLS read head");
+          return;
         }
         if (c->t_ttfb == 0) c->t_ttfb = now();
         c->len += (size_t)rc;
         int h = parse_head(c);
         if (h < 0) {
-        finish(c, 0, "bad response");
-        return;
-      }
+          finish(c, 0, "bad response");
+          return;
+        }
         if (h == 0) break;
       } else {
         char sink[16384];
         int rc = SSL_read(c->ssl, sink, sizeof sink);
         if (rc <= 0) {
           if (ssl_wait(c, rc)) return;
-          {
-        finish(c, 0, "TLS read body");
-        return;
-      }
+          finish(c, 0, "TLS read body");
+          return;
         }
         c->body_left -= rc;
       }
       if (c->body_left == 0) {
+        if (keepalive && loop_mode && now() < end_at) {
+          /* the next request on the same connection: the request is still at buf's start */
+          double t = now();
+          if (t >= cut_at) ok_after_cut++;
+          ok_count++;
+          c->len = (size_t)snprintf(c->buf, sizeof c->buf,
+                                    "GET %s HTTP/1.1\r\nHost: %s\r\n"
+                                    "User-Agent: dduct-bench-burst\r\n\r\n",
+                                    path, c->host);
+          c->head_done = 0;
+          c->st = S_SEND_GET;
+          break;
+        }
         finish(c, 1, "");
         return;
       }
@@ -309,11 +317,13 @@ static void run_part(int k, int procs, int clients, double seconds, double cut, 
                      FILE *out) {
   ep = epoll_create1(EPOLL_CLOEXEC);
   int mine = 0;
-  for (int i = k; i < clients; i += procs) mine++;
+  for (int i = k; i < clients; i += procs)
+    mine++;
   struct client *cs = calloc((size_t)mine, sizeof *cs);
   part_out = out;
   double t0 = now();
   double end = loop_mode ? t0 + seconds : t0 + timeout;
+  end_at = end;
   cut_at = t0 + cut;
   for (int m = 0; m < mine; m++) {
     cs[m].idx = k + m * procs;
@@ -344,7 +354,7 @@ static void run_part(int k, int procs, int clients, double seconds, double cut, 
 static void usage(void) {
   fprintf(stderr, "usage: burst --proxy IP:PORT --ca FILE [--host-fmt FMT] [--host-base N] "
                   "[--hosts N] [--port N] [--path P] [--clients N] [--seconds S --cut C] "
-                  "[--timeout S] [--procs N] [-v]\n");
+                  "[--timeout S] [--procs N] [--keepalive 0|1] [-v]\n");
   exit(2);
 }
 
@@ -371,19 +381,34 @@ int main(int argc, char **argv) {
     }
     if (i + 1 >= argc) usage();
     const char *v = argv[++i];
-    if (!strcmp(a, "--proxy")) proxy = v;
-    else if (!strcmp(a, "--ca")) ca = v;
-    else if (!strcmp(a, "--host-fmt")) host_fmt = v;
-    else if (!strcmp(a, "--host-base")) host_base = atoi(v);
-    else if (!strcmp(a, "--hosts")) nhosts = atoi(v);
-    else if (!strcmp(a, "--port")) port = atoi(v);
-    else if (!strcmp(a, "--path")) path = v;
-    else if (!strcmp(a, "--clients")) clients = atoi(v);
-    else if (!strcmp(a, "--seconds")) seconds = atof(v);
-    else if (!strcmp(a, "--cut")) cut = atof(v);
-    else if (!strcmp(a, "--timeout")) timeout = atof(v);
-    else if (!strcmp(a, "--procs")) procs = atoi(v);
-    else usage();
+    if (!strcmp(a, "--proxy"))
+      proxy = v;
+    else if (!strcmp(a, "--ca"))
+      ca = v;
+    else if (!strcmp(a, "--host-fmt"))
+      host_fmt = v;
+    else if (!strcmp(a, "--host-base"))
+      host_base = atoi(v);
+    else if (!strcmp(a, "--hosts"))
+      nhosts = atoi(v);
+    else if (!strcmp(a, "--port"))
+      port = atoi(v);
+    else if (!strcmp(a, "--path"))
+      path = v;
+    else if (!strcmp(a, "--clients"))
+      clients = atoi(v);
+    else if (!strcmp(a, "--seconds"))
+      seconds = atof(v);
+    else if (!strcmp(a, "--cut"))
+      cut = atof(v);
+    else if (!strcmp(a, "--timeout"))
+      timeout = atof(v);
+    else if (!strcmp(a, "--procs"))
+      procs = atoi(v);
+    else if (!strcmp(a, "--keepalive"))
+      keepalive = atoi(v);
+    else
+      usage();
   }
   if (!proxy || !ca || clients < 1 || nhosts < 1) usage();
   char ip[64];
@@ -446,7 +471,8 @@ int main(int argc, char **argv) {
   hs_ms = malloc(sizeof(double) * (size_t)clients);
   ttfb_ms = malloc(sizeof(double) * (size_t)clients);
   total_ms = malloc(sizeof(double) * (size_t)clients);
-  for (int i = 0; i < clients; i++) hs_ms[i] = ttfb_ms[i] = total_ms[i] = -1;
+  for (int i = 0; i < clients; i++)
+    hs_ms[i] = ttfb_ms[i] = total_ms[i] = -1;
   double t0 = now();
   close(go[1]); /* go */
   long counted = 0;
@@ -465,7 +491,8 @@ int main(int argc, char **argv) {
     }
     fclose(in);
   }
-  for (int k = 0; k < procs; k++) waitpid(kids[k], NULL, 0);
+  for (int k = 0; k < procs; k++)
+    waitpid(kids[k], NULL, 0);
   double wall = now() - t0;
   if (loop_mode) {
     double span = seconds - cut;
@@ -474,8 +501,8 @@ int main(int argc, char **argv) {
            ok_count, fail_count, seconds, cut, counted, span > 0 ? counted / span : 0, procs);
   } else {
     long unfinished = clients - ok_count - fail_count;
-    printf("{\"ok\":%ld,\"failed\":%ld,\"unfinished\":%ld,\"wall_ms\":%.3f,\"procs\":%d,",
-           ok_count, fail_count, unfinished, wall * 1e3, procs);
+    printf("{\"ok\":%ld,\"failed\":%ld,\"unfinished\":%ld,\"wall_ms\":%.3f,\"procs\":%d,", ok_count,
+           fail_count, unfinished, wall * 1e3, procs);
     print_array("handshake_ms", hs_ms, clients, 0);
     print_array("ttfb_ms", ttfb_ms, clients, 0);
     print_array("total_ms", total_ms, clients, 1);
