@@ -1,6 +1,19 @@
-/* The cache store on the loop thread: entries in memory, lookups that collapse onto one disk
- * probe and one fill per key, fills that stream to disk through the thread pool, and readers that
- * follow a growing file. Disk work itself lives in store_disk.c. */
+/* The cache store: entries in memory, lookups that collapse onto one disk probe and one fill per
+ * key, fills that stream to disk through the thread pool, and readers that follow a growing file.
+ * Disk work itself lives in store_disk.c.
+ *
+ * Threads. The store may be used from several event loops at once (dduct_store_attach): each
+ * attached loop is a port (its own timer, an async handle, lists of deliveries waiting for it),
+ * and a thread finds its port through a thread-local table. One mutex (s->mu) guards the table,
+ * the entries, fills, readers' shared state, the ports' lists and the counters; ix_lock (the
+ * budget, below) nests inside it. Work belongs to the port that started it: a lookup's callback,
+ * a reader's reads and callbacks, a fill's writes, commit and drain_cb all run on the thread of
+ * the loop that started them. Whatever another thread has to do for it (a probe done on loop A
+ * answering a lookup of loop B, a fill's bytes landing for a reader of B) is queued on the
+ * owner's port and the owner woken by uv_async_send; on the owner's own thread it is the port's
+ * timer, as with one loop. Handles (the maintenance timer, the inotify poll) live on the opening
+ * ("home") loop. No user callback runs with s->mu held; entries published to other threads keep
+ * their metadata in immutable versions (publish_meta), so dduct__store_entry_meta needs no lock. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
@@ -84,7 +97,13 @@ enum probe_result { PR_HIT, PR_RESERVED, PR_MISS, PR_FAIL };
 enum rstate { R_IDLE, R_WAIT, R_READING, R_READY };
 enum pstate { P_NONE, P_READING, P_DONE }; /* a reader's read ahead */
 
+struct port;
+
 struct fill {
+  struct port *port; /* the filler's: its writes, commit and drain_cb run there */
+  struct list drain_link; /* in port->drains while a drain_cb is owed (holds the entry) */
+  int drain_queued;
+  struct dduct__store_entry *drain_e;
   char *acc, *out; /* acc gathers origin bytes while out is being written by the pool */
   size_t acc_len, acc_cap, out_len, out_cap;
   uint64_t out_off, written, received;
@@ -120,7 +139,15 @@ struct dduct__store_entry {
    * to the file (watch, or a new mtime under the same name). */
   int verified;
   struct timespec mtime; /* the data file's, when it was opened */
-  struct dduct__store_meta meta;
+  struct dduct__store_meta meta; /* the working copy, under s->mu */
+  /* What dduct__store_entry_meta hands out: an immutable copy of meta made at each change
+   * (creation, load, fill_begin, the end of the body, the commit), so a thread reading it never
+   * races with the one changing it. Versions live as long as the entry (strings too). */
+  struct dduct__store_meta mv[4];
+  unsigned nmv;
+  _Atomic(const struct dduct__store_meta *) pub;
+  atomic_int complete; /* state reached ST_COMPLETE (it never leaves it) */
+  unsigned watch_gen; /* bumped by every change the watch reports */
   char *strs[5]; /* owned strings behind meta */
   char *headers; /* owned block behind meta.headers */
   uint64_t avail; /* bytes readers may read now */
@@ -148,6 +175,7 @@ struct dduct__store_entry {
 
 struct dduct__store_lookup {
   struct list link;
+  struct port *port; /* the caller's: cb runs there */
   struct dduct__store_entry *e;
   dduct__store_lookup_cb cb;
   void *ud;
@@ -156,7 +184,8 @@ struct dduct__store_lookup {
 };
 
 struct dduct__store_reader {
-  struct list link;
+  struct list link; /* in e->readers, or one of its port's lists */
+  struct port *port; /* the creator's: reads and callbacks happen there */
   struct list all; /* in e->all_readers */
   struct dduct__store_entry *e;
   uint64_t off, end;
@@ -181,13 +210,29 @@ struct dduct__store_reader {
   int trimmed; /* dduct__store_reader_trim while idle: a prefetch that lands is dropped */
 };
 
-struct dduct_store {
+/* One attached loop. */
+struct port {
+  struct dduct_store *s;
   uv_loop_t *loop;
+  uv_timer_t *timer; /* deliveries queued from the port's own thread (next loop turn) */
+  uv_async_t *async; /* deliveries queued from other threads; never keeps the loop alive */
+  struct list lookups, readers; /* answered lookups, finished reads: call back */
+  struct list pumps;            /* readers woken by another thread: read on (theirs) */
+  struct list drains;           /* fills whose drain_cb is owed */
+  struct list link;             /* in s->ports */
+};
+
+struct dduct_store {
+  uv_loop_t *loop; /* the home loop: open's */
+  uint64_t id;     /* tells this store from an earlier one at the same address */
+  uv_mutex_t mu;
+  struct port *home;
+  struct list ports;
+  int destroying;
+  int maint_wanted, ino_wanted; /* asked of the home loop by another thread */
   char *dir;  /* as given */
   char *root; /* without trailing slashes */
   struct list buckets[NBUCKETS];
-  struct list ready_lookups, ready_readers;
-  uv_timer_t *timer; /* runs deferred callbacks; freed in its close callback */
   struct dduct_store_stats stats;
   uint64_t degraded_until, degrade_ms;
   unsigned live; /* entries not yet freed */
@@ -195,7 +240,7 @@ struct dduct_store {
   unsigned idle_count;
   int freeing;
   int ino_fd;           /* inotify instance: -1 not yet made, -2 unavailable (stat every hit) */
-  uv_poll_t *ino_poll;  /* its readiness on the loop; freed in its close callback */
+  uv_poll_t *ino_poll;  /* its readiness on the home loop; freed in its close callback */
   struct list watched;  /* entries with a watch */
   size_t body_bytes;    /* bodies held in memory */
   uint64_t name_checks; /* stats of an entry's name by hot lookups */
@@ -218,7 +263,7 @@ struct dduct_store {
   struct dduct__store_load load_st;
   int maint_busy, maint_again;
   uv_timer_t *maint_timer;
-  struct dduct__jrec *jq, *jq_out; /* uses not yet written (loop), the batch being written */
+  struct dduct__jrec *jq, *jq_out; /* uses not yet written (ix_lock), the batch being written */
   size_t jq_n, jq_cap, jq_out_n;
   char (*victims)[72];             /* what the last maintenance evicted (rels) */
   size_t nvictims;
@@ -233,6 +278,8 @@ static void store_destroy(struct dduct_store *s);
 static void abort_fill(struct dduct__store_entry *e, int why);
 static void entry_kill(struct dduct__store_entry *e, int why);
 static void pump(struct dduct__store_reader *r);
+static void entry_maybe_free(struct dduct__store_entry *e);
+static void entry_free(struct dduct__store_entry *e);
 static void relay_end(struct dduct__store_entry *e);
 static int relay_write(struct dduct__store_entry *e, const char *data, size_t len);
 static int relay_read(struct dduct__store_reader *r, uint64_t end);
@@ -273,13 +320,67 @@ static void table_remove(struct dduct__store_entry *e) {
   e->in_table = 0;
 }
 
-/* ---- deferred callbacks ------------------------------------------------------------------- */
+/* ---- ports: which loop does what -------------------------------------------------------- */
 
+/* The ports this thread uses, by store (one, in the proxy; a few in tests). */
+#define TL_MAX 16
+static _Thread_local struct {
+  const struct dduct_store *s;
+  uint64_t id;
+  struct port *p;
+} tl[TL_MAX];
+static _Thread_local unsigned tl_n;
+static atomic_uint_fast64_t store_ids;
+
+/* The calling thread's port; the home port for a thread that never attached (one loop). */
+static struct port *cur(const struct dduct_store *s) {
+  for (unsigned i = 0; i < tl_n; i++)
+    if (tl[i].s == s && tl[i].id == s->id) return tl[i].p;
+  return s->home;
+}
+
+static void tl_del(const struct dduct_store *s) {
+  for (unsigned i = 0; i < tl_n; i++)
+    if (tl[i].s == s) tl[i--] = tl[--tl_n];
+}
+
+static int tl_add(const struct dduct_store *s, struct port *p) {
+  tl_del(s); /* a store freed elsewhere may have left its address here */
+  if (tl_n == TL_MAX) return DDUCT_ENOMEM;
+  tl[tl_n].s = s;
+  tl[tl_n].id = s->id;
+  tl[tl_n++].p = p;
+  return 0;
+}
+
+static void store_lock(const struct dduct_store *s) {
+  uv_mutex_lock((uv_mutex_t *)&s->mu);
+}
+
+/* Unlock; the last use of a store being freed destroys it (on the home thread: every other
+ * loop has detached by then). s must not be used afterwards by a caller that freed entries. */
+static void store_unlock(struct dduct_store *s) {
+  int destroy = s->freeing && s->live == 0 && s->works == 0 && !s->destroying;
+  if (destroy) s->destroying = 1;
+  uv_mutex_unlock(&s->mu);
+  if (destroy) store_destroy(s);
+}
+
+static void port_timer_cb(uv_timer_t *t);
+
+/* Wake p's loop to run its deliveries: its timer from its own thread, its async from another. */
+static void port_kick(struct port *p) {
+  if (p == cur(p->s)) {
+    if (!uv_is_active((uv_handle_t *)p->timer)) uv_timer_start(p->timer, port_timer_cb, 0, 0);
+  } else {
+    uv_async_send(p->async);
+  }
+}
+
+/* The lookup's callback, s->mu not held. */
 static void deliver_lookup(struct dduct__store_lookup *l) {
   struct dduct__store_entry *e = l->e;
-  if (l->role == DDUCT__STORE_HIT || l->role == DDUCT__STORE_FOLLOW) e->s->stats.hits++;
   if (l->role == DDUCT__STORE_HIT) touch(e->s, &e->key);
-  if (l->role == DDUCT__STORE_FILL) e->s->stats.misses++;
   if (l->role == DDUCT__STORE_BYPASS) {
     l->cb(l->ud, l->role, NULL, l->status);
     dduct__store_entry_release(e);
@@ -289,43 +390,131 @@ static void deliver_lookup(struct dduct__store_lookup *l) {
   free(l);
 }
 
-static void timer_cb(uv_timer_t *t) {
-  struct dduct_store *s = t->data;
-  struct list lookups, readers;
-  /* Snapshot: callbacks may queue more, which run on the next turn. */
-  list_move(&s->ready_lookups, &lookups);
-  list_move(&s->ready_readers, &readers);
+static void ino_poll_start(struct dduct_store *s);
+
+/* Everything queued for p, on p's thread. Snapshots: callbacks may queue more, which run on the
+ * next turn. The local lists hold only p's own lookups and readers, which only this thread
+ * cancels or frees (and their references keep s alive while any is left). */
+static void port_run(struct port *p) {
+  struct dduct_store *s = p->s;
+  struct list lookups, readers, drains;
+  store_lock(s);
+  if (p == s->home && s->ino_wanted) ino_poll_start(s);
+  if (p == s->home && s->maint_wanted) {
+    s->maint_wanted = 0;
+    maint_kick(s);
+  }
+  while (!list_empty(&p->pumps)) {
+    struct dduct__store_reader *r = DDUCT_CONTAINER_OF(p->pumps.next, struct dduct__store_reader,
+                                                       link);
+    list_del(&r->link);
+    r->state = R_IDLE;
+    pump(r);
+  }
+  list_move(&p->lookups, &lookups);
+  list_move(&p->readers, &readers);
+  list_move(&p->drains, &drains);
+  store_unlock(s);
   while (!list_empty(&lookups)) {
-    struct list *n = lookups.next;
-    list_del(n);
-    deliver_lookup(DDUCT_CONTAINER_OF(n, struct dduct__store_lookup, link));
+    struct dduct__store_lookup *l;
+    store_lock(s);
+    l = DDUCT_CONTAINER_OF(lookups.next, struct dduct__store_lookup, link);
+    list_del(&l->link);
+    if (l->role == DDUCT__STORE_HIT || l->role == DDUCT__STORE_FOLLOW) s->stats.hits++;
+    if (l->role == DDUCT__STORE_FILL) s->stats.misses++;
+    store_unlock(s);
+    deliver_lookup(l);
   }
   while (!list_empty(&readers)) {
-    struct list *n = readers.next;
-    struct dduct__store_reader *r = DDUCT_CONTAINER_OF(n, struct dduct__store_reader, link);
-    list_del(n);
+    struct dduct__store_reader *r;
+    int result;
+    store_lock(s);
+    r = DDUCT_CONTAINER_OF(readers.next, struct dduct__store_reader, link);
+    list_del(&r->link);
     r->state = R_IDLE;
-    r->cb(r->ud, r->result, r->result > 0 ? r->buf : NULL);
+    result = r->result;
+    store_unlock(s);
+    r->cb(r->ud, result, result > 0 ? r->buf : NULL);
+  }
+  while (!list_empty(&drains)) {
+    struct dduct__store_entry *e;
+    void (*cb)(void *);
+    void *ud;
+    store_lock(s);
+    {
+      struct fill *f = DDUCT_CONTAINER_OF(drains.next, struct fill, drain_link);
+      list_del(&f->drain_link);
+      f->drain_queued = 0;
+      e = f->drain_e;
+      cb = f->drain_cb;
+      ud = f->drain_ud;
+    }
+    store_unlock(s);
+    if (cb != NULL) cb(ud);
+    store_lock(s);
+    e->holds--;
+    entry_maybe_free(e);
+    store_unlock(s);
   }
 }
 
-static void kick(struct dduct_store *s) {
-  if (!uv_is_active((uv_handle_t *)s->timer)) uv_timer_start(s->timer, timer_cb, 0, 0);
+static void port_timer_cb(uv_timer_t *t) {
+  port_run(t->data);
+}
+
+static void port_async_cb(uv_async_t *a) {
+  port_run(a->data);
+}
+
+static void port_close_cb(uv_handle_t *h) {
+  free(h);
+}
+
+/* A port for loop, on loop's thread; not yet in s->ports. */
+static struct port *port_new(struct dduct_store *s, uv_loop_t *loop) {
+  struct port *p = calloc(1, sizeof(*p));
+  if (p == NULL) return NULL;
+  p->timer = malloc(sizeof(*p->timer));
+  p->async = malloc(sizeof(*p->async));
+  if (p->timer == NULL || p->async == NULL || uv_async_init(loop, p->async, port_async_cb) != 0) {
+    free(p->timer);
+    free(p->async);
+    free(p);
+    return NULL;
+  }
+  uv_timer_init(loop, p->timer);
+  p->s = s;
+  p->loop = loop;
+  p->timer->data = p->async->data = p;
+  uv_unref((uv_handle_t *)p->async);
+  list_init(&p->lookups);
+  list_init(&p->readers);
+  list_init(&p->pumps);
+  list_init(&p->drains);
+  list_init(&p->link);
+  return p;
+}
+
+/* On p's thread; its lists are empty (every use of the store from it has ended). */
+static void port_close(struct port *p) {
+  uv_close((uv_handle_t *)p->timer, port_close_cb);
+  uv_close((uv_handle_t *)p->async, port_close_cb);
+  free(p);
 }
 
 static void ready_lookup(struct dduct__store_lookup *l, enum dduct__store_role role, int status) {
   l->role = role;
   l->status = status;
   list_del(&l->link);
-  list_push(&l->e->s->ready_lookups, &l->link);
-  kick(l->e->s);
+  list_push(&l->port->lookups, &l->link);
+  port_kick(l->port);
 }
 
 static void ready_reader(struct dduct__store_reader *r, int result) {
   r->state = R_READY;
   r->result = result;
-  list_push(&r->e->s->ready_readers, &r->link);
-  kick(r->e->s);
+  list_push(&r->port->readers, &r->link);
+  port_kick(r->port);
 }
 
 /* Answer every waiting lookup the same way. */
@@ -335,15 +524,40 @@ static void wake_waiters(struct dduct__store_entry *e, enum dduct__store_role ro
                  status);
 }
 
+/* Readers of this thread read on now; another port's readers do it on their own thread. */
 static void wake_readers(struct dduct__store_entry *e) {
+  struct port *me = cur(e->s);
   struct list rs;
   list_move(&e->readers, &rs);
   while (!list_empty(&rs)) {
     struct dduct__store_reader *r = DDUCT_CONTAINER_OF(rs.next, struct dduct__store_reader, link);
     list_del(&r->link);
-    r->state = R_IDLE;
-    pump(r);
+    if (r->port == me) {
+      r->state = R_IDLE;
+      pump(r);
+    } else {
+      list_push(&r->port->pumps, &r->link);
+      port_kick(r->port);
+    }
   }
+}
+
+/* The filler's drain_cb is owed (its queue went below the mark): called on its loop, later. */
+static void queue_drain(struct dduct__store_entry *e) {
+  struct fill *f = e->fill;
+  if (f->drain_queued || f->port == NULL) return;
+  f->drain_queued = 1;
+  f->drain_e = e;
+  e->holds++;
+  list_push(&f->port->drains, &f->drain_link);
+  port_kick(f->port);
+}
+
+/* The metadata other threads may read now (see mv). */
+static void publish_meta(struct dduct__store_entry *e) {
+  unsigned i = e->nmv < DDUCT_ARRAY_SIZE(e->mv) ? e->nmv++ : DDUCT_ARRAY_SIZE(e->mv) - 1;
+  e->mv[i] = e->meta;
+  atomic_store_explicit(&e->pub, &e->mv[i], memory_order_release);
 }
 
 /* ---- entries ------------------------------------------------------------------------------ */
@@ -376,6 +590,9 @@ static struct dduct__store_entry *entry_new(struct dduct_store *s,
   list_init(&e->idle);
   list_init(&e->watch);
   e->wd = -1;
+  atomic_init(&e->complete, 0);
+  atomic_init(&e->pub, NULL);
+  publish_meta(e);
   list_push(&s->buckets[bucket_of(k)], &e->link);
   e->in_table = 1;
   s->live++;
@@ -447,6 +664,7 @@ static void watch_changed(struct dduct_store *s, int wd) {
     if (wd != -1 && e->wd != wd) continue;
     e->changed = 1;
     e->verified = 0;
+    e->watch_gen++;
     drop_body(e);
   }
 }
@@ -455,8 +673,10 @@ static void ino_cb(uv_poll_t *h, int status, int events) {
   struct dduct_store *s = h->data;
   char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
   (void)events;
+  store_lock(s);
   if (status < 0) {
     watch_changed(s, -1);
+    store_unlock(s);
     return;
   }
   for (;;) {
@@ -469,39 +689,64 @@ static void ino_cb(uv_poll_t *h, int status, int events) {
       p += sizeof(*ev) + ev->len;
     }
   }
+  store_unlock(s);
 }
 
 static void ino_close_cb(uv_handle_t *h) {
   free(h);
 }
 
+static void watch_stop(struct dduct__store_entry *e);
+
+/* The poll of the inotify instance, on the home loop (s->mu held, home thread). Its handle never
+ * keeps the loop alive. Without it nobody would hear of changes: every watch goes, and hot hits
+ * stat names again. */
+static void ino_poll_start(struct dduct_store *s) {
+  uv_poll_t *h;
+  s->ino_wanted = 0;
+  if (s->ino_poll != NULL || s->ino_fd < 0) return;
+  if ((h = malloc(sizeof(*h))) != NULL && uv_poll_init(s->loop, h, s->ino_fd) == 0) {
+    h->data = s;
+    if (uv_poll_start(h, UV_READABLE, ino_cb) == 0) {
+      uv_unref((uv_handle_t *)h);
+      s->ino_poll = h;
+      return;
+    }
+    uv_close((uv_handle_t *)h, ino_close_cb);
+    h = NULL;
+  }
+  free(h);
+  while (!list_empty(&s->watched)) {
+    struct dduct__store_entry *e = DDUCT_CONTAINER_OF(s->watched.next, struct dduct__store_entry,
+                                                      watch);
+    e->changed = 1;
+    e->watch_gen++;
+    drop_body(e);
+    watch_stop(e);
+  }
+  close(s->ino_fd);
+  s->ino_fd = -2;
+}
+
 /* The store's inotify instance, made at the first watch (stores that never hold a complete entry
- * need none). Its handle never keeps the loop alive. */
+ * need none); its poll starts on the home loop (now, or when another thread made it: at the home
+ * loop's next turn, which reads what the kernel queued meanwhile). */
 static int ino_open(struct dduct_store *s) {
   int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-  uv_poll_t *h;
   if (fd < 0) return -errno;
-  if ((h = malloc(sizeof(*h))) == NULL || uv_poll_init(s->loop, h, fd) != 0) {
-    free(h);
-    close(fd);
-    return DDUCT_ENOMEM;
-  }
-  h->data = s;
-  if (uv_poll_start(h, UV_READABLE, ino_cb) != 0) {
-    uv_close((uv_handle_t *)h, ino_close_cb);
-    close(fd);
-    return DDUCT_EINTERNAL;
-  }
-  uv_unref((uv_handle_t *)h);
   s->ino_fd = fd;
-  s->ino_poll = h;
+  if (cur(s) == s->home) {
+    ino_poll_start(s);
+  } else {
+    s->ino_wanted = 1;
+    port_kick(s->home);
+  }
   return 0;
 }
 
 static void ino_close(struct dduct_store *s) {
-  if (s->ino_poll == NULL) return;
-  uv_close((uv_handle_t *)s->ino_poll, ino_close_cb); /* stops polling: the fd may go now */
-  close(s->ino_fd);
+  if (s->ino_poll != NULL) uv_close((uv_handle_t *)s->ino_poll, ino_close_cb); /* stops polling */
+  if (s->ino_fd >= 0) close(s->ino_fd);
   s->ino_poll = NULL;
   s->ino_fd = -1;
 }
@@ -563,8 +808,6 @@ static void idle_del(struct dduct__store_entry *e) {
   e->s->idle_count--;
 }
 
-static void entry_free(struct dduct__store_entry *e);
-
 /* Keep a complete, unused entry (fd and metadata) for the next hit; the oldest goes if full. */
 static int idle_park(struct dduct__store_entry *e) {
   struct dduct_store *s = e->s;
@@ -596,12 +839,11 @@ static void idle_shed(struct dduct_store *s, struct dduct__store_entry *keep) {
   }
 }
 
+/* The store itself goes at the next store_unlock once freeing and nothing is left. */
 static void entry_maybe_free(struct dduct__store_entry *e) {
-  struct dduct_store *s = e->s;
   if (e->refs > 0 || e->holds > 0) return;
   if (idle_park(e)) return;
   entry_free(e);
-  if (s->live == 0 && s->works == 0 && s->freeing) store_destroy(s);
 }
 
 /* Unconditional: the caller knows nobody uses e. Never destroys the store itself. */
@@ -611,7 +853,7 @@ static void entry_free(struct dduct__store_entry *e) {
   table_remove(e);
   watch_stop(e);
   drop_body(e);
-  if (e->fd >= 0) close_async(s->loop, e->fd);
+  if (e->fd >= 0) close_async(cur(s)->loop, e->fd);
   unreserve(e);
   fill_free(e->fill);
   for (size_t i = 0; i < DDUCT_ARRAY_SIZE(e->strs); i++) free(e->strs[i]);
@@ -623,11 +865,12 @@ static void entry_free(struct dduct__store_entry *e) {
 }
 
 void dduct__store_entry_ref(struct dduct__store_entry *e) {
+  store_lock(e->s);
   entry_ref(e);
+  store_unlock(e->s);
 }
 
-void dduct__store_entry_release(struct dduct__store_entry *e) {
-  if (e == NULL) return;
+static void entry_release(struct dduct__store_entry *e) {
   e->refs--;
   /* Nobody is left to end a fill: it can never complete. */
   if (e->refs == 0 && e->state == ST_PENDING) entry_kill(e, UV_ECANCELED);
@@ -636,17 +879,30 @@ void dduct__store_entry_release(struct dduct__store_entry *e) {
   entry_maybe_free(e);
 }
 
+void dduct__store_entry_release(struct dduct__store_entry *e) {
+  struct dduct_store *s;
+  if (e == NULL) return;
+  s = e->s;
+  store_lock(s);
+  entry_release(e);
+  store_unlock(s);
+}
+
 const struct dduct__store_meta *dduct__store_entry_meta(const struct dduct__store_entry *e) {
-  return &e->meta;
+  return atomic_load_explicit(&((struct dduct__store_entry *)e)->pub, memory_order_acquire);
 }
 int dduct__store_entry_complete(const struct dduct__store_entry *e) {
-  return e->state == ST_COMPLETE;
+  return atomic_load_explicit(&((struct dduct__store_entry *)e)->complete, memory_order_acquire);
 }
 int dduct__store_entry_addressed(const struct dduct__store_entry *e) {
   return e->addressed;
 }
 int dduct__store_entry_error(const struct dduct__store_entry *e) {
-  return e->error;
+  int why;
+  store_lock(e->s);
+  why = e->error;
+  store_unlock(e->s);
+  return why;
 }
 
 /* ---- degraded mode ------------------------------------------------------------------------ */
@@ -655,12 +911,21 @@ static int is_disk_error(int rc) {
   return rc == UV_ENOSPC || rc == UV_EFBIG || rc == UV_EIO || rc == UV_EROFS || rc == -EDQUOT;
 }
 
+/* Every loop's clock is the same monotonic one, cached per turn: the caller's. */
+static uint64_t now_ms(const struct dduct_store *s) {
+  return uv_now(cur(s)->loop);
+}
+
+static int degraded(const struct dduct_store *s) {
+  return s->degraded_until != 0 && now_ms(s) < s->degraded_until;
+}
+
 static void degrade(struct dduct_store *s, int rc) {
   if (!is_disk_error(rc)) return;
-  if (!dduct__store_degraded(s))
+  if (!degraded(s))
     LOG_WARN(LOG_MOD, "Disk error in \"%s\" (%s): caching paused for %llu s", s->dir,
              dduct_strerror(rc), (unsigned long long)(s->degrade_ms / 1000));
-  s->degraded_until = uv_now(s->loop) + s->degrade_ms;
+  s->degraded_until = now_ms(s) + s->degrade_ms;
 }
 
 /* Remove key's files now, on the loop thread (two unlinks, as cheap as the stat of a hot hit):
@@ -681,12 +946,15 @@ static void drop_invalidated(struct dduct__store_entry *e) {
 }
 
 void dduct__store_invalidate(struct dduct_store *s, const struct dduct__store_key *key) {
-  struct dduct__store_entry *e = table_find(s, key);
+  struct dduct__store_entry *e;
+  store_lock(s);
+  e = table_find(s, key);
   if (e != NULL && e->state != ST_COMPLETE && e->state != ST_DEAD) {
     /* A probe or fill in flight: probe_done or commit_done drops the entry once it is
      * complete. A fill's part is its own; a probe may be reading the old files: remove them. */
     e->invalidated = 1;
     if (e->state == ST_LOOKUP) remove_files(s, key);
+    store_unlock(s);
     return;
   }
   if (e != NULL) {
@@ -695,25 +963,36 @@ void dduct__store_invalidate(struct dduct_store *s, const struct dduct__store_ke
     entry_maybe_free(e);
   }
   remove_files(s, key);
+  store_unlock(s);
 }
 
 int dduct__store_degraded(struct dduct_store *s) {
-  return s->degraded_until != 0 && uv_now(s->loop) < s->degraded_until;
+  int d;
+  store_lock(s);
+  d = degraded(s);
+  store_unlock(s);
+  return d;
 }
 
 void dduct__store_set_verify_hits(struct dduct_store *s, enum dduct_verify_hits mode) {
+  store_lock(s);
   s->o.verify_hits = mode;
+  store_unlock(s);
 }
 
 void dduct__store_verify_counts(const struct dduct_store *s, uint64_t *verified,
                                 uint64_t *failed) {
+  store_lock(s);
   *verified = s->verifications;
   *failed = s->verify_failures;
+  uv_mutex_unlock((uv_mutex_t *)&s->mu);
 }
 
 void dduct__store_set_degrade_ms(struct dduct_store *s, uint64_t ms) {
+  store_lock(s);
   s->degrade_ms = ms;
-  if (s->degraded_until > uv_now(s->loop) + ms) s->degraded_until = uv_now(s->loop) + ms;
+  if (s->degraded_until > now_ms(s) + ms) s->degraded_until = now_ms(s) + ms;
+  store_unlock(s);
 }
 
 uv_loop_t *dduct__store_loop(struct dduct_store *s) {
@@ -813,11 +1092,15 @@ static void hand_fill(struct dduct__store_entry *e) {
 
 static void probe_done(uv_work_t *w, int status) {
   struct dduct__store_entry *e = w->data;
+  struct dduct_store *s = e->s;
+  store_lock(s);
   e->holds--;
   switch (e->probe_result) {
   case PR_HIT:
     take_loaded(e);
     e->state = ST_COMPLETE;
+    publish_meta(e);
+    atomic_store_explicit(&e->complete, 1, memory_order_release);
     watch_start(e);
     wake_waiters(e, DDUCT__STORE_HIT, 0);
     /* Invalidated while probing: the lookups that were waiting asked before; nobody else. */
@@ -831,7 +1114,7 @@ static void probe_done(uv_work_t *w, int status) {
     hand_fill(e);
     break;
   case PR_MISS:
-    entry_kill(e, dduct__store_degraded(e->s) ? UV_ENOSPC : 0);
+    entry_kill(e, degraded(e->s) ? UV_ENOSPC : 0);
     break;
   case PR_FAIL:
     /* Out of descriptors: the idle entries' files are only a shortcut for later hits, this
@@ -851,16 +1134,17 @@ static void probe_done(uv_work_t *w, int status) {
     break;
   }
   entry_maybe_free(e);
+  store_unlock(s);
 }
 
 static int probe_start(struct dduct__store_entry *e, int flags) {
   int rc;
   e->probe.data = e;
   e->probe_flags = flags;
-  e->probe_may_fill = !dduct__store_degraded(e->s);
+  e->probe_may_fill = !degraded(e->s);
   e->loaded.fd = -1;
   e->holds++;
-  rc = uv_queue_work(e->s->loop, &e->probe, probe_work, probe_done);
+  rc = uv_queue_work(cur(e->s)->loop, &e->probe, probe_work, probe_done);
   if (rc != 0) e->holds--;
   return rc;
 }
@@ -898,13 +1182,18 @@ static struct dduct__store_entry *find_current(struct dduct_store *s,
 int dduct__store_lookup_hot(struct dduct_store *s, const struct dduct__store_key *key, int flags,
                             struct dduct__store_entry **out) {
   struct dduct__store_entry *e;
-  if (s == NULL || key == NULL || out == NULL || s->freeing || (flags & DDUCT__STORE_REFRESH))
+  if (s == NULL || key == NULL || out == NULL || (flags & DDUCT__STORE_REFRESH))
     return 0; /* a refill is the async lookup's business */
-  e = find_current(s, key, flags, 1);
-  if (e == NULL || e->state != ST_COMPLETE) return 0;
+  store_lock(s);
+  e = s->freeing ? NULL : find_current(s, key, flags, 1);
+  if (e == NULL || e->state != ST_COMPLETE) {
+    store_unlock(s);
+    return 0;
+  }
   idle_del(e);
   entry_ref(e);
   s->stats.hits++;
+  store_unlock(s);
   touch(s, key);
   *out = e;
   return 1;
@@ -961,50 +1250,89 @@ static ssize_t pread_exact(int fd, char *buf, size_t len, uint64_t off) {
   return (ssize_t)got;
 }
 
-/* Keep a small watched entry's whole body, read once: later hits copy it, no pread. Only while
- * its watch has seen nothing (a change drops the body: then reads go to the file and a cut one
- * reads short). */
-static void hold_body(struct dduct__store_entry *e) {
-  struct dduct_store *s = e->s;
-  size_t size = (size_t)e->meta.size;
-  char *b;
-  if (e->body != NULL || e->wd < 0 || e->changed || e->meta.size == 0 ||
-      e->meta.size > BODY_MAX || s->body_bytes + size > BODY_BUDGET)
-    return;
-  if ((b = malloc(size)) == NULL) return;
-  if (pread_exact(e->fd, b, size, 0) != (ssize_t)size) {
-    free(b);
-    return;
-  }
-  e->body = b;
-  s->body_bytes += size;
+/* Whether a small watched entry's whole body may be kept: read once, later hits copy it, no
+ * pread. Only while its watch has seen nothing (a change drops the body: then reads go to the
+ * file and a cut one reads short). */
+static int body_wanted(const struct dduct__store_entry *e) {
+  return e->body == NULL && e->wd >= 0 && !e->changed && e->meta.size > 0 &&
+         e->meta.size <= BODY_MAX && e->s->body_bytes + (size_t)e->meta.size <= BODY_BUDGET;
+}
+
+/* The body read without s->mu (gen: e->watch_gen when the read began) becomes e's, unless
+ * something changed meanwhile. */
+static void keep_body(struct dduct__store_entry *e, char **b, unsigned gen) {
+  if (!body_wanted(e) || e->watch_gen != gen) return;
+  e->body = *b;
+  *b = NULL;
+  e->s->body_bytes += (size_t)e->meta.size;
 }
 
 ssize_t dduct__store_entry_pread(struct dduct__store_entry *e, char *buf, size_t len,
                                  uint64_t off) {
+  struct dduct_store *s;
   ssize_t got;
-  if (e == NULL || e->state != ST_COMPLETE || e->fd < 0) return DDUCT_EINVAL;
-  if (len > SSIZE_MAX || off > e->meta.size || len > e->meta.size - off) return DDUCT_EINVAL;
-  hold_body(e);
-  if (e->body != NULL) {
-    memcpy(buf, e->body + off, len);
-    got = (ssize_t)len;
-  } else if ((got = pread_exact(e->fd, buf, len, off)) < 0) {
-    return got;
+  char *fresh = NULL;
+  int fd, verify;
+  if (e == NULL) return DDUCT_EINVAL;
+  s = e->s;
+  store_lock(s);
+  if (e->state != ST_COMPLETE || e->fd < 0 || len > SSIZE_MAX || off > e->meta.size ||
+      len > e->meta.size - off) {
+    store_unlock(s);
+    return DDUCT_EINVAL;
   }
-  if (off == 0 && len == e->meta.size && must_verify(e)) {
+  fd = e->fd; /* open until the entry is freed: our caller's reference keeps it */
+  if (e->body != NULL) {
+    memcpy(buf, e->body + off, len); /* the 4 KiB hit: a copy under the lock, no system call */
+    got = (ssize_t)len;
+  } else {
+    /* The disk read goes without the lock (other loops' lookups must not wait for it). */
+    size_t size = (size_t)e->meta.size;
+    unsigned gen = e->watch_gen;
+    int want = body_wanted(e);
+    store_unlock(s);
+    if (want && (fresh = malloc(size)) != NULL && pread_exact(fd, fresh, size, 0) == (ssize_t)size) {
+      memcpy(buf, fresh + off, len);
+      got = (ssize_t)len;
+    } else {
+      free(fresh);
+      fresh = NULL;
+      got = pread_exact(fd, buf, len, off);
+    }
+    store_lock(s);
+    if (fresh != NULL) keep_body(e, &fresh, gen);
+    if (got < 0) {
+      store_unlock(s);
+      free(fresh);
+      return got;
+    }
+  }
+  verify = off == 0 && len == e->meta.size && must_verify(e);
+  if (verify) {
     struct dduct__sha256 sha;
     int rc;
+    store_unlock(s);
     dduct__sha256_init(&sha);
     dduct__sha256_update(&sha, buf, len);
-    if ((rc = verify_end(e, &sha)) != 0) return rc;
+    store_lock(s);
+    if ((rc = verify_end(e, &sha)) != 0) {
+      store_unlock(s);
+      free(fresh);
+      return rc;
+    }
   }
-  e->s->stats.bytes_served += (uint64_t)got;
+  s->stats.bytes_served += (uint64_t)got;
+  store_unlock(s);
+  free(fresh);
   return got;
 }
 
 uint64_t dduct__store_name_checks(const struct dduct_store *s) {
-  return s->name_checks;
+  uint64_t n;
+  store_lock(s);
+  n = s->name_checks;
+  uv_mutex_unlock((uv_mutex_t *)&s->mu);
+  return n;
 }
 
 int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *key, int flags,
@@ -1013,22 +1341,30 @@ int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *ke
   struct dduct__store_lookup *l;
   struct dduct__store_entry *e;
   if (s == NULL || key == NULL || cb == NULL) return DDUCT_EINVAL;
-  if (s->freeing) return DDUCT_ECLOSED;
   if ((l = calloc(1, sizeof(*l))) == NULL) return DDUCT_ENOMEM;
   l->cb = cb;
   l->ud = user_data;
   l->flags = flags;
   list_init(&l->link);
+  store_lock(s);
+  if (s->freeing) {
+    store_unlock(s);
+    free(l);
+    return DDUCT_ECLOSED;
+  }
+  l->port = cur(s);
   e = find_current(s, key, flags, 0);
   if (e != NULL) idle_del(e);
   if (e == NULL) {
     if ((e = entry_new(s, key)) == NULL) {
+      store_unlock(s);
       free(l);
       return DDUCT_ENOMEM;
     }
     if (probe_start(e, flags) != 0) {
       table_remove(e);
       entry_maybe_free(e);
+      store_unlock(s);
       free(l);
       return DDUCT_EINTERNAL;
     }
@@ -1041,17 +1377,22 @@ int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *ke
     ready_lookup(l, e->fill->committing ? DDUCT__STORE_HIT : DDUCT__STORE_FOLLOW, 0);
   if (e->state == ST_COMPLETE) ready_lookup(l, DDUCT__STORE_HIT, 0);
   if (out != NULL) *out = l;
+  store_unlock(s);
   return 0;
 }
 
 void dduct__store_lookup_cancel(struct dduct__store_lookup *l) {
   struct dduct__store_entry *e;
+  struct dduct_store *s;
   if (l == NULL) return;
   e = l->e;
+  s = e->s;
+  store_lock(s);
   list_del(&l->link);
   if (l->role == DDUCT__STORE_FILL && e->state == ST_PENDING) entry_kill(e, UV_ECANCELED);
+  entry_release(e);
+  store_unlock(s);
   free(l);
-  dduct__store_entry_release(e);
 }
 
 /* ---- filling ------------------------------------------------------------------------------ */
@@ -1076,10 +1417,10 @@ static void update_avail(struct dduct__store_entry *e) {
     e->avail = e->meta.size - 1;
 }
 
-int dduct__store_fill_begin(struct dduct__store_entry *e, const struct dduct__store_meta *m) {
+static int fill_begin(struct dduct__store_entry *e, const struct dduct__store_meta *m) {
   struct fill *f;
   const char *why;
-  if (e == NULL || m == NULL || e->state != ST_PENDING) return DDUCT_EINVAL;
+  if (e->state != ST_PENDING) return DDUCT_EINVAL;
   /* A file that cannot fit even after evicting everything else is not stored at all: the caller
    * streams it through. */
   if (m->size != DDUCT__STORE_SIZE_UNKNOWN && budget_on(e->s) && (why = fits(e->s, m->size))) {
@@ -1090,6 +1431,8 @@ int dduct__store_fill_begin(struct dduct__store_entry *e, const struct dduct__st
     return DDUCT_ETOOBIG;
   }
   if ((f = calloc(1, sizeof(*f))) == NULL) return DDUCT_ENOMEM;
+  f->port = cur(e->s);
+  list_init(&f->drain_link);
   dduct__sha256_init(&f->sha);
   f->t0 = uv_hrtime();
   f->work.data = e;
@@ -1109,6 +1452,7 @@ int dduct__store_fill_begin(struct dduct__store_entry *e, const struct dduct__st
   }
   e->meta.size = m->size;
   e->state = ST_FILLING;
+  publish_meta(e);
   if (m->size != DDUCT__STORE_SIZE_UNKNOWN && budget_on(e->s)) {
     uv_mutex_lock(&e->s->ix_lock);
     f->reserved = m->size;
@@ -1120,11 +1464,24 @@ int dduct__store_fill_begin(struct dduct__store_entry *e, const struct dduct__st
   return 0;
 }
 
+int dduct__store_fill_begin(struct dduct__store_entry *e, const struct dduct__store_meta *m) {
+  int rc;
+  if (e == NULL || m == NULL) return DDUCT_EINVAL;
+  store_lock(e->s);
+  rc = fill_begin(e, m);
+  store_unlock(e->s);
+  return rc;
+}
+
 void dduct__store_fill_cancel(struct dduct__store_entry *e, int why) {
+  struct dduct_store *s;
   if (e == NULL) return;
-  if (e->state == ST_PENDING && why != 0) e->s->fill_failures[dduct__fill_fail_reason(why)]++;
+  s = e->s;
+  store_lock(s);
+  if (e->state == ST_PENDING && why != 0) s->fill_failures[dduct__fill_fail_reason(why)]++;
   if (e->state == ST_PENDING) entry_kill(e, why);
-  dduct__store_entry_release(e);
+  entry_release(e);
+  store_unlock(s);
 }
 
 static void log_discard(struct dduct__store_entry *e, int why) {
@@ -1164,15 +1521,18 @@ static void write_work(uv_work_t *w) {
  * drop its reference. */
 static void write_done(uv_work_t *w, int status) {
   struct dduct__store_entry *e = w->data;
+  struct dduct_store *s = e->s;
   struct fill *f = e->fill;
+  void (*drain)(void *) = NULL;
+  void *drain_ud = NULL;
+  store_lock(s);
   f->busy = 0;
   if (e->state == ST_FILLING) {
     if (f->work_rc != 0) {
       abort_fill(e, f->work_rc);
     } else {
       f->written += f->out_len;
-      if (budget_on(e->s)) {
-        struct dduct_store *s = e->s;
+      if (budget_on(s)) {
         uv_mutex_lock(&s->ix_lock);
         f->counted += f->out_len;
         s->parts_written += f->out_len;
@@ -1188,13 +1548,21 @@ static void write_done(uv_work_t *w, int status) {
       if (e->state == ST_FILLING) flush(e);
     }
   }
-  /* A paused feeder resumes also after a failure: its next fill_write reports the error. */
+  /* A paused feeder resumes also after a failure: its next fill_write reports the error. This
+   * is the filler's loop: called right here, without the lock (the hold keeps e). */
   if (f->was_full && (f->acc_len < DDUCT__STORE_FILL_HIGH || e->state != ST_FILLING)) {
     f->was_full = 0;
-    if (f->drain_cb != NULL) f->drain_cb(f->drain_ud);
+    drain = f->drain_cb;
+    drain_ud = f->drain_ud;
+  }
+  if (drain != NULL) {
+    store_unlock(s);
+    drain(drain_ud);
+    store_lock(s);
   }
   e->holds--;
   entry_maybe_free(e);
+  store_unlock(s);
 }
 
 static void json_add_str(cJSON *o, const char *k, const char *v) {
@@ -1285,7 +1653,9 @@ static void log_commit(struct dduct__store_entry *e) {
 
 static void commit_done(uv_work_t *w, int status) {
   struct dduct__store_entry *e = w->data;
+  struct dduct_store *s = e->s;
   struct fill *f = e->fill;
+  store_lock(s);
   e->holds--;
   if (e->state == ST_FILLING) {
     e->part_ours = 0; /* renamed into place, or already removed by the work */
@@ -1296,6 +1666,8 @@ static void commit_done(uv_work_t *w, int status) {
       e->meta.size = f->written;
       e->meta.stored_at = f->stored_at;
       set_meta_str(e, 4, strdup(f->digest), &e->meta.digest);
+      publish_meta(e);
+      atomic_store_explicit(&e->complete, 1, memory_order_release);
       e->avail = f->written;
       e->verified = 1; /* hashed as it was written (a blob's fill checks its digest) */
       e->s->stats.fills_completed++;
@@ -1307,12 +1679,14 @@ static void commit_done(uv_work_t *w, int status) {
     }
   }
   entry_maybe_free(e);
+  store_unlock(s);
 }
 
+/* On the filler's loop (fill_write, fill_end and the work's done callbacks run there). */
 static int queue(struct dduct__store_entry *e, uv_work_cb work, uv_after_work_cb done) {
   int rc;
   e->holds++;
-  rc = uv_queue_work(e->s->loop, &e->fill->work, work, done);
+  rc = uv_queue_work(e->fill->port->loop, &e->fill->work, work, done);
   if (rc != 0) e->holds--;
   return rc;
 }
@@ -1344,6 +1718,7 @@ static void finish(struct dduct__store_entry *e) {
   }
   if (e->meta.size == DDUCT__STORE_SIZE_UNKNOWN) e->meta.size = f->written;
   f->stored_at = e->meta.stored_at = (int64_t)time(NULL);
+  publish_meta(e);
   e->avail = f->written;
   wake_readers(e);
   f->committing = 1;
@@ -1387,7 +1762,7 @@ static int reserve(struct fill *f, size_t need) {
   return 0;
 }
 
-int dduct__store_fill_write(struct dduct__store_entry *e, const char *data, size_t len) {
+static int fill_write(struct dduct__store_entry *e, const char *data, size_t len) {
   struct fill *f = e->fill;
   if (e->state != ST_FILLING || f->ended) return e->error != 0 ? e->error : DDUCT_EINVAL;
   if (f->relay) return relay_write(e, data, len);
@@ -1408,21 +1783,39 @@ int dduct__store_fill_write(struct dduct__store_entry *e, const char *data, size
   return 0;
 }
 
+int dduct__store_fill_write(struct dduct__store_entry *e, const char *data, size_t len) {
+  int rc;
+  store_lock(e->s);
+  rc = fill_write(e, data, len);
+  store_unlock(e->s);
+  return rc;
+}
+
 int dduct__store_fill_full(const struct dduct__store_entry *e) {
-  if (e->state != ST_FILLING) return 0;
-  if (e->fill->relay) return e->fill->rlen >= DDUCT__STORE_FILL_HIGH;
-  return e->fill->acc_len >= DDUCT__STORE_FILL_HIGH;
+  int full = 0;
+  store_lock(e->s);
+  if (e->state == ST_FILLING)
+    full = e->fill->relay ? e->fill->rlen >= DDUCT__STORE_FILL_HIGH
+                          : e->fill->acc_len >= DDUCT__STORE_FILL_HIGH;
+  uv_mutex_unlock((uv_mutex_t *)&e->s->mu);
+  return full;
 }
 
 void dduct__store_fill_on_drain(struct dduct__store_entry *e, void (*drain_cb)(void *),
                                 void *ud) {
-  if (e->fill == NULL) return;
-  e->fill->drain_cb = drain_cb;
-  e->fill->drain_ud = ud;
+  store_lock(e->s);
+  if (e->fill != NULL) {
+    e->fill->drain_cb = drain_cb;
+    e->fill->drain_ud = ud;
+  }
+  store_unlock(e->s);
 }
 
 void dduct__store_fill_end(struct dduct__store_entry *e, int status) {
+  struct dduct_store *s;
   if (e == NULL) return;
+  s = e->s;
+  store_lock(s);
   if (e->state == ST_FILLING && !e->fill->ended) {
     e->fill->ended = 1;
     /* The feeder is done and may be freed as soon as we return: a write still in flight must not
@@ -1436,7 +1829,8 @@ void dduct__store_fill_end(struct dduct__store_entry *e, int status) {
     else
       flush(e);
   }
-  dduct__store_entry_release(e);
+  entry_release(e);
+  store_unlock(s);
 }
 
 /* ---- relay after a disk error ------------------------------------------------------------- */
@@ -1493,7 +1887,7 @@ static void relay_trim(struct dduct__store_entry *e) {
   }
   if (f->was_full && f->rlen < DDUCT__STORE_FILL_HIGH) {
     f->was_full = 0;
-    if (f->drain_cb != NULL) f->drain_cb(f->drain_ud);
+    queue_drain(e); /* we may be a reader's thread, and under the lock */
   }
 }
 
@@ -1527,7 +1921,10 @@ static int relay_write(struct dduct__store_entry *e, const char *data, size_t le
  * readers get the end of it. */
 static void relay_end(struct dduct__store_entry *e) {
   struct fill *f = e->fill;
-  if (e->meta.size == DDUCT__STORE_SIZE_UNKNOWN) e->meta.size = f->received;
+  if (e->meta.size == DDUCT__STORE_SIZE_UNKNOWN) {
+    e->meta.size = f->received;
+    publish_meta(e);
+  }
   if (f->received != e->meta.size) {
     entry_kill(e, DDUCT_ESHORT);
     return;
@@ -1599,9 +1996,13 @@ int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint6
                             dduct__store_read_cb cb, void *user_data,
                             struct dduct__store_reader **out) {
   struct dduct__store_reader *r;
+  struct dduct_store *s;
   if (e == NULL || cb == NULL || out == NULL) return DDUCT_EINVAL;
   if (len != DDUCT__STORE_SIZE_UNKNOWN && offset > UINT64_MAX - len - 1) return DDUCT_EINVAL;
   if ((r = calloc(1, sizeof(*r))) == NULL) return DDUCT_ENOMEM;
+  s = e->s;
+  store_lock(s);
+  r->port = cur(s);
   r->cap = DDUCT__STORE_READ_CHUNK;
   if (e->state == ST_COMPLETE) { /* a small body needs no full chunk */
     uint64_t end = len != DDUCT__STORE_SIZE_UNKNOWN ? offset + len : e->meta.size;
@@ -1609,6 +2010,7 @@ int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint6
     if (want < r->cap) r->cap = (size_t)want;
   }
   if ((r->buf = malloc(r->cap)) == NULL) {
+    store_unlock(s);
     free(r);
     return DDUCT_ENOMEM;
   }
@@ -1627,6 +2029,7 @@ int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint6
   list_push(&e->all_readers, &r->all);
   entry_ref(e);
   e->nreaders++;
+  store_unlock(s);
   *out = r;
   return 0;
 }
@@ -1638,7 +2041,7 @@ static void reader_destroy(struct dduct__store_reader *r) {
   free(r->ahead);
   free(r->buf);
   free(r);
-  dduct__store_entry_release(e);
+  entry_release(e);
 }
 
 /* Read what the page cache holds, on the loop thread, never waiting for the disk
@@ -1684,7 +2087,7 @@ static void prefetch(struct dduct__store_reader *r) {
   }
   r->pstate = P_READING;
   r->preq.data = r;
-  if (uv_fs_read(e->s->loop, &r->preq, e->fd, &b, 1, (int64_t)r->off, prefetch_cb) != 0) {
+  if (uv_fs_read(r->port->loop, &r->preq, e->fd, &b, 1, (int64_t)r->off, prefetch_cb) != 0) {
     uv_fs_req_cleanup(&r->preq);
     r->pstate = P_NONE;
   }
@@ -1703,42 +2106,54 @@ static ssize_t take_ahead(struct dduct__store_reader *r) {
 
 static void prefetch_cb(uv_fs_t *req) {
   struct dduct__store_reader *r = req->data;
+  struct dduct_store *s = r->e->s;
   ssize_t n;
+  store_lock(s);
   r->pres = req->result;
   uv_fs_req_cleanup(req);
   r->pstate = P_DONE;
   if (r->freed) {
     reader_destroy(r);
+    store_unlock(s);
     return;
   }
   if (!r->want && r->trimmed) { /* the consumer waits on a stalled client: keep nothing */
     free(r->ahead);
     r->ahead = NULL;
     r->pstate = P_NONE;
+    store_unlock(s);
     return;
   }
-  if (!r->want) return; /* kept until the consumer asks */
+  if (!r->want) { /* kept until the consumer asks */
+    store_unlock(s);
+    return;
+  }
   r->want = 0;
   r->state = R_IDLE;
   n = take_ahead(r);
   if (n > 0) prefetch(r); /* into the buffer the consumer gave back by asking */
+  store_unlock(s);
   r->cb(r->ud, n, n > 0 ? r->buf : NULL);
 }
 
 static void read_cb(uv_fs_t *req) {
   struct dduct__store_reader *r = req->data;
   struct dduct__store_entry *e = r->e;
+  struct dduct_store *s = e->s;
   ssize_t n = req->result;
+  store_lock(s);
   uv_fs_req_cleanup(req);
   r->state = R_IDLE;
   if (r->freed) {
     reader_destroy(r);
+    store_unlock(s);
     return;
   }
   if (e->state == ST_DEAD) n = e->error != 0 ? e->error : DDUCT_ECLOSED;
   else if (n == 0) n = DDUCT_ESHORT; /* the file is shorter than the store believed */
   n = got_bytes(r, r->buf, n);
   if (n > 0) prefetch(r);
+  store_unlock(s);
   r->cb(r->ud, n, n > 0 ? r->buf : NULL);
 }
 
@@ -1776,7 +2191,7 @@ static void start_read(struct dduct__store_reader *r, uint64_t end) {
   }
   r->state = R_READING;
   r->req.data = r;
-  rc = uv_fs_read(e->s->loop, &r->req, e->fd, &b, 1, (int64_t)r->off, read_cb);
+  rc = uv_fs_read(r->port->loop, &r->req, e->fd, &b, 1, (int64_t)r->off, read_cb);
   if (rc != 0) {
     uv_fs_req_cleanup(&r->req);
     ready_reader(r, rc);
@@ -1806,7 +2221,12 @@ static void pump(struct dduct__store_reader *r) {
 }
 
 void dduct__store_reader_trim(struct dduct__store_reader *r) {
-  if (r == NULL || r->state != R_IDLE || r->freed) return;
+  if (r == NULL) return;
+  store_lock(r->e->s);
+  if (r->state != R_IDLE || r->freed) {
+    store_unlock(r->e->s);
+    return;
+  }
   free(r->buf);
   r->buf = NULL;
   if (r->pstate == P_DONE) r->pstate = P_NONE; /* not taken: off still points at its bytes */
@@ -1815,10 +2235,18 @@ void dduct__store_reader_trim(struct dduct__store_reader *r) {
     r->ahead = NULL;
   }
   r->trimmed = 1;
+  store_unlock(r->e->s);
 }
 
 int dduct__store_reader_read(struct dduct__store_reader *r) {
-  if (r == NULL || r->state != R_IDLE || r->freed) return DDUCT_EINVAL;
+  struct dduct_store *s;
+  if (r == NULL) return DDUCT_EINVAL;
+  s = r->e->s;
+  store_lock(s);
+  if (r->state != R_IDLE || r->freed) {
+    store_unlock(s);
+    return DDUCT_EINVAL;
+  }
   r->trimmed = 0;
   if (r->pstate == P_READING) { /* delivered by prefetch_cb */
     r->want = 1;
@@ -1830,6 +2258,7 @@ int dduct__store_reader_read(struct dduct__store_reader *r) {
   } else {
     pump(r);
   }
+  store_unlock(s);
   return 0;
 }
 
@@ -1838,13 +2267,16 @@ uint64_t dduct__store_reader_offset(const struct dduct__store_reader *r) {
 }
 
 void dduct__store_reader_free(struct dduct__store_reader *r) {
+  struct dduct_store *s;
   if (r == NULL) return;
+  s = r->e->s;
+  store_lock(s);
   list_del(&r->link); /* out of a wait or ready list, if in one */
-  if (r->state == R_READING || r->pstate == P_READING) {
+  if (r->state == R_READING || r->pstate == P_READING)
     r->freed = 1; /* read_cb or prefetch_cb finishes the job */
-    return;
-  }
-  reader_destroy(r);
+  else
+    reader_destroy(r);
+  store_unlock(s);
 }
 
 /* ---- the budget --------------------------------------------------------------------------- */
@@ -1874,6 +2306,7 @@ static void unreserve(struct dduct__store_entry *e) {
   uv_mutex_unlock(&e->s->ix_lock);
 }
 
+/* Caller holds ix_lock (uses come from every loop). */
 static void jq_push(struct dduct_store *s, const struct dduct__jrec *r) {
   if (s->jq_n == s->jq_cap) {
     size_t cap = s->jq_cap ? s->jq_cap * 2 : 64;
@@ -1903,11 +2336,12 @@ static void touch(struct dduct_store *s, const struct dduct__store_key *k) {
     r.size = x->size;
     r.order = x->order;
   }
+  if (record) {
+    r.type = 'h';
+    r.time = now;
+    jq_push(s, &r);
+  }
   uv_mutex_unlock(&s->ix_lock);
-  if (!record) return;
-  r.type = 'h';
-  r.time = now;
-  jq_push(s, &r);
 }
 
 /* The entry's files were removed here (invalidation, cache rm): out of the budget, and the other
@@ -1922,12 +2356,11 @@ static void index_forget(struct dduct_store *s, const struct dduct__store_key *k
     r.order = s->ix.recs[i].order;
     r.size = s->ix.recs[i].size;
     (void)dduct__index_remove(&s->ix, (char)r.kind, r.name, r.order);
+    r.type = '-';
+    r.time = (uint32_t)time(NULL);
+    jq_push(s, &r);
   }
   uv_mutex_unlock(&s->ix_lock);
-  if (i == DDUCT__INDEX_NONE) return;
-  r.type = '-';
-  r.time = (uint32_t)time(NULL);
-  jq_push(s, &r);
 }
 
 /* Whether a fill of size bytes can be stored at all (NULL) or why not. */
@@ -2030,10 +2463,6 @@ static void maint_work(uv_work_t *w) {
   uv_mutex_unlock(&s->ix_lock);
 }
 
-static void maybe_destroy(struct dduct_store *s) {
-  if (s->freeing && s->live == 0 && s->works == 0) store_destroy(s);
-}
-
 /* Entries evicted are served no more; one nobody reads is closed now, so its blocks are freed
  * (readers keep theirs open and finish: the file goes when the last of them closes it). */
 static void drop_victims(struct dduct_store *s) {
@@ -2055,6 +2484,7 @@ static void maint_done(uv_work_t *w, int status) {
   uint64_t n, bytes, need;
   int why;
   (void)status;
+  store_lock(s);
   s->works--;
   s->maint_busy = 0;
   free(s->jq_out);
@@ -2074,27 +2504,32 @@ static void maint_done(uv_work_t *w, int status) {
               why == 2 ? "min_free" : "max_size", (unsigned long long)need);
   }
   drop_victims(s);
-  if (s->freeing) {
-    maybe_destroy(s);
-    return;
-  }
-  if (s->maint_again) {
+  if (!s->freeing && s->maint_again) {
     s->maint_again = 0;
     maint_kick(s);
   }
+  store_unlock(s);
 }
 
+/* Maintenance runs from the home loop; another loop's thread asks it to. s->mu held. */
 static void maint_kick(struct dduct_store *s) {
   if (s->freeing) return;
+  if (cur(s) != s->home) {
+    s->maint_wanted = 1;
+    port_kick(s->home);
+    return;
+  }
   if (s->maint_busy) {
     s->maint_again = 1;
     return;
   }
   s->maint_busy = 1;
+  uv_mutex_lock(&s->ix_lock);
   s->jq_out = s->jq;
   s->jq_out_n = s->jq_n;
   s->jq = NULL;
   s->jq_n = s->jq_cap = 0;
+  uv_mutex_unlock(&s->ix_lock);
   s->maint_w.data = s;
   s->works++;
   if (uv_queue_work(s->loop, &s->maint_w, maint_work, maint_done) != 0) {
@@ -2106,7 +2541,10 @@ static void maint_kick(struct dduct_store *s) {
 }
 
 static void maint_timer_cb(uv_timer_t *t) {
-  maint_kick(t->data);
+  struct dduct_store *s = t->data;
+  store_lock(s);
+  maint_kick(s);
+  store_unlock(s);
 }
 
 /* After our fills grew: evict now when over max_size (min_free is checked by the next
@@ -2157,6 +2595,7 @@ static void load_done(uv_work_t *w, int status) {
   struct dduct_store *s = w->data;
   uint64_t n, bytes;
   (void)status;
+  store_lock(s);
   s->works--;
   uv_mutex_lock(&s->ix_lock);
   n = s->ix.count, bytes = s->ix.bytes;
@@ -2168,15 +2607,16 @@ static void load_done(uv_work_t *w, int status) {
              (unsigned long long)s->load_st.removed);
   LOG_INFO(LOG_MOD, "Index loaded: %llu entries, %llu bytes", (unsigned long long)n,
            (unsigned long long)bytes);
-  if (s->freeing) {
-    maybe_destroy(s);
-    return;
-  }
-  maint_kick(s);
+  if (!s->freeing) maint_kick(s);
+  store_unlock(s);
 }
 
 int dduct__store_index_loaded(const struct dduct_store *s) {
-  return s->stats.index_loaded;
+  int loaded;
+  store_lock(s);
+  loaded = s->stats.index_loaded;
+  uv_mutex_unlock((uv_mutex_t *)&s->mu);
+  return loaded;
 }
 
 /* ---- public API --------------------------------------------------------------------------- */
@@ -2202,13 +2642,19 @@ static void timer_close_cb(uv_handle_t *h) {
   free(h);
 }
 
+/* On the home thread, once nothing is left (every other loop detached). */
 static void store_destroy(struct dduct_store *s) {
   ino_close(s);
   dduct__index_free(&s->ix);
   uv_mutex_destroy(&s->ix_lock);
+  uv_mutex_destroy(&s->mu);
   free(s->jq);
   free(s->victims);
-  uv_close((uv_handle_t *)s->timer, timer_close_cb);
+  list_del(&s->home->link);
+  if (!list_empty(&s->ports))
+    LOG_ERROR(LOG_MOD, "Store \"%s\" freed while another loop is attached", s->dir);
+  port_close(s->home);
+  tl_del(s);
   free(s->dir);
   free(s->root);
   free(s);
@@ -2253,28 +2699,34 @@ int dduct_store_open_with(uv_loop_t *loop, const char *dir, const struct dduct_s
   if (o != NULL) s->o = *o;
   else dduct_store_options_init(&s->o);
   s->loop = loop;
+  s->id = atomic_fetch_add(&store_ids, 1) + 1;
   s->degrade_ms = DEGRADE_MS_DEFAULT;
   s->dir = strdup(dir);
-  s->timer = malloc(sizeof(*s->timer));
   s->maint_timer = malloc(sizeof(*s->maint_timer));
-  if (s->dir == NULL || s->timer == NULL || s->maint_timer == NULL ||
-      uv_mutex_init(&s->ix_lock) != 0) {
+  if (s->dir == NULL || s->maint_timer == NULL || uv_mutex_init(&s->ix_lock) != 0) {
     free(s->maint_timer);
-    free(s->timer);
     free(s->dir);
     free(s->root);
     free(s);
     return DDUCT_ENOMEM;
   }
-  uv_timer_init(loop, s->timer);
-  s->timer->data = s;
+  if (uv_mutex_init(&s->mu) != 0 || (s->home = port_new(s, loop)) == NULL) {
+    if (s->home == NULL) uv_mutex_destroy(&s->mu);
+    uv_mutex_destroy(&s->ix_lock);
+    free(s->maint_timer);
+    free(s->dir);
+    free(s->root);
+    free(s);
+    return DDUCT_ENOMEM;
+  }
+  list_init(&s->ports);
+  list_push(&s->ports, &s->home->link);
+  (void)tl_add(s, s->home); /* without room, cur() falls back to the home port anyway */
   uv_timer_init(loop, s->maint_timer);
   s->maint_timer->data = s;
   uv_timer_start(s->maint_timer, maint_timer_cb, MAINT_MS, MAINT_MS);
   uv_unref((uv_handle_t *)s->maint_timer);
   for (size_t i = 0; i < NBUCKETS; i++) list_init(&s->buckets[i]);
-  list_init(&s->ready_lookups);
-  list_init(&s->ready_readers);
   list_init(&s->idle);
   list_init(&s->watched);
   s->ino_fd = -1;
@@ -2297,21 +2749,27 @@ int dduct_store_open(uv_loop_t *loop, const char *dir, struct dduct_store **out,
 
 void dduct_store_stats(const struct dduct_store *s, struct dduct_store_stats *out) {
   if (s == NULL || out == NULL) return;
+  store_lock(s);
   *out = s->stats;
   uv_mutex_lock((uv_mutex_t *)&s->ix_lock);
   out->size_bytes = s->ix.bytes;
   uv_mutex_unlock((uv_mutex_t *)&s->ix_lock);
+  uv_mutex_unlock((uv_mutex_t *)&s->mu);
 }
 
 void dduct__store_fill_failures(const struct dduct_store *s, uint64_t *out) {
+  store_lock(s);
   memcpy(out, s->fill_failures, sizeof(s->fill_failures));
+  uv_mutex_unlock((uv_mutex_t *)&s->mu);
 }
 
 void dduct__store_entry_progress(const struct dduct__store_entry *e, uint64_t *received,
                                  uint64_t *expected, int *readers) {
+  store_lock(e->s);
   *received = e->fill != NULL ? e->fill->received : e->avail;
   *expected = e->state == ST_PENDING ? DDUCT__STORE_SIZE_UNKNOWN : e->meta.size;
   *readers = e->nreaders;
+  uv_mutex_unlock((uv_mutex_t *)&e->s->mu);
 }
 
 const char *dduct__store_root(const struct dduct_store *s) {
@@ -2324,23 +2782,51 @@ const char *dduct_store_dir(const struct dduct_store *s) {
 
 void dduct_store_free(struct dduct_store *s) {
   if (s == NULL) return;
+  store_lock(s);
   s->freeing = 1;
   atomic_store(&s->cancel, 1);
   uv_close((uv_handle_t *)s->maint_timer, timer_close_cb);
   /* The last uses, so the next start knows them (one small write). */
+  uv_mutex_lock(&s->ix_lock);
   (void)dduct__journal_append(s->root, s->jq, s->jq_n);
   s->jq_n = 0;
+  uv_mutex_unlock(&s->ix_lock);
   while (!list_empty(&s->idle))
     entry_free(DDUCT_CONTAINER_OF(s->idle.next, struct dduct__store_entry, idle));
-  if (s->live == 0 && s->works == 0) store_destroy(s);
+  store_unlock(s);
 }
 
-/* Not yet shared: the opening loop's thread is the only one that may use the store. */
 int dduct_store_attach(struct dduct_store *s, uv_loop_t *loop) {
-  if (s == NULL || loop == NULL || loop == s->loop) return DDUCT_EINVAL;
-  return 0;
+  struct port *p;
+  int rc = 0;
+  if (s == NULL || loop == NULL) return DDUCT_EINVAL;
+  store_lock(s);
+  for (struct list *n = s->ports.next; n != &s->ports && rc == 0; n = n->next)
+    if (DDUCT_CONTAINER_OF(n, struct port, link)->loop == loop) rc = DDUCT_EINVAL;
+  if (rc == 0 && (p = port_new(s, loop)) == NULL) rc = DDUCT_ENOMEM;
+  if (rc == 0 && (rc = tl_add(s, p)) != 0) port_close(p);
+  if (rc == 0) list_push(&s->ports, &p->link);
+  store_unlock(s);
+  return rc;
 }
 
 void dduct_store_detach(struct dduct_store *s, uv_loop_t *loop) {
-  (void)s, (void)loop;
+  struct port *p = NULL;
+  if (s == NULL || loop == NULL) return;
+  store_lock(s);
+  for (struct list *n = s->ports.next; n != &s->ports; n = n->next)
+    if (DDUCT_CONTAINER_OF(n, struct port, link)->loop == loop) p = DDUCT_CONTAINER_OF(n, struct port, link);
+  if (p != NULL && p != s->home) {
+    list_del(&p->link);
+    if (!list_empty(&p->lookups) || !list_empty(&p->readers) || !list_empty(&p->pumps) ||
+        !list_empty(&p->drains))
+      LOG_ERROR(LOG_MOD, "Store \"%s\": a loop detached with work of its own left", s->dir);
+  } else {
+    p = NULL; /* the home loop goes with dduct_store_free */
+  }
+  store_unlock(s);
+  if (p != NULL) {
+    tl_del(s);
+    port_close(p);
+  }
 }
