@@ -186,6 +186,7 @@ struct dduct__store_lookup {
 struct dduct__store_reader {
   struct list link; /* in e->readers, or one of its port's lists */
   struct port *port; /* the creator's: reads and callbacks happen there */
+  int held;          /* waiting for a fill's bytes: its port keeps its loop alive */
   struct list all; /* in e->all_readers */
   struct dduct__store_entry *e;
   uint64_t off, end;
@@ -219,7 +220,14 @@ struct port {
   struct list lookups, readers; /* answered lookups, finished reads: call back */
   struct list pumps;            /* readers woken by another thread: read on (theirs) */
   struct list drains;           /* fills whose drain_cb is owed */
-  struct list link;             /* in s->ports */
+  struct list link;             /* in s->ports, or s->gone once detached */
+  /* Detached: its handles are closed, but work the loop started (a fill's last writes, its
+   * commit) may still finish there, so the port stays its thread's until the store goes. */
+  int detached;
+  /* Lookups not yet answered and readers waiting for a fill: while any, the async handle keeps
+   * the loop alive, as a probe or write on the loop itself would (the answer may come from
+   * another loop). Counted and ref'd on the port's own thread only. */
+  unsigned waits;
 };
 
 struct dduct_store {
@@ -227,7 +235,7 @@ struct dduct_store {
   uint64_t id;     /* tells this store from an earlier one at the same address */
   uv_mutex_t mu;
   struct port *home;
-  struct list ports;
+  struct list ports, gone; /* attached; detached (freed with the store) */
   int destroying;
   int maint_wanted, ino_wanted; /* asked of the home loop by another thread */
   char *dir;  /* as given */
@@ -370,11 +378,26 @@ static void port_timer_cb(uv_timer_t *t);
 
 /* Wake p's loop to run its deliveries: its timer from its own thread, its async from another. */
 static void port_kick(struct port *p) {
+  if (p->detached) return; /* nothing of its own is left to deliver (dduct_store_detach) */
   if (p == cur(p->s)) {
     if (!uv_is_active((uv_handle_t *)p->timer)) uv_timer_start(p->timer, port_timer_cb, 0, 0);
   } else {
     uv_async_send(p->async);
   }
+}
+
+static void port_hold(struct port *p) {
+  if (p->waits++ == 0 && !p->detached) uv_ref((uv_handle_t *)p->async);
+}
+
+static void port_unhold(struct port *p) {
+  if (--p->waits == 0 && !p->detached) uv_unref((uv_handle_t *)p->async);
+}
+
+static void reader_unhold(struct dduct__store_reader *r) {
+  if (!r->held) return;
+  r->held = 0;
+  port_unhold(r->port);
 }
 
 /* The lookup's callback, s->mu not held. */
@@ -397,19 +420,22 @@ static void ino_poll_start(struct dduct_store *s);
  * cancels or frees (and their references keep s alive while any is left). */
 static void port_run(struct port *p) {
   struct dduct_store *s = p->s;
-  struct list lookups, readers, drains;
+  struct list pumps, lookups, readers, drains;
   store_lock(s);
   if (p == s->home && s->ino_wanted) ino_poll_start(s);
   if (p == s->home && s->maint_wanted) {
     s->maint_wanted = 0;
     maint_kick(s);
   }
-  while (!list_empty(&p->pumps)) {
-    struct dduct__store_reader *r = DDUCT_CONTAINER_OF(p->pumps.next, struct dduct__store_reader,
+  /* Woken readers read first, so what they get now is called back in this same run. */
+  list_move(&p->pumps, &pumps);
+  while (!list_empty(&pumps)) {
+    struct dduct__store_reader *r = DDUCT_CONTAINER_OF(pumps.next, struct dduct__store_reader,
                                                        link);
     list_del(&r->link);
     r->state = R_IDLE;
-    pump(r);
+    reader_unhold(r);
+    pump(r); /* may drop and retake the lock around a read */
   }
   list_move(&p->lookups, &lookups);
   list_move(&p->readers, &readers);
@@ -420,6 +446,7 @@ static void port_run(struct port *p) {
     store_lock(s);
     l = DDUCT_CONTAINER_OF(lookups.next, struct dduct__store_lookup, link);
     list_del(&l->link);
+    port_unhold(p);
     if (l->role == DDUCT__STORE_HIT || l->role == DDUCT__STORE_FOLLOW) s->stats.hits++;
     if (l->role == DDUCT__STORE_FILL) s->stats.misses++;
     store_unlock(s);
@@ -524,28 +551,22 @@ static void wake_waiters(struct dduct__store_entry *e, enum dduct__store_role ro
                  status);
 }
 
-/* Readers of this thread read on now; another port's readers do it on their own thread. */
+/* Waiting readers read on from their port's next run, on their own thread (this one's too:
+ * their reads drop the lock, which the operation waking them must not see). */
 static void wake_readers(struct dduct__store_entry *e) {
-  struct port *me = cur(e->s);
-  struct list rs;
-  list_move(&e->readers, &rs);
-  while (!list_empty(&rs)) {
-    struct dduct__store_reader *r = DDUCT_CONTAINER_OF(rs.next, struct dduct__store_reader, link);
+  while (!list_empty(&e->readers)) {
+    struct dduct__store_reader *r = DDUCT_CONTAINER_OF(e->readers.next,
+                                                       struct dduct__store_reader, link);
     list_del(&r->link);
-    if (r->port == me) {
-      r->state = R_IDLE;
-      pump(r);
-    } else {
-      list_push(&r->port->pumps, &r->link);
-      port_kick(r->port);
-    }
+    list_push(&r->port->pumps, &r->link);
+    port_kick(r->port);
   }
 }
 
 /* The filler's drain_cb is owed (its queue went below the mark): called on its loop, later. */
 static void queue_drain(struct dduct__store_entry *e) {
   struct fill *f = e->fill;
-  if (f->drain_queued || f->port == NULL) return;
+  if (f->drain_queued || f->ended || f->drain_cb == NULL || f->port->detached) return;
   f->drain_queued = 1;
   f->drain_e = e;
   e->holds++;
@@ -1353,10 +1374,12 @@ int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *ke
     return DDUCT_ECLOSED;
   }
   l->port = cur(s);
+  port_hold(l->port);
   e = find_current(s, key, flags, 0);
   if (e != NULL) idle_del(e);
   if (e == NULL) {
     if ((e = entry_new(s, key)) == NULL) {
+      port_unhold(l->port);
       store_unlock(s);
       free(l);
       return DDUCT_ENOMEM;
@@ -1364,6 +1387,7 @@ int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *ke
     if (probe_start(e, flags) != 0) {
       table_remove(e);
       entry_maybe_free(e);
+      port_unhold(l->port);
       store_unlock(s);
       free(l);
       return DDUCT_EINTERNAL;
@@ -1389,6 +1413,7 @@ void dduct__store_lookup_cancel(struct dduct__store_lookup *l) {
   s = e->s;
   store_lock(s);
   list_del(&l->link);
+  port_unhold(l->port);
   if (l->role == DDUCT__STORE_FILL && e->state == ST_PENDING) entry_kill(e, UV_ECANCELED);
   entry_release(e);
   store_unlock(s);
@@ -2157,15 +2182,33 @@ static void read_cb(uv_fs_t *req) {
   r->cb(r->ud, n, n > 0 ? r->buf : NULL);
 }
 
-/* The whole rest of a small complete range in one pread on the loop thread; delivered later. */
-static void read_now(struct dduct__store_reader *r, size_t n) {
-  struct dduct__store_entry *e = r->e;
+static ssize_t pread_once(int fd, char *buf, size_t len, uint64_t off) {
   ssize_t got;
   do
-    got = pread(e->fd, r->buf, n, (off_t)r->off);
+    got = pread(fd, buf, len, (off_t)off);
   while (got < 0 && errno == EINTR);
-  if (got < 0) got = -errno;
-  else if (got == 0) got = DDUCT_ESHORT; /* the file is shorter than the store believed */
+  if (got < 0) return -errno;
+  return got == 0 ? DDUCT_ESHORT : got; /* 0: the file is shorter than the store believed */
+}
+
+/* A read of bytes already on disk ([off, avail)), on the reader's own thread, without s->mu:
+ * other loops' lookups do not wait for a page-cache copy. Only from a call that owns the lock
+ * at the top (reader_read, a port's pumps), never from inside another operation: the entry
+ * (the reader's reference keeps it) may change meanwhile, its fd and these bytes do not. */
+static ssize_t read_unlocked(struct dduct__store_reader *r, char *buf, size_t len, int cached) {
+  struct dduct_store *s = r->e->s;
+  int fd = r->e->fd;
+  uint64_t off = r->off;
+  ssize_t got;
+  uv_mutex_unlock(&s->mu);
+  got = cached ? pread_cached(fd, buf, len, off) : pread_once(fd, buf, len, off);
+  store_lock(s);
+  return got;
+}
+
+/* The whole rest of a small complete range in one pread on the loop thread; delivered later. */
+static void read_now(struct dduct__store_reader *r, size_t n) {
+  ssize_t got = read_unlocked(r, r->buf, n, 0);
   ready_reader(r, (int)got_bytes(r, r->buf, got));
 }
 
@@ -2184,7 +2227,7 @@ static void start_read(struct dduct__store_reader *r, uint64_t end) {
     read_now(r, (size_t)n);
     return;
   }
-  r->slow = (got = pread_cached(e->fd, b.base, b.len, r->off)) <= 0;
+  r->slow = (got = read_unlocked(r, b.base, b.len, 1)) <= 0;
   if (got > 0) {
     ready_reader(r, (int)got_bytes(r, r->buf, got));
     return;
@@ -2217,6 +2260,10 @@ static void pump(struct dduct__store_reader *r) {
   else {
     r->state = R_WAIT;
     list_push(&e->readers, &r->link);
+    if (!r->held) {
+      r->held = 1;
+      port_hold(r->port);
+    }
   }
 }
 
@@ -2272,6 +2319,7 @@ void dduct__store_reader_free(struct dduct__store_reader *r) {
   s = r->e->s;
   store_lock(s);
   list_del(&r->link); /* out of a wait or ready list, if in one */
+  reader_unhold(r);
   if (r->state == R_READING || r->pstate == P_READING)
     r->freed = 1; /* read_cb or prefetch_cb finishes the job */
   else
@@ -2654,6 +2702,11 @@ static void store_destroy(struct dduct_store *s) {
   if (!list_empty(&s->ports))
     LOG_ERROR(LOG_MOD, "Store \"%s\" freed while another loop is attached", s->dir);
   port_close(s->home);
+  while (!list_empty(&s->gone)) {
+    struct port *p = DDUCT_CONTAINER_OF(s->gone.next, struct port, link);
+    list_del(&p->link);
+    free(p);
+  }
   tl_del(s);
   free(s->dir);
   free(s->root);
@@ -2720,6 +2773,7 @@ int dduct_store_open_with(uv_loop_t *loop, const char *dir, const struct dduct_s
     return DDUCT_ENOMEM;
   }
   list_init(&s->ports);
+  list_init(&s->gone);
   list_push(&s->ports, &s->home->link);
   (void)tl_add(s, s->home); /* without room, cur() falls back to the home port anyway */
   uv_timer_init(loop, s->maint_timer);
@@ -2815,18 +2869,26 @@ void dduct_store_detach(struct dduct_store *s, uv_loop_t *loop) {
   if (s == NULL || loop == NULL) return;
   store_lock(s);
   for (struct list *n = s->ports.next; n != &s->ports; n = n->next)
-    if (DDUCT_CONTAINER_OF(n, struct port, link)->loop == loop) p = DDUCT_CONTAINER_OF(n, struct port, link);
-  if (p != NULL && p != s->home) {
+    if (DDUCT_CONTAINER_OF(n, struct port, link)->loop == loop)
+      p = DDUCT_CONTAINER_OF(n, struct port, link);
+  if (p == s->home) p = NULL; /* the home loop goes with dduct_store_free */
+  if (p != NULL) {
     list_del(&p->link);
-    if (!list_empty(&p->lookups) || !list_empty(&p->readers) || !list_empty(&p->pumps) ||
-        !list_empty(&p->drains))
-      LOG_ERROR(LOG_MOD, "Store \"%s\": a loop detached with work of its own left", s->dir);
-  } else {
-    p = NULL; /* the home loop goes with dduct_store_free */
+    list_push(&s->gone, &p->link);
+    p->detached = 1;
+    while (!list_empty(&p->drains)) { /* fills that ended: nobody to resume */
+      struct fill *f = DDUCT_CONTAINER_OF(p->drains.next, struct fill, drain_link);
+      list_del(&f->drain_link);
+      f->drain_queued = 0;
+      f->drain_e->holds--;
+      entry_maybe_free(f->drain_e);
+    }
+    if (!list_empty(&p->lookups) || !list_empty(&p->readers) || !list_empty(&p->pumps))
+      LOG_ERROR(LOG_MOD, "Store \"%s\": a loop detached with lookups or readers left", s->dir);
   }
   store_unlock(s);
   if (p != NULL) {
-    tl_del(s);
-    port_close(p);
+    uv_close((uv_handle_t *)p->timer, port_close_cb);
+    uv_close((uv_handle_t *)p->async, port_close_cb);
   }
 }
