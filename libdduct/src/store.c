@@ -1356,11 +1356,55 @@ uint64_t dduct__store_name_checks(const struct dduct_store *s) {
   return n;
 }
 
+/* l (in no list) joins key's entry, or a new one whose probe starts now; on success it holds a
+ * reference on it (l->e). */
+static int lookup_join(struct dduct_store *s, struct dduct__store_lookup *l,
+                       const struct dduct__store_key *key) {
+  struct dduct__store_entry *e = find_current(s, key, l->flags, 0);
+  if (e != NULL) idle_del(e);
+  if (e == NULL) {
+    if ((e = entry_new(s, key)) == NULL) return DDUCT_ENOMEM;
+    if (probe_start(e, l->flags) != 0) {
+      table_remove(e);
+      entry_maybe_free(e);
+      return DDUCT_EINTERNAL;
+    }
+  }
+  entry_ref(e);
+  l->e = e;
+  list_push(&e->waiters, &l->link);
+  /* A fill whose every byte is on disk and verified, committing now, is as good as a hit; not
+   * for a refill (the origin's file changed since that fetch): it waits for the commit to end,
+   * then starts afresh (refresh_waiters). */
+  if (e->state == ST_FILLING && !(e->fill->committing && (l->flags & DDUCT__STORE_REFRESH)))
+    ready_lookup(l, e->fill->committing ? DDUCT__STORE_HIT : DDUCT__STORE_FOLLOW, 0);
+  if (e->state == ST_COMPLETE) ready_lookup(l, DDUCT__STORE_HIT, 0);
+  return 0;
+}
+
+/* e's commit ended (complete now, or dead): refills that waited for it look up again, which
+ * replaces the entry just committed. Caller holds a reference on e. */
+static void refresh_waiters(struct dduct__store_entry *e) {
+  struct list ws;
+  list_move(&e->waiters, &ws);
+  while (!list_empty(&ws)) {
+    struct dduct__store_lookup *l = DDUCT_CONTAINER_OF(ws.next, struct dduct__store_lookup, link);
+    int rc;
+    list_del(&l->link);
+    if ((rc = lookup_join(e->s, l, &e->key)) == 0) {
+      e->refs--; /* the lookup's old reference; the caller's keeps e */
+    } else {
+      l->e = e;
+      ready_lookup(l, DDUCT__STORE_BYPASS, rc);
+    }
+  }
+}
+
 int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *key, int flags,
                         dduct__store_lookup_cb cb, void *user_data,
                         struct dduct__store_lookup **out) {
   struct dduct__store_lookup *l;
-  struct dduct__store_entry *e;
+  int rc;
   if (s == NULL || key == NULL || cb == NULL) return DDUCT_EINVAL;
   if ((l = calloc(1, sizeof(*l))) == NULL) return DDUCT_ENOMEM;
   l->cb = cb;
@@ -1375,31 +1419,12 @@ int dduct__store_lookup(struct dduct_store *s, const struct dduct__store_key *ke
   }
   l->port = cur(s);
   port_hold(l->port);
-  e = find_current(s, key, flags, 0);
-  if (e != NULL) idle_del(e);
-  if (e == NULL) {
-    if ((e = entry_new(s, key)) == NULL) {
-      port_unhold(l->port);
-      store_unlock(s);
-      free(l);
-      return DDUCT_ENOMEM;
-    }
-    if (probe_start(e, flags) != 0) {
-      table_remove(e);
-      entry_maybe_free(e);
-      port_unhold(l->port);
-      store_unlock(s);
-      free(l);
-      return DDUCT_EINTERNAL;
-    }
+  if ((rc = lookup_join(s, l, key)) != 0) {
+    port_unhold(l->port);
+    store_unlock(s);
+    free(l);
+    return rc;
   }
-  entry_ref(e);
-  l->e = e;
-  list_push(&e->waiters, &l->link);
-  /* A fill whose every byte is on disk and verified, committing now, is as good as a hit. */
-  if (e->state == ST_FILLING)
-    ready_lookup(l, e->fill->committing ? DDUCT__STORE_HIT : DDUCT__STORE_FOLLOW, 0);
-  if (e->state == ST_COMPLETE) ready_lookup(l, DDUCT__STORE_HIT, 0);
   if (out != NULL) *out = l;
   store_unlock(s);
   return 0;
@@ -1701,6 +1726,9 @@ static void commit_done(uv_work_t *w, int status) {
       log_commit(e);
       wake_readers(e);
       if (e->invalidated) drop_invalidated(e);
+      entry_ref(e);
+      refresh_waiters(e);
+      e->refs--;
     }
   }
   entry_maybe_free(e);
@@ -1890,6 +1918,7 @@ static int relay_start(struct dduct__store_entry *e, int why) {
   discard_part(e);
   unreserve(e);
   for (struct list *l = e->all_readers.next; l != &e->all_readers; l = l->next) n++;
+  wake_waiters(e, DDUCT__STORE_BYPASS, why); /* refills waiting for a commit that failed */
   LOG_WARN(LOG_MOD, "Relaying \"%s\" to %u client(s) without storing it (%s)", e->meta.url, n,
            dduct_strerror(why));
   wake_readers(e);

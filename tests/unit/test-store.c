@@ -521,6 +521,54 @@ static void test_refresh(struct dduct_store *s) {
   free(v2);
 }
 
+/* A refill asked while the fill of the old version commits (its client has every byte; the
+ * commit's fsyncs still run) waits for that commit and then refills: it is never answered with
+ * the version the origin just said changed. */
+static void test_refresh_while_committing(struct dduct_store *s) {
+  enum { N = 100000 };
+  char *v1 = malloc(N), *v2 = malloc(N);
+  struct dduct__store_key k = url_key("deb.example.org", "/pool/committing.deb");
+  struct look l, r = {0};
+  struct sink a, b;
+  struct dduct__store_meta m;
+
+  fill_pattern(v1, N, 31);
+  fill_pattern(v2, N, 32);
+  l = lookup(s, &k, 0);
+  m = meta("https://deb.example.org/pool/committing.deb", N);
+  dduct__store_fill_begin(l.e, &m);
+  sink_start(&a, l.e, 0, DDUCT__STORE_SIZE_UNKNOWN);
+  dduct__store_fill_write(l.e, v1, N);
+  while (a.len < N && !a.done) uv_run(&loop, UV_RUN_ONCE); /* the write landed */
+  dduct__store_fill_end(l.e, 0); /* every byte on disk: the commit is queued, not yet done */
+  CHECK(!dduct__store_entry_complete(l.e), "the old version is committing");
+  CHECK_EQ_INT(dduct__store_lookup(s, &k, DDUCT__STORE_REFRESH, look_cb, &r, NULL), 0,
+               "a refill is asked meanwhile");
+  run_until(&r.done);
+  CHECK_EQ_INT(r.role, DDUCT__STORE_FILL, "the refill fills again instead of taking the commit");
+  run_until(&a.done);
+  sink_free(&a);
+  if (r.role == DDUCT__STORE_FILL) {
+    m.etag = "\"v2\"";
+    dduct__store_fill_begin(r.e, &m);
+    sink_start(&b, r.e, 0, DDUCT__STORE_SIZE_UNKNOWN);
+    dduct__store_fill_write(r.e, v2, N);
+    dduct__store_fill_end(r.e, 0);
+    run_until(&b.done);
+    CHECK(b.err == 0 && b.len == N && memcmp(b.buf, v2, N) == 0, "the refill is version 2");
+    sink_free(&b);
+    run_until_settled(r.e);
+    l = lookup(s, &k, 0);
+    CHECK(l.role == DDUCT__STORE_HIT && strcmp(dduct__store_entry_meta(l.e)->etag, "\"v2\"") == 0,
+          "version 2 is what is stored");
+    if (l.e != NULL) dduct__store_entry_release(l.e);
+  } else if (r.e != NULL) {
+    dduct__store_entry_release(r.e);
+  }
+  free(v1);
+  free(v2);
+}
+
 /* Several readers, including a range reader, follow one fill; nobody starts a second one. */
 static void test_followers(struct dduct_store *s) {
   enum { N = 3 * 1024 * 1024 + 11, FOLLOWERS = 4 };
@@ -1450,6 +1498,7 @@ int main(void) {
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, err, sizeof(err)), 0, "the store opens");
   test_fill_and_hit(s, dir);
   test_refresh(s);
+  test_refresh_while_committing(s);
   test_followers(s);
   test_digest_mismatch(s, dir);
   test_short_and_abandoned(s, dir);
