@@ -9,8 +9,10 @@
  * - Functions that can fail with a detail a human needs take `char *err, size_t errlen`: on
  *   failure a NUL-terminated one-line message is written there (err may be NULL).
  * - The embedder owns the uv_loop_t; every object bound to a loop is used from that loop's thread.
- * - Threads. A dduct_proxy and a dduct_store, and everything they hand out, belong to the
- *   thread running the loop they were created on. A dduct_ca may be shared by proxies on any
+ * - Threads. A dduct_proxy, and everything it hands out, belongs to the thread running the
+ *   loop it was created on. A dduct_store belongs to the loop it was opened on and to every
+ *   loop attached with dduct_store_attach: each attached loop's thread uses it at once (one
+ *   table, so one fill per key across them; see dduct_store_attach). A dduct_ca may be shared by proxies on any
  *   number of loops (its table of minted leaves is locked; dduct_ca_covers and dduct_ca_cert_pem
  *   only read): open it on any thread before handing it out, free it after every loop using it
  *   is done. A dduct_filter is read-only once given to a proxy and matched from any number of
@@ -225,8 +227,8 @@ DDUCT_EXTERN void dduct_store_options_init(struct dduct_store_options *o);
  * entries loads in the background on libuv's pool (removing "*.part" leftovers of dead
  * processes), so open returns at once whatever the number of entries. The store keeps
  * max_size and min_free by evicting entries (SIEVE, docs/cache.md); several processes sharing
- * dir keep one budget. o may be NULL (the defaults). The store is bound to loop; file I/O runs
- * on libuv's pool. */
+ * dir keep one budget. o may be NULL (the defaults). The store is bound to loop (its handles
+ * live there; more loops may use it: dduct_store_attach); file I/O runs on libuv's pool. */
 DDUCT_EXTERN int dduct_store_open_with(uv_loop_t *loop, const char *dir,
                                        const struct dduct_store_options *o,
                                        struct dduct_store **out, char *err, size_t errlen);
@@ -238,7 +240,12 @@ DDUCT_EXTERN void dduct_store_stats(const struct dduct_store *s, struct dduct_st
  * before that thread's first use of s; every callback of work started from this thread then runs
  * on loop. dduct_store_detach(s, loop) on the same thread after the last use (it closes a
  * handle: run loop once more before closing it). The opening loop is attached by open.
- * 0, DDUCT_EINVAL (already attached), DDUCT_ENOMEM. */
+ * 0, DDUCT_EINVAL (already attached), DDUCT_ENOMEM.
+ * Every loop shares one table: a lookup on one loop follows a fill running on another, and a
+ * reader there gets its bytes as they land. Work the store started from loop (a fill's last
+ * writes and its commit) may still finish on loop after detach: run it until it has nothing
+ * left. A lookup or reader waiting for another loop keeps its own loop alive. dduct_store_stats,
+ * dduct_store_dir and the inspection calls below are safe from any thread. */
 DDUCT_EXTERN int dduct_store_attach(struct dduct_store *s, uv_loop_t *loop);
 DDUCT_EXTERN void dduct_store_detach(struct dduct_store *s, uv_loop_t *loop);
 /* ---- inspection and purge (blocking: for tools and maintenance threads, never the loop
@@ -282,7 +289,8 @@ DDUCT_EXTERN int dduct_store_prune(struct dduct_store *s, uint64_t to, dduct_sto
 
 /* The directory, as given to open. Owned by s. */
 DDUCT_EXTERN const char *dduct_store_dir(const struct dduct_store *s);
-/* Free after every proxy using it has closed. */
+/* Free after every proxy using it has closed and every other loop has detached, on the
+ * opening loop's thread. */
 DDUCT_EXTERN void dduct_store_free(struct dduct_store *s);
 
 /* ---- proxy -------------------------------------------------------------------------------- */

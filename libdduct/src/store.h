@@ -18,8 +18,14 @@
  * recognisably stale), verifies length and digest, removes the old sidecar, renames the part into
  * place, then writes the sidecar through a temporary file and a rename.
  *
- * Threading: everything here is called from the store's loop thread. Disk work runs on libuv's
- * thread pool. Callbacks are never called from inside the call that caused them. */
+ * Threading: everything here may be called from the thread of any loop attached to the store
+ * (the opening loop, or dduct_store_attach); the store finds the caller's loop itself (a
+ * thread-local table), and every callback (lookup_cb, read_cb, a fill's drain_cb) runs on the
+ * thread of the loop that started the operation, never inside the call that caused it. A lookup
+ * or a reader is used from the thread that made it, a fill from the thread its FILL was
+ * delivered to; the store's shared state is under one mutex. lookup_hot and
+ * entry_pread stay synchronous: a short critical section, and a small held body is a copy.
+ * Disk work runs on libuv's thread pool. */
 #ifndef DDUCT_STORE_H
 #define DDUCT_STORE_H
 
