@@ -15,6 +15,7 @@
 #include "diag.h"
 #include "internal.h"
 #include "rng.h"
+#include "tls_hello.h"
 #include "tls_internal.h"
 
 #define TLS_IN_CAP (512 * 1024) /* ciphertext waiting for mbedTLS; bounded by read_stop */
@@ -431,9 +432,40 @@ static int peer_names_ip(struct tls_stream *t) {
   return 0;
 }
 
+static void leaf_ready_cb(void *arg, int status, struct dduct__leaf *ref, mbedtls_x509_crt *chain,
+                          mbedtls_pk_context *key);
+
+/* tls_bind: the server_name of the buffered ClientHello, before mbedTLS reads it. A name we
+ * intercept gets its leaf now (held; set as the handshake's certificate) or, not cached, minted
+ * off the loop while the handshake waits, as for a CONNECT. A ClientHello not read here (no SNI,
+ * another form, split over records) or a name not covered: mbedTLS's SNI callback decides, as
+ * before. Returns 1 while the first record is not whole yet (wait for more bytes), else 0. */
+static int peek_sni(struct tls_stream *t) {
+  char name[sizeof(t->sni)];
+  mbedtls_x509_crt *chain;
+  mbedtls_pk_context *key;
+  int rc = dduct__tls_hello_sni((const unsigned char *)t->in + t->in_off, t->in_len - t->in_off,
+                                name, sizeof(name));
+  if (rc == DDUCT__HELLO_MORE && !t->lower_eof) return 1;
+  t->sni_peeked = 1;
+  if (rc != 0 || !dduct_ca_covers(t->sni_ca, name)) return 0;
+  rc = dduct__ca_leaf_async(t->sni_ca, t->s.loop, name, &t->leaf, &chain, &key, leaf_ready_cb, t,
+                            &t->leaf_wait);
+  if (rc == 0 && mbedtls_ssl_set_hs_own_cert(&t->ssl, chain, key) != 0) {
+    dduct__ca_leaf_put(t->leaf);
+    t->leaf = NULL;
+    return 0;
+  }
+  if (rc != 0 && rc != DDUCT__CA_MINTING) return 0;
+  memcpy(t->sni, name, strlen(name) + 1);
+  t->sni_leaf = 1;
+  return 0;
+}
+
 static int handshake(struct tls_stream *t) {
   int rc;
   if (t->leaf_wait != NULL) return 1; /* leaf_ready_cb pumps once the certificate is there */
+  if (t->sni_ca != NULL && !t->sni_peeked && (peek_sni(t) > 0 || t->leaf_wait != NULL)) return 1;
   deriving = t; /* export_keys_cb runs inside, without a pointer to t */
   rc = mbedtls_ssl_handshake(&t->ssl);
   deriving = NULL;
@@ -690,6 +722,8 @@ static int sni_cb(void *arg, mbedtls_ssl_context *ssl, const unsigned char *name
   mbedtls_pk_context *key;
 
   if (len >= sizeof(t->sni)) return -1;
+  if (t->sni_leaf && strlen(t->sni) == len && memcmp(t->sni, name, len) == 0)
+    return 0; /* its leaf was set before the handshake began (peek_sni) */
   memcpy(t->sni, name, len);
   t->sni[len] = '\0';
   if (t->forced_host != NULL) return 0; /* the CONNECT line decides, set before the handshake */
@@ -760,15 +794,16 @@ void dduct__tls_server_conf_free(struct dduct_tls_server_conf *c) {
   free(c);
 }
 
-/* The CONNECT's leaf, minted on the thread pool (dduct__ca_leaf_async): the handshake waited for
- * it (the ClientHello stays buffered), and goes on now. */
+/* The CONNECT's (or the peeked SNI's) leaf, minted on the thread pool (dduct__ca_leaf_async): the
+ * handshake waited for it (the ClientHello stays buffered), and goes on now. */
 static void leaf_ready_cb(void *arg, int status, struct dduct__leaf *ref, mbedtls_x509_crt *chain,
                           mbedtls_pk_context *key) {
   struct tls_stream *t = arg;
   t->leaf_wait = NULL;
   if (status != 0 || mbedtls_ssl_set_hs_own_cert(&t->ssl, chain, key) != 0) {
     dduct__ca_leaf_put(ref);
-    snprintf(t->err_text, sizeof(t->err_text), "no certificate for \"%s\"", t->forced_host);
+    snprintf(t->err_text, sizeof(t->err_text), "no certificate for \"%.200s\"",
+             t->forced_host != NULL ? t->forced_host : t->sni);
     dduct__tls_fail(t, DDUCT_ETLS);
     return;
   }
@@ -797,6 +832,8 @@ struct dduct_stream *dduct__tls_server_new(struct dduct_tls_server_conf *c,
                               leaf_ready_cb, t, &t->leaf_wait);
     if (rc != 0 && rc != DDUCT__CA_MINTING) goto fail;
     if (rc == 0 && mbedtls_ssl_set_hs_own_cert(&t->ssl, chain, key) != 0) goto fail;
+  } else {
+    t->sni_ca = c->ca; /* tls_bind: peek_sni reads the name first */
   }
   if (prelen > 0 && in_append(t, pre, prelen) != 0) goto fail;
   return &t->s;

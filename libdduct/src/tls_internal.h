@@ -62,6 +62,11 @@ struct tls_stream {
   char *forced_host;
   struct dduct__leaf *leaf; /* server: the minted leaf held until the handshake is over */
   struct dduct__leaf_wait *leaf_wait; /* server: its leaf is being minted (the handshake waits) */
+  /* Server on tls_bind: the ClientHello's server_name is read before mbedTLS starts (its SNI
+   * callback cannot wait), and a covered name's leaf obtained off the loop (tls_hello.h). */
+  struct dduct_ca *sni_ca;
+  int sni_peeked; /* done (whatever it found) */
+  int sni_leaf;   /* sni holds the peeked name, whose leaf is set or being minted */
   unsigned char vip[16]; /* client: an IP-literal origin, checked against iPAddress SANs */
   size_t vip_len;        /* 0: a DNS name, checked by mbedTLS */
   char sni[256];

@@ -99,5 +99,44 @@ def test_restart_presents_the_leaf_from_disk(rig):
     check_eq(oct(os.stat(path).st_mode & 0o777), "0o600", "the replaced file is 0600")
 
 
+def test_tls_listener_mints_sni_names_off_the_loop(rig):
+    """On tls_bind, 16 clients at once each ask (SNI) for a different new intercepted name, and 4
+    more for one of them: all 20 verify a leaf for exactly their name; the log shows one mint per
+    name, every one off the loop (the ClientHello's server_name is read before mbedTLS starts),
+    and none on the loop. A client without SNI and one naming a host not intercepted still get
+    server.crt."""
+    names = ["n%d.wild.test" % i for i in range(16)]
+    asks = names + [names[0]] * 4
+    with rig.dduct() as d:
+        addr = "127.0.0.1:%d" % d.tls_port
+        got = [None] * len(asks)
+
+        def one(i):
+            try:
+                got[i] = s_client_cert(rig, addr, asks[i], cafile=d.ca_crt)
+            except Exception as e:  # reported below, with the others
+                got[i] = e
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(asks))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for name, info in zip(asks, got):
+            check(isinstance(info, dict), name + ": a certificate", repr(info))
+            check_eq((info["san"], info["verify"]), (["DNS:" + name], (0, "ok")),
+                     name + ": a verified leaf for exactly its name")
+        plain = s_client_cert(rig, addr, None)
+        check_eq(plain["subject_cn"], "proxy.test", "no SNI: server.crt")
+        other = s_client_cert(rig, addr, "not-intercepted.example")
+        check_eq(other["subject_cn"], "proxy.test", "a name not intercepted: server.crt")
+        log = d.log()
+    for name in names:
+        line = 'Minted a certificate for "%s"' % name
+        check_eq(log.count(line), 1, name + ": minted once")
+        check_eq(log.count(line + " (off the loop)"), 1, name + ": off the loop")
+
+
 if __name__ == "__main__":
-    run([test_burst_to_a_new_host_mints_once, test_restart_presents_the_leaf_from_disk])
+    run([test_burst_to_a_new_host_mints_once, test_restart_presents_the_leaf_from_disk,
+         test_tls_listener_mints_sni_names_off_the_loop])

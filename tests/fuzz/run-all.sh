@@ -19,7 +19,7 @@ minutes=10
 jobs=1
 build="$src/build-fuzz-clang"
 out=/tmp/dduct-fuzz
-targets="toml http store-key ca-host"
+targets="toml http store-key ca-host tls-hello"
 
 while getopts m:j:b:o:t: opt; do
   case $opt in
