@@ -63,7 +63,21 @@ struct dduct_tls_client_conf {
   mbedtls_x509_crt roots;
   int insecure;
   uint64_t handshakes[2];
+  int suites[DDUCT_ARRAY_SIZE(server_suites)]; /* offered to origins (client_suites) */
 };
+
+/* The suites offered to origins: server_suites (ECDHE with ChaCha20-Poly1305 or AES-GCM, whose
+ * records tls_records.c seals and opens itself), in mbedTLS's default order, so an origin that
+ * follows the client's order picks what it picked before. Not offered any more: CBC, CCM, ARIA
+ * and Camellia suites, and key exchanges without forward secrecy (static RSA) or with slow
+ * finite-field DHE; their records all went through mbedTLS, mostly on the encryption workers. */
+static void client_suites(int *out) {
+  size_t n = 0;
+  for (const int *s = mbedtls_ssl_list_ciphersuites(); *s != 0; s++)
+    for (size_t i = 0; server_suites[i] != 0; i++)
+      if (*s == server_suites[i]) out[n++] = *s;
+  out[n] = 0;
+}
 
 /* ---- memory bio ------------------------------------------------------------------------- */
 
@@ -887,6 +901,8 @@ int dduct__tls_client_conf_new(const char *system_ca_file, const char *extra_ca_
   }
   mbedtls_ssl_conf_rng(&c->conf, dduct__rng, NULL);
   mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+  client_suites(c->suites);
+  mbedtls_ssl_conf_ciphersuites(&c->conf, c->suites);
   mbedtls_ssl_conf_alpn_protocols(&c->conf, alpn_list);
   mbedtls_ssl_conf_ca_chain(&c->conf, &c->roots, NULL);
   mbedtls_ssl_conf_curves(&c->conf, client_curves);

@@ -5,8 +5,11 @@
  * - a layer created with forced_host (an intercepted CONNECT) always presents the CA's leaf for
  *   exactly that host; the client's SNI is never trusted over the CONNECT line;
  * - otherwise (the tls_bind listener) it presents server.crt, unless the client's SNI names a
- *   host, in which case (transparent endpoint) a leaf for that host.
- * Cipher suites: ChaCha20-Poly1305 first, then AES-GCM (the server's order decides).
+ *   host, in which case (transparent endpoint) a leaf for that host; the SNI is read from the
+ *   buffered ClientHello before mbedTLS starts (tls_hello.h), so that leaf is minted off the loop.
+ * Cipher suites, both sides: ECDHE with ChaCha20-Poly1305 or AES-GCM only (records written by
+ * tls_records.c). To clients ChaCha20-Poly1305 first, then AES-GCM (our order decides); to
+ * origins in mbedTLS's default order (the origin's order decides, if it has one).
  *
  * Client side: SNI, ALPN http/1.1, verification against the system bundle plus an optional extra
  * CA file, hostname check; an insecure configuration skips verification (logged loudly once).

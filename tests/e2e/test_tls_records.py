@@ -251,7 +251,59 @@ def test_altered_gcm_record_rejected(rig):
     altered_record(rig, AES, "tg")
 
 
+# Offered to origins: ECDHE with an AEAD these records are written with (and the renegotiation
+# SCSV mbedTLS adds to every first ClientHello).
+OFFERED = {0xcca8: "ECDHE-RSA-CHACHA20-POLY1305", 0xcca9: "ECDHE-ECDSA-CHACHA20-POLY1305",
+           0xc02b: "ECDHE-ECDSA-AES128-GCM-SHA256", 0xc02c: "ECDHE-ECDSA-AES256-GCM-SHA384",
+           0xc02f: "ECDHE-RSA-AES128-GCM-SHA256", 0xc030: "ECDHE-RSA-AES256-GCM-SHA384",
+           0x00ff: "TLS_EMPTY_RENEGOTIATION_INFO_SCSV"}
+
+
+def client_hello_suites(hello):
+    """The cipher suite list of a ClientHello record."""
+    p = 5 + 4 + 2 + 32
+    p += 1 + hello[p]
+    n = struct.unpack(">H", hello[p:p + 2])[0]
+    return [struct.unpack(">H", hello[p + 2 + i:p + 4 + i])[0] for i in range(0, n, 2)]
+
+
+def test_origins_are_offered_only_suites_written_here(rig):
+    """The ClientHello dduct sends an origin (captured by a bare listener standing in for it)
+    offers only ECDHE with ChaCha20-Poly1305 or AES-GCM, both of them: no CBC, CCM, ARIA,
+    Camellia, static RSA or DHE suite, whose records would all be mbedTLS's."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    port = lst.getsockname()[1]
+    hello = {}
+
+    def origin():
+        c, _ = lst.accept()
+        c.settimeout(20)
+        data = b""
+        while len(data) < 5 or len(data) < 5 + struct.unpack(">H", data[3:5])[0]:
+            b = c.recv(65536)
+            if not b:
+                break
+            data += b
+        hello["bytes"] = data
+        c.close()
+
+    t = threading.Thread(target=origin)
+    t.start()
+    with rig.dduct() as d:
+        curl(rig, via(d, "http") + ["https://origin.test:%d/x" % port])
+    t.join(30)
+    lst.close()
+    check(len(hello.get("bytes", b"")) > 50, "dduct sent the origin a ClientHello")
+    suites = client_hello_suites(hello["bytes"])
+    others = ["0x%04x" % s for s in suites if s not in OFFERED]
+    check_eq(others, [], "suites offered beyond ECDHE + ChaCha20-Poly1305 / AES-GCM")
+    check(0xcca9 in suites and 0xc02f in suites and 0xc030 in suites,
+          "ChaCha20-Poly1305 and both AES-GCM sizes are offered", repr(suites))
+
+
 if __name__ == "__main__":
     run([test_chacha_both_sides, test_aes128gcm_both_sides, test_aes256gcm_both_sides,
          test_upload_intact, test_opt_outs_stay_with_mbedtls, test_altered_record_rejected,
-         test_altered_gcm_record_rejected])
+         test_altered_gcm_record_rejected, test_origins_are_offered_only_suites_written_here])
