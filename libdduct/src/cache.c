@@ -859,10 +859,9 @@ static void job_on_done(struct dduct_fetch *f, int status, const char *why) {
     /* Every node can list every node, itself included (a tier of peers): the keys this dduct
      * owns by hash are its own to fetch. */
     struct dduct_parent *pa = &j->k->cfg.parents->v[j->parent];
-    if (!pa->self)
+    if (!__atomic_exchange_n(&pa->self, 1, __ATOMIC_RELAXED))
       LOG_INFO(LOG_MOD, "Parent %s is this dduct: the keys it owns are fetched from the origin "
                "here", pa->shown);
-    pa->self = 1;
     j->tried = j->norder;
     job_next(j);
     return;
@@ -876,7 +875,7 @@ static void job_on_done(struct dduct_fetch *f, int status, const char *why) {
       char range[48];
       snprintf(range, sizeof(range), "bytes=%llu-", (unsigned long long)j->got);
       if (dduct__http_add(&j->h, "Range", range) == 0) {
-        j->k->cfg.parents->v[j->parent].resumed++;
+        __atomic_fetch_add(&j->k->cfg.parents->v[j->parent].resumed, 1, __ATOMIC_RELAXED);
         j->resumed = 1;
         job_next(j);
         return;
@@ -931,7 +930,7 @@ static void parent_failed(struct job *j, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(why, sizeof(why), fmt, ap);
   va_end(ap);
-  ps->v[j->parent].failed++;
+  __atomic_fetch_add(&ps->v[j->parent].failed, 1, __ATOMIC_RELAXED);
   if (dduct__parents_mark_down(ps, (size_t)j->parent, uv_now(j->k->cfg.loop)))
     LOG_WARN(LOG_MOD, "Parent %s down for %u s: %s (fetching \"%s\")", ps->v[j->parent].shown,
              ps->down_ms / 1000, why, j->url);
@@ -958,14 +957,14 @@ static void job_next(struct job *j) {
   j->paused = 0; /* the new fetch runs; a full fill pauses it again */
   while (j->tried < j->norder) {
     size_t i = j->order[j->tried++];
-    if (ps->v[i].self) { /* we own the key: the origin, not the next parent */
+    if (__atomic_load_n(&ps->v[i].self, __ATOMIC_RELAXED)) { /* we own the key: the origin, not the next parent */
       j->tried = j->norder;
       break;
     }
     /* An https file never crosses a plain-http hop: a parent reached without TLS serves only
      * http:// files (what it answered would be a plain-http byte answering https). */
     if (j->https && !ps->v[i].https) continue;
-    if (ps->v[i].down_until <= now) {
+    if (__atomic_load_n(&ps->v[i].down_until, __ATOMIC_RELAXED) <= now) {
       j->parent = (int)i;
       break;
     }
@@ -980,7 +979,7 @@ static void job_next(struct job *j) {
   fr.max_redirects = MAX_REDIRECTS;
   fr.parent = j->parent >= 0 ? &ps->v[j->parent] : NULL;
   if (fr.parent != NULL) {
-    ps->v[j->parent].asked++;
+    __atomic_fetch_add(&ps->v[j->parent].asked, 1, __ATOMIC_RELAXED);
     LOG_DEBUG(LOG_MOD, "Asking parent %s for \"%s\"", fr.parent->shown, j->url);
   }
   rc = dduct__fetch_start(j->k->cfg.up, &fr, &job_cbs, j, &j->f);

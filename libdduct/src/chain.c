@@ -247,7 +247,7 @@ size_t dduct__parents_order(const struct dduct_parents *ps, const char *key, uin
   for (size_t i = 0; i < ps->n; i++) {
     uint64_t wi;
     size_t j;
-    if (ps->v[i].down_until > now) continue;
+    if (__atomic_load_n(&ps->v[i].down_until, __ATOMIC_RELAXED) > now) continue;
     wi = mix64(kh ^ ps->v[i].id_hash);
     /* Insertion sort, highest first; ties (never in practice) by index for a stable order. */
     for (j = n; j > 0 && w[j - 1] < wi; j--) {
@@ -262,7 +262,8 @@ size_t dduct__parents_order(const struct dduct_parents *ps, const char *key, uin
 }
 
 int dduct__parents_mark_down(struct dduct_parents *ps, size_t i, uint64_t now) {
-  int was_up = ps->v[i].down_until <= now;
-  ps->v[i].down_until = now + (ps->down_ms != 0 ? ps->down_ms : 1);
+  int was_up = __atomic_load_n(&ps->v[i].down_until, __ATOMIC_RELAXED) <= now;
+  __atomic_store_n(&ps->v[i].down_until, now + (ps->down_ms != 0 ? ps->down_ms : 1),
+                   __ATOMIC_RELAXED);
   return was_up;
 }

@@ -47,6 +47,8 @@ struct dduct_parent {
   uint16_t port;
   char shown[300];     /* "https://host:port" */
   uint64_t id_hash;    /* H(shown): the parent's share of the hash */
+  /* The fields below are shared by every event loop of a proxy (workers > 1): read and written
+   * with relaxed __atomic operations. */
   uint64_t down_until; /* uv_now() milliseconds; 0: up */
   uint64_t asked;      /* fills asked of this parent (metrics) */
   uint64_t failed;     /* ... that it refused, dropped or answered 5xx */

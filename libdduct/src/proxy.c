@@ -140,6 +140,7 @@ static void free_parts(struct dduct_proxy *p) {
   dduct__tls_client_conf_free(p->tls_client);
   dduct__tls_client_conf_free(p->tls_parent);
   dduct__uproxy_free(&p->uproxy);
+  if (p->parent != NULL) memset(&p->parents, 0, sizeof(p->parents)); /* the parent's */
   dduct__parents_free(&p->parents);
   dduct__cache_free(p->cache);
   dduct__upstream_free(p->up);
@@ -187,9 +188,14 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
   rc = dduct__uproxy_init(&p->uproxy, o->upstream_proxy, o->no_upstream_proxy,
                           o->no_upstream_proxy != NULL ? o->no_upstream_proxy_count : 0, err, errlen);
   if (rc != 0) return rc;
-  rc = dduct__parents_init(&p->parents, o->parents, o->parents != NULL ? o->parents_count : 0,
-                           p->o.parent_down_ms, err, errlen);
-  if (rc != 0) return rc;
+  if (p->parent != NULL) {
+    /* One view of the parents for every loop: a parent one loop found down is skipped by all. */
+    p->parents = p->parent->parents;
+  } else {
+    rc = dduct__parents_init(&p->parents, o->parents, o->parents != NULL ? o->parents_count : 0,
+                             p->o.parent_down_ms, err, errlen);
+    if (rc != 0) return rc;
+  }
   if (p->uproxy.host[0] != '\0' && p->parent == NULL)
     LOG_INFO("http_proxy", "Upstream proxy %s%s for origins%s", p->uproxy.shown,
              p->uproxy.auth != NULL ? " (Basic credentials)" : "",
@@ -565,13 +571,15 @@ static void take_figures(const struct dduct_proxy *p, struct dduct__figures *f) 
   dduct__tls_client_handshakes(p->tls_client, f->hs_client);
   dduct__tls_server_handshakes(p->tls_server, f->hs_server);
   f->nparents = 0;
-  f->parent = p->parents.n > 0 ? calloc(p->parents.n, sizeof(*f->parent)) : NULL;
+  /* The parents' table is the parent proxy's, shared by every loop: counted once, there. */
+  f->parent = p->parents.n > 0 && p->parent == NULL ? calloc(p->parents.n, sizeof(*f->parent))
+                                                    : NULL;
   if (f->parent == NULL) return;
   f->nparents = p->parents.n;
   for (size_t i = 0; i < p->parents.n; i++) {
-    f->parent[i][0] = p->parents.v[i].asked;
-    f->parent[i][1] = p->parents.v[i].failed;
-    f->parent[i][2] = p->parents.v[i].resumed;
+    f->parent[i][0] = __atomic_load_n(&p->parents.v[i].asked, __ATOMIC_RELAXED);
+    f->parent[i][1] = __atomic_load_n(&p->parents.v[i].failed, __ATOMIC_RELAXED);
+    f->parent[i][2] = __atomic_load_n(&p->parents.v[i].resumed, __ATOMIC_RELAXED);
   }
 }
 
@@ -608,7 +616,7 @@ size_t dduct__proxy_figures(const struct dduct_proxy *p, struct dduct__figures *
   struct dduct__figures *one = NULL;
   *rc = 0;
   take_figures(p, f);
-  if (p->parents.n > 0 && f->parent == NULL) *rc = DDUCT_ENOMEM;
+  if (p->parents.n > 0 && p->parent == NULL && f->parent == NULL) *rc = DDUCT_ENOMEM;
   if (loops != NULL && nloops > 0) brief(&loops[0], f);
   if (p->nworkers > 0 && (one = malloc(sizeof(*one))) == NULL) *rc = DDUCT_ENOMEM;
   for (unsigned i = 0; i < p->nworkers && one != NULL; i++) {

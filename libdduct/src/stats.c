@@ -569,7 +569,9 @@ static int walk_parents(struct walk *w, const struct dduct_proxy *p,
     for (size_t i = 0; i < p->parents.n; i++) {
       const struct dduct_parent *pa = &p->parents.v[i];
       const char *lv[1] = {pa->shown};
-      double v = f == 0 ? (pa->down_until <= uv_now(p->loop) ? 1.0 : 0.0)
+      double v = f == 0 ? (__atomic_load_n(&pa->down_until, __ATOMIC_RELAXED) <= uv_now(p->loop)
+                               ? 1.0
+                               : 0.0)
                  : i < fig->nparents ? (double)fig->parent[i][f - 1]
                                      : 0.0;
       emit(w, fam[f].name, i == 0 ? fam[f].help : NULL, fam[f].type, 1, pl, lv, v, NULL);
