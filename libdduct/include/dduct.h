@@ -371,8 +371,7 @@ struct dduct_proxy_options {
    * listener stays on the caller's loop). ca, store and filter are then used from every loop's
    * thread, and access_cb, cacheable_cb and the log callback run on any of those threads, for
    * any of them at once. max_connections is split evenly between the loops (at least 1 each);
-   * max_connections_per_client counts the whole process. For now N > 1 with a store fails with
-   * DDUCT_ECONFIG: the store is not yet shared between loops. */
+   * max_connections_per_client counts the whole process. */
   unsigned workers;
 };
 

@@ -477,12 +477,6 @@ static int workers_start(struct dduct_proxy *p, const struct dduct_proxy_options
   return 0;
 }
 
-/* What several loops would share that is not safe to share yet (NULL: nothing). */
-static const char *unshareable(const struct dduct_store *store) {
-  if (store != NULL) return "a cache store shared by several event loops";
-  return NULL;
-}
-
 static int proxy_create(uv_loop_t *loop, const struct dduct_proxy_options *o, struct dduct_ca *ca,
                         struct dduct_store *store, struct dduct_filter *filter,
                         struct dduct_proxy *parent, struct dduct_proxy **out, char *err,
@@ -531,7 +525,6 @@ int dduct_proxy_new(uv_loop_t *loop, const struct dduct_proxy_options *o, struct
                     struct dduct_store *store, struct dduct_filter *filter,
                     struct dduct_proxy **out, char *err, size_t errlen) {
   struct dduct_proxy_options defaults;
-  const char *why;
 
   *out = NULL;
   if (loop == NULL || ca == NULL) return dduct__errf(DDUCT_EINVAL, err, errlen, "loop and CA are required");
@@ -541,9 +534,6 @@ int dduct_proxy_new(uv_loop_t *loop, const struct dduct_proxy_options *o, struct
   }
   if (o->workers > 256)
     return dduct__errf(DDUCT_ECONFIG, err, errlen, "workers %u: at most 256", o->workers);
-  if (o->workers > 1 && (why = unshareable(store)) != NULL)
-    return dduct__errf(DDUCT_ECONFIG, err, errlen, "workers %u: %s is not supported yet",
-                       o->workers, why);
   return proxy_create(loop, o, ca, store, filter, NULL, out, err, errlen);
 }
 
