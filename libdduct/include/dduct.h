@@ -340,7 +340,8 @@ struct dduct_proxy_options {
   int stale_if_error;               /* 1 (default): with ALWAYS, a hit whose revalidation cannot
                                      * reach the origin (connect, TLS, timeout, 5xx) is served
                                      * from the cache with a WARN; 0: the error passes through */
-  /* Per-request veto over caching (NULL: the filters alone decide). Called on the loop thread for
+  /* Per-request veto over caching (NULL: the filters alone decide). Called on the loop thread
+   * serving the request (with workers > 1: any of the loops' threads, several at once) for
    * each GET/HEAD whose path matched the filters, with borrowed strings (path as sent, query
    * included); return 1 to cache, 0 to forward the request uncached. For full control, use a
    * filter of "^/" and decide here. */
@@ -360,7 +361,8 @@ struct dduct_proxy_options {
   const char *parent_ca_file; /* PEM trusted for the parents' listeners (with the system
                                  bundle); NULL: upstream_ca_file's */
   unsigned parent_down_ms;    /* a parent that failed is skipped this long; default 30 s */
-  /* Observability. Called on the loop thread once per finished request (tunnels and intercepted
+  /* Observability. Called on the loop thread serving the request (with workers > 1: any of the
+   * loops' threads, several at once) once per finished request (tunnels and intercepted
    * CONNECTs included) with a record borrowed for the call; NULL: no records are made. */
   void (*access_cb)(void *user_data, const struct dduct_access_record *r);
   void *access_data;
