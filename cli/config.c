@@ -143,6 +143,11 @@ static int strv_set(struct strv *sv, const char *const *src, size_t n) {
   return 0;
 }
 
+unsigned config_default_workers(void) {
+  unsigned n = uv_available_parallelism();
+  return n < 1 ? 1 : n > 256 ? 256 : n;
+}
+
 int config_init(struct config *c) {
   int rc = 0;
   memset(c, 0, sizeof(*c));
@@ -175,7 +180,7 @@ int config_init(struct config *c) {
   rc |= strv_set(&c->parents, NULL, 0);
   rc |= set_str(&c->parent_ca_file, "");
   c->parent_down_time = 30;
-  c->workers = 1;
+  c->workers = config_default_workers();
   c->cache_max_size = 0;
   c->cache_min_free = 0;
   c->cache_min_free_percent = 10;

@@ -50,7 +50,8 @@ struct config {
   struct strv parents;
   char *parent_ca_file; /* "" for upstream_ca_file */
   unsigned parent_down_time; /* seconds */
-  unsigned workers;          /* event loops (threads) serving the listeners, 1..256 */
+  unsigned workers;          /* event loops (threads) serving the listeners, 1..256; default:
+                              * uv_available_parallelism() */
   /* [cache] */
   uint64_t cache_max_size;         /* bytes; 0: no budget */
   uint64_t cache_min_free;         /* bytes; 0: cache_min_free_percent applies */
@@ -69,6 +70,10 @@ struct config {
   char *p12_pass;
   int ca_name_constraints;
 };
+
+/* [proxy] workers when absent: the CPUs this process may use (uv_available_parallelism: affinity
+ * and cgroup limits counted), 1..256. */
+unsigned config_default_workers(void);
 
 /* Fill c with the defaults. Returns 0, or -1 when out of memory (c is then safe to free). */
 int config_init(struct config *c);

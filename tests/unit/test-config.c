@@ -408,7 +408,10 @@ static void test_workers(void) {
   struct config c;
   char err[512] = "", *p;
   config_init(&c);
-  CHECK_EQ_INT(c.workers, 1, "one event loop by default");
+  CHECK_EQ_INT(c.workers, config_default_workers(), "one event loop per usable CPU by default");
+  CHECK(c.workers >= 1 && c.workers <= 256 &&
+            (uv_available_parallelism() > 256 || c.workers == uv_available_parallelism()),
+        "that is uv_available_parallelism(), within 1..256");
   CHECK_EQ_INT(load(&c, "[proxy]\nworkers = 4\n", err, sizeof(err)), 0, "workers loads");
   CHECK_EQ_INT(c.workers, 4, "value");
   p = print(&c);
