@@ -573,16 +573,20 @@ static void take_figures(const struct dduct_proxy *p, struct dduct__figures *f) 
   }
 }
 
+static void proxy_stats_add(struct dduct_proxy_stats *to, const struct dduct_proxy_stats *from) {
+  to->connections_accepted += from->connections_accepted;
+  to->connections_active += from->connections_active;
+  to->requests += from->requests;
+  to->tunnels += from->tunnels;
+  to->intercepts += from->intercepts;
+  to->errors += from->errors;
+  to->upstream_connects += from->upstream_connects;
+  to->upstream_reuses += from->upstream_reuses;
+}
+
 static void add_figures(struct dduct__figures *to, const struct dduct__figures *from) {
   dduct__stats_add(&to->m, &from->m);
-  to->s.connections_accepted += from->s.connections_accepted;
-  to->s.connections_active += from->s.connections_active;
-  to->s.requests += from->s.requests;
-  to->s.tunnels += from->s.tunnels;
-  to->s.intercepts += from->s.intercepts;
-  to->s.errors += from->s.errors;
-  to->s.upstream_connects += from->s.upstream_connects;
-  to->s.upstream_reuses += from->s.upstream_reuses;
+  proxy_stats_add(&to->s, &from->s);
   for (int i = 0; i < 2; i++) {
     to->hs_client[i] += from->hs_client[i];
     to->hs_server[i] += from->hs_server[i];
@@ -985,13 +989,6 @@ void dduct_proxy_stats(const struct dduct_proxy *p, struct dduct_proxy_stats *ou
       if (w->final == NULL) continue;
       s = w->final->s;
     }
-    out->connections_accepted += s.connections_accepted;
-    out->connections_active += s.connections_active;
-    out->requests += s.requests;
-    out->tunnels += s.tunnels;
-    out->intercepts += s.intercepts;
-    out->errors += s.errors;
-    out->upstream_connects += s.upstream_connects;
-    out->upstream_reuses += s.upstream_reuses;
+    proxy_stats_add(out, &s);
   }
 }
