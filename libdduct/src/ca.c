@@ -767,6 +767,14 @@ static struct leaf *leaf_new(struct dduct_ca *ca, const char *h) {
   return l;
 }
 
+/* When a leaf valid from not_before (minted a day later) to not_after is minted again: a month
+ * before it expires, or at two thirds of a short life, so a long-running process never presents
+ * an expired leaf. */
+static time_t renew_time(time_t not_before, time_t not_after) {
+  time_t minted = not_before + DAY;
+  return not_after - DDUCT_MIN((time_t)LEAF_RENEW_DAYS * DAY, (not_after - minted) / 3);
+}
+
 /* Any thread, no lock: touches only l, and reads the CA's key and certificate. */
 static int mint(struct dduct_ca *ca, struct leaf *l) {
   struct dduct__ip ip;
@@ -785,9 +793,7 @@ static int mint(struct dduct_ca *ca, struct leaf *l) {
    * sign with it later (on any loop, at once) only read the group. */
   if ((rc = dduct__x509_gen_p256(&l->key)) != 0) return rc;
   if ((rc = dduct__x509_issue(&s, &l->chain)) != 0) return rc;
-  /* Renewed a month before it expires (or at two thirds of a short life), so a long-running
-   * process never presents an expired leaf. */
-  l->renew_at = s.not_after - DDUCT_MIN((time_t)LEAF_RENEW_DAYS * DAY, (s.not_after - t) / 3);
+  l->renew_at = renew_time(s.not_before, s.not_after);
   if (dduct__x509_parse_der(&l->chain, ca->ca_crt.raw.p, ca->ca_crt.raw.len) != 0)
     return DDUCT_ECRYPTO;
   return 0;
@@ -816,23 +822,6 @@ static void leaf_file(const struct dduct_ca *ca, const char *h, char name[LEAF_N
   for (int i = 0; i < 32; i++) name[2 * i] = hex[d[i] >> 4], name[2 * i + 1] = hex[d[i] & 15];
   memcpy(name + 64, ".pem", 5);
   snprintf(path, pathlen, "%s%s", ca->leaf_dir, name);
-}
-
-static time_t crt_not_before(const mbedtls_x509_crt *crt) {
-  struct tm tm = {0};
-  tm.tm_year = crt->valid_from.year - 1900;
-  tm.tm_mon = crt->valid_from.mon - 1;
-  tm.tm_mday = crt->valid_from.day;
-  tm.tm_hour = crt->valid_from.hour;
-  tm.tm_min = crt->valid_from.min;
-  tm.tm_sec = crt->valid_from.sec;
-  return timegm(&tm);
-}
-
-static time_t renew_time(time_t not_before, time_t not_after) {
-  /* As minted: a month before the end, or at two thirds of a short life. */
-  time_t minted = not_before + DAY;
-  return not_after - DDUCT_MIN((time_t)LEAF_RENEW_DAYS * DAY, (not_after - minted) / 3);
 }
 
 static int names_host(const mbedtls_x509_crt *crt, const char *h) {
@@ -872,7 +861,7 @@ static const char *leaf_check(struct dduct_ca *ca, struct leaf *l) {
                             crt, MBEDTLS_OID_SERVER_AUTH, MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH)) != 0)
     return "not a TLS server certificate";
   if (!names_host(crt, l->host)) return "does not name the host";
-  l->renew_at = renew_time(crt_not_before(crt), dduct__x509_not_after(crt));
+  l->renew_at = renew_time(dduct__x509_not_before(crt), dduct__x509_not_after(crt));
   if (now() >= l->renew_at) return "due for renewal";
   if (mbedtls_pk_get_type(&l->key) != MBEDTLS_PK_ECKEY ||
       mbedtls_pk_get_type(&crt->pk) != MBEDTLS_PK_ECKEY ||

@@ -332,15 +332,23 @@ int dduct__x509_crt_pem(const mbedtls_x509_crt *crt, char **out, size_t *outlen)
   return 0;
 }
 
-time_t dduct__x509_not_after(const mbedtls_x509_crt *crt) {
+static time_t x509_time(const mbedtls_x509_time *t) {
   struct tm tm = {0};
-  tm.tm_year = crt->valid_to.year - 1900;
-  tm.tm_mon = crt->valid_to.mon - 1;
-  tm.tm_mday = crt->valid_to.day;
-  tm.tm_hour = crt->valid_to.hour;
-  tm.tm_min = crt->valid_to.min;
-  tm.tm_sec = crt->valid_to.sec;
+  tm.tm_year = t->year - 1900;
+  tm.tm_mon = t->mon - 1;
+  tm.tm_mday = t->day;
+  tm.tm_hour = t->hour;
+  tm.tm_min = t->min;
+  tm.tm_sec = t->sec;
   return timegm(&tm);
+}
+
+time_t dduct__x509_not_after(const mbedtls_x509_crt *crt) {
+  return x509_time(&crt->valid_to);
+}
+
+time_t dduct__x509_not_before(const mbedtls_x509_crt *crt) {
+  return x509_time(&crt->valid_from);
 }
 
 int dduct__x509_parse_ip(const char *s, struct dduct__ip *out) {

@@ -56,8 +56,9 @@ int dduct__x509_gen_p256(mbedtls_pk_context *pk);
 /* PEM text of a DER certificate; malloc'ed, NUL-terminated (caller frees). */
 int dduct__x509_crt_pem(const mbedtls_x509_crt *crt, char **out, size_t *outlen);
 
-/* A certificate's notAfter as time_t (UTC). */
+/* A certificate's notAfter / notBefore as time_t (UTC). */
 time_t dduct__x509_not_after(const mbedtls_x509_crt *crt);
+time_t dduct__x509_not_before(const mbedtls_x509_crt *crt);
 
 /* Parse an IPv4/IPv6 literal (no brackets). Returns 0 or DDUCT_EINVAL. IPv4-mapped IPv6
  * addresses are folded to IPv4 so both spellings compare equal. */
