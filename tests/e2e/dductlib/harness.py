@@ -22,7 +22,8 @@ from . import certs
 from .origin import Origin
 
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                     "SUMMARY: AddressSanitizer", "SUMMARY: UndefinedBehaviorSanitizer")
+                     "SUMMARY: AddressSanitizer", "SUMMARY: UndefinedBehaviorSanitizer",
+                     "WARNING: ThreadSanitizer")
 
 # Names dduct intercepts in every test (exact and one-label wildcard); blind.example and
 # a.b.wild.test are deliberately outside, so CONNECTs to them are blind tunnels.
@@ -197,7 +198,7 @@ class Dduct:
         with open(self.cfg_path, "w") as f:
             f.write(self.config())
         env = clean_env(self.dir)
-        for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "MSAN_OPTIONS"):
+        for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "MSAN_OPTIONS", "TSAN_OPTIONS"):
             if k in os.environ:
                 env[k] = os.environ[k]
         for k, v in self.extra_env.items():
