@@ -55,25 +55,24 @@ static void trim_now(struct memory_trim *m) {
 
 static void later_cb(uv_timer_t *t) {
   struct memory_trim *m = t->data;
-  struct dduct_proxy_stats st;
-  dduct_proxy_stats(m->proxy, &st);
-  if (st.connections_active == 0) trim_now(m);
+  if (dduct_proxy_connections(m->proxy) == 0) trim_now(m);
 }
 
 /* A prepare handle runs right before the loop blocks: after the closing phase in which the last
  * connection's memory was freed, so the trim comes before the next wait, not after it. */
 static void prepare_cb(uv_prepare_t *h) {
   struct memory_trim *m = h->data;
-  struct dduct_proxy_stats st;
-  dduct_proxy_stats(m->proxy, &st);
-  if (st.connections_active == 0 && m->was_active > 0) {
+  /* Every turn of the loop: one atomic read. dduct_proxy_stats would wait for each worker's
+   * loop to copy its figures, so the first loop would run in step with the slowest one. */
+  uint64_t active = dduct_proxy_connections(m->proxy);
+  if (active == 0 && m->was_active > 0) {
     uint64_t now = uv_now(h->loop);
     if (m->last_trim == 0 || now - m->last_trim >= TRIM_GAP)
       trim_now(m);
     else if (!uv_is_active((uv_handle_t *)&m->later))
       (void)uv_timer_start(&m->later, later_cb, m->last_trim + TRIM_GAP - now, 0);
   }
-  else if (st.connections_active > 0) {
+  else if (active > 0) {
     /* Busy for long: connections that stopped reading dropped their buffers (the TLS layer's
      * output, the store reader's chunks), but freed heap in the middle stays resident until
      * trimmed. Look every few seconds; trim when a lot lies free. */
@@ -83,7 +82,7 @@ static void prepare_cb(uv_prepare_t *h) {
       if (heap_free_bytes() >= BUSY_TRIM_FREE) trim_now(m);
     }
   }
-  m->was_active = st.connections_active;
+  m->was_active = active;
 }
 
 int memory_trim_start(struct memory_trim *m, uv_loop_t *loop, struct dduct_proxy *proxy) {

@@ -417,7 +417,14 @@ struct dduct_proxy_stats {
   uint64_t upstream_connects;
   uint64_t upstream_reuses; /* requests sent on a pooled keep-alive origin connection */
 };
+/* On the proxy's loop thread. With workers > 1 each worker's loop copies its own figures while
+ * the caller waits (a round trip per worker, as long as that loop's current turn): not for every
+ * turn of a loop (see dduct_proxy_connections), and never from access_cb or cacheable_cb, which
+ * may run on a worker's thread. */
 DDUCT_EXTERN void dduct_proxy_stats(const struct dduct_proxy *p, struct dduct_proxy_stats *out);
+/* Live client connections on every loop of p (dduct_proxy_stats' connections_active): one
+ * atomic read, no wait for the workers' loops. Callable from any thread while p lives. */
+DDUCT_EXTERN uint64_t dduct_proxy_connections(const struct dduct_proxy *p);
 
 /* ---- metrics ------------------------------------------------------------------------------ */
 

@@ -490,6 +490,8 @@ static int proxy_create(uv_loop_t *loop, const struct dduct_proxy_options *o, st
   p->store = store;
   p->filter = filter;
   p->parent = parent;
+  atomic_init(&p->conns_all_own, 0);
+  p->conns_all = parent != NULL ? parent->conns_all : &p->conns_all_own;
   if (parent != NULL) {
     p->clientsp = parent->clientsp;
     p->clients_mu = parent->clients_mu;
@@ -860,6 +862,7 @@ void dduct__proxy_conn_add(struct dduct_proxy *p, struct dduct_conn_node *n,
   p->conns = n;
   p->nconns++;
   p->stats.connections_active = p->nconns;
+  atomic_fetch_add_explicit(p->conns_all, 1, memory_order_relaxed);
 }
 
 void dduct__proxy_conn_gone(struct dduct_proxy *p, struct dduct_conn_node *n) {
@@ -868,6 +871,7 @@ void dduct__proxy_conn_gone(struct dduct_proxy *p, struct dduct_conn_node *n) {
   if (n->next != NULL) n->next->prev = n->prev;
   p->nconns--;
   p->stats.connections_active = p->nconns;
+  atomic_fetch_sub_explicit(p->conns_all, 1, memory_order_relaxed);
   if (!p->closing) {
     /* A slot is free: take a connection that waits on a full listener. */
     for (struct dduct_listener *l = p->listeners; l != NULL; l = l->next) {
@@ -971,6 +975,10 @@ void dduct_proxy_free(struct dduct_proxy *p) {
   workers_free(p);
   free_parts(p);
   free(p);
+}
+
+uint64_t dduct_proxy_connections(const struct dduct_proxy *p) {
+  return p != NULL ? atomic_load_explicit(p->conns_all, memory_order_relaxed) : 0;
 }
 
 static void stats_call(struct dduct__worker *w, void *arg) {

@@ -3,6 +3,7 @@
 #define DDUCT_PROXY_H
 
 #include <netinet/in.h>
+#include <stdatomic.h>
 
 #include "acl.h"
 #include "chain.h"
@@ -66,6 +67,10 @@ struct dduct_proxy {
   size_t nlisteners_open;       /* listener handles not yet closed */
   struct dduct_conn_node *conns; /* every live connection (doubly linked) */
   size_t nconns;
+  /* Live connections of every loop (dduct_proxy_connections): the parent's counter, which each
+   * worker's points to; updated with nconns. */
+  atomic_uint_fast64_t *conns_all;
+  atomic_uint_fast64_t conns_all_own;
   struct sockaddr_storage *local; /* this host's interface addresses (loop detection) */
   size_t nlocal;
   struct dduct_proxy_stats stats;
