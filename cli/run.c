@@ -3,6 +3,7 @@
  * The first signal closes the proxy gracefully; the close callback then closes the signal
  * handles so uv_run returns with nothing left on the loop. A second signal exits at once. */
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -213,10 +214,25 @@ static int teardown(struct runner *r) {
   return 0;
 }
 
+/* libuv's thread pool is one per process, shared by every loop: fill writes and hashing, commits,
+ * cold probes, mints, DNS. Its size (UV_THREADPOOL_SIZE, default 4) is read once, when the first
+ * work is queued (the store's index load, below): with more loops than that, one loop's burst of
+ * mints or cold reads would queue every other loop's disk work behind it. So at least one thread
+ * per loop, unless the environment already says how many. Before any thread of ours exists:
+ * setenv is not safe against a getenv on another thread. */
+static void size_thread_pool(unsigned workers) {
+  char n[16];
+  if (getenv("UV_THREADPOOL_SIZE") != NULL || workers <= 4) return;
+  snprintf(n, sizeof(n), "%u", workers);
+  if (setenv("UV_THREADPOOL_SIZE", n, 0) == 0)
+    log_line(DDUCT_LOG_DEBUG, "main", "Thread pool: %u threads (one per event loop)", workers);
+}
+
 int run_proxy(const struct config *cfg, struct dduct_ca *ca) {
   struct runner r;
   int rc, rc2;
 
+  size_thread_pool(cfg->workers);
   memset(&r, 0, sizeof(r));
   if ((rc = uv_loop_init(&r.loop)) != 0) {
     log_line(DDUCT_LOG_ERROR, "main", "event loop: %s", uv_strerror(rc));
