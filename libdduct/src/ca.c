@@ -317,6 +317,27 @@ static int load(struct opener *op, int f, unsigned char **buf, size_t *len) {
 
 /* Keys and certificates ------------------------------------------------------------------ */
 
+/* An EC key's group keeps the base point's table of multiples, which mbedTLS 2.28 builds on the
+ * first multiplication by G (every ECDSA signature is one) and stores into the group without a
+ * lock. A key parsed with its public half never had one: the first signatures made with it at
+ * once (mints signing with ca.key on several pool threads, handshakes presenting server.key on
+ * several loops) would each build and store a table, and one frees the table another thread just
+ * picked up. One multiplication here, before the key is shared, builds it for good. A minted or
+ * loaded leaf's key already has it (its key generation, or leaf_check's multiplication). */
+static int warm_ec_key(mbedtls_pk_context *pk) {
+  mbedtls_ecp_keypair *kp;
+  mbedtls_ecp_point q;
+  int rc;
+  if (mbedtls_pk_get_type(pk) != MBEDTLS_PK_ECKEY && mbedtls_pk_get_type(pk) != MBEDTLS_PK_ECDSA)
+    return 0;
+  kp = mbedtls_pk_ec(*pk);
+  if (kp->grp.T != NULL) return 0;
+  mbedtls_ecp_point_init(&q);
+  rc = mbedtls_ecp_mul(&kp->grp, &q, &kp->d, &kp->grp.G, dduct__rng, NULL);
+  mbedtls_ecp_point_free(&q);
+  return rc;
+}
+
 static int read_key(struct opener *op, int f, mbedtls_pk_context *pk) {
   unsigned char *buf;
   size_t len;
@@ -326,6 +347,7 @@ static int read_key(struct opener *op, int f, mbedtls_pk_context *pk) {
   rc = mbedtls_pk_parse_key(pk, buf, len + 1, NULL, 0);
   mbedtls_platform_zeroize(buf, len);
   free(buf);
+  if (rc == 0) rc = warm_ec_key(pk);
   if (rc != 0)
     return fail(op, DDUCT_ECORRUPT, "\"%s\" is not a valid private key: %s", op->path[f],
                 mbed_reason(rc, why, sizeof(why)));

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <mbedtls/ecp.h>
 #include <mbedtls/net_sockets.h>
 #include <mbedtls/pem.h>
 #include <mbedtls/ssl.h>
@@ -964,6 +965,35 @@ static void test_defaults(void) {
         "defaults are the seed's");
 }
 
+/* A user's P-256 server.key (read, with its public half: mbedTLS never multiplied by G with it):
+ * the CA makes its group's table of multiples of G before the key is shared, or the first
+ * handshakes on several loops would each build it into the shared group without a lock. */
+static void test_ec_key_ready(void) {
+  struct dduct_ca *ca = NULL;
+  mbedtls_x509_crt *chain;
+  mbedtls_pk_context *key;
+  char err[512] = "";
+  int rc;
+
+  run("rm -f '%s'server.*", dir);
+  CHECK(run("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out '%s' 2>&1",
+            path("server.key")) == 0 && run("chmod 600 '%s'", path("server.key")) == 0,
+        "openssl makes a P-256 server.key");
+  rc = open_ca(&ca, err, sizeof(err));
+  if (rc != 0) fprintf(stderr, "  %s\n", err);
+  CHECK_EQ_INT(rc, 0, "the CA opens with the P-256 server.key (server.crt issued for it)");
+  if (ca == NULL) return;
+  CHECK_EQ_INT(dduct__ca_server_identity(ca, &chain, &key), 0, "the server identity");
+  CHECK(mbedtls_pk_get_type(key) == MBEDTLS_PK_ECKEY, "server.key is an EC key");
+  CHECK(mbedtls_pk_get_type(key) == MBEDTLS_PK_ECKEY && mbedtls_pk_ec(*key)->grp.T != NULL,
+        "its group's table of multiples of G is made before any handshake");
+  dduct_ca_free(ca);
+  run("rm -f '%s'server.*", dir); /* the next tests start from dduct's own files */
+  ca = NULL;
+  CHECK_EQ_INT(open_ca(&ca, err, sizeof(err)), 0, "dduct's own server.* again");
+  dduct_ca_free(ca);
+}
+
 int main(void) {
   struct dduct_ca *ca = NULL;
 
@@ -987,6 +1017,7 @@ int main(void) {
     test_leaf_loops();
     test_leaf_files();
     test_restart();
+    test_ec_key_ready();
     test_refusals();
   }
   run("rm -rf '%s'", tmp);
