@@ -8,7 +8,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dductlib.harness import check, check_eq, curl, is_asan, run, via  # noqa: E402
+from dductlib.harness import check, check_eq, curl, is_asan, is_tsan, run, via  # noqa: E402
 from dductlib.origin import pattern_sha256  # noqa: E402
 
 MIB = 1 << 20
@@ -60,7 +60,7 @@ def test_idle_rss_after_large_transfers(rig):
             check_eq(h.sha256(), want, "a hit is byte-exact")
         idle = rss_settles(d, base + IDLE_SLACK_KIB)
         print("#   RSS after the warm-up %d KiB, idle after the transfers %d KiB" % (base, idle))
-        if not is_asan():
+        if not is_asan() and not is_tsan():
             check(idle < base + IDLE_SLACK_KIB,
                   "idle RSS within %d KiB of the start" % IDLE_SLACK_KIB,
                   "%d KiB -> %d KiB" % (base, idle))

@@ -72,6 +72,19 @@ def is_asan():
     return _asan
 
 
+_tsan = None
+
+
+def is_tsan():
+    """True when the binary is built with ThreadSanitizer (its allocator and shadow memory make
+    resident-memory figures meaningless: RSS bounds are checked in the other builds)."""
+    global _tsan
+    if _tsan is None:
+        with open(dduct_bin(), "rb") as f:
+            _tsan = b"__tsan_init" in f.read()
+    return _tsan
+
+
 def free_port(host="127.0.0.1"):
     s = socket.socket()
     s.bind((host, 0))
