@@ -745,15 +745,27 @@ static void listener_close_cb(uv_handle_t *h) {
 
 /* A socket bound to ss with SO_REUSEPORT (libuv has no flag for it): every loop binds the same
  * address and the kernel spreads new connections over them. A file descriptor, or a negative
- * errno as libuv reports it. */
-static int reuseport_socket(const struct sockaddr_storage *ss) {
-  int one = 1, err;
+ * errno as libuv reports it. first: ss is first bound without SO_REUSEPORT and let go, so an
+ * address another process listens on fails with "address already in use" as with one loop,
+ * rather than joining that process's group (same user); a port 0 is resolved there. */
+static int reuseport_socket(const struct sockaddr_storage *ss, int first) {
+  struct sockaddr_storage at = *ss;
+  int one = 1, err = 0, fd;
   socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-  int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -errno;
+  if (first) {
+    socklen_t alen = sizeof(at);
+    if ((fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, (const struct sockaddr *)ss, len) != 0 ||
+        getsockname(fd, (struct sockaddr *)&at, &alen) != 0)
+      err = -errno;
+    close(fd);
+    if (err != 0) return err;
+  }
+  if ((fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) return -errno;
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
       setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == 0 &&
-      bind(fd, (const struct sockaddr *)ss, len) == 0)
+      bind(fd, (const struct sockaddr *)&at, len) == 0)
     return fd;
   err = -errno;
   close(fd);
@@ -779,7 +791,7 @@ static int listener_open(struct dduct_proxy *p, enum dduct_listen_kind kind,
   l->next = p->listeners;
   p->listeners = l; /* closed and freed with the proxy even when bind fails */
   if (reuseport) {
-    int fd = reuseport_socket(ss);
+    int fd = reuseport_socket(ss, p->parent == NULL);
     rc = fd < 0 ? fd : uv_tcp_open(&l->tcp, fd);
     if (fd >= 0 && rc != 0) close(fd);
   } else {

@@ -17,7 +17,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import cache_origin, origin_gets  # noqa: E402
 from dductlib import client  # noqa: E402
-from dductlib.harness import check, check_eq, curl, dduct_bin, run, via  # noqa: E402
+from dductlib.harness import (check, check_eq, certs_section, clean_env, curl, dduct_bin,  # noqa: E402
+                              run, toml, via)
 from dductlib.origin import pattern_bytes, pattern_sha256  # noqa: E402
 from test_admin_metrics import admin_get, delta, scrape, settled  # noqa: E402
 from test_tls_resume import s_client  # noqa: E402
@@ -161,6 +162,30 @@ def test_ticket_resumes_on_either_loop(rig):
         check(all(lp["connections_accepted"] > 0 for lp in loops), "both loops served", loops)
 
 
+def test_address_in_use_as_with_one_loop(rig):
+    """A second dduct (same user) on the address a running two-loop dduct listens on fails with
+    'address already in use' and exits 1, as with one loop, instead of joining the first one's
+    SO_REUSEPORT group and taking half of its connections; the first one still serves."""
+    o = rig.plain
+    with rig.dduct(proxy={"workers": 2}) as d:
+        base = os.path.join(rig.tmp, "second")
+        os.makedirs(base)
+        rig.install_cert_dir(os.path.join(base, "certs"))
+        cfg = os.path.join(base, "dduct.toml")
+        with open(cfg, "w") as f:
+            f.write(toml({"misc": {"cert_dir": base + "/certs/", "file_dir": base + "/files/"},
+                          "proxy": {"tcp_bind": "127.0.0.1:%d" % d.tcp_port, "tls_bind": "",
+                                    "admin_bind": "", "workers": 2},
+                          "certs": certs_section()}))
+        p = subprocess.run([dduct_bin(), "--cfg", cfg], capture_output=True, text=True,
+                           timeout=60, env=clean_env(base))
+        check_eq(p.returncode, 1, "exit status of the second dduct")
+        check("Listening on 127.0.0.1:%d: listen 127.0.0.1:%d: address already in use"
+              % (d.tcp_port, d.tcp_port) in p.stderr, "the reason", p.stderr[-1500:])
+        for i in range(8):
+            check_eq(get(d, o, "/bytes/100"), (200, pattern_bytes(100)), "the first still serves")
+
+
 def test_bad_workers_value(rig):
     """workers = 0 and workers = 'two' are refused by --check with FILE:LINE:COL and exit 2."""
     path = os.path.join(rig.tmp, "workers.toml")
@@ -185,4 +210,4 @@ def test_bad_workers_value(rig):
 if __name__ == "__main__":
     run([test_connections_spread_and_counted, test_twenty_clients_one_fill,
          test_sigterm_with_transfers_on_both_loops, test_ticket_resumes_on_either_loop,
-         test_bad_workers_value])
+         test_address_in_use_as_with_one_loop, test_bad_workers_value])
