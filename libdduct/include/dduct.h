@@ -429,7 +429,9 @@ DDUCT_EXTERN uint64_t dduct_proxy_connections(const struct dduct_proxy *p);
 /* ---- metrics ------------------------------------------------------------------------------ */
 
 /* Every figure the admin listener serves is also a library call: read them from the proxy's
- * loop thread (plain counters, nothing is locked; a full read costs microseconds). */
+ * loop thread (the loop given to dduct_proxy_new; plain counters, nothing is locked; a full
+ * read costs microseconds). With workers > 1 each call sums every loop's figures: a round trip
+ * to each worker's loop, as dduct_proxy_stats; never from access_cb or cacheable_cb. */
 
 enum dduct_route {
   DDUCT_ROUTE_CACHE = 0,     /* GET/HEAD matched by the filters */
