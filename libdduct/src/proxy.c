@@ -183,7 +183,8 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
   if (rc != 0) return rc;
   if (p->parent != NULL) dduct__tls_server_conf_share_tickets(p->tls_server, p->parent->tls_server);
   rc = dduct__tls_client_conf_new(p->o.system_ca_file, p->o.upstream_ca_file,
-                                  p->o.upstream_insecure, &p->tls_client, err, errlen);
+                                  p->o.upstream_insecure, p->parent != NULL, &p->tls_client, err,
+                                  errlen);
   if (rc != 0) return rc;
   rc = dduct__uproxy_init(&p->uproxy, o->upstream_proxy, o->no_upstream_proxy,
                           o->no_upstream_proxy != NULL ? o->no_upstream_proxy_count : 0, err, errlen);
@@ -208,7 +209,7 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
     rc = dduct__tls_client_conf_new(p->o.system_ca_file,
                                     p->o.parent_ca_file != NULL ? p->o.parent_ca_file
                                                                 : p->o.upstream_ca_file,
-                                    0, &p->tls_parent, err, errlen);
+                                    0, p->parent != NULL, &p->tls_parent, err, errlen);
     if (rc != 0) return rc;
   }
   memset(&uc, 0, sizeof(uc));

@@ -866,7 +866,8 @@ static int is_ip_literal(const char *host) {
 }
 
 int dduct__tls_client_conf_new(const char *system_ca_file, const char *extra_ca_file, int insecure,
-                               struct dduct_tls_client_conf **out, char *err, size_t errlen) {
+                               int quiet, struct dduct_tls_client_conf **out, char *err,
+                               size_t errlen) {
   struct dduct_tls_client_conf *c;
   int rc, loaded = 0;
 
@@ -890,7 +891,7 @@ int dduct__tls_client_conf_new(const char *system_ca_file, const char *extra_ca_
     }
     loaded = 1;
   }
-  if (!loaded && !insecure)
+  if (!loaded && !insecure && !quiet)
     LOG_WARN("upstream", "no CA certificates loaded: every origin TLS verification will fail");
   rc = mbedtls_ssl_config_defaults(&c->conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
                                    MBEDTLS_SSL_PRESET_DEFAULT);
@@ -909,7 +910,7 @@ int dduct__tls_client_conf_new(const char *system_ca_file, const char *extra_ca_
   mbedtls_ssl_conf_export_keys_ext_cb(&c->conf, export_keys_cb, NULL);
   mbedtls_ssl_conf_authmode(&c->conf,
                             insecure ? MBEDTLS_SSL_VERIFY_NONE : MBEDTLS_SSL_VERIFY_REQUIRED);
-  if (insecure)
+  if (insecure && !quiet)
     LOG_WARN("upstream", "upstream_insecure is set: origin certificates are NOT verified; "
                          "anyone on the path can impersonate any origin");
   *out = c;

@@ -49,9 +49,11 @@ void dduct__tls_server_conf_share_tickets(struct dduct_tls_server_conf *c,
                                           struct dduct_tls_server_conf *from);
 
 /* system_ca_file may be NULL or missing (then only extra_ca_file is trusted); a given
- * extra_ca_file that cannot be loaded is an error. */
+ * extra_ca_file that cannot be loaded is an error. quiet: no warnings (a further event loop's
+ * copy of a configuration the first loop already warned about). */
 int dduct__tls_client_conf_new(const char *system_ca_file, const char *extra_ca_file, int insecure,
-                               struct dduct_tls_client_conf **out, char *err, size_t errlen);
+                               int quiet, struct dduct_tls_client_conf **out, char *err,
+                               size_t errlen);
 void dduct__tls_client_conf_free(struct dduct_tls_client_conf *c);
 /* Handshakes of the layers made from a conf: out[0] failed, out[1] completed (metrics). */
 void dduct__tls_server_handshakes(const struct dduct_tls_server_conf *c, uint64_t out[2]);

@@ -186,6 +186,16 @@ def test_address_in_use_as_with_one_loop(rig):
             check_eq(get(d, o, "/bytes/100"), (200, pattern_bytes(100)), "the first still serves")
 
 
+def test_start_logged_once(rig):
+    """Three loops log their start as one does: one "Listening on" per address, and a warning
+    about the configuration (upstream_insecure) once, not once per loop."""
+    with rig.dduct(proxy={"workers": 3, "upstream_insecure": True}) as d:
+        check_eq(get(d, rig.plain, "/bytes/10"), (200, pattern_bytes(10)), "serves")
+        log = d.stop()
+    check_eq(log.count("] Listening on "), 2, "one line per listener")
+    check_eq(log.count("upstream_insecure is set"), 1, "the warning once")
+
+
 def test_bad_workers_value(rig):
     """workers = 0 and workers = 'two' are refused by --check with FILE:LINE:COL and exit 2."""
     path = os.path.join(rig.tmp, "workers.toml")
@@ -210,4 +220,4 @@ def test_bad_workers_value(rig):
 if __name__ == "__main__":
     run([test_connections_spread_and_counted, test_twenty_clients_one_fill,
          test_sigterm_with_transfers_on_both_loops, test_ticket_resumes_on_either_loop,
-         test_address_in_use_as_with_one_loop, test_bad_workers_value])
+         test_address_in_use_as_with_one_loop, test_start_logged_once, test_bad_workers_value])
