@@ -2034,7 +2034,11 @@ static ssize_t got_bytes(struct dduct__store_reader *r, const char *buf, ssize_t
   struct dduct__store_entry *e = r->e;
   if (n <= 0) return n;
   if (r->verify) {
+    /* The hash without the lock (a first hit of a large entry hashes all of it): the reader's
+     * own state, and every caller owns the lock at its top (read_unlocked says which). */
+    uv_mutex_unlock(&e->s->mu);
     dduct__sha256_update(&r->sha, buf, (size_t)n);
+    store_lock(e->s);
     if (r->off + (uint64_t)n >= e->meta.size) {
       int rc = verify_end(e, &r->sha);
       r->verify = 0;
