@@ -58,10 +58,21 @@ def need_programs(*names):
              'dpkg-dev curl openssl)' % ', '.join(missing))
 
 
+_ports_given = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before by this process: probing binds and closes, so
+    two calls in a row can get the same port, and nginx then serves its http and https origins
+    on one socket (plain http got '400 Bad Request': the https server answered it)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    raise RuntimeError('no free port')
 
 
 def sha256_file(path):

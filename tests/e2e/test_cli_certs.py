@@ -19,6 +19,9 @@ import threading
 import time
 import unittest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dductlib.harness import free_port  # noqa: E402
+
 BIN = os.environ.get("DDUCT_BIN", "")
 SRC = os.environ.get("DDUCT_SRC", "")
 RUN_TIMEOUT = 180  # a safety net for a hung binary, not a speed assertion
@@ -35,12 +38,6 @@ def lib_has(source_name):
     """Whether libdduct's build lists a source file (parts of the library land over time)."""
     with open(os.path.join(SRC, "libdduct", "meson.build")) as f:
         return ("'src/%s'" % source_name) in f.read()
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(home):

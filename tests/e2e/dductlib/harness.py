@@ -85,12 +85,22 @@ def is_tsan():
     return _tsan
 
 
+_ports_given = set()
+
+
 def free_port(host="127.0.0.1"):
-    s = socket.socket()
-    s.bind((host, 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A port free on host now and not handed out before by this process. Probing binds and
+    closes, so two calls in a row can get the same port from the kernel: a test that takes two
+    ports before it binds either would then give two servers one port."""
+    for _ in range(200):
+        s = socket.socket()
+        s.bind((host, 0))
+        p = s.getsockname()[1]
+        s.close()
+        if p not in _ports_given:
+            _ports_given.add(p)
+            return p
+    raise RuntimeError("no free port on %s" % host)
 
 
 def clean_env(home):
