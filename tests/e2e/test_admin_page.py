@@ -37,13 +37,14 @@ def chromium(rig, *args):
 def test_status_page_in_chromium(rig):
     """During a fill held at half by the origin, Chromium's DOM of / has a progress bar at 50 %
     for that URL, the chart's bars for bytes from the cache and from the origin and its hit-ratio
-    line, the tiles, and the most-hit entry; the screenshot is written and is a PNG."""
+    line, the tiles, the most-hit entry, and a share-of-requests bar for each of the two event
+    loops; the screenshot is written and is a PNG."""
     if shutil.which("chromium") is None:
         print("# SKIP: chromium is not installed (apt-get install chromium)")
         return
     o = cache_origin(rig)
     n = 8 << 20
-    with rig.dduct(admin=True, proxy={"filters": ["^/bytes/", "^/gate/"]}) as d:
+    with rig.dduct(admin=True, proxy={"filters": ["^/bytes/", "^/gate/"], "workers": 2}) as d:
         small = rig.plain.url("origin.test", "/bytes/300000")
         for _ in range(3):  # a miss then two hits: both colours in the chart, a most-hit entry
             check_eq(curl(rig, via(d, "http") + [small]).status, 200, "traffic")
@@ -64,7 +65,13 @@ def test_status_page_in_chromium(rig):
             check(p.returncode == 0 and "<table" in dom, "chromium dumped the DOM",
                   p.stderr.decode(errors="replace")[-2000:])
             check('role="progressbar"' in dom, "a progress bar for the fill", dom[-3000:])
-            check(re.search(r'aria-valuenow="50"', dom), "at 50 %", dom[-3000:])
+            check(re.search(r'role="progressbar"[^>]*aria-valuenow="50"', dom), "at 50 %",
+                  dom[-3000:])
+            loops = re.findall(r'aria-label="loop (\d)\'s share of requests"[^>]*'
+                               r'aria-valuenow="(\d+)"', dom)
+            check_eq(sorted(n for n, _ in loops), ["0", "1"], "a share bar for each of the 2 loops")
+            check(sum(int(v) for _, v in loops) in (99, 100, 101),
+                  "the loops' shares add up to the whole", loops)
             check("/gate/%d" % n in dom, "the fill's URL")
             check(re.search(r'<rect[^>]*class="cache"', dom), "chart: bytes from the cache")
             check(re.search(r'<rect[^>]*class="origin"', dom), "chart: bytes from the origin")
