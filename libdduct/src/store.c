@@ -1206,13 +1206,37 @@ int dduct__store_lookup_hot(struct dduct_store *s, const struct dduct__store_key
   if (s == NULL || key == NULL || out == NULL || (flags & DDUCT__STORE_REFRESH))
     return 0; /* a refill is the async lookup's business */
   store_lock(s);
-  e = s->freeing ? NULL : find_current(s, key, flags, 1);
+  e = s->freeing ? NULL : table_find(s, key);
   if (e == NULL || e->state != ST_COMPLETE) {
     store_unlock(s);
     return 0;
   }
   idle_del(e);
   entry_ref(e);
+  if (e->have_ino && !(e->wd >= 0 && !e->changed)) {
+    /* No watch to trust (still_on_disk): the name is checked with a stat, made without the
+     * lock so that other loops' hits need not wait for it; our reference keeps e. */
+    struct stat st;
+    dev_t dev = e->dev;
+    ino_t ino = e->ino;
+    uint64_t size = e->meta.size;
+    int same;
+    s->name_checks++;
+    uv_mutex_unlock(&s->mu);
+    same = stat(e->base, &st) == 0 && st.st_dev == dev && st.st_ino == ino &&
+           (uint64_t)st.st_size == size;
+    store_lock(s);
+    if (!same) { /* replaced or removed: out of the table, its readers keep the old file */
+      table_remove(e);
+      entry_release(e);
+      store_unlock(s);
+      return 0;
+    }
+    if (!same_time(&st.st_mtim, &e->mtime)) { /* written in place: its bytes are in doubt */
+      e->mtime = st.st_mtim;
+      e->verified = 0;
+    }
+  }
   s->stats.hits++;
   store_unlock(s);
   touch(s, key);
