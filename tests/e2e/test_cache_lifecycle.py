@@ -11,9 +11,9 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cache_rig import entries, files_in  # noqa: E402
+from cache_rig import cache_origin, entries, files_in  # noqa: E402
 from dductlib.harness import check, check_eq, curl, free_port, run, via  # noqa: E402
-from dductlib.origin import pattern_sha256  # noqa: E402
+from dductlib.origin import pattern_bytes, pattern_sha256  # noqa: E402
 
 MIB = 1 << 20
 FILTERS = ["^/bytes/"]
@@ -108,9 +108,14 @@ def test_budget_holds_and_keeps_the_popular_file(rig):
 def test_evicted_while_streaming(rig):
     """A client streaming a 50 MiB hit while eviction removes the entry (a 20 MiB fill under a
     60 MiB budget) still gets every byte; the entry is gone and the next request goes to the
-    origin."""
+    origin. The 20 MiB fill is held at half by its origin until the eviction is logged: the
+    budget's pass then runs while that fill is only reserved, so the streamed entry (visited by
+    its hit, which SIEVE passes over once) is the only one it can take. A pass that ran after
+    the new entry's commit would rightly take the new, unvisited entry instead."""
     big, small = 50 * MIB, 20 * MIB - 4096
-    with rig.dduct(proxy={"filters": FILTERS}, cache={"max_size": "60M", "min_free": 0}) as d:
+    o = cache_origin(rig, tls=False)
+    with rig.dduct(proxy={"filters": FILTERS + ["^/gate/"]},
+                   cache={"max_size": "60M", "min_free": 0}) as d:
         fetch(rig, d, big, "the 50 MiB file")
         settled(d, 1)
         url = rig.plain.url("origin.test", "/bytes/%d" % big)
@@ -119,12 +124,26 @@ def test_evicted_while_streaming(rig):
             r=curl(rig, via(d, "http") + ["--limit-rate", "8M", url], timeout=300)))
         t.start()
         wait_for(lambda: "Hit \"http://origin.test" in d.log(), "the slow hit to start")
-        fetch(rig, d, small, "the 20 MiB file")
-        wait_for(lambda: "Evicted 1 entry" in d.log(), "the eviction")
-        big_files = [f for f in entries(d.file_dir)
-                     if os.path.getsize(os.path.join(d.file_dir, f)) == big]
-        check_eq(big_files, [], "the 50 MiB entry is gone from file_dir")
-        check(t.is_alive(), "while its client still streams it")
+        o.gate.clear()
+        o.half_sent.clear()
+        gurl = o.url("origin.test", "/gate/%d" % small)
+        gout = {}
+        g = threading.Thread(target=lambda: gout.update(
+            r=curl(rig, via(d, "http") + [gurl], timeout=300)))
+        g.start()
+        try:
+            check(o.half_sent.wait(60), "the 20 MiB fill is half done")
+            wait_for(lambda: "Evicted 1 entry" in d.log(), "the eviction")
+            big_files = [f for f in entries(d.file_dir)
+                         if os.path.getsize(os.path.join(d.file_dir, f)) == big]
+            check_eq(big_files, [], "the 50 MiB entry is gone from file_dir")
+            check(t.is_alive(), "while its client still streams it")
+        finally:
+            o.gate.set()
+            g.join(300)
+        check_eq((gout["r"].rc, gout["r"].status), (0, 200), "the 20 MiB fill's client")
+        check_eq(gout["r"].sha256(), hashlib.sha256(pattern_bytes(small, "gate")).hexdigest(),
+                 "the 20 MiB file's body")
         t.join(300)
         r = out["r"]
         check_eq((r.rc, r.status), (0, 200), "the streaming client")
