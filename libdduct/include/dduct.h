@@ -12,13 +12,14 @@
  * - Threads. A dduct_proxy, and everything it hands out, belongs to the thread running the
  *   loop it was created on. A dduct_store belongs to the loop it was opened on and to every
  *   loop attached with dduct_store_attach: each attached loop's thread uses it at once (one
- *   table, so one fill per key across them; see dduct_store_attach). A dduct_ca may be shared by proxies on any
- *   number of loops (its table of minted leaves is locked; dduct_ca_covers and dduct_ca_cert_pem
- *   only read): open it on any thread before handing it out, free it after every loop using it
- *   is done. A dduct_filter is read-only once given to a proxy and matched from any number of
- *   threads at once. dduct_log_set's callback may be called from any of these threads. A proxy
- *   with workers > 1 (struct dduct_proxy_options) runs its own threads: it uses its ca, store
- *   and filter, and calls the embedder's callbacks, from each of them.
+ *   table, so one fill per key across them; see dduct_store_attach). A dduct_ca may be shared
+ *   by proxies on any number of loops (its table of minted leaves is locked; dduct_ca_covers
+ *   and dduct_ca_cert_pem only read): open it on any thread before handing it out, free it
+ *   after every loop using it is done. A dduct_filter is read-only once given to a proxy and
+ *   matched from any number of threads at once. dduct_log_set's callback may be called from
+ *   any of these threads. A proxy with workers > 1 (struct dduct_proxy_options) runs its own
+ *   threads: it uses its ca, store and filter, and calls the embedder's callbacks, from each
+ *   of them.
  */
 #ifndef DDUCT_H
 #define DDUCT_H

@@ -1336,7 +1336,8 @@ ssize_t dduct__store_entry_pread(struct dduct__store_entry *e, char *buf, size_t
     unsigned gen = e->watch_gen;
     int want = body_wanted(e);
     store_unlock(s);
-    if (want && (fresh = malloc(size)) != NULL && pread_exact(fd, fresh, size, 0) == (ssize_t)size) {
+    if (want && (fresh = malloc(size)) != NULL &&
+        pread_exact(fd, fresh, size, 0) == (ssize_t)size) {
       memcpy(buf, fresh + off, len);
       got = (ssize_t)len;
     } else {
