@@ -500,7 +500,7 @@ static int send_whole(struct creq *q, struct answer *a) {
   if (n > 0) {
     ssize_t got = dduct__store_entry_pread(q->e, body, n, a->off);
     if (got != (ssize_t)n) {
-      LOG_WARN(LOG_MOD, "Reading \"%s\": %s; forwarding", dduct__store_entry_meta(q->e)->url,
+      LOG_WARN(LOG_MOD, "Reading \"%s\": %s", dduct__store_entry_meta(q->e)->url,
                dduct_strerror(got < 0 ? (int)got : DDUCT_ESHORT));
       return 1;
     }
@@ -525,7 +525,17 @@ static void serve(struct creq *q) {
   if (a.whole) {
     rc = send_whole(q, &a);
     dduct__http_head_free(&a.h);
-    if (rc == 1) {
+    if (rc == 1 && !q->refreshed && !q->only_if_cached) {
+      /* The file was cut or changed behind our back, and the store had no news of it yet (its
+       * watch is read on the store's home loop, which may not have run since): fetch it again
+       * into the cache rather than forwarding this one request uncached. */
+      LOG_INFO(LOG_MOD, "Fetching \"%s\" again: its file no longer holds the entry", q->url);
+      dduct__store_entry_release(q->e);
+      q->e = NULL;
+      q->refreshed = 1;
+      start_lookup(q, DDUCT__STORE_REFRESH);
+    } else if (rc == 1) {
+      LOG_WARN(LOG_MOD, "Forwarding \"%s\" uncached: its file cannot be read", q->url);
       decline(q);
     } else if (rc != 0) {
       cut(q, "cannot send the response");
