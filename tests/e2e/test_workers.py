@@ -149,16 +149,21 @@ def test_sigterm_with_transfers_on_both_loops(rig):
 
 def test_ticket_resumes_on_either_loop(rig):
     """A session ticket handed out by one loop resumes on the other: after one full handshake,
-    twelve returning connections (spread by the kernel over both loops) all resume."""
+    twelve or more returning connections (spread by the kernel over both loops, until both have
+    served) all resume."""
     o = rig.origin
     sess = os.path.join(rig.tmp, "workers-sess.pem")
     with rig.dduct(admin=True, proxy={"workers": 2}) as d:
         out = s_client(rig, d, "origin.test", o.port, sess_out=sess)
         check("New, TLSv1.2" in out, "first connection: a full handshake", out[-1500:])
-        for i in range(12):
+        # The kernel picks a loop per connection by a hash of its addresses: twelve in a row can
+        # (rarely) all land on one loop, so go on, each one resuming, until both have served.
+        for i in range(64):
             out = s_client(rig, d, "origin.test", o.port, sess_in=sess)
             check("Reused, TLSv1.2" in out, "connection %d resumes" % i, out[-1500:])
-        loops = stats(d)["loops"]
+            loops = stats(d)["loops"]
+            if i >= 11 and all(lp["connections_accepted"] > 0 for lp in loops):
+                break
         check(all(lp["connections_accepted"] > 0 for lp in loops), "both loops served", loops)
 
 
