@@ -8,6 +8,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+void rig_fill_pattern(char *p, size_t n, uint32_t seed) {
+  uint32_t x = seed | 1;
+  for (size_t i = 0; i < n; i++) {
+    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+    p[i] = (char)(x >> 24);
+  }
+}
+
 uint16_t rig_free_port(void) {
   struct sockaddr_in a;
   socklen_t len = sizeof(a);

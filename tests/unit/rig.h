@@ -1,11 +1,17 @@
-/* What the unit tests that run a real proxy on a real loop share: a free port to listen on and a
- * plain-HTTP client that sends one request through the proxy and reads the answer until close. */
+/* What the unit tests share: repeatable test bodies, and for those that run a real proxy on a real
+ * loop, a free port to listen on and a plain-HTTP client that sends one request through the
+ * proxy and reads the answer until close. */
 #ifndef DDUCT_TEST_RIG_H
 #define DDUCT_TEST_RIG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include <uv.h>
+
+/* n bytes of a repeatable pseudo-random pattern (xorshift) chosen by seed: test bodies whose
+ * every byte matters. */
+void rig_fill_pattern(char *p, size_t n, uint32_t seed);
 
 /* A loopback TCP port free right now (the listen API wants one; a race with another binder is
  * unlikely); 0 if none could be had. */

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "store.h"
+#include "rig.h"
 #include "tap.h"
 
 static uv_loop_t loop_a, loop_b;
@@ -24,14 +25,6 @@ static struct dduct_store *store;
 static atomic_int wrong_thread; /* a callback ran on a thread other than its loop's */
 
 static char tmpdir[256];
-
-static void fill_pattern(char *p, size_t n, uint32_t seed) {
-  uint32_t x = seed | 1;
-  for (size_t i = 0; i < n; i++) {
-    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
-    p[i] = (char)(x >> 24);
-  }
-}
 
 static struct dduct__store_key url_key(const char *path) {
   struct dduct__store_key k;
@@ -261,8 +254,8 @@ static void test_two_loops(void) {
   struct dduct__store_meta m;
   struct dduct_store_stats st;
 
-  fill_pattern(big, BIG, 7);
-  fill_pattern(small, sizeof(small), 9);
+  rig_fill_pattern(big, BIG, 7);
+  rig_fill_pattern(small, sizeof(small), 9);
   key_big = url_key("/big");
   key_small = url_key("/small");
   key_cancel = url_key("/cancel");
@@ -354,7 +347,7 @@ static void test_two_loops(void) {
     snprintf(path, sizeof(path), "/race/%d", i);
     race_keys[i] = url_key(path);
   }
-  fill_pattern(race_body, sizeof(race_body), 11);
+  rig_fill_pattern(race_body, sizeof(race_body), 11);
   cmd = b_race;
   uv_async_send(&cmd_async); /* B starts its lookups while A starts its own */
   race_start(race_a);

@@ -17,20 +17,13 @@
 #include <unistd.h>
 
 #include "store.h"
+#include "rig.h"
 #include "tap.h"
 
 static uv_loop_t loop;
 static char tmpdir[256];
 
 /* ---- helpers ------------------------------------------------------------------------------ */
-
-static void fill_pattern(char *p, size_t n, uint32_t seed) {
-  uint32_t x = seed | 1;
-  for (size_t i = 0; i < n; i++) {
-    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
-    p[i] = (char)(x >> 24);
-  }
-}
 
 static void digest_of(const char *p, size_t n, struct dduct__store_key *k) {
   unsigned char h[32];
@@ -285,7 +278,7 @@ static void test_keys(void) {
       size_t hl, pl;
       seed = seed * 1103515245u + 12345u;
       hl = seed % 64, pl = (seed >> 8) % 512;
-      fill_pattern(buf, sizeof(buf), seed);
+      rig_fill_pattern(buf, sizeof(buf), seed);
       if (i % 3 == 0) memcpy(buf + 64, "/v2/../../blobs/sha256:", 23);
       dduct__store_key_make("https", buf, hl, seed % 65536, buf + 64, pl, &a);
       ok = rel_shape_ok(&a);
@@ -412,7 +405,7 @@ static void test_fill_and_hit(struct dduct_store *s, const char *dir) {
   struct dduct_store_stats st;
   char p[1024];
 
-  fill_pattern(data, N, 7);
+  rig_fill_pattern(data, N, 7);
   l = lookup(s, &k, 0);
   CHECK_EQ_INT(l.role, DDUCT__STORE_FILL, "the first lookup of a new key is a fill");
   path_of(p, sizeof(p), dir, &k, ".part");
@@ -478,8 +471,8 @@ static void test_refresh(struct dduct_store *s) {
   struct feeder f;
   struct dduct__store_meta m;
 
-  fill_pattern(v1, N1, 21);
-  fill_pattern(v2, N2, 22);
+  rig_fill_pattern(v1, N1, 21);
+  rig_fill_pattern(v2, N2, 22);
   l = lookup(s, &k, 0);
   m = meta("https://deb.example.org/pool/changing.deb", N1);
   dduct__store_fill_begin(l.e, &m);
@@ -532,8 +525,8 @@ static void test_refresh_while_committing(struct dduct_store *s) {
   struct sink a, b;
   struct dduct__store_meta m;
 
-  fill_pattern(v1, N, 31);
-  fill_pattern(v2, N, 32);
+  rig_fill_pattern(v1, N, 31);
+  rig_fill_pattern(v2, N, 32);
   l = lookup(s, &k, 0);
   m = meta("https://deb.example.org/pool/committing.deb", N);
   dduct__store_fill_begin(l.e, &m);
@@ -579,7 +572,7 @@ static void test_followers(struct dduct_store *s) {
   struct feeder f;
   int all = 1;
 
-  fill_pattern(data, N, 99);
+  rig_fill_pattern(data, N, 99);
   {
     char path[200];
     digest_of(data, N, &k);
@@ -639,7 +632,7 @@ static void test_digest_mismatch(struct dduct_store *s, const char *dir) {
   struct feeder f;
   struct dduct_store_stats before, after;
 
-  fill_pattern(good, N, 5);
+  rig_fill_pattern(good, N, 5);
   memcpy(bad, good, N);
   bad[N / 2] ^= 1;
   digest_of(good, N, &k);
@@ -697,7 +690,7 @@ static void test_short_and_abandoned(struct dduct_store *s, const char *dir) {
   struct sink a;
   struct feeder f;
 
-  fill_pattern(data, N, 3);
+  rig_fill_pattern(data, N, 3);
   l = lookup(s, &k, 0);
   {
     struct dduct__store_meta m = meta("https://x.example/short.tgz", N);
@@ -864,9 +857,9 @@ static void test_replaced_by_sibling(void) {
   struct dduct_store *a, *b;
   struct look l;
 
-  fill_pattern(v1, N1, 41);
-  fill_pattern(v2, N1, 42);
-  fill_pattern(v3, N3, 43);
+  rig_fill_pattern(v1, N1, 41);
+  rig_fill_pattern(v2, N1, 42);
+  rig_fill_pattern(v3, N3, 43);
   snprintf(dir, sizeof(dir), "%s/sibling", tmpdir);
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &a, NULL, 0), 0, "store A opens");
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &b, NULL, 0), 0, "store B opens on the same dir");
@@ -934,9 +927,9 @@ static void test_lookup_hot(void) {
   struct dduct_store_stats st0, st1;
   struct dduct__store_entry *e = NULL, *e2 = NULL;
 
-  fill_pattern(v1, N, 61);
-  fill_pattern(v2, N, 62);
-  fill_pattern(vb, BIG, 63);
+  rig_fill_pattern(v1, N, 61);
+  rig_fill_pattern(v2, N, 62);
+  rig_fill_pattern(vb, BIG, 63);
   snprintf(dir, sizeof(dir), "%s/hot", tmpdir);
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &a, NULL, 0), 0, "store A opens");
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &b, NULL, 0), 0, "store B opens on the same dir");
@@ -1053,7 +1046,7 @@ static void test_read_ahead(void) {
   struct sink sk;
   struct one a = {0}, b = {0};
 
-  fill_pattern(v, N, 51);
+  rig_fill_pattern(v, N, 51);
   snprintf(dir, sizeof(dir), "%s/ahead", tmpdir);
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, NULL, 0), 0, "store opens");
   CHECK(fill_with(s, &k, 0, v, N, "\"a\""), "a multi-chunk entry is stored");
@@ -1100,7 +1093,7 @@ static void test_two_stores(void) {
   struct sink sa, sb;
   struct feeder f;
 
-  fill_pattern(data, N, 11);
+  rig_fill_pattern(data, N, 11);
   snprintf(dir, sizeof(dir), "%s/shared", tmpdir);
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &a, NULL, 0), 0, "store A opens");
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &b, NULL, 0), 0, "store B opens on the same dir");
@@ -1146,7 +1139,7 @@ static void test_disk_full(void) {
   struct rlimit old, lim;
   struct dduct_store_stats st;
 
-  fill_pattern(data, N, 17);
+  rig_fill_pattern(data, N, 17);
   snprintf(dir, sizeof(dir), "%s/full", tmpdir);
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, NULL, 0), 0, "a store opens for the full disk");
   getrlimit(RLIMIT_FSIZE, &old);
@@ -1223,7 +1216,7 @@ static void test_invalidate(void) {
   struct sink a;
   struct feeder f;
 
-  fill_pattern(data, N, 21);
+  rig_fill_pattern(data, N, 21);
   snprintf(dir, sizeof(dir), "%s/invalidate", tmpdir);
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, NULL, 0), 0, "store opens");
   path_of(p, sizeof(p), dir, &k, "");
@@ -1316,7 +1309,7 @@ static void test_verify_hits(void) {
   uint64_t nv, nf;
   int fd;
 
-  fill_pattern(data, N, 77);
+  rig_fill_pattern(data, N, 77);
   k = blob_key(data, N);
   snprintf(dir, sizeof(dir), "%s/verify", tmpdir);
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, NULL, 0), 0, "store opens");
@@ -1386,7 +1379,7 @@ static void test_verify_hits(void) {
   {
     char small[4000], out[4000];
     struct dduct__store_key ks;
-    fill_pattern(small, sizeof(small), 78);
+    rig_fill_pattern(small, sizeof(small), 78);
     ks = blob_key(small, sizeof(small));
     dduct_store_open(&loop, dir, &s, NULL, 0);
     store_blob(s, &ks, small, sizeof(small));
