@@ -373,8 +373,9 @@ struct dduct_proxy_options {
    * on each loop with SO_REUSEPORT and the kernel spreads new connections over them (the admin
    * listener stays on the caller's loop). ca, store and filter are then used from every loop's
    * thread, and access_cb, cacheable_cb and the log callback run on any of those threads, for
-   * any of them at once. max_connections is split evenly between the loops (at least 1 each);
-   * max_connections_per_client counts the whole process. */
+   * any of them at once. max_connections and max_connections_per_client count the whole
+   * process (a loop at the limit takes its next connection when one of its own ends, or within
+   * 50 ms of one ending on another loop). */
   unsigned workers;
 };
 

@@ -343,7 +343,7 @@ static void worker_main(void *arg) {
   struct dduct_proxy_options o = *w->o;
   int rc, attached = 0;
   o.workers = 1;
-  o.max_connections = parent->o.max_connections; /* the parent's share */
+  o.max_connections = parent->o.max_connections; /* the whole process's, counted in conns_all */
   rc = uv_async_init(&w->loop, &w->wake, wake_cb);
   w->wake.data = w;
   if (rc == 0 && parent->store != NULL) {
@@ -508,11 +508,7 @@ static int proxy_create(uv_loop_t *loop, const struct dduct_proxy_options *o, st
   }
   dduct__stats_init(&p->metrics);
   rc = build(p, o, err, errlen);
-  if (rc == 0 && parent == NULL && o->workers > 1) {
-    /* max_connections is the whole process's: each loop takes an equal share. */
-    p->o.max_connections = DDUCT_MAX(p->o.max_connections / o->workers, 1u);
-    rc = workers_start(p, o, err, errlen);
-  }
+  if (rc == 0 && parent == NULL && o->workers > 1) rc = workers_start(p, o, err, errlen);
   if (rc != 0) {
     if (err != NULL && errlen > 0 && err[0] == '\0') dduct__errf(rc, err, errlen, "%s", dduct_strerror(rc));
     workers_free(p);
@@ -691,9 +687,16 @@ int dduct__proxy_is_self(const struct dduct_proxy *p, const struct sockaddr *sa)
   return 0;
 }
 
+/* Every loop's live connections against max_connections (the whole process's limit). Two loops
+ * may both see the last slot free and take it: at most workers - 1 over, for a moment. */
+static int full(const struct dduct_proxy *p) {
+  return atomic_load_explicit(p->conns_all, memory_order_relaxed) >= p->o.max_connections;
+}
+
 unsigned dduct__proxy_head_timeout(const struct dduct_proxy *p) {
   unsigned ms = p->o.head_timeout_ms;
-  if ((uint64_t)p->nconns * 4 < (uint64_t)p->o.max_connections * 3) return ms;
+  uint64_t all = atomic_load_explicit(p->conns_all, memory_order_relaxed);
+  if (all * 4 < (uint64_t)p->o.max_connections * 3) return ms;
   return DDUCT_MAX(ms / 6, DDUCT_MIN(ms, 1000u));
 }
 
@@ -702,6 +705,41 @@ int dduct__proxy_port_allowed(const struct dduct_proxy *p, uint16_t port) {
   for (size_t i = 0; i < p->o.connect_ports_count; i++)
     if (p->o.connect_ports[i] == port) return 1;
   return 0;
+}
+
+/* Take a connection on every listener of p that waits for a slot, while there are slots. */
+static void take_waiting(struct dduct_proxy *p) {
+  for (struct dduct_listener *l = p->listeners; l != NULL; l = l->next) {
+    if (l->waiting == 1 && !full(p)) {
+      l->waiting = 0;
+      dduct__conn_accept(p, (uv_stream_t *)&l->tcp, l->kind);
+    }
+  }
+}
+
+static int any_waiting(const struct dduct_proxy *p) {
+  for (const struct dduct_listener *l = p->listeners; l != NULL; l = l->next)
+    if (l->waiting == 1) return 1;
+  return 0;
+}
+
+/* A slot another loop frees does not wake this one: a loop with a waiting listener looks again
+ * every ACCEPT_RETRY_MS (its own connections' ends wake it at once, in conn_gone). */
+#define ACCEPT_RETRY_MS 50
+
+static void retry_cb(uv_timer_t *t) {
+  struct dduct_proxy *p = DDUCT_CONTAINER_OF(t, struct dduct_proxy, retry);
+  if (!p->closing) take_waiting(p);
+  if (p->closing || !any_waiting(p)) uv_timer_stop(t);
+}
+
+static void retry_start(struct dduct_proxy *p) {
+  if (p->retry_open == 0) {
+    if (uv_timer_init(p->loop, &p->retry) != 0) return;
+    p->retry_open = 1;
+  }
+  if (p->retry_open == 1 && !uv_is_active((uv_handle_t *)&p->retry))
+    uv_timer_start(&p->retry, retry_cb, ACCEPT_RETRY_MS, ACCEPT_RETRY_MS);
 }
 
 static void connection_cb(uv_stream_t *server, int status) {
@@ -718,10 +756,11 @@ static void connection_cb(uv_stream_t *server, int status) {
     return;
   }
   if (p->closing) return;
-  if (p->nconns >= p->o.max_connections) {
+  if (full(p)) {
     /* Not accepting leaves the socket in libuv's hands: it stops watching this listener until
      * we accept, and the kernel backlog makes new clients wait. */
     l->waiting = 1;
+    if (p->nworkers > 0 || p->parent != NULL) retry_start(p); /* slots freed on other loops */
     return;
   }
   dduct__conn_accept(p, server, l->kind);
@@ -885,15 +924,7 @@ void dduct__proxy_conn_gone(struct dduct_proxy *p, struct dduct_conn_node *n) {
   p->nconns--;
   p->stats.connections_active = p->nconns;
   atomic_fetch_sub_explicit(p->conns_all, 1, memory_order_relaxed);
-  if (!p->closing) {
-    /* A slot is free: take a connection that waits on a full listener. */
-    for (struct dduct_listener *l = p->listeners; l != NULL; l = l->next) {
-      if (l->waiting == 1 && p->nconns < p->o.max_connections) {
-        l->waiting = 0;
-        dduct__conn_accept(p, (uv_stream_t *)&l->tcp, l->kind);
-      }
-    }
-  }
+  if (!p->closing) take_waiting(p); /* a slot is free: take a connection that waits */
   dduct__proxy_maybe_closed(p);
 }
 
@@ -902,6 +933,12 @@ void dduct__proxy_conn_gone(struct dduct_proxy *p, struct dduct_conn_node *n) {
 static void grace_close_cb(uv_handle_t *h) {
   struct dduct_proxy *p = DDUCT_CONTAINER_OF((uv_timer_t *)h, struct dduct_proxy, grace);
   p->grace_open = 0;
+  dduct__proxy_maybe_closed(p);
+}
+
+static void retry_close_cb(uv_handle_t *h) {
+  struct dduct_proxy *p = DDUCT_CONTAINER_OF((uv_timer_t *)h, struct dduct_proxy, retry);
+  p->retry_open = 0;
   dduct__proxy_maybe_closed(p);
 }
 
@@ -932,6 +969,12 @@ void dduct__proxy_maybe_closed(struct dduct_proxy *p) {
     return;
   }
   if (p->grace_open != 0) return;
+  if (p->retry_open == 1) {
+    p->retry_open = 2; /* closing */
+    uv_close((uv_handle_t *)&p->retry, retry_close_cb);
+    return;
+  }
+  if (p->retry_open != 0) return;
   p->closing = 2; /* done */
   if (p->close_cb != NULL) {
     dduct_proxy_close_cb cb = p->close_cb;

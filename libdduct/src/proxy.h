@@ -88,6 +88,8 @@ struct dduct_proxy {
   /* Shutdown. */
   int closing;
   uv_timer_t grace;
+  uv_timer_t retry; /* a waiting listener looks for slots other loops freed (proxy.c) */
+  int retry_open;   /* 0 none, 1 open, 2 closing */
   int grace_open;
   dduct_proxy_close_cb close_cb;
   void *close_arg;

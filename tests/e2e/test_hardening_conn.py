@@ -207,7 +207,7 @@ def test_short_head_timeout_near_the_limit(rig):
     """max_connections = 8, head_timeout = 12 s: six idle connections (3/4 of the slots) are
     open; a seventh that sends nothing is closed after a sixth of head_timeout (2 s) and the log
     says why, while one of the first six (accepted below 3/4) is still open then. One event
-    loop: with several, each has its share of max_connections and its own 3/4 mark."""
+    loop, so that the idle connections' slots are known to be taken before the seventh comes."""
     with rig.dduct(proxy={"max_connections": 8, "head_timeout": 12, "workers": 1}) as d:
         held = [client.Tcp("127.0.0.1", d.tcp_port) for _ in range(6)]
         time.sleep(0.3)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -167,6 +168,63 @@ def test_ticket_resumes_on_either_loop(rig):
         check(all(lp["connections_accepted"] > 0 for lp in loops), "both loops served", loops)
 
 
+def ask(d, o, path, timeout=30, keep=False):
+    """GET on a new connection through the plain listener, the socket's timeout bounding every
+    wait: (status, body, the client transport, left open when keep)."""
+    s = client.Tcp("127.0.0.1", d.tcp_port, timeout=timeout)
+    host = "origin.test:%d" % o.port
+    s.sendall(client.request_bytes("GET", "http://%s%s" % (host, path), host,
+                                   headers=[] if keep else [("Connection", "close")]))
+    r = client.Reader(s).read_response("GET")
+    if not keep:
+        s.close()
+    return r.status, r.body, s
+
+
+def test_max_connections_counts_the_process(rig):
+    """max_connections is the whole process's limit, not a share per loop: with two loops and
+    max_connections = 2, one idle keep-alive connection leaves a slot for every new client
+    whichever loop the kernel hands it to (with the limit split, a client sent to the idle
+    connection's loop waited in the backlog until that connection closed); with both slots
+    held, a new client waits, and is served once one of them closes, whichever loop frees it."""
+    o = rig.plain
+    want = (200, pattern_bytes(100))
+    with rig.dduct(proxy={"workers": 2, "max_connections": 2, "head_timeout": 120}) as d:
+        st, body, a = ask(d, o, "/bytes/100", keep=True)
+        check_eq((st, body), want, "the first client, kept alive")
+        for i in range(10):
+            try:
+                st, body, _ = ask(d, o, "/bytes/100", timeout=10)
+            except OSError as e:
+                check(False, "new client %d served beside the idle one" % i, repr(e))
+            check_eq((st, body), want, "new client %d" % i)
+        st, body, b = ask(d, o, "/bytes/100", keep=True)
+        check_eq((st, body), want, "a second client, kept alive: the limit is reached")
+        for i in range(4):  # some of them land on each loop
+            third = client.Tcp("127.0.0.1", d.tcp_port, timeout=1)
+            host = "origin.test:%d" % o.port
+            third.sendall(client.request_bytes("GET", "http://%s/bytes/100" % host, host,
+                                               headers=[("Connection", "close")]))
+            try:
+                got = third.recv(1)
+            except socket.timeout:
+                got = None
+            check(got is None, "client %d waits while both slots are held" % i, got)
+            (a if i % 2 == 0 else b).close()
+            third.sock.settimeout(30)
+            r = client.Reader(third).read_response("GET")
+            check_eq((r.status, r.body), want, "client %d is served once a slot frees" % i)
+            third.close()
+            # the client just served frees its slot when it closes; hold two again
+            if i % 2 == 0:
+                st, body, a = ask(d, o, "/bytes/100", keep=True)
+            else:
+                st, body, b = ask(d, o, "/bytes/100", keep=True)
+            check_eq((st, body), want, "a slot held again")
+        a.close()
+        b.close()
+
+
 def test_address_in_use_as_with_one_loop(rig):
     """A second dduct (same user) on the address a running two-loop dduct listens on fails with
     'address already in use' and exits 1, as with one loop, instead of joining the first one's
@@ -225,4 +283,5 @@ def test_bad_workers_value(rig):
 if __name__ == "__main__":
     run([test_connections_spread_and_counted, test_twenty_clients_one_fill,
          test_sigterm_with_transfers_on_both_loops, test_ticket_resumes_on_either_loop,
+         test_max_connections_counts_the_process,
          test_address_in_use_as_with_one_loop, test_start_logged_once, test_bad_workers_value])
