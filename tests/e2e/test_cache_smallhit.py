@@ -156,7 +156,9 @@ def test_cut_behind_our_back(rig):
     o = cache_origin(rig, tls=True)
     data = pattern_bytes(4096, "cut")
     o.versions["cut"] = data
-    with rig.dduct(proxy={"filters": ["^/ver/"]}) as d:
+    # One loop: the store reads its inotify watch on its own loop, so with several a hit on
+    # another loop can come before the store heard of the cut (docs/cache.md says what then).
+    with rig.dduct(proxy={"filters": ["^/ver/"], "workers": 1}) as d:
         tls, rd = session(d, o)
         for i in range(2):
             check_small(ask(tls, rd, o, "GET", "/ver/cut"), data, "before the cut %d" % i)
