@@ -738,6 +738,13 @@ static int sni_cb(void *arg, mbedtls_ssl_context *ssl, const unsigned char *name
   if (len >= sizeof(t->sni)) return -1;
   if (t->sni_leaf && strlen(t->sni) == len && memcmp(t->sni, name, len) == 0)
     return 0; /* its leaf was set before the handshake began (peek_sni) */
+  if (t->forced_host == NULL && t->leaf != NULL) {
+    /* A second, different server_name in one ClientHello (mbedTLS calls back once per name):
+     * the first name's leaf is already the handshake's, and dropping our hold on it here would
+     * leave mbedTLS presenting a leaf another loop may free. One name per handshake. */
+    LOG_WARN("tls_mitm", "refused a ClientHello naming two hosts (\"%s\", then another)", t->sni);
+    return -1;
+  }
   memcpy(t->sni, name, len);
   t->sni[len] = '\0';
   if (t->forced_host != NULL) return 0; /* the CONNECT line decides, set before the handshake */

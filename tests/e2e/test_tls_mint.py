@@ -4,6 +4,8 @@ libuv's thread pool while its handshake waits, and a burst of CONNECTs to one ne
 once; every client of the burst gets a verified leaf and its response. Minted leaves are kept
 under cert_dir/leaves/, so a restarted dduct presents the same leaf without minting it."""
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -137,6 +139,56 @@ def test_tls_listener_mints_sni_names_off_the_loop(rig):
         check_eq(log.count(line + " (off the loop)"), 1, name + ": off the loop")
 
 
+def client_hello(names, sni_extensions):
+    """A TLS 1.2 ClientHello (ECDHE with AES-GCM and ChaCha20, P-256/X25519) whose server_name
+    is given sni_extensions times, each naming names[i] (mbedTLS 2.28 does not refuse a repeated
+    extension: it calls its SNI callback once per copy)."""
+    def ext(kind, body):
+        return struct.pack(">HH", kind, len(body)) + body
+
+    def sni(name):
+        n = name.encode()
+        entry = b"\x00" + struct.pack(">H", len(n)) + n
+        return ext(0, struct.pack(">H", len(entry)) + entry)
+    suites = [0xC02B, 0xC02F, 0xCCA9, 0xCCA8, 0xC02C, 0xC030]
+    exts = b"".join(sni(names[i]) for i in range(sni_extensions))
+    exts += ext(10, struct.pack(">HHHH", 6, 0x001D, 0x0017, 0x0018))  # supported_groups
+    exts += ext(11, b"\x01\x00")  # ec_point_formats: uncompressed
+    exts += ext(13, struct.pack(">H", 8) + struct.pack(">HHHH", 0x0403, 0x0503, 0x0804, 0x0401))
+    body = (b"\x03\x03" + os.urandom(32) + b"\x00" +
+            struct.pack(">H", 2 * len(suites)) + b"".join(struct.pack(">H", c) for c in suites) +
+            b"\x01\x00" + struct.pack(">H", len(exts)) + exts)
+    hs = b"\x01" + struct.pack(">I", len(body))[1:] + body
+    return b"\x16\x03\x01" + struct.pack(">H", len(hs)) + hs
+
+
+def first_record_type(port, hello):
+    """Send hello to the TLS listener: the content type of the first record it answers with
+    (22 handshake, 21 alert), or None if it closes without one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(hello)
+        try:
+            head = s.recv(1)
+        except ConnectionResetError:
+            return None
+        return head[0] if head else None
+
+
+def test_two_server_names_refused(rig):
+    """A ClientHello carrying two server_name extensions that name two different intercepted
+    hosts is refused (an alert, no certificate): the handshake would otherwise present the first
+    name's leaf after dduct let go of it. The same hello with one server_name gets a ServerHello,
+    so the hand-made hello itself is sound."""
+    with rig.dduct() as d:
+        names = ["two-a.wild.test", "two-b.wild.test"]
+        check_eq(first_record_type(d.tls_port, client_hello(names, 1)), 22,
+                 "one server_name: the handshake goes on")
+        got = first_record_type(d.tls_port, client_hello(names, 2))
+        check(got in (21, None), "two different server_names: refused", got)
+        check("refused a ClientHello naming two hosts" in d.log(), "the log says why",
+              d.log()[-2000:])
+
+
 if __name__ == "__main__":
     run([test_burst_to_a_new_host_mints_once, test_restart_presents_the_leaf_from_disk,
-         test_tls_listener_mints_sni_names_off_the_loop])
+         test_tls_listener_mints_sni_names_off_the_loop, test_two_server_names_refused])
