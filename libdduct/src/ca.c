@@ -327,13 +327,20 @@ static int load(struct opener *op, int f, unsigned char **buf, size_t *len) {
 static int warm_ec_key(mbedtls_pk_context *pk) {
   mbedtls_ecp_keypair *kp;
   mbedtls_ecp_point q;
+  mbedtls_mpi one;
   int rc;
   if (mbedtls_pk_get_type(pk) != MBEDTLS_PK_ECKEY && mbedtls_pk_get_type(pk) != MBEDTLS_PK_ECDSA)
     return 0;
   kp = mbedtls_pk_ec(*pk);
   if (kp->grp.T != NULL) return 0;
   mbedtls_ecp_point_init(&q);
-  rc = mbedtls_ecp_mul(&kp->grp, &q, &kp->d, &kp->grp.G, dduct__rng, NULL);
+  mbedtls_mpi_init(&one);
+  /* A certificate's public key has no d: any scalar builds the same table, so 1 for it. */
+  rc = mbedtls_mpi_lset(&one, 1);
+  if (rc == 0)
+    rc = mbedtls_ecp_mul(&kp->grp, &q, mbedtls_mpi_cmp_int(&kp->d, 0) != 0 ? &kp->d : &one,
+                         &kp->grp.G, dduct__rng, NULL);
+  mbedtls_mpi_free(&one);
   mbedtls_ecp_point_free(&q);
   return rc;
 }
@@ -680,6 +687,9 @@ static int open_files(struct opener *op) {
   if ((rc = plan(op)) != 0) return rc;
   if ((rc = key_step(op, F_CA_KEY, &op->ca->ca_key)) != 0) return rc;
   if ((rc = ca_crt_step(op)) != 0) return rc;
+  /* Leaves read back from cert_dir/leaves are checked against the CA certificate's key on pool
+   * threads and loops at once: for an EC CA, that key's group needs its table before then. */
+  if ((rc = warm_ec_key(&op->ca->ca_crt.pk)) != 0) return rc;
   if ((rc = server_step(op)) != 0) return rc;
   if ((rc = client_step(op)) != 0) return rc;
   return dduct__x509_crt_pem(&op->ca->ca_crt, &op->ca->ca_pem, &len);
@@ -1348,6 +1358,12 @@ void dduct__ca_leaf_put(struct dduct__leaf *l) {
   uv_mutex_lock(&ca->lock);
   put_locked(l);
   uv_mutex_unlock(&ca->lock);
+}
+
+int dduct__ca_ec_ready(struct dduct_ca *ca) {
+  mbedtls_pk_type_t t = mbedtls_pk_get_type(&ca->ca_crt.pk);
+  if (t != MBEDTLS_PK_ECKEY && t != MBEDTLS_PK_ECDSA) return 0;
+  return mbedtls_pk_ec(ca->ca_crt.pk)->grp.T != NULL;
 }
 
 size_t dduct__ca_leaf_count(struct dduct_ca *ca) {

@@ -66,6 +66,9 @@ void dduct__ca_leaf_cancel(struct dduct__leaf_wait *wait);
 void dduct__ca_leaf_put(struct dduct__leaf *ref);
 /* Tests only: seconds added to the CA's clock (leaf renewal without waiting a year). */
 extern time_t dduct__ca_clock_skew;
+/* Tests: 1 when the CA certificate's key is EC and its group's table of multiples of G is built
+ * (leaf files are checked against that key on several threads at once). */
+int dduct__ca_ec_ready(struct dduct_ca *ca);
 /* Leaves in the cache now (for tests). */
 size_t dduct__ca_leaf_count(struct dduct_ca *ca);
 

@@ -994,6 +994,32 @@ static void test_ec_key_ready(void) {
   dduct_ca_free(ca);
 }
 
+/* A user's EC CA: the certificate's public key gets its table when the CA opens, before leaf
+ * files are checked against it on several threads (mbedTLS would build it unlocked). */
+static void test_ec_ca_ready(void) {
+  struct dduct_ca *ca = NULL;
+  char err[512] = "";
+  int rc;
+
+  run("rm -rf '%s'ca.* '%s'server.* '%s'client.* '%s'leaves", dir, dir, dir, dir);
+  CHECK(run("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out '%s' 2>&1",
+            path("ca.key")) == 0 && run("chmod 600 '%s'", path("ca.key")) == 0 &&
+            run("openssl req -x509 -new -key '%s' -subj /CN=ec-ca -days 30 -addext "
+                "basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign "
+                "-out '%s' 2>&1", path("ca.key"), path("ca.crt")) == 0,
+        "openssl makes a P-256 CA");
+  rc = open_ca(&ca, err, sizeof(err));
+  if (rc != 0) fprintf(stderr, "  %s\n", err);
+  CHECK_EQ_INT(rc, 0, "the CA opens with the P-256 CA");
+  if (ca != NULL)
+    CHECK(dduct__ca_ec_ready(ca), "its certificate's group has its table of multiples of G");
+  dduct_ca_free(ca);
+  run("rm -rf '%s'ca.* '%s'server.* '%s'client.* '%s'leaves", dir, dir, dir, dir);
+  ca = NULL;
+  CHECK_EQ_INT(open_ca(&ca, err, sizeof(err)), 0, "dduct's own CA again");
+  dduct_ca_free(ca);
+}
+
 int main(void) {
   struct dduct_ca *ca = NULL;
 
@@ -1018,6 +1044,7 @@ int main(void) {
     test_leaf_files();
     test_restart();
     test_ec_key_ready();
+    test_ec_ca_ready();
     test_refusals();
   }
   run("rm -rf '%s'", tmp);
