@@ -369,7 +369,11 @@ static void worker_main(void *arg) {
     dduct_store_detach(parent->store, &w->loop);
     uv_run(&w->loop, UV_RUN_DEFAULT);
   }
-  (void)uv_loop_close(&w->loop);
+  /* Everything the worker opened is closed by now; a handle left open would leak the loop's
+   * descriptors for good (an embedder may create and close proxies many times): say so. */
+  if (uv_loop_close(&w->loop) == UV_EBUSY)
+    LOG_ERROR("http_proxy", "event loop %u still has open handles after its proxy closed: "
+              "its descriptors leak", w->index);
   uv_mutex_lock(&w->mu);
   w->state = W_ENDED;
   if (w->notify) uv_async_send(&parent->workers_done);
