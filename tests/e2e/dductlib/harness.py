@@ -424,7 +424,9 @@ class Rig:
                 self._generate_cert_dir(certdir)
                 with open(stamp, "w") as f:
                     f.write(dduct_bin() + "\n")
-        shutil.copytree(certdir, dest)
+            # Copied under the lock: another test process that finds the cache stale removes
+            # and regenerates certdir under it, and a copy running then lost files (CI saw it).
+            shutil.copytree(certdir, dest)
         os.chmod(dest, 0o700)
 
     def _generate_cert_dir(self, certdir):
