@@ -510,6 +510,13 @@ static int on_headers_complete(llhttp_t *ll) {
     }
     p->head.status = ll->status_code;
   }
+  /* llhttp takes any length up to 2^64 - 1; ours are int64_t, where a larger one read as
+   * negative meant "no body" and the body's bytes were parsed as that, then the connection
+   * waited inside a body never read (review-sec #5). No real message is that long. */
+  if ((ll->flags & F_CONTENT_LENGTH) && ll->content_length > (uint64_t)INT64_MAX) {
+    p->bad_reason = "Content-Length is too large";
+    return -1;
+  }
   rc = p->cbs->on_head != NULL ? p->cbs->on_head(p) : 0;
   if (rc == 2) return HPE_PAUSED;
   return rc;
