@@ -56,6 +56,7 @@ struct dduct_conn {
   int tls_listener;
   int draining;
   int denied; /* outside allow_clients: every request gets 403 */
+  int denied_out; /* a denied tcp_bind client answered at accept: not in max_connections */
   int counted; /* addr holds one of its max_connections_per_client */
   unsigned head_ms; /* this connection's head timeout (shorter when accepted near the limit) */
   struct sockaddr_storage addr;
@@ -152,6 +153,10 @@ static void conn_free(struct dduct_conn *c) {
   free(c->rpath);
   free(c->in);
   if (c->counted) dduct__proxy_client_release(p, (struct sockaddr *)&c->addr);
+  if (c->denied_out) { /* taken out of the count at accept: conn_gone takes it out again */
+    p->denied_lingering--;
+    atomic_fetch_add_explicit(p->conns_all, 1, memory_order_relaxed);
+  }
   dduct__proxy_conn_gone(p, &c->node);
   free(c);
 }
@@ -893,6 +898,16 @@ static void route(struct dduct_conn *c) {
                   dduct__http_get(h, "Transfer-Encoding"));
     return;
   }
+  if (strcmp(c->req.method, "CONNECT") == 0 && c->intercepted) {
+    /* A CONNECT inside an intercepted connection would be intercepted again, each layer one
+     * more TLS stream reading into the next on the stack: 130 of them from one client crashed
+     * the process (review-sec #1). The client believes it talks to the origin here, and an
+     * origin does not proxy: one TLS layer (two from tls_bind) is all there is. */
+    c->keep_alive = 0;
+    dduct__conn_send_error(c, 400, "CONNECT inside an intercepted connection (%s:%u) is not allowed",
+                           c->ihost, c->iport);
+    return;
+  }
   if (strcmp(c->req.method, "CONNECT") == 0) {
     connect_target(c);
   } else if ((status = resolve_target(c)) != 0) {
@@ -1079,6 +1094,38 @@ static void client_read_cb(struct dduct_stream *s, ssize_t nread, const char *da
 
 /* ---- accept ------------------------------------------------------------------------------- */
 
+/* A tcp_bind client outside allow_clients gets its 403 at once, before it sends anything, and
+ * the connection lingers (LINGER_MS at most) so the answer is read, not reset. It holds no
+ * max_connections slot meanwhile: idle denied sockets waiting for head_timeout kept allowed
+ * clients out (review-sec #4). At most DENIED_LINGER_MAX per loop linger; past that they are
+ * closed at once. Logged once a second at most, like the tls_bind refusals. */
+#define DENIED_LINGER_MAX 64
+static void deny_at_accept(struct dduct_proxy *p, struct dduct_conn *c) {
+  static const char body[] = "client is not allowed to use this proxy (allow_clients)\n";
+  char resp[256];
+  uint64_t now = uv_now(p->loop);
+  int n = snprintf(resp, sizeof(resp),
+                   "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                   "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                   sizeof(body) - 1, body);
+  p->stats.errors++;
+  dduct__stats_error(&p->metrics, 403, c->peer, body);
+  if (now - p->last_denied_log >= 1000) {
+    p->last_denied_log = now;
+    LOG_WARN("http_proxy", "%s: 403 not allowed to use this proxy (allow_clients)", c->peer);
+  }
+  if (p->denied_lingering >= DENIED_LINGER_MAX || n <= 0 || (size_t)n >= sizeof(resp) ||
+      cwrite_now(c, resp, (size_t)n, NULL, NULL) != 0) {
+    conn_close(c);
+    return;
+  }
+  c->denied_out = 1;
+  p->denied_lingering++;
+  atomic_fetch_sub_explicit(p->conns_all, 1, memory_order_relaxed);
+  c->keep_alive = 0;
+  linger(c);
+}
+
 void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int kind) {
   int tls = kind == DDUCT_LISTEN_TLS;
   struct sockaddr_storage ss;
@@ -1142,6 +1189,10 @@ void dduct__conn_accept(struct dduct_proxy *p, uv_stream_t *server, int kind) {
       LOG_WARN("tls_mitm", "%s: not allowed to use this proxy (allow_clients): closed", c->peer);
     }
     conn_close(c);
+    return;
+  }
+  if (c->denied) {
+    deny_at_accept(p, c);
     return;
   }
   if (tls) {

@@ -77,6 +77,7 @@ struct dduct_proxy {
   struct dduct__stats metrics;  /* what /metrics and /stats report (stats.h) */
   uint64_t last_emfile_log;
   uint64_t last_denied_log;
+  unsigned denied_lingering; /* denied tcp_bind clients answered at accept, not yet closed */
   uint64_t last_percap_log; /* a client over max_connections_per_client, logged once a second */ /* a denied tls_bind client closed at accept, logged once a second */
   /* Event loops (workers > 1, docs/architecture.md#event-loops). */
   struct dduct_proxy *parent;      /* a worker's parent; NULL on the parent */

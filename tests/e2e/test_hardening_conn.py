@@ -290,8 +290,74 @@ def test_stalled_tls_readers_hold_one_chunk(rig):
             t.close()
 
 
+def test_connect_inside_an_intercepted_connection(rig):
+    """A CONNECT sent inside an intercepted TLS connection (where the client talks to "the
+    origin") gets 400 and the connection ends: each such CONNECT used to be intercepted again,
+    one more TLS layer reading into the next on the stack, and ~130 of them from one client
+    crashed the process (review-sec #1). dduct is still up and serves the next client."""
+    with rig.dduct() as d:
+        t = client.Tcp("127.0.0.1", d.tcp_port, timeout=10)
+        status, _, _ = client.connect(t, "origin.test", rig.origin.port)
+        check_eq(status, 200, "the first CONNECT is intercepted")
+        s = client.BioTls(t, client.tls_context(d.ca_crt), "origin.test")
+        status, body, rd = client.connect(s, "origin.test", rig.origin.port)
+        check_eq(status, 400, "a CONNECT inside the intercepted connection")
+        check(b"inside an intercepted connection" in body, "the answer says why", body)
+        check(rd.read_head() is None, "the connection ends after the refusal")
+        t.close()
+        r = curl(rig, via(d, "http") + [rig.origin.url("origin.test", "/echo/after")])
+        check_eq((r.rc, r.status), (0, 200), "the next client is served (%s)" % r.stderr)
+        check(d.proc.poll() is None, "dduct is running")
+
+
+def test_content_length_beyond_int64(rig):
+    """A request whose Content-Length does not fit 63 bits gets 400, never reaches the origin,
+    and the next connection is served (review-sec #5: it was read as negative, the request went
+    to the origin with Content-Length: 0 and the connection then hung in a body never read)."""
+    plain = rig.plain
+    with rig.dduct() as d:
+        before = len(plain.snapshot()["requests"])
+        t = client.Tcp("127.0.0.1", d.tcp_port, timeout=10)
+        url = plain.url("origin.test", "/echo/upload")
+        t.sendall(("POST %s HTTP/1.1\r\nHost: origin.test\r\n"
+                   "Content-Length: 9223372036854775808\r\n\r\nhello" % url).encode())
+        resp = client.Reader(t).read_response("POST")
+        check_eq(resp.status if resp else None, 400, "Content-Length of 2^63")
+        check(b"Content-Length is too large" in resp.body, "the answer says why", resp.body)
+        t.close()
+        check_eq(len(plain.snapshot()["requests"]), before, "the origin saw nothing")
+        r = curl(rig, via(d, "http") + [plain.url("origin.test", "/echo/next")])
+        check_eq((r.rc, r.status), (0, 200), "the next client is served (%s)" % r.stderr)
+
+
+def test_denied_clients_hold_no_slot(rig):
+    """max_connections = 8, head_timeout = 60 s, allow_clients = ['127.0.0.2/32']: eight
+    sockets from 127.0.0.1 (denied) get their 403 before sending anything and are closed within
+    the linger (2 s) whatever they do; meanwhile an allowed client from 127.0.0.2 is served at
+    once. Before, each denied socket held a slot until it sent a head or head_timeout passed, so
+    eight of them kept every allowed client waiting (review-sec #4)."""
+    with rig.dduct(proxy={"max_connections": 8, "head_timeout": 60, "workers": 1,
+                          "allow_clients": ["127.0.0.2/32"]}) as d:
+        denied = [client.Tcp("127.0.0.1", d.tcp_port, source="127.0.0.1", timeout=10)
+                  for _ in range(8)]
+        for i, t in enumerate(denied):
+            resp = client.Reader(t).read_response()
+            check_eq(resp.status if resp else None, 403, "denied socket %d, unprompted" % i)
+        r = curl(rig, ["--interface", "127.0.0.2", "--max-time", "20"] + via(d, "http") +
+                 [rig.plain.url("origin.test", "/echo/allowed")])
+        check_eq((r.rc, r.status), (0, 200), "127.0.0.2 served while 8 denied sockets are "
+                 "open (%s)" % r.stderr)
+        for i, t in enumerate(denied):
+            check(_closed_by_peer(t.sock, 10), "denied socket %d closed by dduct" % i)
+            t.close()
+        log = d.stop()
+        check("403 not allowed to use this proxy (allow_clients)" in log, "logged", log[-2000:])
+
+
 if __name__ == "__main__":
     run([test_denied_client_gets_no_handshake, test_leaf_cache_evicts_instead_of_refusing,
          test_log_lines_are_printable, test_hits_survive_a_short_descriptor_limit,
          test_soft_descriptor_limit_raised, test_per_client_connection_cap,
-         test_short_head_timeout_near_the_limit, test_stalled_tls_readers_hold_one_chunk])
+         test_short_head_timeout_near_the_limit, test_stalled_tls_readers_hold_one_chunk,
+         test_connect_inside_an_intercepted_connection, test_content_length_beyond_int64,
+         test_denied_clients_hold_no_slot])
