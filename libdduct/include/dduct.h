@@ -196,7 +196,8 @@ struct dduct_store_stats {
   uint64_t fills_discarded;  /* short body, digest mismatch, disk full, ... */
   uint64_t bytes_served;     /* body bytes sent to clients from the store */
   uint64_t bytes_fetched;    /* body bytes received from origins into the store */
-  uint64_t entries;          /* complete entries known since open */
+  uint64_t entries;          /* complete entries indexed now (evictions, removals and
+                              * invalidations take them off); counted as size_bytes is */
   uint64_t size_bytes;       /* data bytes of the complete entries indexed (all processes
                               * sharing dir; as far as known while the index loads) */
   uint64_t evictions;        /* entries this process evicted to keep within the budget */

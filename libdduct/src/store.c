@@ -2882,6 +2882,7 @@ void dduct_store_stats(const struct dduct_store *s, struct dduct_store_stats *ou
   store_lock(s);
   *out = s->stats;
   uv_mutex_lock((uv_mutex_t *)&s->ix_lock);
+  out->entries = s->ix.count; /* like size_bytes, it goes down on eviction, rm and invalidation */
   out->size_bytes = s->ix.bytes;
   uv_mutex_unlock((uv_mutex_t *)&s->ix_lock);
   uv_mutex_unlock((uv_mutex_t *)&s->mu);

@@ -1,12 +1,14 @@
 """`dduct cache ls|du|rm|verify|prune` with the real binary on the file_dir of a running dduct:
 ls lists what was stored (table and JSON), du counts it, rm of a hot entry makes the next
 request go to the origin, verify catches a flipped byte in a blob (and --repair removes it),
-prune evicts down to a size; bad usage and failures exit non-zero."""
+prune evicts down to a size; bad usage and failures exit non-zero. The daemon's
+dduct_cache_entries gauge follows: it equals du's count and goes down after rm and prune."""
 import json
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import add_blob, cache_origin, entries  # noqa: E402
@@ -18,6 +20,18 @@ def cache(d, *args):
     p = subprocess.run([dduct_bin(), "cache"] + list(args) + ["--cfg", d.cfg_path],
                        capture_output=True, text=True, timeout=120)
     return p.returncode, p.stdout, p.stderr
+
+
+def gauges(d):
+    """dduct_cache_entries and dduct_cache_size_bytes on d's /metrics."""
+    with urllib.request.urlopen(d.admin_url + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    got = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("dduct_cache_entries", "dduct_cache_size_bytes"):
+            got[name] = int(float(value))
+    return got.get("dduct_cache_entries"), got.get("dduct_cache_size_bytes")
 
 
 def wait_for(cond, what, timeout=60):
@@ -33,7 +47,7 @@ def test_cache_commands_on_a_live_file_dir(rig):
     blob = pattern_bytes(300000, "cli-blob")
     digest = add_blob(o, blob)
     sizes = (100000, 200000)
-    with rig.dduct(proxy={"filters": ["^/bytes/", "^/v2/"]}) as d:
+    with rig.dduct(admin=True, proxy={"filters": ["^/bytes/", "^/v2/"]}) as d:
         urls = [rig.plain.url("origin.test", "/bytes/%d" % n) for n in sizes]
         burl = o.url("origin.test", "/v2/lib/x/blobs/" + digest)
         for u in urls + [burl]:
@@ -63,11 +77,14 @@ def test_cache_commands_on_a_live_file_dir(rig):
         rc, out, err = cache(d, "du")
         check(rc == 0 and "entries      3" in out and "bytes        600000" in out,
               "du counts entries and bytes", out)
+        check_eq(gauges(d), (3, 600000), "/metrics agrees with du")
 
         before = rig.plain.count("/bytes/100000")
         rc, out, err = cache(d, "rm", urls[0])
         check_eq(rc, 0, "rm URL exits 0: " + err)
         check("1 entry removed" in out, "and says so", out)
+        wait_for(lambda: gauges(d) == (2, 500000), "the gauges to go down after rm (journal: 2 s)",
+                 timeout=20)
         time.sleep(0.2)  # the daemon's inotify watch hears of the unlink
         r = curl(rig, via(d, "http") + [urls[0]])
         check_eq((r.status, r.sha256()), (200, pattern_sha256(100000)), "after rm")
@@ -78,11 +95,14 @@ def test_cache_commands_on_a_live_file_dir(rig):
         # A flipped byte in the blob (same size): verify reports it, --repair removes it.
         rel = "c/%s/%s" % (digest[7:9], digest[7:])
         path = os.path.join(d.file_dir, rel)
+        st = os.stat(path)
         with open(path, "r+b") as f:
             f.seek(1000)
             b = f.read(1)
             f.seek(1000)
             f.write(bytes([b[0] ^ 0x01]))
+        # As bit rot would: the same version (mtime) for the daemon, whose index then drops it.
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
         rc, out, err = cache(d, "verify")
         check_eq(rc, 1, "verify exits 1 on a corrupt entry")
         check("does not match its digest" in out and "/blobs/" + digest in out,
@@ -101,6 +121,7 @@ def test_cache_commands_on_a_live_file_dir(rig):
         rc, out, err = cache(d, "rm", "--match", "/bytes/")
         check_eq(rc, 0 if left else 1, "rm --match")
         check_eq(json.loads(cache(d, "ls", "--json")[1]), [], "nothing left")
+        wait_for(lambda: gauges(d) == (0, 0), "the gauges to reach 0", timeout=20)
 
         for bad in (["prune", "--to", "12X"], ["frobnicate"], ["ls", "--nope"],
                     ["rm", "not a url"]):
