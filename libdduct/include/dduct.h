@@ -513,7 +513,9 @@ struct dduct_metric {
 #define DDUCT_METRICS_PROCESS 1u
 
 /* Call cb for every sample of p (and its store); a non-zero return from cb stops the walk and
- * is returned. Counters with labels appear once they are non-zero. */
+ * is returned. dduct_requests_total and dduct_upstream_requests_total (one sample per status
+ * code seen) show a label set once it is non-zero; every other family shows all of its label
+ * sets, zeros included. */
 typedef int (*dduct_metric_cb)(void *user_data, const struct dduct_metric *m);
 DDUCT_EXTERN int dduct_proxy_metrics_each(const struct dduct_proxy *p, unsigned flags,
                                           dduct_metric_cb cb, void *user_data);
