@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The man pages generated from the docs: man(1) renders them without a groff warning, every
-option of `dduct --help` is in dduct(1), every key `dduct --check` prints is an entry of
+option of `dduct --help` is in dduct(1), so is every command and option of `dduct cache --help`,
+every key `dduct --check` prints is an entry of
 dduct.toml(5), and meson install puts both under share/man."""
 import os
 import re
@@ -51,6 +52,26 @@ def test_options_documented(rig):
         check(o in tags, "%s documented in dduct(1)" % o)
 
 
+def test_cache_commands_documented(rig):
+    """Every command `dduct cache --help` lists is an entry of dduct(1)'s CACHE COMMANDS, and
+    each of its options is named there."""
+    p = subprocess.run([BIN, "cache", "--help"], capture_output=True, text=True)
+    check_eq(p.returncode, 0, "dduct cache --help")
+    cmds = set(re.findall(r"^  ([a-z]+) ", p.stdout, re.M))
+    check_eq(sorted(cmds), ["du", "ls", "prune", "rm", "verify"], "commands in cache --help")
+    opts = set(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", p.stdout)) - {"-h", "--help"}
+    with open(os.path.join(MAN_DIR, "dduct.1")) as f:
+        roff = f.read().replace("\\-", "-")
+    m = re.search(r'^\.SH "?CACHE COMMANDS"?\n(.*?)^\.SH ', roff, re.M | re.S)
+    check(m is not None, "a CACHE COMMANDS section in dduct(1)")
+    tags = [t.split("\n", 1)[0] for t in m.group(1).split(".TP\n")[1:]]
+    for c in sorted(cmds):
+        check(any(re.match(r"\\fB%s\b" % c, t) for t in tags), "dduct cache %s is an entry" % c,
+              tags)
+    for o in sorted(opts):
+        check(o in m.group(1), "%s documented under CACHE COMMANDS" % o)
+
+
 def test_keys_documented(rig):
     """Every key of the effective configuration (`dduct --check`) is an entry of dduct.toml(5)
     under its own table."""
@@ -99,4 +120,5 @@ def test_meson_install(rig):
 
 
 if __name__ == "__main__":
-    run([test_render_clean, test_options_documented, test_keys_documented, test_meson_install])
+    run([test_render_clean, test_options_documented, test_cache_commands_documented,
+         test_keys_documented, test_meson_install])
