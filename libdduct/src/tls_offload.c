@@ -28,9 +28,9 @@
 /* Not with records written here: libdduct's ChaCha20-Poly1305 (~3-4 GB/s per core) and AES-GCM
  * (~2.5-7 GB/s) cost less than the copy into wq, the hand-off and the worker's buffers (measured
  * with ChaCha20, 512 MiB hits and a 50-client stampede: as fast or faster on the loop, 0.68 vs
- * 0.94 CPU-s per GiB, half the peak RSS). The workers stay for the AEAD suites mbedTLS keeps:
- * AES-GCM on a CPU without AES-NI (arm64 builds, DDUCT_AESGCM=off), AES-CCM, ARIA-GCM and
- * Camellia-GCM an origin may choose, and everything under DDUCT_TLS_RECORDS=mbedtls. */
+ * 0.94 CPU-s per GiB, half the peak RSS). The workers stay for the records mbedTLS keeps: AES-GCM
+ * on a CPU without AES-NI (arm64 builds, DDUCT_AESGCM=off), and everything under
+ * DDUCT_TLS_RECORDS=mbedtls (tls.c offers no CCM, ARIA or Camellia suite). */
 int dduct__tls_offloadable(const struct tls_stream *t) {
   return t->aead && !t->own && t->below == NULL && !t->carry && !dduct__diag()->tls_offload_off;
 }
