@@ -139,6 +139,7 @@ static void free_parts(struct dduct_proxy *p) {
   dduct__tls_server_conf_free(p->tls_server);
   dduct__tls_client_conf_free(p->tls_client);
   dduct__tls_client_conf_free(p->tls_parent);
+  dduct__tls_client_conf_free(p->tls_uproxy);
   dduct__uproxy_free(&p->uproxy);
   if (p->parent != NULL) memset(&p->parents, 0, sizeof(p->parents)); /* the parent's */
   dduct__parents_free(&p->parents);
@@ -212,6 +213,13 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
                                     0, p->parent != NULL, &p->tls_parent, err, errlen);
     if (rc != 0) return rc;
   }
+  if (p->o.upstream_insecure && p->uproxy.https) {
+    /* upstream_insecure is for origins with broken certificates: the proxy that gets our
+     * Proxy-Authorization is still verified (review-sec2 #3). */
+    rc = dduct__tls_client_conf_new(p->o.system_ca_file, p->o.upstream_ca_file, 0,
+                                    p->parent != NULL, &p->tls_uproxy, err, errlen);
+    if (rc != 0) return rc;
+  }
   memset(&uc, 0, sizeof(uc));
   uc.loop = p->loop;
   uc.tls = p->tls_client;
@@ -224,6 +232,7 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
   uc.stat_reuses = &p->stats.upstream_reuses;
   uc.proxy = &p->uproxy;
   uc.parent_tls = p->tls_parent;
+  uc.proxy_tls = p->tls_uproxy;
   uc.stats = &p->metrics;
   rc = dduct__upstream_new(&uc, &p->up);
   if (rc != 0) return rc;

@@ -57,6 +57,9 @@ struct dduct_proxy {
   struct dduct_tls_server_conf *tls_server;
   struct dduct_tls_client_conf *tls_client;
   struct dduct_tls_client_conf *tls_parent; /* parents' listeners; NULL without parents */
+  /* An https upstream proxy under upstream_insecure (which is for origins only): verified;
+   * NULL otherwise (the proxy hop then shares tls_client, which verifies). */
+  struct dduct_tls_client_conf *tls_uproxy;
   struct dduct_uproxy uproxy;               /* upstream_proxy (empty: none) */
   struct dduct_parents parents;             /* the parent tier (n == 0: none) */
   struct dduct_upstream *up;

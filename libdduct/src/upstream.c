@@ -417,6 +417,8 @@ static void start_tls(struct uconn *c, enum ustate state) {
   struct dduct_stream *tls;
   if (state == U_HOP_TLS && c->route == R_PARENT && c->u->cfg.parent_tls != NULL)
     conf = c->u->cfg.parent_tls;
+  if (state == U_HOP_TLS && c->route == R_PROXY && c->u->cfg.proxy_tls != NULL)
+    conf = c->u->cfg.proxy_tls;
   tls = dduct__tls_client_new(conf, c->s, name);
   if (tls == NULL) {
     uconn_fail(c, DDUCT_ENOMEM, "TLS to %s:%u: out of memory", name, c->port);

@@ -66,6 +66,7 @@ struct dduct_upstream_config {
    * the host (NULL or an empty one: direct); parents are reached with parent_tls. */
   const struct dduct_uproxy *proxy;
   struct dduct_tls_client_conf *parent_tls;
+  struct dduct_tls_client_conf *proxy_tls; /* the https upstream proxy's hop (NULL: tls) */
   struct dduct__stats *stats; /* responses by code, connect times (may be NULL) */
 };
 

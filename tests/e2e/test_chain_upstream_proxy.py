@@ -231,9 +231,33 @@ def test_far_end_speaks_first(rig):
     check_eq(seen, ["CONNECT blind.example:2222 HTTP/1.1"], "the proxy got dduct's CONNECT")
 
 
+def test_insecure_origins_still_verify_the_proxy(rig):
+    """upstream_insecure = true is for origins: an https upstream proxy whose certificate is not
+    trusted (its CA is not in upstream_ca_file) is still refused (502, the proxy sees no
+    CONNECT), since it would receive the Proxy-Authorization (review-sec2 #3); with its CA
+    trusted, the same request goes through."""
+    o = rig.origin
+    with rig.dduct(name="corp") as corp:
+        with rig.dduct(proxy={"upstream_proxy": corp.https_proxy, "upstream_insecure": True,
+                              "upstream_ca_file": rig.pki.ca_crt}) as d:
+            r = curl(rig, via(d, "http") + [o.url("origin.test", "/echo/untrusted-proxy")])
+            check_eq((r.rc, r.status), (0, 502), "an untrusted https proxy (%s)" % r.stderr)
+        bundle = os.path.join(rig.tmp, "bundle-insecure.pem")
+        with open(bundle, "w") as f:
+            f.write(open(rig.pki.ca_crt).read() + open(corp.ca_crt).read())
+        with rig.dduct(proxy={"upstream_proxy": corp.https_proxy, "upstream_insecure": True,
+                              "upstream_ca_file": bundle}) as d:
+            r = curl(rig, via(d, "http") + [o.url("origin.test", "/echo/trusted-proxy")])
+            check_eq((r.rc, r.status), (0, 200), "a trusted https proxy (%s)" % r.stderr)
+        log = corp.stop()
+        check("untrusted-proxy" not in log and "CONNECT origin.test" in log,
+              "only the trusted run reached the proxy", log[-2000:])
+
+
 if __name__ == "__main__":
     if not squid_rig.available():
         print("1..0 # SKIP squid is not installed")
         sys.exit(0)
     run([test_squid_no_auth, test_squid_basic_auth, test_squid_407_is_502,
-         test_proxy_refused_and_bypass, test_https_upstream_proxy, test_far_end_speaks_first])
+         test_proxy_refused_and_bypass, test_https_upstream_proxy, test_far_end_speaks_first,
+         test_insecure_origins_still_verify_the_proxy])
