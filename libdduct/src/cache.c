@@ -792,10 +792,13 @@ static void job_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, 
     else job_pass(j, h, cl, 0);
     return;
   }
-  if (j->parent >= 0 && (h->status == 502 || h->status == 504)) {
-    /* The parent works but could not get it from the origin (its answer names why): asking the
+  if (j->parent >= 0 && h->status >= 500 && h->status != 503) {
+    /* The parent works but could not get it from the origin (502, 504: its answer names why),
+     * or refused this URL (508 for a URL naming the parent itself, 500, 501...): asking the
      * other parents would fail the same way and put them down for one bad URL. The origin is
-     * asked from here, so the client gets its real answer or our own error. */
+     * asked from here, so the client gets its real answer or our own error. Counting such an
+     * answer as the parent's failure let one client request take a parent out of the tier for
+     * parent_down_time (review-sec2 #2). */
     LOG_INFO(LOG_MOD, "Parent %s answered %d for \"%s\": asking the origin",
              j->k->cfg.parents->v[j->parent].shown, h->status, j->url);
     dduct__fetch_abort(f);
@@ -804,9 +807,10 @@ static void job_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, 
     job_next(j);
     return;
   }
-  if (j->parent >= 0 && h->status >= 500) {
-    /* The parent cannot serve (overloaded, shutting down, broken): the next parent or the
-     * origin is asked instead, and this one rests for a while. */
+  if (j->parent >= 0 && h->status == 503) {
+    /* The parent cannot serve (out of memory, shutting down: a dduct's 503 is about itself):
+     * the next parent or the origin is asked instead, and this one rests for a while. A
+     * parent that cannot be reached, fails TLS or times out is put down by job_on_done. */
     dduct__fetch_abort(f);
     j->f = NULL;
     parent_failed(j, "answered %d %s", h->status, dduct__http_reason(h));

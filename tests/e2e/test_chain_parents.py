@@ -374,6 +374,31 @@ def test_origin_5xx_relayed_not_a_parent_failure(rig):
         cluster_rig.kill_all(edges + parents)
 
 
+def test_url_refused_by_the_parent_is_not_a_parent_failure(rig):
+    """A client of the edge asks for a cacheable URL naming the parent's own listener: the
+    parent answers its own 508 (no Via). The edge asks the origin of that URL itself and marks
+    nobody down, so the next ordinary miss still goes through the parent. It used to count any
+    5xx but 502/504 as the parent's failure: one request per parent every parent_down_time kept
+    the whole tier out (review-sec2 #2)."""
+    o = cache_origin(rig)
+    parents, edges = cluster_rig.start_cluster(rig, 1, 1)
+    try:
+        p, e = parents[0], edges[0]
+        r = curl(rig, via(e, "http") + ["http://%s:%d/bytes/77" % (p.host, p.tcp_port)])
+        check(r.rc == 0 and r.status != 200, "the URL naming the parent is not served",
+              (r.rc, r.status, r.stderr))
+        r = curl(rig, via(e, "http") + [o.url("origin.test", "/bytes/7070")])
+        check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(7070)), "the next file")
+        logs = cluster_rig.stop_all(edges + parents)
+        check("down for" not in logs[0], "the parent was not marked down", logs[0][-2000:])
+        check("answered 508" in logs[0] and "asking the origin" in logs[0],
+              "the edge says why it asked the origin", logs[0][-2000:])
+        check("Miss \"https://origin.test:%d/bytes/7070\"" % o.port in logs[1],
+              "the next file went through the parent", logs[1][-1500:])
+    finally:
+        cluster_rig.kill_all(edges + parents)
+
+
 def test_mesh_of_peers(rig):
     """Every node lists every node as a parent, itself included (one config for all, a tier of
     peers): 3 nodes pull the same 15 files at once from cold; each key is fetched from the
@@ -449,5 +474,6 @@ if __name__ == "__main__":
          test_lying_parent_is_caught_at_the_edge, test_resume_meets_relayed_5xx,
          test_resume_refuses_another_version,
          test_origin_5xx_relayed_not_a_parent_failure,
+         test_url_refused_by_the_parent_is_not_a_parent_failure,
          test_tier_behind_squid, test_mesh_of_peers, test_cluster_cold_pull,
          test_parent_killed_mid_run])
