@@ -35,6 +35,7 @@
 #include <mbedtls/x509_crt.h>
 
 #include "ca.h"
+#include "safedir.h"
 #include "internal.h"
 #include "pkcs12.h"
 #include "rng.h"
@@ -677,6 +678,11 @@ static int set_dir(struct opener *op) {
   if (rc == DDUCT_EUNSAFE)
     return fail(op, rc, "\"%s\" is accessible to other users and cannot be made 0700", d);
   if (rc != 0) return fail(op, rc, "cannot create \"%s\": %s", d, dduct_strerror(rc));
+  {
+    char why[512];
+    if ((rc = dduct__dir_private(d, "cert_dir", MOD, why, sizeof(why))) != 0)
+      return fail(op, rc, "%s", why);
+  }
   return 0;
 }
 

@@ -29,6 +29,7 @@
 
 #include "sha256.h"
 #include "stats.h"
+#include "safedir.h"
 #include "store.h"
 
 #define NBUCKETS 256
@@ -2800,6 +2801,12 @@ static int prepare_dir(const char *dir, char **root, char *err, size_t errlen) {
     free(*root);
     *root = NULL;
     return dduct__errf(rc, err, errlen, "file_dir \"%s\": %s", dir, dduct_strerror(rc));
+  }
+  /* Ours alone: another user who can write in it, or rename it, chooses what we serve. */
+  if ((rc = dduct__dir_private(*root, "file_dir", LOG_MOD, err, errlen)) != 0) {
+    free(*root);
+    *root = NULL;
+    return rc;
   }
   return 0;
 }

@@ -22,7 +22,7 @@ from cache_rig import (CacheHandler, add_blob, cache_origin, entries, files_in, 
                        origin_gets)
 from dductlib.origin import pattern_bytes, pattern_sha256  # noqa: E402
 from dductlib.client import Reader, Tcp, request_bytes  # noqa: E402
-from dductlib.harness import check, check_eq, curl, run, via  # noqa: E402
+from dductlib.harness import TestFailure, check, check_eq, curl, run, via  # noqa: E402
 from dductlib.origin import Origin  # noqa: E402
 
 GOOD = b"GOOD: the https origin's file\n"
@@ -696,6 +696,50 @@ def test_corrupt_file_verified_on_first_hit(rig):
         check_eq(len(origin_gets(rig.origin, "/bytes/%d" % n)), 2, "from the origin")
 
 
+def _start_refused(d):
+    """Start d, which must exit before listening; returns its log."""
+    try:
+        d.start()
+    except TestFailure as e:
+        return str(e)
+    d.stop()
+    raise TestFailure("dduct started on a file_dir another user could change:\n" + d.log()[-2000:])
+
+
+def test_file_dir_only_ours(rig):
+    """file_dir must be changeable by dduct's user alone (review-sec2 #1: another user who
+    pre-created it 0777, or owned a directory above it, replaced its entries, digest and all):
+    below a world-writable directory without the sticky bit dduct refuses to start and says
+    which directory; with the sticky bit (as /tmp, /var/tmp) it starts; a file_dir of ours that
+    is open to others is made 0700 with a WARN; one owned by another user (root only) or under
+    one, is refused."""
+    base = os.path.join(rig.tmp, "shared-%d" % os.getpid())
+    os.makedirs(base)
+    os.chmod(base, 0o777)
+    fd = os.path.join(base, "files")
+    log = _start_refused(rig.dduct(misc={"file_dir": fd + "/"}))
+    check("writable by other users (mode 777) without the sticky bit" in log and base in log,
+          "refused below a world-writable directory", log[-1500:])
+    os.chmod(base, 0o1777)
+    os.makedirs(fd, exist_ok=True)
+    os.chmod(fd, 0o777)
+    with rig.dduct(misc={"file_dir": fd + "/"}) as d:
+        check_eq(os.stat(fd).st_mode & 0o777, 0o700, "file_dir made 0700")
+    check("was open to other users (mode 777): made 0700" in d.log(), "and said so",
+          d.log()[-1500:])
+    if os.geteuid() != 0:
+        return  # chown needs root (CI runs as root)
+    os.chown(fd, 1234, 1234)
+    log = _start_refused(rig.dduct(misc={"file_dir": fd + "/"}))
+    check("is owned by uid 1234" in log, "refused: another user's file_dir", log[-1500:])
+    above = os.path.join(rig.tmp, "theirs-%d" % os.getpid())
+    os.makedirs(above)
+    os.chown(above, 1234, 1234)
+    log = _start_refused(rig.dduct(misc={"file_dir": os.path.join(above, "files") + "/"}))
+    check("above it is owned by uid 1234" in log, "refused: under another user's directory",
+          log[-1500:])
+
+
 if __name__ == "__main__":
     run([test_plain_http_never_answers_https, test_old_plain_entry_not_served_to_https,
          test_https_redirect_to_http_not_followed,
@@ -703,4 +747,5 @@ if __name__ == "__main__":
          test_query_ignore_rules, test_unsafe_methods_invalidate, test_only_if_cached,
          test_long_target_414_big_response_head_502, test_origin_headers_replayed,
          test_https_never_follows_plain_blob_fill,
-         test_corrupt_blob_verified_on_first_hit, test_corrupt_file_verified_on_first_hit])
+         test_corrupt_blob_verified_on_first_hit, test_corrupt_file_verified_on_first_hit,
+         test_file_dir_only_ours])
