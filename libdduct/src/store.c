@@ -1098,6 +1098,7 @@ static void take_loaded(struct dduct__store_entry *e) {
   l->headers_len = 0;
   e->meta.size = l->size;
   e->meta.stored_at = l->stored_at;
+  e->meta.is_private = l->is_private;
   e->avail = l->size;
 }
 
@@ -1528,6 +1529,7 @@ static int fill_begin(struct dduct__store_entry *e, const struct dduct__store_me
     e->meta.headers_len = m->headers_len;
   }
   e->meta.size = m->size;
+  e->meta.is_private = m->is_private;
   e->state = ST_FILLING;
   publish_meta(e);
   if (m->size != DDUCT__STORE_SIZE_UNKNOWN && budget_on(e->s)) {
@@ -1661,6 +1663,7 @@ static char *sidecar_json(const struct dduct__store_entry *e, uint64_t size, con
   json_add_str(o, "digest", digest);
   cJSON_AddNumberToObject(o, "stored_at", (double)stored_at);
   cJSON_AddNumberToObject(o, "fetch_seconds", fetch_s);
+  if (e->meta.is_private) cJSON_AddTrueToObject(o, "private");
   if (e->meta.headers != NULL) {
     /* [[name, value], ...]: an array keeps the origin's order and repeated names. */
     cJSON *arr = cJSON_AddArrayToObject(o, "headers");

@@ -99,6 +99,10 @@ struct dduct__store_meta {
    * dduct__store_header_next. */
   const char *headers;
   size_t headers_len;
+  /* 1: the origin gave this answer to one client (credentials on the request that produced it,
+   * or Cache-Control: private): the cache serves it only after that origin agrees again
+   * (sidecar "private"; absent in sidecars of earlier versions: 0). */
+  int is_private;
 };
 
 /* Step through a headers block: from *off, the next name and value (NUL-terminated, inside the
@@ -258,6 +262,7 @@ struct dduct__store_loaded {
   char *headers; /* malloc'd block (see dduct__store_meta), NULL when the sidecar has none */
   size_t headers_len;
   int64_t stored_at;
+  int is_private;
 };
 /* Open a complete entry: UV_ENOENT when absent or incomplete, DDUCT_ECORRUPT for a bad sidecar. */
 int dduct__store_disk_load(const char *base, struct dduct__store_loaded *out);

@@ -142,6 +142,7 @@ static int parse_sidecar(const char *text, size_t len, struct dduct__store_loade
   if (cJSON_IsNumber(size) && size->valuedouble >= 0) {
     l->size = (uint64_t)size->valuedouble;
     l->stored_at = cJSON_IsNumber(at) ? (int64_t)at->valuedouble : 0;
+    l->is_private = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "private"));
     l->url = json_str(o, "url");
     l->content_type = json_str(o, "content_type");
     l->etag = json_str(o, "etag");
