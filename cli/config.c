@@ -79,6 +79,7 @@ static const struct key keys[] = {
     {"cache", "min_free", K_MINFREE, F(cache_min_free), 0, 0, NULL},
     {"cache", "fsync", K_BOOL, F(cache_fsync), 0, 0, NULL},
     {"cache", "stale_if_error", K_BOOL, F(cache_stale_if_error), 0, 0, NULL},
+    {"cache", "share_private", K_BOOL, F(cache_share_private), 0, 0, NULL},
     {"cache", "verify_hits", K_VERIFY, F(cache_verify_hits), 0, 0, NULL},
     {"certs", "rsa_key_bits", K_UINT, F(rsa_key_bits), 2048, 8192, NULL},
     {"certs", "days_from_now", K_UINT, F(days_from_now), 1, 36500, NULL},
@@ -186,6 +187,7 @@ int config_init(struct config *c) {
   c->cache_min_free_percent = 10;
   c->cache_fsync = 1;
   c->cache_stale_if_error = 1;
+  c->cache_share_private = 0;
   c->cache_verify_hits = DDUCT_VERIFY_FIRST;
   c->rsa_key_bits = 3072;
   c->days_from_now = 3072;

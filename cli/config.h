@@ -58,6 +58,7 @@ struct config {
   unsigned cache_min_free_percent; /* 0..99 */
   int cache_fsync;
   int cache_stale_if_error;
+  int cache_share_private; /* 1: answers given with credentials are served to every client */
   int cache_verify_hits; /* enum dduct_verify_hits */
   /* [certs] */
   unsigned rsa_key_bits;

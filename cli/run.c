@@ -115,6 +115,7 @@ static void proxy_options(const struct config *cfg, struct dduct_proxy_options *
   o->parent_ca_file = cfg->parent_ca_file[0] != '\0' ? cfg->parent_ca_file : NULL;
   o->parent_down_ms = cfg->parent_down_time * 1000u;
   o->stale_if_error = cfg->cache_stale_if_error;
+  o->share_private = cfg->cache_share_private;
   o->workers = cfg->workers;
 }
 

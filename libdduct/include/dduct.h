@@ -378,6 +378,13 @@ struct dduct_proxy_options {
    * process (a loop at the limit takes its next connection when one of its own ends, or within
    * 50 ms of one ending on another loop). */
   unsigned workers;
+  /* 0 (default): an answer the origin gave one client (the request that produced it carried
+   * Authorization or Cookie and the answer is not Cache-Control: public or s-maxage, or the
+   * answer says private) is served from the cache only to a request for the same scheme, host
+   * and port, after a HEAD with that request's own headers agrees, and never stale. 1: such
+   * answers are served to every client like any other (a single-tenant cache; docs/cache.md
+   * says what that risks). Cache-Control: no-store answers are never stored either way. */
+  int share_private;
 };
 
 /* Fill o with the defaults above (pointers to static storage). */

@@ -179,6 +179,23 @@ static const char *peer(const struct creq *q) {
   return q->c != NULL ? dduct__conn_peer(q->c) : "(gone)";
 }
 
+/* An entry the origin gave one client (docs/cache.md, "Private answers"): served only to a
+ * request for the origin that filled it, after that origin agreed with the requester's own
+ * headers. [cache] share_private = true serves them like any other. */
+static int entry_private(const struct dduct_cache *k, const struct dduct__store_entry *e) {
+  return !k->cfg.share_private && dduct__store_entry_meta(e)->is_private;
+}
+
+/* 1 if q names the scheme, host and port of the URL that filled e (its sidecar's url). */
+static int same_origin_as_fill(const struct creq *q, const struct dduct__store_entry *e) {
+  const char *u = dduct__store_entry_meta(e)->url;
+  struct dduct_origin o = {q->https, q->host, q->port};
+  char want[300];
+  int n = dduct__origin_format(want, sizeof(want), &o, 0);
+  if (n <= 0 || (size_t)n >= sizeof(want) || strncasecmp(u, want, (size_t)n) != 0) return 0;
+  return u[n] == '/' || u[n] == '\0';
+}
+
 /* Hand the request on to the next route (forward: uncached); an only-if-cached request gets
  * 504 instead. */
 static void decline(struct creq *q) {
@@ -585,7 +602,7 @@ static void reval_on_done(struct dduct_fetch *f, int status, const char *why) {
   struct creq *q = dduct__fetch_data(f);
   int st = q->reval_status, agrees = q->reval_agrees;
   q->f = NULL;
-  if ((status != 0 || st >= 500) && q->k->cfg.stale_if_error) {
+  if ((status != 0 || st >= 500) && q->k->cfg.stale_if_error && !entry_private(q->k, q->e)) {
     /* stale-if-error: the origin could not say, the entry is what we have. 401/403/404 are
      * answers, not errors: they pass through below. */
     char code[32];
@@ -595,8 +612,10 @@ static void reval_on_done(struct dduct_fetch *f, int status, const char *why) {
     if (q->c != NULL) dduct__conn_txn(q->c)->cache = DDUCT_CACHE_STALE;
     serve(q);
   } else if (status != 0) {
-    LOG_WARN(LOG_MOD, "Revalidating \"%s\" for %s: %s; forwarding", q->url, peer(q),
-             why != NULL ? why : dduct_strerror(status));
+    /* A private entry is never served stale: without the origin's word it is one client's. */
+    LOG_WARN(LOG_MOD, "Revalidating \"%s\" for %s: %s; forwarding%s", q->url, peer(q),
+             why != NULL ? why : dduct_strerror(status),
+             entry_private(q->k, q->e) ? " (a private entry is never served stale)" : "");
     decline(q);
   } else if (st >= 200 && st < 300 && agrees) {
     if (q->c != NULL) dduct__conn_txn(q->c)->cache = DDUCT_CACHE_REVALIDATED;
@@ -661,14 +680,38 @@ static void job_drain_cb(void *arg) {
 
 static void job_pass(struct job *j, const struct dduct_http_head *h, int64_t cl, int logged);
 
+enum { CC_PRIVATE = 1, CC_PUBLIC = 2, CC_NO_STORE = 4 };
+
+static int cc_directive_cb(const char *tok, size_t len, void *arg) {
+  unsigned *bits = arg;
+  size_t n = 0;
+  while (n < len && tok[n] != '=' && tok[n] != ' ' && tok[n] != '\t') n++;
+#define IS(d) (n == sizeof(d) - 1 && strncasecmp(tok, d, n) == 0)
+  if (IS("private")) *bits |= CC_PRIVATE; /* private="field" too: the whole answer, to be safe */
+  else if (IS("public") || IS("s-maxage")) *bits |= CC_PUBLIC;
+  else if (IS("no-store")) *bits |= CC_NO_STORE;
+#undef IS
+  return 0;
+}
+
+static unsigned cache_control(const struct dduct_http_head *h) {
+  unsigned bits = 0;
+  dduct__http_each_token(h, "Cache-Control", cc_directive_cb, &bits);
+  return bits;
+}
+
 /* The origin's 200 is stored: the first client becomes a reader like everyone else. A file the
- * store has no room for (it said why) goes to the first client uncached. */
-static void job_begin(struct job *j, const struct dduct_http_head *h, int64_t cl) {
+ * store has no room for (it said why) goes to the first client uncached. An answer is private
+ * (RFC 9111 3.5, 5.2.2.7) when the request that produced it carried the client's credentials
+ * (not those a redirect to another origin dropped) and the origin did not mark it public, or
+ * when the origin said private. */
+static void job_begin(struct job *j, const struct dduct_http_head *h, int64_t cl, int is_private) {
   struct dduct__store_meta m;
   char *block;
   struct creq *q = j->first;
   memset(&m, 0, sizeof(m));
   m.url = j->url;
+  m.is_private = is_private;
   m.content_type = hget(h, "Content-Type");
   m.etag = hget(h, "ETag");
   m.last_modified = hget(h, "Last-Modified");
@@ -821,10 +864,18 @@ static void job_on_head(struct dduct_fetch *f, const struct dduct_http_head *h, 
     job_resumed(j, f, h, cl);
     return;
   }
-  if (h->status == 200 && (ce == NULL || strcasecmp(ce, "identity") == 0))
-    job_begin(j, h, cl);
-  else
+  if (h->status == 200 && (ce == NULL || strcasecmp(ce, "identity") == 0)) {
+    unsigned cc = cache_control(h);
+    if (cc & CC_NO_STORE) {
+      LOG_INFO(LOG_MOD, "Not cached \"%s\": origin said Cache-Control: no-store", j->url);
+      job_pass(j, h, cl, 1);
+    } else {
+      job_begin(j, h, cl,
+                (cc & CC_PRIVATE) || (dduct__fetch_credentialed(f) && !(cc & CC_PUBLIC)));
+    }
+  } else {
     job_pass(j, h, cl, 0);
+  }
 }
 
 static void job_on_body(struct dduct_fetch *f, const char *data, size_t len) {
@@ -1064,6 +1115,28 @@ static int scheme_matches(const struct dduct__store_entry *e, int https,
   return https ? fetched_https : strncmp(u, "http://", 7) == 0;
 }
 
+/* Whether e may answer q at all (it then still revalidates when private or with revalidate =
+ * 'always'). A blob is keyed by its digest alone, so a request naming another origin than the
+ * one that filled it can find it: a private one is that origin's to hand out, and with 'always'
+ * the origin asked must be the one that gave the bytes, not one the requester picked; the
+ * requester's credentials never go to the filling origin either. Such a request is forwarded to
+ * the origin it names, uncached (the entry stays). */
+static int hit_allowed(struct creq *q, const struct dduct__store_entry *e) {
+  int priv = entry_private(q->k, e);
+  if ((priv || q->k->cfg.revalidate == DDUCT_REVALIDATE_ALWAYS) && !same_origin_as_fill(q, e)) {
+    LOG_INFO(LOG_MOD, "Not serving \"%s\" from the %s entry of \"%s\": filled from another "
+             "origin; forwarding", q->url, priv ? "private" : "revalidated",
+             dduct__store_entry_meta(e)->url);
+    return 0;
+  }
+  if (priv && q->only_if_cached) {
+    LOG_INFO(LOG_MOD, "Not serving \"%s\" (only-if-cached): the entry is private and needs "
+             "the origin's word", q->url);
+    return 0;
+  }
+  return 1;
+}
+
 static void lookup_cb(void *arg, enum dduct__store_role role, struct dduct__store_entry *e,
                       int status) {
   struct creq *q = arg;
@@ -1083,12 +1156,18 @@ static void lookup_cb(void *arg, enum dduct__store_role role, struct dduct__stor
       }
       break;
     }
+    if (!hit_allowed(q, e)) {
+      dduct__store_entry_release(e);
+      decline(q);
+      break;
+    }
     q->e = e;
     if (q->c != NULL)
       dduct__conn_txn(q->c)->cache = role == DDUCT__STORE_HIT ? DDUCT_CACHE_HIT : DDUCT_CACHE_COLLAPSED;
     LOG_INFO(LOG_MOD, "Hit \"%s\" for %s%s", q->url, peer(q),
              role == DDUCT__STORE_FOLLOW ? " (while filling)" : "");
-    if (q->k->cfg.revalidate == DDUCT_REVALIDATE_ALWAYS && !q->refreshed && !q->only_if_cached)
+    if (entry_private(q->k, e) ||
+        (q->k->cfg.revalidate == DDUCT_REVALIDATE_ALWAYS && !q->refreshed && !q->only_if_cached))
       revalidate(q);
     else serve(q);
     break;
@@ -1243,7 +1322,9 @@ int dduct__cache_route(void *ctx, struct dduct_conn *c, const struct dduct_reque
   if (request_key(k, req, &key) != 0) return 0;
   if (k->cfg.revalidate != DDUCT_REVALIDATE_ALWAYS &&
       dduct__store_lookup_hot(k->cfg.store, &key, flags, &e)) {
-    if (!scheme_matches(e, req->https, DDUCT__STORE_HIT)) dduct__store_entry_release(e); /* the lookup refetches */
+    /* Another scheme: the lookup refetches; private: the lookup revalidates. */
+    if (!scheme_matches(e, req->https, DDUCT__STORE_HIT) || entry_private(k, e))
+      dduct__store_entry_release(e);
     else if (serve_hot(k, c, req, &key, e)) return 1;
   }
   if ((q = creq_new(k, c, req, &key)) == NULL) return 0;

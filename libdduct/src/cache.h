@@ -26,6 +26,7 @@ struct dduct_cache_config {
   const struct dduct__query_rules *query_rules;
   enum dduct_revalidate revalidate;
   int stale_if_error;
+  int share_private; /* 1: private entries are served like any other (docs/cache.md) */
   int (*cacheable_cb)(void *user_data, const char *method, int https, const char *host,
                       uint16_t port, const char *path);
   void *cacheable_data;

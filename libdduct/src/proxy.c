@@ -246,6 +246,7 @@ static int build(struct dduct_proxy *p, const struct dduct_proxy_options *o, cha
   kc.query_rules = p->query_rules;
   kc.revalidate = p->o.revalidate;
   kc.stale_if_error = p->o.stale_if_error;
+  kc.share_private = p->o.share_private;
   kc.cacheable_cb = p->o.cacheable_cb;
   kc.cacheable_data = p->o.cacheable_data;
   rc = dduct__cache_new(&kc, &p->cache);

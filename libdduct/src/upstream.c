@@ -1056,6 +1056,11 @@ const char *dduct__fetch_url(const struct dduct_fetch *f) {
   return f->url;
 }
 
+int dduct__fetch_credentialed(const struct dduct_fetch *f) {
+  return dduct__http_get(&f->hdrs, "Authorization") != NULL ||
+         dduct__http_get(&f->hdrs, "Cookie") != NULL;
+}
+
 static int pend_append(struct dduct_fetch *f, const char *data, size_t len) {
   if (f->pend_len + len > f->pend_cap) {
     size_t cap = DDUCT_MAX(f->pend_cap * 2, f->pend_len + len);

@@ -115,6 +115,9 @@ void dduct__fetch_resume(struct dduct_fetch *f);
 void dduct__fetch_abort(struct dduct_fetch *f);
 /* The URL finally fetched after redirects ("https://host:port/path"), owned by f. */
 const char *dduct__fetch_url(const struct dduct_fetch *f);
+/* 1 if the request sent for the current hop (the last one once on_head has the final answer)
+ * carries Authorization or Cookie: redirects to another origin drop them, a parent gets them. */
+int dduct__fetch_credentialed(const struct dduct_fetch *f);
 
 /* A raw connection (blind tunnels): resolve, loop check, connect with the connect timeout
  * (through the upstream proxy's CONNECT when it applies). cb gets the connected stream (now the

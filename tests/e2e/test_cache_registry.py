@@ -103,7 +103,8 @@ def test_revalidate_always_asks_the_origin(rig):
     """With revalidate = 'always', a hit first asks the origin (HEAD, the client's own headers):
     a client without credentials gets the origin's 401 although the blob is stored (its request is
     forwarded), and a client with them is served from the file (the origin sees a HEAD, no GET). Without the
-    option, hits never contact the origin."""
+    option the blob, fetched with credentials, is private and still refused to the client without
+    them; with [cache] share_private = true hits never contact the origin."""
     o = cache_origin(rig)
     data = pattern_bytes(512 << 10, "private")
     digest = add_blob(o, data)
@@ -124,9 +125,13 @@ def test_revalidate_always_asks_the_origin(rig):
         check_eq(len(heads), 2, "every hit was revalidated with a HEAD")
     with rig.dduct(proxy={"filters": FILTERS}) as d:
         get(rig, d, url, *auth)
+        r = get(rig, d, url)
+        check_eq(r.status, 401, "by default a blob fetched with credentials is private too")
+    with rig.dduct(proxy={"filters": FILTERS}, cache={"share_private": True}) as d:
+        get(rig, d, url, *auth)
         n = len(o.snapshot()["requests"])
         r = get(rig, d, url)
-        check_eq(r.status, 200, "by default a stored blob is served to anyone who asks")
+        check_eq(r.status, 200, "with share_private a stored blob is served to anyone who asks")
         check_eq(len(o.snapshot()["requests"]), n, "without contacting the origin")
 
 

@@ -28,7 +28,8 @@ from dductlib.origin import Origin  # noqa: E402
 GOOD = b"GOOD: the https origin's file\n"
 # What /hdrs/ answers with (besides Content-Length): end-to-end headers, a repeated one, and a
 # Set-Cookie that must not be replayed to other clients.
-HDRS = [("Cache-Control", "private, no-store"), ("Date", "Sun, 06 Dec 2026 01:00:00 GMT"),
+HDRS = [("Cache-Control", "max-age=3600, must-revalidate"),
+        ("Date", "Sun, 06 Dec 2026 01:00:00 GMT"),
         ("Expires", "Sun, 06 Dec 2026 02:00:00 GMT"), ("Server", "origin/1.0"),
         ("ETag", '"hdrs-v1"'), ("X-Multi", "one"), ("X-Multi", "two"),
         ("Set-Cookie", "session=secret"), ("Link", "<https://example.test/>; rel=preload")]
@@ -527,7 +528,7 @@ def check_origin_headers(r, what, status=200, n=100000):
 
 
 def test_origin_headers_replayed(rig):
-    """The origin's end-to-end headers (Cache-Control: private, no-store, Date, Expires, Server,
+    """The origin's end-to-end headers (Cache-Control, Date, Expires, Server,
     ETag, Link, a repeated X-Multi) reach the first client, a client following the fill, hits
     (also after a restart, from the sidecar), HEAD and 206; a 304 carries the validator and
     caching ones only; Set-Cookie is never replayed and no Content-Type is invented. An entry

@@ -340,6 +340,18 @@ static void test_cache_table(void) {
             c.cache_fsync == 1 && c.cache_stale_if_error == 1,
         "[cache] defaults: no budget, 10% free, fsync, stale-if-error");
   CHECK(c.cache_verify_hits == DDUCT_VERIFY_FIRST, "verify_hits defaults to 'first'");
+  CHECK(c.cache_share_private == 0, "share_private defaults to false (review-sec #2)");
+  CHECK_EQ_INT(load(&c, "[cache]\nshare_private = true\n", err, sizeof(err)), 0,
+               "share_private loads");
+  CHECK(c.cache_share_private == 1, "share_private = true is kept");
+  p = print(&c);
+  {
+    const char *line = strstr(p, "share_private");
+    const char *eol = line != NULL ? strchr(line, '\n') : NULL;
+    const char *val = line != NULL ? strstr(line, "= true") : NULL;
+    CHECK(line != NULL && val != NULL && eol != NULL && val < eol, "--check prints share_private");
+  }
+  free(p);
   CHECK_EQ_INT(load(&c, "[cache]\nverify_hits = 'always'\n", err, sizeof(err)), 0,
                "verify_hits loads");
   config_store_options(&c, &o);
