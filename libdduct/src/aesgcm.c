@@ -407,6 +407,16 @@ AESNI static int open_x86(const struct dduct__aesgcm *c, const unsigned char *iv
   }
   return 0;
 }
+
+/* GHASH alone, for the cache's checksum (checksum.c): the state crosses the API in the standard's
+ * byte order, so the caller needs no knowledge of the reflected domain used here. */
+AESNI static void ghash_x86(const struct dduct__aesgcm *c, unsigned char state[16],
+                            const unsigned char *d, size_t len) {
+  __m128i s = bswap128(LOAD(state));
+  if (c->impl == DDUCT__AESGCM_VAES512) s = ghash_vaes(c, s, d, len);
+  else s = ghash_bytes(c, s, d, len);
+  STORE(state, bswap128(s));
+}
 #endif
 
 /* ---- Choosing the implementation ---- */
@@ -497,5 +507,15 @@ int dduct__aesgcm_open(const struct dduct__aesgcm *c, const unsigned char *iv, s
 #else
   (void)aad, (void)in, (void)out;
   return -1;
+#endif
+}
+
+void dduct__aesgcm_ghash(const struct dduct__aesgcm *c, unsigned char state[16],
+                         const unsigned char *d, size_t len) {
+  if (len == 0 || c->impl == DDUCT__AESGCM_NONE) return;
+#ifdef HAVE_X86
+  ghash_x86(c, state, d, len);
+#else
+  (void)state, (void)d;
 #endif
 }

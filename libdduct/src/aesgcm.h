@@ -45,6 +45,14 @@ int dduct__aesgcm_open(const struct dduct__aesgcm *c, const unsigned char *iv, s
                        const unsigned char *aad, size_t aad_len, const unsigned char *in,
                        size_t len, const unsigned char *tag, size_t tag_len, unsigned char *out);
 
+/* GHASH (SP 800-38D 6.4) under c's hash key H = E_K(0^128), continuing from state (16 bytes in
+ * the standard's byte order, zeros to start): state = (...((state ^ X1) * H ^ X2) * H ...) * H
+ * over the blocks X of len bytes at d, a partial last block zero-padded (so only a message's last
+ * call may have len % 16 != 0). For the cache's checksum (checksum.c); c must have been
+ * initialised (dduct__aesgcm_init returned 0). */
+void dduct__aesgcm_ghash(const struct dduct__aesgcm *c, unsigned char state[16],
+                         const unsigned char *d, size_t len);
+
 /* The fastest implementation this CPU runs; DDUCT_AESGCM=aesni in the environment forces AES-NI,
  * DDUCT_AESGCM=off none (records stay with mbedTLS). */
 enum dduct__aesgcm_impl dduct__aesgcm_best(void);
