@@ -206,13 +206,24 @@ struct dduct_store_stats {
 };
 
 /* How much of the disk the store may use, and how carefully it commits. */
-/* When a hit is checked against its digest (a blob's, or the sha256 its fill recorded): the
- * whole body is hashed as it is read and its last bytes go out only once they match; on a
- * mismatch the response is cut, the entry removed and fetched again next time. */
+/* When a hit is checked against its digest (a blob's sha256, or the digest its fill recorded in
+ * the sidecar, by the algorithm its prefix names: see enum dduct_checksum): the whole body is
+ * hashed as it is read and its last bytes go out only once they match; on a mismatch the
+ * response is cut, the entry removed and fetched again next time. A sidecar digest this version
+ * does not know (or none) is not checked. */
 enum dduct_verify_hits {
   DDUCT_VERIFY_FIRST = 0,  /* the first full read after open and after any change to the file */
   DDUCT_VERIFY_ALWAYS = 1, /* every full read */
   DDUCT_VERIFY_NEVER = 2,  /* never (the fill's own check only) */
+};
+
+/* The digest a fill records for an entry that is not a content-addressed blob (a blob's digest
+ * is always its sha256, its name). It only detects corruption of the file later (verify_hits,
+ * dduct_store_verify): GMAC is a 128-bit checksum, GHASH under a fixed published key
+ * (docs/cache.md), several times cheaper than SHA-256; it is not a MAC. */
+enum dduct_checksum {
+  DDUCT_CHECKSUM_GMAC = 0,   /* "gmac:<32 hex>" (default) */
+  DDUCT_CHECKSUM_SHA256 = 1, /* "sha256:<64 hex>", as earlier versions recorded for every entry */
 };
 
 struct dduct_store_options {
@@ -222,6 +233,7 @@ struct dduct_store_options {
                               * free (0..99); default 10. Both 0: no free-space floor */
   int fsync;                 /* 1 (default): fsync data, sidecar and directory at each commit */
   enum dduct_verify_hits verify_hits; /* default DDUCT_VERIFY_FIRST */
+  enum dduct_checksum checksum;       /* default DDUCT_CHECKSUM_GMAC */
 };
 DDUCT_EXTERN void dduct_store_options_init(struct dduct_store_options *o);
 
@@ -258,7 +270,8 @@ DDUCT_EXTERN void dduct_store_detach(struct dduct_store *s, uv_loop_t *loop);
 struct dduct_store_entry_info {
   const char *id;      /* "u/ab/<hex>" or "c/ab/<hex>": its place under dir */
   const char *url;     /* the request that filled it, without query string */
-  const char *digest;  /* "sha256:<hex>" of the body ("" when the sidecar has none) */
+  const char *digest;  /* the sidecar's digest of the body: "sha256:<hex>" or "gmac:<hex>"
+                        * (enum dduct_checksum); "" when it has none */
   uint64_t size;
   int64_t stored_at;   /* unix seconds */
   int64_t last_used;   /* unix seconds of the last recorded use, 0 none since stored */
@@ -278,7 +291,8 @@ DDUCT_EXTERN int dduct_store_entries(struct dduct_store *s, dduct_store_entry_cb
 DDUCT_EXTERN int dduct_store_remove(struct dduct_store *s, const char *what,
                                     dduct_store_entry_cb cb, void *user_data);
 /* Re-hash every data file: blobs against their names, others against the digest their sidecar
- * records; sizes against sidecars; data files without sidecars (older than an hour) and sidecars
+ * records, by the algorithm its prefix names (one this version does not know is not checked);
+ * sizes against sidecars; data files without sidecars (older than an hour) and sidecars
  * without data are orphans. cb sees each problem; with repair, the entry is removed. Returns the
  * number of problems found, or a negative error. */
 DDUCT_EXTERN int dduct_store_verify(struct dduct_store *s, int repair, dduct_store_problem_cb cb,

@@ -27,7 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "sha256.h"
+#include "checksum.h"
 #include "stats.h"
 #include "safedir.h"
 #include "store.h"
@@ -110,11 +110,11 @@ struct fill {
   uint64_t out_off, written, received;
   uv_work_t work;
   int busy, work_rc, ended, committing, was_full, created;
-  struct dduct__sha256 sha; /* touched only by the one work item in flight */
+  struct dduct__sum sum; /* touched only by the one work item in flight */
   void (*drain_cb)(void *);
   void *drain_ud;
   uint64_t t0;
-  char digest[72];
+  char digest[DDUCT__SUM_MAX];
   int64_t stored_at;
   uint64_t reserved, counted; /* in s->reserved and s->parts_written (under ix_lock) */
   /* Relay (a disk error): what could not be written goes to the readers from memory, a window
@@ -135,9 +135,9 @@ struct dduct__store_entry {
   enum state state;
   int in_table, fd, error, addressed, part_ours;
   int invalidated; /* dduct__store_invalidate met it while filling: remove once committed */
-  /* A content-addressed entry's bytes were hashed to its digest since this process last had
-   * reason to doubt them: its own fill, or a full read (verify_hits); cleared by any change
-   * to the file (watch, or a new mtime under the same name). */
+  /* The entry's bytes were hashed to its digest (a blob's name, or its sidecar's) since this
+   * process last had reason to doubt them: its own fill, or a full read (verify_hits); cleared by
+   * any change to the file (watch, or a new mtime under the same name). */
   int verified;
   struct timespec mtime; /* the data file's, when it was opened */
   struct dduct__store_meta meta; /* the working copy, under s->mu */
@@ -208,7 +208,7 @@ struct dduct__store_reader {
   int want; /* the consumer asked while preq was in flight */
   int slow; /* the last read needed the thread pool (not in the page cache): read ahead */
   int verify; /* hashing the whole body as it is read, checked before its last byte goes */
-  struct dduct__sha256 sha;
+  struct dduct__sum sum;
   int trimmed; /* dduct__store_reader_trim while idle: a prefetch that lands is dropped */
 };
 
@@ -1247,13 +1247,21 @@ int dduct__store_lookup_hot(struct dduct_store *s, const struct dduct__store_key
   return 1;
 }
 
-/* 1 when a read of e's whole body must be checked against its digest now. */
 /* The digest e's body must hash to: a blob's own, or the one its fill recorded in the sidecar
- * (every fill hashes what it writes), so a corrupted .deb is caught like a corrupted blob. */
+ * (every fill hashes what it writes), so a corrupted .deb is caught like a corrupted blob. Its
+ * prefix names the algorithm: sidecars of earlier versions say sha256 for every entry; one this
+ * version cannot parse (or none) is not checked. */
 static const char *expected_digest(const struct dduct__store_entry *e) {
   if (e->addressed) return e->key.digest;
-  return dduct__store_is_digest(e->meta.digest, strlen(e->meta.digest)) ? e->meta.digest : NULL;
+  return dduct__sum_alg_of(e->meta.digest) != DDUCT__SUM_NONE ? e->meta.digest : NULL;
 }
+
+/* Starts the hash a verifying read of e needs (must_verify(e) said so). */
+static void verify_start(const struct dduct__store_entry *e, struct dduct__sum *sum) {
+  dduct__sum_init(sum, dduct__sum_alg_of(expected_digest(e)));
+}
+
+/* 1 when a read of e's whole body must be checked against its digest now. */
 
 static int must_verify(const struct dduct__store_entry *e) {
   enum dduct_verify_hits mode = e->s->o.verify_hits;
@@ -1264,13 +1272,11 @@ static int must_verify(const struct dduct__store_entry *e) {
 /* The body's hash is final: 0 when it is the digest (the entry is verified), else the entry is
  * dropped (out of the table, files removed: the next request fetches it again) and
  * DDUCT_EDIGEST. */
-static int verify_end(struct dduct__store_entry *e, struct dduct__sha256 *sha) {
-  unsigned char h[32];
-  char hex[65];
-  dduct__sha256_final(sha, h);
-  dduct__store_hex(h, 32, hex);
+static int verify_end(struct dduct__store_entry *e, struct dduct__sum *sum) {
+  char got[DDUCT__SUM_MAX];
+  dduct__sum_final(sum, got);
   e->s->verifications++;
-  if (strcmp(hex, expected_digest(e) + 7) == 0) {
+  if (strcmp(got, expected_digest(e)) == 0) {
     e->verified = 1;
     return 0;
   }
@@ -1358,13 +1364,13 @@ ssize_t dduct__store_entry_pread(struct dduct__store_entry *e, char *buf, size_t
   }
   verify = off == 0 && len == e->meta.size && must_verify(e);
   if (verify) {
-    struct dduct__sha256 sha;
+    struct dduct__sum sum;
     int rc;
+    verify_start(e, &sum);
     store_unlock(s);
-    dduct__sha256_init(&sha);
-    dduct__sha256_update(&sha, buf, len);
+    dduct__sum_update(&sum, buf, len);
     store_lock(s);
-    if ((rc = verify_end(e, &sha)) != 0) {
+    if ((rc = verify_end(e, &sum)) != 0) {
       store_unlock(s);
       free(fresh);
       return rc;
@@ -1511,7 +1517,10 @@ static int fill_begin(struct dduct__store_entry *e, const struct dduct__store_me
   if ((f = calloc(1, sizeof(*f))) == NULL) return DDUCT_ENOMEM;
   f->port = cur(e->s);
   list_init(&f->drain_link);
-  dduct__sha256_init(&f->sha);
+  /* A blob's digest is its name; any other entry's only guards against corruption on disk. */
+  dduct__sum_init(&f->sum, e->addressed || e->s->o.checksum == DDUCT_CHECKSUM_SHA256
+                               ? DDUCT__SUM_SHA256
+                               : DDUCT__SUM_GMAC);
   f->t0 = uv_hrtime();
   f->work.data = e;
   e->fill = f;
@@ -1595,7 +1604,7 @@ static void write_work(uv_work_t *w) {
   struct fill *f = e->fill;
   f->work_rc = dduct__store_disk_pwrite(e->fd, f->out, f->out_len, f->out_off);
   if (f->work_rc == 0)
-    dduct__sha256_update(&f->sha, f->out, f->out_len);
+    dduct__sum_update(&f->sum, f->out, f->out_len);
 }
 
 /* The store's hold on e is kept until the end: drain_cb may lead the feeder to end the fill and
@@ -1791,12 +1800,7 @@ static void finish(struct dduct__store_entry *e) {
   /* The digest now, on the loop (one last block; no write is in flight), so readers have the
    * whole, verified body at once: the commit's fsyncs (milliseconds) must not hold back the end
    * of their responses, nor the next request on their connections. */
-  {
-    unsigned char h[32];
-    dduct__sha256_final(&f->sha, h);
-    memcpy(f->digest, "sha256:", 7);
-    dduct__store_hex(h, 32, f->digest + 7);
-  }
+  dduct__sum_final(&f->sum, f->digest);
   if (e->addressed && strcmp(f->digest, e->key.digest) != 0) {
     abort_fill(e, DDUCT_EDIGEST);
     return;
@@ -1935,7 +1939,7 @@ static int relay_start(struct dduct__store_entry *e, int why) {
     if ((f->rbuf = malloc(out_len + acc_len)) == NULL) return -1;
     if (out_len > 0) memcpy(f->rbuf, f->out, out_len);
     if (acc_len > 0) memcpy(f->rbuf + out_len, f->acc, acc_len);
-    if (!f->committing) dduct__sha256_update(&f->sha, f->rbuf, out_len + acc_len);
+    if (!f->committing) dduct__sum_update(&f->sum, f->rbuf, out_len + acc_len);
   }
   f->rlen = f->rcap = out_len + acc_len;
   f->rbase = f->written;
@@ -1997,7 +2001,7 @@ static int relay_write(struct dduct__store_entry *e, const char *data, size_t le
   f->rlen += len;
   f->received += len;
   e->s->stats.bytes_fetched += len;
-  if (!f->committing) dduct__sha256_update(&f->sha, data, len);
+  if (!f->committing) dduct__sum_update(&f->sum, data, len);
   if (f->rlen >= DDUCT__STORE_FILL_HIGH) f->was_full = 1;
   wake_readers(e);
   return 0;
@@ -2016,11 +2020,8 @@ static void relay_end(struct dduct__store_entry *e) {
     return;
   }
   if (!f->relay_done && e->addressed) {
-    unsigned char h[32];
-    char digest[72];
-    dduct__sha256_final(&f->sha, h);
-    memcpy(digest, "sha256:", 7);
-    dduct__store_hex(h, 32, digest + 7);
+    char digest[DDUCT__SUM_MAX];
+    dduct__sum_final(&f->sum, digest);
     if (strcmp(digest, e->key.digest) != 0) {
       entry_kill(e, DDUCT_EDIGEST);
       return;
@@ -2069,10 +2070,10 @@ static ssize_t got_bytes(struct dduct__store_reader *r, const char *buf, ssize_t
     /* The hash without the lock (a first hit of a large entry hashes all of it): the reader's
      * own state, and every caller owns the lock at its top (read_unlocked says which). */
     uv_mutex_unlock(&e->s->mu);
-    dduct__sha256_update(&r->sha, buf, (size_t)n);
+    dduct__sum_update(&r->sum, buf, (size_t)n);
     store_lock(e->s);
     if (r->off + (uint64_t)n >= e->meta.size) {
-      int rc = verify_end(e, &r->sha);
+      int rc = verify_end(e, &r->sum);
       r->verify = 0;
       if (rc != 0) return rc;
     }
@@ -2114,7 +2115,7 @@ int dduct__store_reader_new(struct dduct__store_entry *e, uint64_t offset, uint6
   if (offset == 0 && (len == DDUCT__STORE_SIZE_UNKNOWN || len >= e->meta.size) &&
       must_verify(e) && e->meta.size > 0) {
     r->verify = 1;
-    dduct__sha256_init(&r->sha);
+    verify_start(e, &r->sum);
   }
   list_push(&e->all_readers, &r->all);
   entry_ref(e);

@@ -90,7 +90,9 @@ struct dduct__store_meta {
   const char *content_type;
   const char *etag;          /* the origin's ETag, as sent (quotes included) */
   const char *last_modified;
-  const char *digest;        /* "sha256:<hex>" of the body; "" while an ordinary fill runs */
+  const char *digest;        /* the body's: "sha256:<hex>" (a blob's, and ordinary entries of
+                              * earlier versions or [cache] checksum = 'sha256') or "gmac:<hex>";
+                              * "" while an ordinary fill runs */
   uint64_t size;             /* DDUCT__STORE_SIZE_UNKNOWN while a fill of unknown length runs */
   int64_t stored_at;         /* unix seconds of the commit; 0 while filling */
   /* The origin's end-to-end headers, in its order, as "name\0value\0name\0value\0..."

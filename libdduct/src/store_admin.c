@@ -15,7 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "sha256.h"
+#include "checksum.h"
 #include "store.h"
 
 
@@ -292,24 +292,23 @@ int dduct_store_remove(struct dduct_store *s, const char *what, dduct_store_entr
   return removed;
 }
 
-static int hash_file(const char *path, uint64_t *size, char out[72]) {
+/* Reads the whole file, hashing it with alg ("" in out for DDUCT__SUM_NONE: only readable). */
+static int hash_file(const char *path, enum dduct__sum_alg alg, uint64_t *size,
+                     char out[DDUCT__SUM_MAX]) {
   static char buf[1 << 16];
-  struct dduct__sha256 c;
-  unsigned char h[32];
+  struct dduct__sum c;
   ssize_t n;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -errno;
-  dduct__sha256_init(&c);
+  dduct__sum_init(&c, alg);
   *size = 0;
   while ((n = read(fd, buf, sizeof(buf))) > 0) {
-    dduct__sha256_update(&c, buf, (size_t)n);
+    dduct__sum_update(&c, buf, (size_t)n);
     *size += (uint64_t)n;
   }
   close(fd);
   if (n < 0) return UV_EIO;
-  dduct__sha256_final(&c, h);
-  memcpy(out, "sha256:", 7);
-  dduct__store_hex(h, 32, out + 7);
+  dduct__sum_final(&c, out);
   return 0;
 }
 
@@ -325,8 +324,11 @@ int dduct_store_verify(struct dduct_store *s, int repair, dduct_store_problem_cb
   walk(root, &it);
   for (size_t i = 0; i < it.n; i++) {
     struct item *x = &it.v[i];
-    char rel[72], path[PATH_MAX], got[72];
+    char rel[72], path[PATH_MAX], got[DDUCT__SUM_MAX];
     const char *why = NULL;
+    /* A blob's digest is its name (sha256); another entry's, the algorithm its sidecar's prefix
+     * names (sha256 from earlier versions or checksum = 'sha256', else gmac); none: unchecked. */
+    enum dduct__sum_alg alg = x->kind == 'c' ? DDUCT__SUM_SHA256 : dduct__sum_alg_of(x->digest);
     uint64_t size = 0;
     struct dduct_store_entry_info e;
     dduct__store_rel_of(x->kind, x->name, rel);
@@ -338,10 +340,11 @@ int dduct_store_verify(struct dduct_store *s, int repair, dduct_store_problem_cb
     else if (!x->has_side) why = "orphaned data file (no sidecar)";
     else if (x->side_size < 0) why = "unreadable sidecar";
     else if ((uint64_t)x->side_size != x->size) why = "size differs from its sidecar";
-    else if (hash_file(path, &size, got) != 0) why = "unreadable data file";
+    else if (hash_file(path, alg, &size, got) != 0) why = "unreadable data file";
     else if (x->kind == 'c' && memcmp(got + 7, rel + 5, 64) != 0)
       why = "content does not match its digest";
-    else if (x->digest != NULL && x->digest[0] != '\0' && strcmp(got, x->digest) != 0)
+    else if (alg != DDUCT__SUM_NONE && dduct__sum_alg_of(x->digest) == alg &&
+             strcmp(got, x->digest) != 0)
       why = "content does not match the digest its sidecar records";
     if (why == NULL) continue;
     problems++;

@@ -45,7 +45,8 @@ static void start(struct dduct__gmac *g, int impl) {
 }
 
 /* chunk 0: random sizes up to 5000 */
-static void ours(int impl, const unsigned char *d, size_t len, size_t chunk, unsigned char tag[16]) {
+static void ours(int impl, const unsigned char *d, size_t len, size_t chunk,
+                 unsigned char tag[16]) {
   struct dduct__gmac g;
   size_t off = 0;
   start(&g, impl);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <mbedtls/gcm.h>
 #include <mbedtls/sha256.h>
 #include <signal.h>
 #include <stdint.h>
@@ -439,7 +440,7 @@ static void test_fill_and_hit(struct dduct_store *s, const char *dir) {
     CHECK_EQ_STR(m->etag, "\"v1\"", "the hit knows the ETag");
     CHECK_EQ_STR(m->url, "https://deb.example.org/pool/main/c/curl/curl_1.deb",
                  "the sidecar keeps the URL without its query string");
-    CHECK(strncmp(m->digest, "sha256:", 7) == 0, "an ordinary entry records its body's digest");
+    CHECK(strncmp(m->digest, "gmac:", 5) == 0, "an ordinary entry records its body's checksum");
     sink_start(&k2, l.e, 1000, 5000);
     run_until(&k2.done);
     CHECK(k2.err == 0 && k2.len == 5000 && memcmp(k2.buf, data + 1000, 5000) == 0,
@@ -1404,6 +1405,182 @@ static void test_verify_hits(void) {
   free(data);
 }
 
+/* An ordinary entry's digest string as this version writes it: the AES-128-GCM tag of decrypting
+ * the body under K0 and IV0 (docs/cache.md), computed by mbedTLS. */
+static void gmac_of(const char *p, size_t n, char out[72]) {
+  mbedtls_gcm_context g;
+  unsigned char tag[16], *scratch = malloc(n + 1);
+  mbedtls_gcm_init(&g);
+  mbedtls_gcm_setkey(&g, MBEDTLS_CIPHER_ID_AES, (const unsigned char *)"dduct-checksum-1", 128);
+  mbedtls_gcm_crypt_and_tag(&g, MBEDTLS_GCM_DECRYPT, n, (const unsigned char *)"dduct-gmac-1", 12,
+                            NULL, 0, (const unsigned char *)p, scratch, 16, tag);
+  mbedtls_gcm_free(&g);
+  free(scratch);
+  memcpy(out, "gmac:", 5);
+  dduct__store_hex(tag, 16, out + 5);
+}
+
+static void sha256_of(const char *p, size_t n, char out[72]) {
+  struct dduct__store_key k;
+  digest_of(p, n, &k);
+  memcpy(out, k.digest, 72);
+}
+
+/* Store data under an ordinary key, then leave it complete on disk. */
+static void store_plain(struct dduct_store *s, const struct dduct__store_key *k, const char *data,
+                        size_t n) {
+  struct look l = lookup(s, k, 0);
+  struct feeder f;
+  struct dduct__store_meta m = meta("https://deb.example/pool/x.deb", n);
+  dduct__store_fill_begin(l.e, &m);
+  feed_start(&f, l.e, data, n, n, 0);
+  run_until(&f.done);
+  run_until_settled(l.e);
+  dduct__store_entry_release(l.e);
+}
+
+/* Replaces the "digest" value of the sidecar at path (as an earlier version, or a hand, wrote it). */
+static int set_sidecar_digest(const char *path, const char *digest) {
+  char *buf = NULL, *at, *end, out[8192];
+  size_t len = 0;
+  FILE *f;
+  if (dduct__read_file(path, sizeof(out) / 2, &buf, &len) != 0) return -1;
+  at = strstr(buf, "\"digest\":\"");
+  end = at != NULL ? strchr(at + 10, '"') : NULL;
+  if (end == NULL) {
+    free(buf);
+    return -1;
+  }
+  snprintf(out, sizeof(out), "%.*s%s%s", (int)(at + 10 - buf), buf, digest, end);
+  free(buf);
+  if ((f = fopen(path, "w")) == NULL) return -1;
+  fputs(out, f);
+  return fclose(f);
+}
+
+static void flip_byte(const char *path, off_t at) {
+  char b;
+  int fd = open(path, O_RDWR);
+  CHECK(fd >= 0 && pread(fd, &b, 1, at) == 1, "read the byte to corrupt");
+  b = (char)(b ^ 0xff);
+  CHECK(pwrite(fd, &b, 1, at) == 1, "corrupt one byte in place");
+  close(fd);
+}
+
+/* A full read of k from a fresh store over dir: the reader's error, verifications, failures. */
+static void read_fresh(const char *dir, const struct dduct__store_key *k, size_t n, int *err,
+                       uint64_t *nv, uint64_t *nf) {
+  struct dduct_store *s;
+  struct look l;
+  struct sink a;
+  dduct_store_open(&loop, dir, &s, NULL, 0);
+  l = lookup(s, k, 0);
+  CHECK_EQ_INT(l.role, DDUCT__STORE_HIT, "a hit");
+  sink_start(&a, l.e, 0, DDUCT__STORE_SIZE_UNKNOWN);
+  run_until(&a.done);
+  *err = a.err;
+  CHECK(a.err != 0 || a.len == n, "a whole body, or an error");
+  sink_free(&a);
+  dduct__store_entry_release(l.e);
+  dduct__store_verify_counts(s, nv, nf);
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+}
+
+static int verify_dir(const char *dir) {
+  struct dduct_store *s;
+  int n;
+  dduct_store_open(&loop, dir, &s, NULL, 0);
+  n = dduct_store_verify(s, 0, NULL, NULL);
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  return n;
+}
+
+/* An ordinary entry: its fill records "gmac:" (mbedTLS's GCM tag under K0, IV0), the first full
+ * read after open checks it and a same-size corruption fails it (and dduct_store_verify reports
+ * it); a sidecar an earlier version wrote ("sha256:") is checked with SHA-256, both ways; an
+ * unknown algorithm is not checked (served as stored, never a crash); checksum = sha256 in the
+ * options records sha256. */
+static void test_verify_ordinary(void) {
+  enum { N = 300001 };
+  char dir[512], p[1024], side[1100], want[72], *data = malloc(N);
+  struct dduct__store_key k = url_key("deb.example", "/pool/x.deb");
+  struct dduct_store_options o;
+  struct dduct_store *s;
+  struct look l;
+  uint64_t nv, nf;
+  int err;
+
+  rig_fill_pattern(data, N, 79);
+  snprintf(dir, sizeof(dir), "%s/verify-plain", tmpdir);
+  path_of(p, sizeof(p), dir, &k, "");
+  path_of(side, sizeof(side), dir, &k, ".json");
+  CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, NULL, 0), 0, "store opens");
+  store_plain(s, &k, data, N);
+  l = lookup(s, &k, 0);
+  gmac_of(data, N, want);
+  CHECK_EQ_STR(dduct__store_entry_meta(l.e)->digest, want,
+               "an ordinary fill records gmac: mbedTLS's GCM decryption tag under K0, IV0");
+  dduct__store_entry_release(l.e);
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(verify_dir(dir), 0, "dduct_store_verify: a good gmac entry");
+  read_fresh(dir, &k, N, &err, &nv, &nf);
+  CHECK(err == 0 && nv == 1 && nf == 0, "'first': a good gmac entry is checked and served");
+
+  flip_byte(p, N - 1);
+  CHECK_EQ_INT(verify_dir(dir), 1, "dduct_store_verify: a corrupt gmac entry is a problem");
+  read_fresh(dir, &k, N, &err, &nv, &nf);
+  CHECK(err == DDUCT_EDIGEST && nv == 1 && nf == 1, "'first': a corrupt gmac entry fails");
+  CHECK(!exists(p), "and is removed");
+
+  /* An earlier version's sidecar: sha256 for every entry. */
+  dduct_store_open(&loop, dir, &s, NULL, 0);
+  store_plain(s, &k, data, N);
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  sha256_of(data, N, want);
+  CHECK_EQ_INT(set_sidecar_digest(side, want), 0, "the sidecar says sha256, as before");
+  CHECK_EQ_INT(verify_dir(dir), 0, "dduct_store_verify: a good old-style entry");
+  read_fresh(dir, &k, N, &err, &nv, &nf);
+  CHECK(err == 0 && nv == 1 && nf == 0, "a good old-style entry verifies with SHA-256");
+  flip_byte(p, 7);
+  CHECK_EQ_INT(verify_dir(dir), 1, "dduct_store_verify: a corrupt old-style entry");
+  read_fresh(dir, &k, N, &err, &nv, &nf);
+  CHECK(err == DDUCT_EDIGEST && nf == 1, "a corrupt old-style entry fails its SHA-256");
+
+  /* An algorithm this version does not know: nothing to check against. */
+  dduct_store_open(&loop, dir, &s, NULL, 0);
+  store_plain(s, &k, data, N);
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ_INT(set_sidecar_digest(side, "blake3:00ff"), 0, "an unknown digest");
+  flip_byte(p, 7);
+  CHECK_EQ_INT(verify_dir(dir), 0, "dduct_store_verify: an unknown algorithm is not checked");
+  read_fresh(dir, &k, N, &err, &nv, &nf);
+  CHECK(err == 0 && nv == 0, "an unknown algorithm: served as stored, not hashed");
+  CHECK_EQ_INT(set_sidecar_digest(side, "gmac:"), 0, "a malformed gmac digest");
+  read_fresh(dir, &k, N, &err, &nv, &nf);
+  CHECK(err == 0 && nv == 0, "a malformed digest: served as stored, not hashed");
+
+  /* checksum = sha256 */
+  dduct_store_options_init(&o);
+  CHECK_EQ_INT(o.checksum, DDUCT_CHECKSUM_GMAC, "gmac by default");
+  o.checksum = DDUCT_CHECKSUM_SHA256;
+  unlink(side);
+  unlink(p);
+  CHECK_EQ_INT(dduct_store_open_with(&loop, dir, &o, &s, NULL, 0), 0, "a sha256 store opens");
+  store_plain(s, &k, data, N);
+  l = lookup(s, &k, 0);
+  CHECK_EQ_STR(dduct__store_entry_meta(l.e)->digest, want,
+               "checksum = sha256: the fill records sha256");
+  dduct__store_entry_release(l.e);
+  dduct_store_free(s);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  free(data);
+}
+
 /* A sidecar is data: headers that could split a response head, or that are not name/value
  * string pairs, are dropped at load; the rest keep their order; none at all is "unknown". */
 static void test_sidecar_headers(void) {
@@ -1505,6 +1682,7 @@ int main(void) {
   test_open_errors();
   test_disk_full();
   test_verify_hits();
+  test_verify_ordinary();
   test_invalidate();
 
   uv_run(&loop, UV_RUN_DEFAULT);
