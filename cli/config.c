@@ -16,6 +16,7 @@ enum kind {
   K_LEVEL,      /* log level name */
   K_REVALIDATE, /* 'never' | 'always' */
   K_VERIFY,     /* 'never' | 'first' | 'always' */
+  K_CHECKSUM,   /* 'gmac' | 'sha256' */
   K_BOOL,
   K_UINT,       /* integer in [min, max] */
   K_STRINGS,    /* array of strings, each passing check */
@@ -81,6 +82,7 @@ static const struct key keys[] = {
     {"cache", "stale_if_error", K_BOOL, F(cache_stale_if_error), 0, 0, NULL},
     {"cache", "share_private", K_BOOL, F(cache_share_private), 0, 0, NULL},
     {"cache", "verify_hits", K_VERIFY, F(cache_verify_hits), 0, 0, NULL},
+    {"cache", "checksum", K_CHECKSUM, F(cache_checksum), 0, 0, NULL},
     {"certs", "rsa_key_bits", K_UINT, F(rsa_key_bits), 2048, 8192, NULL},
     {"certs", "days_from_now", K_UINT, F(days_from_now), 1, 36500, NULL},
     {"certs", "ca_cn", K_STRING, F(ca_cn), 1, 0, NULL},
@@ -189,6 +191,7 @@ int config_init(struct config *c) {
   c->cache_stale_if_error = 1;
   c->cache_share_private = 0;
   c->cache_verify_hits = DDUCT_VERIFY_FIRST;
+  c->cache_checksum = DDUCT_CHECKSUM_GMAC;
   c->rsa_key_bits = 3072;
   c->days_from_now = 3072;
   rc |= set_str(&c->ca_cn, "dduct");
@@ -466,6 +469,11 @@ static int load_enum(struct loader *l, const struct key *k, const struct toml_no
     else
       return lfail(l, v, "%s: invalid value '%s' (expected 'first', 'always' or 'never')",
                    k->name, v->str);
+  } else if (k->kind == K_CHECKSUM) {
+    if (strcmp(v->str, "gmac") == 0) val = DDUCT_CHECKSUM_GMAC;
+    else if (strcmp(v->str, "sha256") == 0) val = DDUCT_CHECKSUM_SHA256;
+    else
+      return lfail(l, v, "%s: invalid value '%s' (expected 'gmac' or 'sha256')", k->name, v->str);
   } else if (strcmp(v->str, "never") == 0 || strcmp(v->str, "always") == 0) {
     val = v->str[0] == 'a' ? DDUCT_REVALIDATE_ALWAYS : DDUCT_REVALIDATE_NEVER;
   } else {
@@ -605,7 +613,8 @@ static int load_key(struct loader *l, const struct key *k, const struct toml_nod
     case K_PROXY_URL: return load_string(l, k, v, c);
     case K_LEVEL:
     case K_REVALIDATE:
-    case K_VERIFY: return load_enum(l, k, v, c);
+    case K_VERIFY:
+    case K_CHECKSUM: return load_enum(l, k, v, c);
     case K_BOOL: return load_bool(l, k, v, c);
     case K_UINT: return load_uint(l, k, v, c);
     case K_STRINGS: return load_strings(l, k, v, c);
@@ -760,6 +769,9 @@ static void print_value(FILE *out, const struct key *k, const struct config *c) 
                                                                                   : "first");
       break;
     }
+    case K_CHECKSUM:
+      print_string(out, *(const int *)field == DDUCT_CHECKSUM_SHA256 ? "sha256" : "gmac");
+      break;
     case K_BOOL: fputs(*(const int *)field ? "true" : "false", out); break;
     case K_UINT: fprintf(out, "%u", *(const unsigned *)field); break;
     case K_STRINGS: {
@@ -810,6 +822,7 @@ void config_store_options(const struct config *c, struct dduct_store_options *o)
   o->min_free_percent = c->cache_min_free == 0 ? c->cache_min_free_percent : 0;
   o->fsync = c->cache_fsync;
   o->verify_hits = (enum dduct_verify_hits)c->cache_verify_hits;
+  o->checksum = (enum dduct_checksum)c->cache_checksum;
 }
 
 void config_ca_options(const struct config *c, struct dduct_ca_options *o) {

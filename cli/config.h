@@ -60,6 +60,7 @@ struct config {
   int cache_stale_if_error;
   int cache_share_private; /* 1: answers given with credentials are served to every client */
   int cache_verify_hits; /* enum dduct_verify_hits */
+  int cache_checksum;    /* enum dduct_checksum */
   /* [certs] */
   unsigned rsa_key_bits;
   unsigned days_from_now;

@@ -329,6 +329,9 @@ static void test_errors(void) {
   bad("[cache]\nverify_hits = 'sometimes'\n",
       "2:15: verify_hits: invalid value 'sometimes' (expected 'first', 'always' or 'never')",
       "verify_hits names a mode");
+  bad("[cache]\nchecksum = 'md5'\n",
+      "2:12: checksum: invalid value 'md5' (expected 'gmac' or 'sha256')",
+      "checksum names an algorithm");
 }
 
 static void test_cache_table(void) {
@@ -366,6 +369,21 @@ static void test_cache_table(void) {
   }
   free(p);
   CHECK_EQ_INT(load(&c, "[cache]\nverify_hits = 'first'\n", err, sizeof(err)), 0, "first");
+  CHECK(c.cache_checksum == DDUCT_CHECKSUM_GMAC, "checksum defaults to 'gmac'");
+  CHECK_EQ_INT(load(&c, "[cache]\nchecksum = 'sha256'\n", err, sizeof(err)), 0, "checksum loads");
+  config_store_options(&c, &o);
+  CHECK(o.checksum == DDUCT_CHECKSUM_SHA256, "checksum 'sha256' reaches the store options");
+  p = print(&c);
+  {
+    const char *line = strstr(p, "\nchecksum ");
+    const char *eol = line != NULL ? strchr(line + 1, '\n') : NULL;
+    const char *val = line != NULL ? strstr(line, "= 'sha256'") : NULL;
+    CHECK(line != NULL && val != NULL && eol != NULL && val < eol, "--check prints checksum");
+  }
+  free(p);
+  CHECK_EQ_INT(load(&c, "[cache]\nchecksum = 'gmac'\n", err, sizeof(err)), 0, "gmac");
+  config_store_options(&c, &o);
+  CHECK(o.checksum == DDUCT_CHECKSUM_GMAC, "checksum 'gmac' reaches the store options");
   CHECK_EQ_INT(load(&c, "[cache]\nmax_size = '50G'\nmin_free = '20g'\nfsync = false\n"
                         "stale_if_error = false\n", err, sizeof(err)), 0, "[cache] loads");
   CHECK(c.cache_max_size == 50ull << 30 && c.cache_min_free == 20ull << 30 && c.cache_fsync == 0 &&
