@@ -15,6 +15,7 @@ CacheOrigin endpoints (on top of dductlib's /bytes, /closemid, /status, ...):
   /ver/<name>                     origin.versions[name] (bytes), ETag = its sha256 prefix
 """
 import hashlib
+import json
 import os
 import re
 import threading
@@ -119,6 +120,53 @@ def add_blob(origin, data):
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     origin.blobs[digest] = data
     return digest
+
+
+# The checksum dduct records for an ordinary entry (docs/cache.md): the AES-128-GCM tag of
+# decrypting the body (no AAD) under these.
+GMAC_K0 = b"dduct-checksum-1"
+GMAC_IV0 = b"dduct-gmac-1"
+
+
+def gmac_digest(data):
+    """"gmac:<hex>" of data, computed with python3-cryptography (OpenSSL), or None without it.
+    GCM's tag covers the ciphertext: data is the ciphertext of the plaintext data XOR the
+    keystream (AES-CTR from inc32(J0) = IV0 || 2), so encrypting that plaintext gives the tag."""
+    try:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    except ImportError:
+        return None
+    data = bytes(data)
+    ks = Cipher(algorithms.AES(GMAC_K0), modes.CTR(GMAC_IV0 + b"\0\0\0\2")).encryptor()
+    ks = ks.update(bytes(len(data)))
+    plain = (int.from_bytes(data, "big") ^ int.from_bytes(ks, "big")).to_bytes(len(data), "big")
+    enc = Cipher(algorithms.AES(GMAC_K0), modes.GCM(GMAC_IV0)).encryptor()
+    check(enc.update(plain) + enc.finalize() == data, "the GMAC helper's plaintext encrypts back")
+    return "gmac:" + enc.tag.hex()
+
+
+def check_gmac(digest, data, what):
+    """digest is data's gmac (its form only, when python3-cryptography is missing)."""
+    want = gmac_digest(data)
+    if want is None:
+        print("# python3-cryptography missing: only the form of the gmac digest is checked")
+        check(re.fullmatch(r"gmac:[0-9a-f]{32}", digest or "") is not None, what, digest)
+    else:
+        check(digest == want, what, "%r != %r" % (digest, want))
+
+
+def sidecar(file_dir, rel):
+    """The sidecar of the entry at rel, as a dict."""
+    with open(os.path.join(file_dir, rel + ".json")) as f:
+        return json.load(f)
+
+
+def set_sidecar(file_dir, rel, **fields):
+    """Rewrite fields of the entry's sidecar in place (as an earlier version, or a hand, would)."""
+    doc = sidecar(file_dir, rel)
+    doc.update(fields)
+    with open(os.path.join(file_dir, rel + ".json"), "w") as f:
+        json.dump(doc, f)
 
 
 def origin_gets(origin, path):

@@ -1,8 +1,9 @@
 """`dduct cache ls|du|rm|verify|prune` with the real binary on the file_dir of a running dduct:
 ls lists what was stored (table and JSON), du counts it, rm of a hot entry makes the next
-request go to the origin, verify catches a flipped byte in a blob (and --repair removes it),
-prune evicts down to a size; bad usage and failures exit non-zero. The daemon's
-dduct_cache_entries gauge follows: it equals du's count and goes down after rm and prune."""
+request go to the origin, verify catches a flipped byte in a blob (sha256, its name) and in an
+ordinary entry (the gmac its sidecar records) and --repair removes them, prune evicts down to a
+size; bad usage and failures exit non-zero. The daemon's dduct_cache_entries gauge follows: it
+equals du's count and goes down after rm and prune."""
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cache_rig import add_blob, cache_origin, entries  # noqa: E402
+from cache_rig import add_blob, cache_origin, check_gmac, entries  # noqa: E402
 from dductlib.harness import check, check_eq, curl, dduct_bin, run, via  # noqa: E402
 from dductlib.origin import pattern_bytes, pattern_sha256  # noqa: E402
 
@@ -65,6 +66,9 @@ def test_cache_commands_on_a_live_file_dir(rig):
         doc = json.loads(out)
         check_eq(sorted(e["size"] for e in doc), [100000, 200000, 300000], "ls --json: sizes")
         check(any(e["digest"] == digest for e in doc), "with the blob's digest", doc)
+        for n in sizes:
+            [e] = [e for e in doc if e["url"].endswith("/bytes/%d" % n)]
+            check_gmac(e["digest"], pattern_bytes(n), "an ordinary entry lists its gmac")
         check(all(e["stored_at"] > 0 for e in doc), "and stored times", doc)
 
         def hot_used():  # uses reach the journal in batches, every 2 s
@@ -92,24 +96,34 @@ def test_cache_commands_on_a_live_file_dir(rig):
         rc, out, err = cache(d, "rm", "http://origin.test:1/nothing")
         check_eq(rc, 1, "rm of nothing exits 1")
 
-        # A flipped byte in the blob (same size): verify reports it, --repair removes it.
+        # A flipped byte in the blob and in an ordinary entry (same size): verify reports both,
+        # --repair removes them.
+        rc, out, err = cache(d, "verify")
+        check_eq((rc, out.strip().splitlines()[-1]), (0, "0 problems"), "all is well at first")
         rel = "c/%s/%s" % (digest[7:9], digest[7:])
         path = os.path.join(d.file_dir, rel)
-        st = os.stat(path)
-        with open(path, "r+b") as f:
-            f.seek(1000)
-            b = f.read(1)
-            f.seek(1000)
-            f.write(bytes([b[0] ^ 0x01]))
-        # As bit rot would: the same version (mtime) for the daemon, whose index then drops it.
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        [plain] = [e["id"] for e in doc if e["url"].endswith("/bytes/200000")]
+        ppath = os.path.join(d.file_dir, plain)
+        for p in (path, ppath):
+            st = os.stat(p)
+            with open(p, "r+b") as f:
+                f.seek(1000)
+                b = f.read(1)
+                f.seek(1000)
+                f.write(bytes([b[0] ^ 0x01]))
+            # As bit rot would: the same version (mtime) for the daemon, whose index then drops it.
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
         rc, out, err = cache(d, "verify")
         check_eq(rc, 1, "verify exits 1 on a corrupt entry")
         check("does not match its digest" in out and "/blobs/" + digest in out,
-              "and names it", out)
+              "and names the blob", out)
+        check("does not match the digest its sidecar records" in out and "/bytes/200000" in out,
+              "and the ordinary entry", out)
         rc, out, err = cache(d, "verify", "--repair")
-        check(rc == 0 and "removed" in out, "verify --repair removes it", out)
+        check(rc == 0 and out.count("\nremoved ") + out.startswith("removed ") == 2,
+              "verify --repair removes both", out)
         check(not os.path.exists(path), "the blob is gone")
+        check(not os.path.exists(ppath), "the ordinary entry is gone")
         rc, out, err = cache(d, "verify")
         check_eq((rc, out.strip().splitlines()[-1]), (0, "0 problems"), "then all is well")
 

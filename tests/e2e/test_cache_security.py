@@ -12,17 +12,18 @@ import os
 import socket
 import socketserver
 import struct
+import subprocess
 import shutil
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cache_rig import (CacheHandler, add_blob, cache_origin, entries, files_in,  # noqa: E402
-                       origin_gets)
+from cache_rig import (CacheHandler, add_blob, cache_origin, check_gmac, entries,  # noqa: E402
+                       files_in, origin_gets, set_sidecar, sidecar)
 from dductlib.origin import pattern_bytes, pattern_sha256  # noqa: E402
 from dductlib.client import Reader, Tcp, request_bytes  # noqa: E402
-from dductlib.harness import TestFailure, check, check_eq, curl, run, via  # noqa: E402
+from dductlib.harness import TestFailure, check, check_eq, curl, dduct_bin, run, via  # noqa: E402
 from dductlib.origin import Origin  # noqa: E402
 
 GOOD = b"GOOD: the https origin's file\n"
@@ -664,11 +665,28 @@ def test_corrupt_blob_verified_on_first_hit(rig):
         check_eq(len(origin_gets(o, pbig)), 3, "three origin GETs in all")
 
 
+def cache_verify(d):
+    """`dduct cache verify` on d's file_dir: exit status and output."""
+    p = subprocess.run([dduct_bin(), "cache", "verify", "--cfg", d.cfg_path],
+                       capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stdout + p.stderr
+
+
+def flip(path, at):
+    """Flip one byte of a file in place (same size, same inode)."""
+    with open(path, "r+b") as f:
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
 def test_corrupt_file_verified_on_first_hit(rig):
-    """The same for an ordinary (URL-keyed) entry, checked against the digest its fill recorded
-    in the sidecar: a same-size corruption is cut on the first hit after a restart, removed and
-    fetched again ([cache] verify_hits = 'first'); with verify_hits = 'never' it is served as
-    stored."""
+    """The same for an ordinary (URL-keyed) entry, checked against the checksum its fill recorded
+    in the sidecar (gmac: the AES-128-GCM tag of the body under the published K0, IV0, checked
+    here with OpenSSL): a same-size corruption is cut on the first hit after a restart with the
+    WARN line, removed and fetched again ([cache] verify_hits = 'first'); `dduct cache verify`
+    finds it; with verify_hits = 'never' it is served as stored."""
     n = 300000
     url = rig.origin.url("origin.test", "/bytes/%d" % n)
     with rig.dduct(proxy={"filters": ["^/bytes/"]}) as d:
@@ -676,12 +694,10 @@ def test_corrupt_file_verified_on_first_hit(rig):
         check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)), "stored")
         file_dir = d.file_dir
     [rel] = [e for e in entries(file_dir) if e.startswith("u/")]
+    check_gmac(sidecar(file_dir, rel)["digest"], pattern_bytes(n),
+               "the sidecar records the body's gmac")
     p = os.path.join(file_dir, rel)
-    with open(p, "r+b") as f:
-        f.seek(1000)
-        b = f.read(1)
-        f.seek(1000)
-        f.write(bytes([b[0] ^ 0xFF]))
+    flip(p, 1000)
     with rig.dduct(proxy={"filters": ["^/bytes/"]}, misc={"file_dir": file_dir + "/"},
                    cache={"verify_hits": "never"}) as d:
         r = get(rig, d, url)
@@ -689,8 +705,13 @@ def test_corrupt_file_verified_on_first_hit(rig):
         check(r.sha256() != pattern_sha256(n), "(the corrupt bytes: what 'never' means)")
     with rig.dduct(proxy={"filters": ["^/bytes/"]}, misc={"file_dir": file_dir + "/"},
                    cache={"verify_hits": "first"}) as d:
+        rc, out = cache_verify(d)
+        check(rc == 1 and "does not match the digest its sidecar records" in out,
+              "dduct cache verify finds the corruption", out)
         r = get(rig, d, url)
         check_eq(r.rc, 18, "the corrupt file's transfer is cut")
+        check(os.path.getsize(r.body_path) < n, "never the whole corrupt body")
+        check("does not match its digest" in d.log(), "logged", d.log()[-2000:])
         check(rel not in entries(file_dir), "the entry is removed")
         r = get(rig, d, url)
         check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)), "fetched again")
@@ -741,6 +762,59 @@ def test_file_dir_only_ours(rig):
           log[-1500:])
 
 
+def test_old_sha256_sidecar_still_verified(rig):
+    """An ordinary entry whose sidecar an earlier version wrote ("sha256:" for every entry) is
+    still checked, with SHA-256: whole and right, it is served from the cache and `dduct cache
+    verify` passes it; corrupt in place, verify reports it and the first hit after a restart is
+    cut with the WARN line. A digest of an algorithm this version does not know is not checked:
+    the entry is served as stored, as one without a digest is. [cache] checksum = 'sha256' makes
+    the fill record sha256 again."""
+    n = 250000
+    path = "/bytes/%d" % n
+    url = rig.origin.url("origin.test", path)
+    with rig.dduct(proxy={"filters": ["^/bytes/"]}, cache={"checksum": "sha256"}) as d:
+        r = get(rig, d, url)
+        check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)), "stored")
+        file_dir = d.file_dir
+    [rel] = [e for e in entries(file_dir) if e.startswith("u/")]
+    check_eq(sidecar(file_dir, rel)["digest"], "sha256:" + pattern_sha256(n),
+             "checksum = 'sha256': the sidecar records sha256, as earlier versions did")
+    kw = {"proxy": {"filters": ["^/bytes/"]}, "misc": {"file_dir": file_dir + "/"},
+          "cache": {"verify_hits": "first"}}
+    with rig.dduct(**kw) as d:
+        rc, out = cache_verify(d)
+        check_eq((rc, out.strip().splitlines()[-1]), (0, "0 problems"), "cache verify: good")
+        for i in range(2):
+            r = get(rig, d, url)
+            check_eq((r.rc, r.status, r.sha256()), (0, 200, pattern_sha256(n)), "a hit %d" % i)
+        check("does not match" not in d.log(), "no warning", d.log()[-2000:])
+        check_eq(len(origin_gets(rig.origin, path)), 1, "from the cache")
+    p = os.path.join(file_dir, rel)
+    flip(p, n - 1)
+    with rig.dduct(**kw) as d:
+        rc, out = cache_verify(d)
+        check(rc == 1 and "does not match the digest its sidecar records" in out,
+              "cache verify finds the corrupt old-style entry", out)
+        r = get(rig, d, url)
+        check_eq(r.rc, 18, "the corrupt old-style entry's transfer is cut")
+        check("does not match its digest" in d.log(), "logged", d.log()[-2000:])
+        check(rel not in entries(file_dir), "the entry is removed")
+        r = get(rig, d, url)
+        check_eq((r.rc, r.sha256()), (0, pattern_sha256(n)), "fetched again")
+        check_eq(len(origin_gets(rig.origin, path)), 2, "from the origin")
+    check_gmac(sidecar(file_dir, rel)["digest"], pattern_bytes(n), "the refill records gmac")
+    set_sidecar(file_dir, rel, digest="blake3:" + "0" * 64)
+    flip(p, 5)
+    with rig.dduct(**kw) as d:
+        rc, out = cache_verify(d)
+        check_eq((rc, out.strip().splitlines()[-1]), (0, "0 problems"),
+                 "cache verify: an unknown algorithm is not checked")
+        r = get(rig, d, url)
+        check_eq((r.rc, r.status), (0, 200), "an unknown algorithm: served as stored")
+        check(r.sha256() != pattern_sha256(n), "(the corrupt bytes: nothing to check them by)")
+        check_eq(len(origin_gets(rig.origin, path)), 2, "from the cache")
+
+
 if __name__ == "__main__":
     run([test_plain_http_never_answers_https, test_old_plain_entry_not_served_to_https,
          test_https_redirect_to_http_not_followed,
@@ -749,4 +823,4 @@ if __name__ == "__main__":
          test_long_target_414_big_response_head_502, test_origin_headers_replayed,
          test_https_never_follows_plain_blob_fill,
          test_corrupt_blob_verified_on_first_hit, test_corrupt_file_verified_on_first_hit,
-         test_file_dir_only_ours])
+         test_old_sha256_sidecar_still_verified, test_file_dir_only_ours])
