@@ -222,7 +222,8 @@ enum dduct_verify_hits {
  * dduct_store_verify): GMAC is a 128-bit checksum, GHASH under a fixed published key
  * (docs/cache.md), several times cheaper than SHA-256; it is not a MAC. */
 enum dduct_checksum {
-  DDUCT_CHECKSUM_GMAC = 0,   /* "gmac:<32 hex>" (default) */
+  DDUCT_CHECKSUM_GMAC = 0,   /* "gmac:<32 hex>" (default); sha256 on a CPU without the AES-NI
+                              * and PCLMULQDQ dduct's GHASH needs (faster there) */
   DDUCT_CHECKSUM_SHA256 = 1, /* "sha256:<64 hex>", as earlier versions recorded for every entry */
 };
 

@@ -176,6 +176,13 @@ void dduct__sum_update(struct dduct__sum *s, const void *data, size_t len) {
   else if (s->alg == DDUCT__SUM_GMAC) dduct__gmac_update(&s->u.gmac, data, len);
 }
 
+enum dduct__sum_alg dduct__sum_for_fill(enum dduct__sum_alg want) {
+  struct dduct__gmac g;
+  if (want != DDUCT__SUM_GMAC) return want;
+  dduct__gmac_init(&g);
+  return g.key.impl != DDUCT__AESGCM_NONE ? DDUCT__SUM_GMAC : DDUCT__SUM_SHA256;
+}
+
 static void hex(const unsigned char *in, size_t n, char *out) {
   static const char digits[] = "0123456789abcdef";
   for (size_t i = 0; i < n; i++)

@@ -60,6 +60,10 @@ void dduct__sum_init(struct dduct__sum *s, enum dduct__sum_alg alg);
 void dduct__sum_update(struct dduct__sum *s, const void *data, size_t len);
 /* "alg:hex" to out; s must be initialised again before it is reused. */
 void dduct__sum_final(struct dduct__sum *s, char out[DDUCT__SUM_MAX]);
+/* The algorithm a new ordinary entry's digest is made with when want is asked for: want, except
+ * gmac where aesgcm.c has no GHASH for this CPU (or DDUCT_AESGCM=off): there sha256, as
+ * mbedTLS's portable SHA-256 runs about twice the portable GHASH here. */
+enum dduct__sum_alg dduct__sum_for_fill(enum dduct__sum_alg want);
 /* The algorithm a stored digest string names when it is well formed (its prefix and exactly
  * its number of lowercase hex digits), else DDUCT__SUM_NONE (NULL, "", an unknown prefix). */
 enum dduct__sum_alg dduct__sum_alg_of(const char *digest);

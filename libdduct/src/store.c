@@ -1520,7 +1520,7 @@ static int fill_begin(struct dduct__store_entry *e, const struct dduct__store_me
   /* A blob's digest is its name; any other entry's only guards against corruption on disk. */
   dduct__sum_init(&f->sum, e->addressed || e->s->o.checksum == DDUCT_CHECKSUM_SHA256
                                ? DDUCT__SUM_SHA256
-                               : DDUCT__SUM_GMAC);
+                               : dduct__sum_for_fill(DDUCT__SUM_GMAC));
   f->t0 = uv_hrtime();
   f->work.data = e;
   e->fill = f;

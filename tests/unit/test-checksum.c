@@ -183,6 +183,13 @@ static void test_strings(void) {
   CHECK_EQ_INT(dduct__sum_alg_of("sha256:ba7816bf"), DDUCT__SUM_NONE,
                "a short sha256 is not a digest");
   CHECK_EQ_STR(dduct__sum_alg_name(DDUCT__SUM_GMAC), "gmac", "names");
+  CHECK_EQ_INT(dduct__sum_for_fill(DDUCT__SUM_SHA256), DDUCT__SUM_SHA256, "sha256 asked: sha256");
+  dduct__aesgcm_use(DDUCT__AESGCM_NONE);
+  CHECK_EQ_INT(dduct__sum_for_fill(DDUCT__SUM_GMAC), DDUCT__SUM_SHA256,
+               "gmac asked without a fast GHASH: sha256 (faster than the portable GHASH)");
+  if (dduct__aesgcm_use(DDUCT__AESGCM_VAES512) != DDUCT__AESGCM_NONE)
+    CHECK_EQ_INT(dduct__sum_for_fill(DDUCT__SUM_GMAC), DDUCT__SUM_GMAC,
+                 "gmac asked with a fast GHASH: gmac");
 }
 
 int main(void) {

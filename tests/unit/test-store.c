@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "checksum.h"
 #include "store.h"
 #include "rig.h"
 #include "tap.h"
@@ -31,6 +32,11 @@ static void digest_of(const char *p, size_t n, struct dduct__store_key *k) {
   mbedtls_sha256_ret((const unsigned char *)p, n, h, 0);
   memcpy(k->digest, "sha256:", 7);
   dduct__store_hex(h, 32, k->digest + 7);
+}
+
+/* gmac where aesgcm.c has a GHASH for this CPU, else sha256 (checksum.h). */
+static int fills_gmac(void) {
+  return dduct__sum_for_fill(DDUCT__SUM_GMAC) == DDUCT__SUM_GMAC;
 }
 
 static void run_until(const int *flag) {
@@ -440,7 +446,8 @@ static void test_fill_and_hit(struct dduct_store *s, const char *dir) {
     CHECK_EQ_STR(m->etag, "\"v1\"", "the hit knows the ETag");
     CHECK_EQ_STR(m->url, "https://deb.example.org/pool/main/c/curl/curl_1.deb",
                  "the sidecar keeps the URL without its query string");
-    CHECK(strncmp(m->digest, "gmac:", 5) == 0, "an ordinary entry records its body's checksum");
+    CHECK(strncmp(m->digest, fills_gmac() ? "gmac:" : "sha256:", 5) == 0,
+          "an ordinary entry records its body's checksum");
     sink_start(&k2, l.e, 1000, 5000);
     run_until(&k2.done);
     CHECK(k2.err == 0 && k2.len == 5000 && memcmp(k2.buf, data + 1000, 5000) == 0,
@@ -1519,7 +1526,8 @@ static void test_verify_ordinary(void) {
   CHECK_EQ_INT(dduct_store_open(&loop, dir, &s, NULL, 0), 0, "store opens");
   store_plain(s, &k, data, N);
   l = lookup(s, &k, 0);
-  gmac_of(data, N, want);
+  if (fills_gmac()) gmac_of(data, N, want);
+  else sha256_of(data, N, want); /* no fast GHASH on this CPU */
   CHECK_EQ_STR(dduct__store_entry_meta(l.e)->digest, want,
                "an ordinary fill records gmac: mbedTLS's GCM decryption tag under K0, IV0");
   dduct__store_entry_release(l.e);
