@@ -297,7 +297,10 @@ def test_resume_meets_relayed_5xx(rig):
             n = 1 << 20
             r = curl(rig, via(e, "http") + ["--max-time", "30", o.url("origin.test", "/bytes/%d" % n)])
             check_eq(r.rc, 18, "the client's transfer is cut short, not left waiting (%s)" % r.stderr)
-            check(os.path.getsize(r.body_path) < n, "never the whole body")
+            # curl makes its output file at the first body byte: under load the fill can be
+            # discarded before the client read any, and then there is no file at all.
+            got = os.path.getsize(r.body_path) if os.path.exists(r.body_path) else 0
+            check(got < n, "never the whole body")
             check_eq(sum(f.count("/bytes/%d" % n) for f in flaky), 2, "both parents were asked")
             check_eq(cluster_rig.entries_count(e.file_dir), 0, "nothing stored at the edge")
     finally:
