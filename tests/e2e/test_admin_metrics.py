@@ -11,11 +11,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import cache_origin  # noqa: E402
-from dductlib.harness import check, check_eq, curl, free_port, run, via  # noqa: E402
+from dductlib.harness import check, check_eq, curl, free_port, run, via, wait_for  # noqa: E402
 from dductlib.origin import pattern_sha256  # noqa: E402
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
@@ -74,13 +73,6 @@ def delta(before, after):
         if v:
             out[(name,) + tuple("%s=%s" % lv for lv in labels)] = v
     return out
-
-
-def wait_for(cond, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        check(time.monotonic() < deadline, "waiting for " + what)
-        time.sleep(0.05)
 
 
 def settled(d):

@@ -9,7 +9,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import cache_origin, check_inside, entries, files_in, origin_gets  # noqa: E402
-from dductlib.harness import check, check_eq, curl, is_asan, run, via  # noqa: E402
+from dductlib.harness import check, check_eq, curl, is_asan, run, via, wait_for  # noqa: E402
 from dductlib.origin import pattern_bytes, pattern_sha256  # noqa: E402
 
 
@@ -39,13 +39,6 @@ def body(r):
 
 def get(rig, d, url, *extra, kind="http"):
     return curl(rig, via(d, kind) + ["-D", "hdr"] + list(extra) + [url])
-
-
-def wait_for(cond, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        check(time.monotonic() < deadline, "waiting for " + what)
-        time.sleep(0.05)
 
 
 def test_second_download_from_file(rig):

@@ -13,7 +13,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import add_blob, cache_origin, check_gmac, entries  # noqa: E402
-from dductlib.harness import check, check_eq, curl, dduct_bin, run, via  # noqa: E402
+from dductlib.harness import check, check_eq, curl, dduct_bin, run, via, wait_for  # noqa: E402
 from dductlib.origin import pattern_bytes, pattern_sha256  # noqa: E402
 
 
@@ -33,13 +33,6 @@ def gauges(d):
         if name in ("dduct_cache_entries", "dduct_cache_size_bytes"):
             got[name] = int(float(value))
     return got.get("dduct_cache_entries"), got.get("dduct_cache_size_bytes")
-
-
-def wait_for(cond, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        check(time.monotonic() < deadline, "waiting for " + what)
-        time.sleep(0.05)
 
 
 def test_cache_commands_on_a_live_file_dir(rig):

@@ -8,16 +8,8 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import cache_origin, check_inside, entries, files_in, origin_gets  # noqa: E402
 from dductlib import harness  # noqa: E402
-from dductlib.harness import check, check_eq, curl, run, via  # noqa: E402
+from dductlib.harness import check, check_eq, curl, run, via, wait_for  # noqa: E402
 from dductlib.origin import pattern_bytes, pattern_sha256  # noqa: E402
-
-
-def wait_for(cond, what, timeout=60):
-    import time
-    deadline = time.monotonic() + timeout
-    while not cond():
-        check(time.monotonic() < deadline, "waiting for " + what)
-        time.sleep(0.05)
 
 
 def part_at_least(file_dir, n):

@@ -12,18 +12,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import cache_origin, entries, files_in  # noqa: E402
-from dductlib.harness import check, check_eq, curl, free_port, run, via  # noqa: E402
+from dductlib.harness import check, check_eq, curl, free_port, run, via, wait_for  # noqa: E402
 from dductlib.origin import pattern_bytes, pattern_sha256  # noqa: E402
 
 MIB = 1 << 20
 FILTERS = ["^/bytes/"]
-
-
-def wait_for(cond, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        check(time.monotonic() < deadline, "waiting for " + what)
-        time.sleep(0.05)
 
 
 def data_bytes(file_dir):

@@ -6,19 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cache_rig import add_blob, cache_origin, entries  # noqa: E402
-from dductlib.harness import check, check_eq, curl, free_port, run  # noqa: E402
+from dductlib.harness import check, check_eq, curl, free_port, run, wait_for  # noqa: E402
 from dductlib.origin import pattern_bytes  # noqa: E402
-
-
-def wait_for(cond, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        check(time.monotonic() < deadline, "waiting for " + what)
-        time.sleep(0.05)
 
 
 def test_example_caches(rig):

@@ -53,6 +53,15 @@ def check_eq(got, want, what):
         raise TestFailure("%s: got %r, want %r" % (what, got, want))
 
 
+def wait_for(cond, what, timeout=60):
+    """Polls cond every 50 ms until it holds; fails naming what after timeout seconds (a safety
+    net for a hung dduct, not a speed assertion)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        check(time.monotonic() < deadline, "waiting for " + what)
+        time.sleep(0.05)
+
+
 def dduct_bin():
     b = os.environ.get("DDUCT_BIN")
     if not b or not os.access(b, os.X_OK):
