@@ -85,6 +85,14 @@ static char *print(const struct config *c) {
   return buf;
 }
 
+/* 1 if the --check listing p has a line starting with key ("\nname ") that holds val. */
+static int prints(const char *p, const char *key, const char *val) {
+  const char *line = strstr(p, key);
+  const char *eol = line != NULL ? strchr(line + 1, '\n') : NULL;
+  const char *v = line != NULL ? strstr(line, val) : NULL;
+  return v != NULL && eol != NULL && v < eol;
+}
+
 static void test_defaults_and_seed(void) {
   struct config d, s;
   char err[512] = "";
@@ -348,12 +356,7 @@ static void test_cache_table(void) {
                "share_private loads");
   CHECK(c.cache_share_private == 1, "share_private = true is kept");
   p = print(&c);
-  {
-    const char *line = strstr(p, "share_private");
-    const char *eol = line != NULL ? strchr(line, '\n') : NULL;
-    const char *val = line != NULL ? strstr(line, "= true") : NULL;
-    CHECK(line != NULL && val != NULL && eol != NULL && val < eol, "--check prints share_private");
-  }
+  CHECK(prints(p, "\nshare_private ", "= true"), "--check prints share_private");
   free(p);
   CHECK_EQ_INT(load(&c, "[cache]\nverify_hits = 'always'\n", err, sizeof(err)), 0,
                "verify_hits loads");
@@ -361,12 +364,7 @@ static void test_cache_table(void) {
   CHECK(c.cache_verify_hits == DDUCT_VERIFY_ALWAYS && o.verify_hits == DDUCT_VERIFY_ALWAYS,
         "verify_hits 'always' reaches the store options");
   p = print(&c);
-  {
-    const char *line = strstr(p, "verify_hits");
-    const char *eol = line != NULL ? strchr(line, '\n') : NULL;
-    const char *val = line != NULL ? strstr(line, "= 'always'") : NULL;
-    CHECK(line != NULL && val != NULL && eol != NULL && val < eol, "--check prints it");
-  }
+  CHECK(prints(p, "\nverify_hits ", "= 'always'"), "--check prints it");
   free(p);
   CHECK_EQ_INT(load(&c, "[cache]\nverify_hits = 'first'\n", err, sizeof(err)), 0, "first");
   CHECK(c.cache_checksum == DDUCT_CHECKSUM_GMAC, "checksum defaults to 'gmac'");
@@ -374,12 +372,7 @@ static void test_cache_table(void) {
   config_store_options(&c, &o);
   CHECK(o.checksum == DDUCT_CHECKSUM_SHA256, "checksum 'sha256' reaches the store options");
   p = print(&c);
-  {
-    const char *line = strstr(p, "\nchecksum ");
-    const char *eol = line != NULL ? strchr(line + 1, '\n') : NULL;
-    const char *val = line != NULL ? strstr(line, "= 'sha256'") : NULL;
-    CHECK(line != NULL && val != NULL && eol != NULL && val < eol, "--check prints checksum");
-  }
+  CHECK(prints(p, "\nchecksum ", "= 'sha256'"), "--check prints checksum");
   free(p);
   CHECK_EQ_INT(load(&c, "[cache]\nchecksum = 'gmac'\n", err, sizeof(err)), 0, "gmac");
   config_store_options(&c, &o);
